@@ -1,0 +1,3 @@
+//! Branchline content store (being built).
+pub mod id;
+pub mod map;
