@@ -1,0 +1,253 @@
+//! The small-message schema (protobuf encoding via `prost`, written out by hand so no
+//! code generator is needed; `docs/protocol.md` lists the same tags).
+//!
+//! Evolution rules, which keep a server and clients of different versions working together:
+//! * a field's tag and type never change; removed tags are never reused;
+//! * new fields are optional with a safe zero default; receivers skip unknown fields;
+//! * a new message kind gets a new tag in [`Body`]; a receiver that does not know it sees
+//!   `body == None` and answers [`ErrorCode::Unsupported`].
+
+/// The unit of every datagram: ids for reliability and replay protection, and the body.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Envelope {
+    /// Random, non-zero, unique per sender; retransmissions reuse it.
+    #[prost(uint64, tag = "1")]
+    pub msg_id: u64,
+    /// Sender's clock when the message was first sent (Unix milliseconds).
+    #[prost(uint64, tag = "2")]
+    pub sent_at_ms: u64,
+    /// For a reply or ack: the `msg_id` of the request. 0 for a request.
+    #[prost(uint64, tag = "3")]
+    pub in_reply_to: u64,
+    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20")]
+    pub body: Option<Body>,
+}
+
+/// Every message kind. Requests and their replies are listed in pairs.
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Body {
+    /// Plain acknowledgement of a request that needs no data back.
+    #[prost(message, tag = "10")]
+    Ack(Ack),
+    /// The request was understood but refused.
+    #[prost(message, tag = "11")]
+    Error(ErrorReply),
+    /// client -> server: enrol or refresh a client's record.
+    #[prost(message, tag = "12")]
+    Register(Register),
+    /// server -> client: reply to [`Register`].
+    #[prost(message, tag = "13")]
+    RegisterOk(RegisterOk),
+    /// client -> server: liveness and cache state.
+    #[prost(message, tag = "14")]
+    Heartbeat(Heartbeat),
+    /// server -> client: reply to [`Heartbeat`].
+    #[prost(message, tag = "15")]
+    HeartbeatAck(HeartbeatAck),
+    /// connector -> server: prove the key and record the connector.
+    #[prost(message, tag = "16")]
+    Activate(Activate),
+    /// server -> connector: reply to [`Activate`].
+    #[prost(message, tag = "17")]
+    ActivateOk(ActivateOk),
+    /// connector -> server: ask for the server's health.
+    #[prost(message, tag = "18")]
+    HealthRequest(HealthRequest),
+    /// server -> connector: reply to [`HealthRequest`].
+    #[prost(message, tag = "19")]
+    Health(Health),
+    /// any -> any: reachability probe, answered with [`Ack`].
+    #[prost(message, tag = "20")]
+    Ping(Ping),
+}
+
+impl Body {
+    /// Short name for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Ack(_) => "Ack",
+            Body::Error(_) => "Error",
+            Body::Register(_) => "Register",
+            Body::RegisterOk(_) => "RegisterOk",
+            Body::Heartbeat(_) => "Heartbeat",
+            Body::HeartbeatAck(_) => "HeartbeatAck",
+            Body::Activate(_) => "Activate",
+            Body::ActivateOk(_) => "ActivateOk",
+            Body::HealthRequest(_) => "HealthRequest",
+            Body::Health(_) => "Health",
+            Body::Ping(_) => "Ping",
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Ack {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Ping {}
+
+/// Refusal codes. Unknown codes from newer peers decode as `Unspecified`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum ErrorCode {
+    Unspecified = 0,
+    /// The receiver does not know this message kind (it is older than the sender).
+    Unsupported = 1,
+    /// A field failed validation; `detail` says which.
+    Invalid = 2,
+    /// The receiver's clock and the sender's differ by more than the replay window.
+    ClockSkew = 3,
+    /// The receiver is temporarily unable to serve (e.g. its database failed).
+    Unavailable = 4,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ErrorReply {
+    #[prost(enumeration = "ErrorCode", tag = "1")]
+    pub code: i32,
+    /// Human-readable explanation.
+    #[prost(string, tag = "2")]
+    pub detail: String,
+    /// Receiver's clock (Unix ms), so a sender can report clock skew precisely.
+    #[prost(uint64, tag = "3")]
+    pub receiver_time_ms: u64,
+}
+
+/// The ports a client listens on, reported so the server and peers can reach it even
+/// when an admin moved them away from the defaults.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ClientPorts {
+    #[prost(uint32, tag = "1")]
+    pub small_request: u32,
+    #[prost(uint32, tag = "2")]
+    pub small_reply: u32,
+    #[prost(uint32, tag = "3")]
+    pub large_fg_request: u32,
+    #[prost(uint32, tag = "4")]
+    pub large_fg_reply: u32,
+    #[prost(uint32, tag = "5")]
+    pub large_bg_request: u32,
+    #[prost(uint32, tag = "6")]
+    pub large_bg_reply: u32,
+    #[prost(uint32, tag = "7")]
+    pub broadcast: u32,
+    #[prost(uint32, tag = "8")]
+    pub content_fg: u32,
+    #[prost(uint32, tag = "9")]
+    pub content_bg: u32,
+    #[prost(uint32, tag = "10")]
+    pub adaptive: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Register {
+    /// 32 lowercase hex digits, chosen by the client once and kept in its data dir.
+    #[prost(string, tag = "1")]
+    pub client_id: String,
+    #[prost(string, tag = "2")]
+    pub hostname: String,
+    /// The client's IP addresses (text form), most preferred first.
+    #[prost(string, repeated, tag = "3")]
+    pub addresses: Vec<String>,
+    /// The client's subnet in CIDR form, e.g. `10.1.2.0/24`.
+    #[prost(string, tag = "4")]
+    pub subnet: String,
+    /// Cache cap (bytes).
+    #[prost(uint64, tag = "5")]
+    pub cache_size_bytes: u64,
+    /// Free cache space (bytes).
+    #[prost(uint64, tag = "6")]
+    pub cache_free_bytes: u64,
+    /// Client software version.
+    #[prost(string, tag = "7")]
+    pub version: String,
+    /// Interval between this client's heartbeats (milliseconds).
+    #[prost(uint32, tag = "8")]
+    pub heartbeat_interval_ms: u32,
+    #[prost(message, optional, tag = "9")]
+    pub ports: Option<ClientPorts>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RegisterOk {
+    #[prost(string, tag = "1")]
+    pub server_version: String,
+    /// Server clock (Unix ms).
+    #[prost(uint64, tag = "2")]
+    pub server_time_ms: u64,
+    /// True when this registration created the record, false when it refreshed one.
+    #[prost(bool, tag = "3")]
+    pub new_client: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Heartbeat {
+    #[prost(string, tag = "1")]
+    pub client_id: String,
+    #[prost(uint64, tag = "2")]
+    pub cache_free_bytes: u64,
+    /// Seconds since the client process started.
+    #[prost(uint64, tag = "3")]
+    pub uptime_s: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HeartbeatAck {
+    /// False when the server has no record of this client: it must register again.
+    #[prost(bool, tag = "1")]
+    pub known: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Activate {
+    /// The connector host's name.
+    #[prost(string, tag = "1")]
+    pub hostname: String,
+    #[prost(string, tag = "2")]
+    pub version: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ActivateOk {
+    #[prost(string, tag = "1")]
+    pub server_version: String,
+    /// True the first time this connector host activates.
+    #[prost(bool, tag = "2")]
+    pub first_activation: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthRequest {}
+
+/// One drop reason with its count.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DropCount {
+    #[prost(string, tag = "1")]
+    pub reason: String,
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Health {
+    #[prost(string, tag = "1")]
+    pub version: String,
+    #[prost(uint64, tag = "2")]
+    pub uptime_s: u64,
+    /// `ok` or a short description of what is wrong with the database.
+    #[prost(string, tag = "3")]
+    pub database: String,
+    #[prost(uint32, tag = "4")]
+    pub schema_version: u32,
+    #[prost(uint64, tag = "5")]
+    pub clients_total: u64,
+    #[prost(uint64, tag = "6")]
+    pub clients_online: u64,
+    /// Sum of all drop counts.
+    #[prost(uint64, tag = "7")]
+    pub dropped_datagrams: u64,
+    #[prost(message, repeated, tag = "8")]
+    pub drops: Vec<DropCount>,
+    #[prost(uint64, tag = "9")]
+    pub connectors_total: u64,
+}

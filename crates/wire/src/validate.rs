@@ -1,0 +1,376 @@
+//! Validation: wire messages become typed values before anything acts on them.
+//!
+//! Authentication proves a message came from a holder of the deployment key; it does not
+//! prove the fields are sane (a buggy or compromised client holds the key too). Handlers
+//! therefore take the typed values below, never the raw protobuf structs.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::msg::{ClientPorts, Heartbeat, Register};
+
+/// Longest hostname accepted (bytes), as in DNS.
+pub const MAX_HOSTNAME: usize = 253;
+/// Most addresses a client may report.
+pub const MAX_ADDRESSES: usize = 16;
+/// Longest version string accepted (bytes).
+pub const MAX_VERSION: usize = 64;
+/// Accepted heartbeat intervals.
+pub const HEARTBEAT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
+
+/// A field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {reason}")]
+pub struct Invalid {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> Invalid {
+    Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// A client's identity: 128 random bits, written as 32 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub [u8; 16]);
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientId({self})")
+    }
+}
+
+impl FromStr for ClientId {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        let b = s.as_bytes();
+        if b.len() != 32 {
+            return Err(invalid(
+                "client_id",
+                format!(
+                    "must be 32 hex digits, has {} characters",
+                    s.chars().count()
+                ),
+            ));
+        }
+        let mut out = [0u8; 16];
+        for (i, pair) in b.chunks(2).enumerate() {
+            let d = |c: u8| match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                _ => None,
+            };
+            match (d(pair[0]), d(pair[1])) {
+                (Some(h), Some(l)) => out[i] = h * 16 + l,
+                _ => return Err(invalid("client_id", "must be lowercase hex digits")),
+            }
+        }
+        Ok(ClientId(out))
+    }
+}
+
+/// An IP subnet in CIDR form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Subnet {
+    pub network: IpAddr,
+    pub prefix: u8,
+}
+
+impl Subnet {
+    /// The subnet of `addr` with the given prefix length (host bits cleared).
+    pub fn of(addr: IpAddr, prefix: u8) -> Subnet {
+        let network = match addr {
+            IpAddr::V4(a) => {
+                let p = prefix.min(32);
+                let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let p = prefix.min(128);
+                let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        };
+        Subnet { network, prefix }
+    }
+
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        Subnet::of(addr, self.prefix) == *self
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+impl FromStr for Subnet {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| invalid("subnet", format!("{s:?} is not in CIDR form (a.b.c.d/n)")))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| invalid("subnet", format!("{addr:?} is not an IP address")))?;
+        let prefix: u8 = prefix
+            .parse()
+            .map_err(|_| invalid("subnet", format!("{prefix:?} is not a prefix length")))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(invalid(
+                "subnet",
+                format!("prefix /{prefix} is longer than {max}"),
+            ));
+        }
+        let subnet = Subnet::of(addr, prefix);
+        if subnet.network != addr {
+            return Err(invalid("subnet", format!("{s} has host bits set")));
+        }
+        Ok(subnet)
+    }
+}
+
+/// A client's listening ports, each in 1..=65535.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ports {
+    pub small_request: u16,
+    pub small_reply: u16,
+    pub large_fg_request: u16,
+    pub large_fg_reply: u16,
+    pub large_bg_request: u16,
+    pub large_bg_reply: u16,
+    pub broadcast: u16,
+    pub content_fg: u16,
+    pub content_bg: u16,
+    pub adaptive: u16,
+}
+
+impl Ports {
+    pub fn to_wire(&self) -> ClientPorts {
+        ClientPorts {
+            small_request: self.small_request.into(),
+            small_reply: self.small_reply.into(),
+            large_fg_request: self.large_fg_request.into(),
+            large_fg_reply: self.large_fg_reply.into(),
+            large_bg_request: self.large_bg_request.into(),
+            large_bg_reply: self.large_bg_reply.into(),
+            broadcast: self.broadcast.into(),
+            content_fg: self.content_fg.into(),
+            content_bg: self.content_bg.into(),
+            adaptive: self.adaptive.into(),
+        }
+    }
+
+    pub fn from_wire(p: &ClientPorts) -> Result<Ports, Invalid> {
+        let port = |v: u32, name: &'static str| -> Result<u16, Invalid> {
+            u16::try_from(v)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| invalid(name, format!("{v} is not a port (1-65535)")))
+        };
+        Ok(Ports {
+            small_request: port(p.small_request, "ports.small_request")?,
+            small_reply: port(p.small_reply, "ports.small_reply")?,
+            large_fg_request: port(p.large_fg_request, "ports.large_fg_request")?,
+            large_fg_reply: port(p.large_fg_reply, "ports.large_fg_reply")?,
+            large_bg_request: port(p.large_bg_request, "ports.large_bg_request")?,
+            large_bg_reply: port(p.large_bg_reply, "ports.large_bg_reply")?,
+            broadcast: port(p.broadcast, "ports.broadcast")?,
+            content_fg: port(p.content_fg, "ports.content_fg")?,
+            content_bg: port(p.content_bg, "ports.content_bg")?,
+            adaptive: port(p.adaptive, "ports.adaptive")?,
+        })
+    }
+}
+
+/// A validated [`Register`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub client_id: ClientId,
+    pub hostname: String,
+    pub addresses: Vec<IpAddr>,
+    pub subnet: Subnet,
+    pub cache_size_bytes: u64,
+    pub cache_free_bytes: u64,
+    pub version: String,
+    pub heartbeat_interval: Duration,
+    /// `None` when the client did not report ports (it uses the defaults).
+    pub ports: Option<Ports>,
+}
+
+fn check_text(field: &'static str, s: &str, max: usize) -> Result<String, Invalid> {
+    if s.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if s.len() > max {
+        return Err(invalid(
+            field,
+            format!("{} bytes is longer than {max}", s.len()),
+        ));
+    }
+    if s.chars().any(|c| c.is_control()) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(s.to_owned())
+}
+
+impl Register {
+    pub fn validate(&self) -> Result<Registration, Invalid> {
+        let client_id: ClientId = self.client_id.parse()?;
+        let hostname = check_text("hostname", &self.hostname, MAX_HOSTNAME)?;
+        if self.addresses.is_empty() {
+            return Err(invalid("addresses", "at least one address is required"));
+        }
+        if self.addresses.len() > MAX_ADDRESSES {
+            return Err(invalid(
+                "addresses",
+                format!(
+                    "{} addresses, at most {MAX_ADDRESSES}",
+                    self.addresses.len()
+                ),
+            ));
+        }
+        let addresses = self
+            .addresses
+            .iter()
+            .map(|a| {
+                a.parse::<IpAddr>()
+                    .map_err(|_| invalid("addresses", format!("{a:?} is not an IP address")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let subnet: Subnet = self.subnet.parse()?;
+        if self.cache_free_bytes > self.cache_size_bytes {
+            return Err(invalid(
+                "cache_free_bytes",
+                "free space is larger than the cache size",
+            ));
+        }
+        let version = check_text("version", &self.version, MAX_VERSION)?;
+        let heartbeat_interval = Duration::from_millis(self.heartbeat_interval_ms.into());
+        if !HEARTBEAT_RANGE.contains(&heartbeat_interval) {
+            return Err(invalid(
+                "heartbeat_interval_ms",
+                format!(
+                    "{} ms is outside {}..={} ms",
+                    self.heartbeat_interval_ms,
+                    HEARTBEAT_RANGE.start().as_millis(),
+                    HEARTBEAT_RANGE.end().as_millis()
+                ),
+            ));
+        }
+        let ports = self.ports.as_ref().map(Ports::from_wire).transpose()?;
+        Ok(Registration {
+            client_id,
+            hostname,
+            addresses,
+            subnet,
+            cache_size_bytes: self.cache_size_bytes,
+            cache_free_bytes: self.cache_free_bytes,
+            version,
+            heartbeat_interval,
+            ports,
+        })
+    }
+}
+
+/// A validated [`Heartbeat`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Beat {
+    pub client_id: ClientId,
+    pub cache_free_bytes: u64,
+    pub uptime_s: u64,
+}
+
+impl Heartbeat {
+    pub fn validate(&self) -> Result<Beat, Invalid> {
+        Ok(Beat {
+            client_id: self.client_id.parse()?,
+            cache_free_bytes: self.cache_free_bytes,
+            uptime_s: self.uptime_s,
+        })
+    }
+}
+
+/// Validates free text sent by a connector (hostname or version).
+pub fn text_field(field: &'static str, s: &str, max: usize) -> Result<String, Invalid> {
+    check_text(field, s, max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> Register {
+        Register {
+            client_id: "00112233445566778899aabbccddeeff".into(),
+            hostname: "pc-1".into(),
+            addresses: vec!["10.1.2.3".into()],
+            subnet: "10.1.2.0/24".into(),
+            cache_size_bytes: 100,
+            cache_free_bytes: 50,
+            version: "0.1.0".into(),
+            heartbeat_interval_ms: 30_000,
+            ports: None,
+        }
+    }
+
+    #[test]
+    fn accepts_good_registration() {
+        let r = good().validate().unwrap();
+        assert_eq!(r.client_id.to_string(), "00112233445566778899aabbccddeeff");
+        assert!(r.subnet.contains("10.1.2.200".parse().unwrap()));
+        assert!(!r.subnet.contains("10.1.3.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn rejects_each_bad_field_by_name() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut Register)>)> = vec![
+            ("client_id", Box::new(|r| r.client_id = "xyz".into())),
+            ("client_id", Box::new(|r| r.client_id = "G".repeat(32))),
+            ("hostname", Box::new(|r| r.hostname = String::new())),
+            ("hostname", Box::new(|r| r.hostname = "a\nb".into())),
+            ("hostname", Box::new(|r| r.hostname = "a".repeat(300))),
+            ("addresses", Box::new(|r| r.addresses.clear())),
+            ("addresses", Box::new(|r| r.addresses = vec!["nope".into()])),
+            ("subnet", Box::new(|r| r.subnet = "10.1.2.3/24".into())),
+            ("subnet", Box::new(|r| r.subnet = "10.1.2.0/33".into())),
+            ("cache_free_bytes", Box::new(|r| r.cache_free_bytes = 101)),
+            (
+                "heartbeat_interval_ms",
+                Box::new(|r| r.heartbeat_interval_ms = 5),
+            ),
+            (
+                "ports.small_request",
+                Box::new(|r| {
+                    r.ports = Some(ClientPorts {
+                        small_request: 70000,
+                        ..Default::default()
+                    })
+                }),
+            ),
+        ];
+        for (field, mutate) in cases {
+            let mut r = good();
+            mutate(&mut r);
+            let err = r.validate().unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+}
