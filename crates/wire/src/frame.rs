@@ -180,7 +180,10 @@ pub fn key_mismatch_notice(ours: KeyId, offending: &Header) -> [u8; HEADER_LEN] 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
     /// An authenticated, decoded message.
-    Message { header: Header, envelope: Envelope },
+    Message {
+        header: Header,
+        envelope: Box<Envelope>,
+    },
     /// The peer does not hold our key. Unauthenticated: trust it only if `echoed_nonce`
     /// matches a request we sent.
     KeyMismatch {
@@ -211,5 +214,8 @@ pub fn open(keys: &[SealingKey], datagram: &[u8]) -> Result<Incoming, OpenError>
     if envelope.msg_id == 0 {
         return Err(OpenError::ZeroMessageId);
     }
-    Ok(Incoming::Message { header, envelope })
+    Ok(Incoming::Message {
+        header,
+        envelope: Box::new(envelope),
+    })
 }
