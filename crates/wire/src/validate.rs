@@ -341,7 +341,8 @@ mod tests {
 
     #[test]
     fn rejects_each_bad_field_by_name() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Register)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Register)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("client_id", Box::new(|r| r.client_id = "xyz".into())),
             ("client_id", Box::new(|r| r.client_id = "G".repeat(32))),
             ("hostname", Box::new(|r| r.hostname = String::new())),
