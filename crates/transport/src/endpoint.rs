@@ -1,0 +1,556 @@
+//! The tokio shell around the pure parts: a [`Responder`] serves requests on a node's
+//! request port, a [`Requester`] sends requests from the node's reply port and waits for
+//! the answers there (DESIGN.md: "a node sends a request from the socket bound to its own
+//! reply port, to the peer's request port").
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use branchline_wire::frame::{self, Header};
+use branchline_wire::msg::{ErrorCode, ErrorReply};
+use branchline_wire::{Body, Envelope, Incoming, KeyId, OpenError, SealingKey};
+use rand::Rng;
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::counters::{Counters, DropReason};
+use crate::ratelimit::TokenBucket;
+use crate::replay::{ReplayConfig, ReplayGuard, Verdict};
+use crate::retry::{Retransmit, RetryPolicy, Step};
+
+/// Wall-clock source for send times and replay windows (Unix milliseconds).
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// What every endpoint of a node shares: keys, counters, clock, limits.
+#[derive(Clone)]
+pub struct Context {
+    /// Keys this node accepts; the first one seals new requests.
+    pub keys: Arc<[SealingKey]>,
+    pub counters: Arc<Counters>,
+    pub clock: Arc<dyn Clock>,
+    pub retry: RetryPolicy,
+    pub replay: ReplayConfig,
+    /// Most key-mismatch notices sent per second (bursts of the same size allowed).
+    pub mismatch_notices_per_s: u32,
+}
+
+impl Context {
+    /// A context with default limits, the system clock and fresh counters.
+    pub fn new(keys: Vec<SealingKey>) -> Self {
+        assert!(!keys.is_empty(), "a node needs at least one key");
+        Context {
+            keys: keys.into(),
+            counters: Arc::new(Counters::default()),
+            clock: Arc::new(SystemClock),
+            retry: RetryPolicy::default(),
+            replay: ReplayConfig::default(),
+            mismatch_notices_per_s: 100,
+        }
+    }
+
+    fn key_for(&self, id: KeyId) -> &SealingKey {
+        self.keys
+            .iter()
+            .find(|k| k.id() == id)
+            .unwrap_or(&self.keys[0])
+    }
+}
+
+fn random_msg_id() -> u64 {
+    rand::rng().random_range(1..=u64::MAX)
+}
+
+fn random_nonce() -> [u8; 12] {
+    rand::rng().random()
+}
+
+/// Uniform in `[0, 1)`, for retransmission jitter.
+fn jitter_sample() -> f64 {
+    rand::rng().random()
+}
+
+/// Receive buffer: larger than any valid datagram so oversized ones are seen as such.
+const RECV_BUF: usize = 2048;
+
+/// How a handler answers a request.
+pub enum Response {
+    /// Reply now.
+    Reply(Body),
+    /// Reply when the future completes (e.g. after a database commit). The receive loop
+    /// does not wait for it.
+    Later(Pin<Box<dyn Future<Output = Body> + Send>>),
+    /// Send nothing (the request was dropped and counted by the handler).
+    Silent,
+}
+
+/// Handles requests arriving on a request port. Must be idempotent only per message id
+/// (the endpoint never calls it twice for one id), but should tolerate the same *content*
+/// arriving again under a new id.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, from: SocketAddr, body: Body) -> Response;
+}
+
+/// Serves requests on a node's request port.
+pub struct Responder;
+
+impl Responder {
+    /// Runs the receive loop on `socket` until a non-transient socket error.
+    pub async fn serve<H: Handler>(
+        socket: UdpSocket,
+        ctx: Context,
+        handler: Arc<H>,
+    ) -> io::Result<()> {
+        let socket = Arc::new(socket);
+        let guard = Arc::new(Mutex::new(ReplayGuard::new(ctx.replay)));
+        let mut notices = TokenBucket::new(
+            ctx.mismatch_notices_per_s as f64,
+            ctx.mismatch_notices_per_s.max(1) as f64,
+        );
+        let mut buf = vec![0u8; RECV_BUF];
+        loop {
+            let (n, from) = match socket.recv_from(&mut buf).await {
+                Ok(x) => x,
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            let dg = &buf[..n];
+            let (header, envelope) = match frame::open(&ctx.keys, dg) {
+                Ok(Incoming::Message { header, envelope }) => (header, envelope),
+                Ok(Incoming::KeyMismatch { .. }) => {
+                    ctx.counters.count(DropReason::Unsolicited);
+                    continue;
+                }
+                Err(OpenError::WrongKey(theirs)) => {
+                    ctx.counters.count(DropReason::WrongKey);
+                    if notices.take(ctx.clock.now_ms())
+                        && let Ok(h) = Header::parse(dg)
+                    {
+                        let notice = frame::key_mismatch_notice(ctx.keys[0].id(), &h);
+                        let _ = socket.send_to(&notice, from).await;
+                        tracing::debug!(%from, %theirs, "sent key-mismatch notice");
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    ctx.counters.count(DropReason::from(e));
+                    continue;
+                }
+            };
+            if envelope.in_reply_to != 0 {
+                ctx.counters.count(DropReason::Unsolicited);
+                continue;
+            }
+            let now = ctx.clock.now_ms();
+            let verdict = guard.lock().expect("replay guard lock").check(
+                envelope.msg_id,
+                envelope.sent_at_ms,
+                now,
+            );
+            match verdict {
+                Verdict::Fresh => {}
+                Verdict::Answered(bytes) => {
+                    ctx.counters.count(DropReason::Duplicate);
+                    let _ = socket.send_to(&bytes, from).await;
+                    continue;
+                }
+                Verdict::Duplicate => {
+                    ctx.counters.count(DropReason::Duplicate);
+                    continue;
+                }
+                Verdict::OutOfWindow { skew_ms } => {
+                    ctx.counters.count(DropReason::OutOfWindow);
+                    let body = Body::Error(ErrorReply {
+                        code: ErrorCode::ClockSkew as i32,
+                        detail: format!(
+                            "message sent {:.1} s {} this node's clock; the limit is {} s",
+                            skew_ms.unsigned_abs() as f64 / 1000.0,
+                            if skew_ms < 0 { "behind" } else { "ahead of" },
+                            ctx.replay.window.as_secs()
+                        ),
+                        receiver_time_ms: now,
+                    });
+                    if let Some(bytes) = seal_reply(&ctx, header.key_id, envelope.msg_id, body) {
+                        let _ = socket.send_to(&bytes, from).await;
+                    }
+                    continue;
+                }
+            }
+            let request_id = envelope.msg_id;
+            let response = match envelope.body {
+                Some(body) => handler.handle(from, body),
+                None => {
+                    ctx.counters.count(DropReason::Unsupported);
+                    Response::Reply(Body::Error(ErrorReply {
+                        code: ErrorCode::Unsupported as i32,
+                        detail: format!(
+                            "this node (version {}) does not know that message kind",
+                            branchline_wire::SOFTWARE_VERSION
+                        ),
+                        receiver_time_ms: now,
+                    }))
+                }
+            };
+            match response {
+                Response::Reply(body) => {
+                    if let Some(bytes) = seal_reply(&ctx, header.key_id, request_id, body) {
+                        guard.lock().expect("replay guard lock").complete(
+                            request_id,
+                            bytes.clone(),
+                            now,
+                        );
+                        let _ = socket.send_to(&bytes, from).await;
+                    }
+                }
+                Response::Later(fut) => {
+                    let (ctx, socket, guard) = (ctx.clone(), socket.clone(), guard.clone());
+                    tokio::spawn(async move {
+                        let body = fut.await;
+                        if let Some(bytes) = seal_reply(&ctx, header.key_id, request_id, body) {
+                            let now = ctx.clock.now_ms();
+                            guard.lock().expect("replay guard lock").complete(
+                                request_id,
+                                bytes.clone(),
+                                now,
+                            );
+                            let _ = socket.send_to(&bytes, from).await;
+                        }
+                    });
+                }
+                Response::Silent => {}
+            }
+        }
+    }
+}
+
+/// Seals a reply to request `in_reply_to` under the key the request used.
+fn seal_reply(ctx: &Context, key: KeyId, in_reply_to: u64, body: Body) -> Option<Arc<[u8]>> {
+    let now = ctx.clock.now_ms();
+    let mut env = Envelope {
+        msg_id: random_msg_id(),
+        sent_at_ms: now,
+        in_reply_to,
+        body: Some(body),
+    };
+    let key = ctx.key_for(key);
+    match frame::seal(key, random_nonce(), &env) {
+        Ok(b) => Some(b.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "reply does not fit in a datagram; answering with an error");
+            env.body = Some(Body::Error(ErrorReply {
+                code: ErrorCode::Unavailable as i32,
+                detail: "the reply is too large for a small message".into(),
+                receiver_time_ms: now,
+            }));
+            frame::seal(key, random_nonce(), &env).ok().map(Into::into)
+        }
+    }
+}
+
+/// Errors a UDP socket reports for earlier sends (ICMP) that do not affect receiving.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    ) || matches!(
+        e.raw_os_error(),
+        Some(libc::EHOSTUNREACH | libc::ENETUNREACH)
+    )
+}
+
+/// Why a request got no useful answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(
+        "no answer from {to} after {attempts} attempts in {elapsed:.1?}: check that the peer is running, that UDP port {} is open towards it and that the reply port {reply_port} is open back to this host{}",
+        to.port(),
+        last_error.as_ref().map(|e| format!(" (last send error: {e})")).unwrap_or_default()
+    )]
+    Timeout {
+        to: SocketAddr,
+        attempts: u32,
+        elapsed: Duration,
+        reply_port: u16,
+        last_error: Option<String>,
+    },
+    #[error(
+        "the deployment key does not match the one used by {to} (this key has id {ours}, the peer's has id {theirs}): copy deployment.key from the server's data directory and try again"
+    )]
+    KeyMismatch {
+        to: SocketAddr,
+        ours: KeyId,
+        theirs: KeyId,
+    },
+    #[error(
+        "{to} refused the message because the clocks differ by {:.1} s (limit {window_s} s): synchronise this host's clock (NTP)",
+        skew_ms.unsigned_abs() as f64 / 1000.0
+    )]
+    ClockSkew {
+        to: SocketAddr,
+        skew_ms: i64,
+        window_s: u64,
+    },
+    #[error("{to} does not support {kind} messages (it runs an older version): {detail}")]
+    Unsupported {
+        to: SocketAddr,
+        kind: &'static str,
+        detail: String,
+    },
+    #[error("{to} refused the request ({code:?}): {detail}")]
+    Refused {
+        to: SocketAddr,
+        code: ErrorCode,
+        detail: String,
+    },
+    #[error("the request does not fit in a datagram: {0}")]
+    TooLarge(#[from] branchline_wire::SealError),
+    #[error("the requester's receive loop stopped: {0}")]
+    Closed(String),
+}
+
+enum Outcome {
+    Reply(Body),
+    KeyMismatch(KeyId),
+}
+
+struct Pending {
+    tx: oneshot::Sender<Outcome>,
+    nonce: [u8; 12],
+}
+
+#[derive(Default)]
+struct PendingTable {
+    by_id: HashMap<u64, Pending>,
+    by_nonce: HashMap<[u8; 12], u64>,
+}
+
+struct RequesterInner {
+    socket: UdpSocket,
+    ctx: Context,
+    pending: Mutex<PendingTable>,
+    closed: Mutex<Option<String>>,
+}
+
+/// Sends requests from a node's reply port and matches the answers.
+pub struct Requester {
+    inner: Arc<RequesterInner>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Requester {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Removes a request's entries from the pending table however the request ends.
+struct PendingGuard<'a> {
+    table: &'a Mutex<PendingTable>,
+    msg_id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().expect("pending lock");
+        if let Some(p) = t.by_id.remove(&self.msg_id) {
+            t.by_nonce.remove(&p.nonce);
+        }
+    }
+}
+
+impl Requester {
+    /// Starts the receive loop on `socket` (the node's reply port).
+    pub fn new(socket: UdpSocket, ctx: Context) -> Requester {
+        let inner = Arc::new(RequesterInner {
+            socket,
+            ctx,
+            pending: Mutex::new(PendingTable::default()),
+            closed: Mutex::new(None),
+        });
+        let task = tokio::spawn(Self::receive_loop(inner.clone()));
+        Requester { inner, task }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.socket.local_addr()
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.inner.ctx
+    }
+
+    async fn receive_loop(inner: Arc<RequesterInner>) {
+        let mut buf = vec![0u8; RECV_BUF];
+        loop {
+            let n = match inner.socket.recv_from(&mut buf).await {
+                Ok((n, _)) => n,
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => {
+                    *inner.closed.lock().expect("closed lock") = Some(e.to_string());
+                    // Wake every waiter: dropping the senders makes them fail fast.
+                    let mut t = inner.pending.lock().expect("pending lock");
+                    t.by_id.clear();
+                    t.by_nonce.clear();
+                    return;
+                }
+            };
+            let counters = &inner.ctx.counters;
+            match frame::open(&inner.ctx.keys, &buf[..n]) {
+                Ok(Incoming::Message { envelope, .. }) => {
+                    let mut t = inner.pending.lock().expect("pending lock");
+                    match (envelope.in_reply_to, envelope.body) {
+                        (0, _) => counters.count(DropReason::Unsolicited),
+                        (id, Some(body)) => match t.by_id.remove(&id) {
+                            Some(p) => {
+                                t.by_nonce.remove(&p.nonce);
+                                let _ = p.tx.send(Outcome::Reply(body));
+                            }
+                            None => counters.count(DropReason::Unsolicited),
+                        },
+                        (_, None) => counters.count(DropReason::Unsupported),
+                    }
+                }
+                Ok(Incoming::KeyMismatch {
+                    responder_key,
+                    echoed_nonce,
+                }) => {
+                    let mut t = inner.pending.lock().expect("pending lock");
+                    match t.by_nonce.remove(&echoed_nonce) {
+                        Some(id) => {
+                            if let Some(p) = t.by_id.remove(&id) {
+                                let _ = p.tx.send(Outcome::KeyMismatch(responder_key));
+                            }
+                        }
+                        None => counters.count(DropReason::Unsolicited),
+                    }
+                }
+                Err(e) => counters.count(DropReason::from(e)),
+            }
+        }
+    }
+
+    /// Sends `body` to `to` with the context's retry policy and waits for the answer.
+    pub async fn request(&self, to: SocketAddr, body: Body) -> Result<Body, RequestError> {
+        self.request_with(to, body, self.inner.ctx.retry).await
+    }
+
+    /// Sends `body` to `to`, retransmitting per `policy`, and waits for the answer. An
+    /// `Error` reply becomes the matching [`RequestError`].
+    pub async fn request_with(
+        &self,
+        to: SocketAddr,
+        body: Body,
+        policy: RetryPolicy,
+    ) -> Result<Body, RequestError> {
+        let ctx = &self.inner.ctx;
+        let kind = body.kind();
+        let msg_id = random_msg_id();
+        let nonce = random_nonce();
+        let envelope = Envelope {
+            msg_id,
+            sent_at_ms: ctx.clock.now_ms(),
+            in_reply_to: 0,
+            body: Some(body),
+        };
+        let datagram = frame::seal(&ctx.keys[0], nonce, &envelope)?;
+        let (tx, mut rx) = oneshot::channel();
+        {
+            if let Some(reason) = self.inner.closed.lock().expect("closed lock").clone() {
+                return Err(RequestError::Closed(reason));
+            }
+            let mut t = self.inner.pending.lock().expect("pending lock");
+            t.by_id.insert(msg_id, Pending { tx, nonce });
+            t.by_nonce.insert(nonce, msg_id);
+        }
+        let _cleanup = PendingGuard {
+            table: &self.inner.pending,
+            msg_id,
+        };
+        let start = tokio::time::Instant::now();
+        let mut last_error = None;
+        if let Err(e) = self.inner.socket.send_to(&datagram, to).await {
+            last_error = Some(e.to_string());
+        }
+        let mut rt = Retransmit::start(policy, start.into_std(), jitter_sample());
+        let outcome = loop {
+            tokio::select! {
+                r = &mut rx => match r {
+                    Ok(o) => break o,
+                    Err(_) => {
+                        let reason = self.inner.closed.lock().expect("closed lock").clone();
+                        return Err(RequestError::Closed(reason.unwrap_or_else(|| "endpoint dropped".into())));
+                    }
+                },
+                _ = tokio::time::sleep_until(rt.next_at().into()) => {
+                    match rt.on_timer(tokio::time::Instant::now().into_std(), jitter_sample()) {
+                        Step::Resend => {
+                            if let Err(e) = self.inner.socket.send_to(&datagram, to).await {
+                                last_error = Some(e.to_string());
+                            }
+                        }
+                        Step::Wait(_) => {}
+                        Step::GiveUp => {
+                            return Err(RequestError::Timeout {
+                                to,
+                                attempts: rt.attempts(),
+                                elapsed: start.elapsed(),
+                                reply_port: self.local_addr().map(|a| a.port()).unwrap_or(0),
+                                last_error,
+                            });
+                        }
+                    }
+                }
+            }
+        };
+        match outcome {
+            Outcome::KeyMismatch(theirs) => Err(RequestError::KeyMismatch {
+                to,
+                ours: ctx.keys[0].id(),
+                theirs,
+            }),
+            Outcome::Reply(Body::Error(e)) => {
+                let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+                Err(match code {
+                    ErrorCode::ClockSkew => RequestError::ClockSkew {
+                        to,
+                        skew_ms: envelope.sent_at_ms as i64 - e.receiver_time_ms as i64,
+                        window_s: ctx.replay.window.as_secs(),
+                    },
+                    ErrorCode::Unsupported => RequestError::Unsupported {
+                        to,
+                        kind,
+                        detail: e.detail,
+                    },
+                    code => RequestError::Refused {
+                        to,
+                        code,
+                        detail: e.detail,
+                    },
+                })
+            }
+            Outcome::Reply(body) => Ok(body),
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Branchline's small-message transport.
+//!
+//! Small messages are single UDP datagrams (see `branchline-wire` for their format). This
+//! crate makes them reliable and safe to act on, with no per-peer connection state:
+//!
+//! * [`retry`]: the sender retransmits the same datagram with exponential backoff and
+//!   jitter until an answer arrives or a deadline passes (then a clear error).
+//! * [`replay`]: the receiver refuses messages sent outside a clock window and remembers
+//!   message ids, so each message is handled at most once; retransmissions get the cached
+//!   reply.
+//! * [`counters`]: every datagram not acted on is counted under a reason.
+//! * [`endpoint`]: the tokio shell: a [`Responder`] on a node's request port, a
+//!   [`Requester`] on its reply port.
+//!
+//! [`retry`], [`replay`] and [`ratelimit`] are pure (time passed in) and tested
+//! deterministically; [`endpoint`] is tested over loopback sockets.
+
+pub mod counters;
+pub mod endpoint;
+pub mod ratelimit;
+pub mod replay;
+pub mod retry;
+
+pub use counters::{Counters, DropReason};
+pub use endpoint::{
+    Clock, Context, Handler, RequestError, Requester, Responder, Response, SystemClock,
+};
+pub use replay::ReplayConfig;
+pub use retry::RetryPolicy;
