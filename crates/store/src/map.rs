@@ -89,9 +89,7 @@ impl Default for PieceSize {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MapError {
     /// Piece size outside the allowed range or not a power of two.
-    #[error(
-        "piece size {0} bytes is not allowed: it must be a power of two from 16 KiB to 16 MiB"
-    )]
+    #[error("piece size {0} bytes is not allowed: it must be a power of two from 16 KiB to 16 MiB")]
     BadPieceSize(u64),
     /// The content has more pieces than a `u32` index can name.
     #[error(
@@ -495,10 +493,31 @@ impl PieceMap {
         out
     }
 
-    /// Decodes a map received from a peer or read from disk and verifies it against the
-    /// content id and size the caller expects (see [`PieceMap::verify_against`]). Garbage
-    /// yields an error, never a panic.
+    /// Decodes a map received from a peer and verifies it against the content id and
+    /// size the caller expects (see [`PieceMap::verify_against`]). Garbage yields an
+    /// error, never a panic.
     pub fn decode(bytes: &[u8], expected: &ContentId, size: u64) -> Result<Self, MapError> {
+        let map = Self::parse(bytes)?;
+        if map.size != size {
+            return Err(MapError::SizeMismatch {
+                expected: size,
+                found: map.size,
+            });
+        }
+        map.verify_against(expected, size)?;
+        Ok(map)
+    }
+
+    /// Decodes a map the cache itself stored after verifying it (so its size is
+    /// trusted), re-checking that its hashes still combine to `expected`.
+    pub(crate) fn decode_stored(bytes: &[u8], expected: &ContentId) -> Result<Self, MapError> {
+        let map = Self::parse(bytes)?;
+        map.verify_against(expected, map.size)?;
+        Ok(map)
+    }
+
+    /// Parses the encoding without trusting it.
+    fn parse(bytes: &[u8]) -> Result<Self, MapError> {
         if bytes.len() < MAP_HEADER_LEN {
             return Err(MapError::TooShort(bytes.len()));
         }
@@ -512,14 +531,8 @@ impl PieceMap {
         if bytes[6..8] != [0, 0] {
             return Err(MapError::BadHeader);
         }
-        let declared = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        let size = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
         let id = ContentId::from_bytes(bytes[16..48].try_into().expect("32 bytes"));
-        if declared != size {
-            return Err(MapError::SizeMismatch {
-                expected: size,
-                found: declared,
-            });
-        }
         let count = checked_count(size, piece_size)?;
         let expected_len = MAP_HEADER_LEN as u64 + u64::from(count) * PIECE_HASH_LEN as u64;
         if bytes.len() as u64 != expected_len {
@@ -532,14 +545,12 @@ impl PieceMap {
             .chunks_exact(PIECE_HASH_LEN)
             .map(|c| c.try_into().expect("32 bytes"))
             .collect();
-        let map = Self {
+        Ok(Self {
             id,
             size,
             piece_size,
             hashes,
-        };
-        map.verify_against(expected, size)?;
-        Ok(map)
+        })
     }
 }
 
@@ -627,7 +638,10 @@ mod tests {
             let d = data(len, 1);
             let map = PieceMap::from_bytes(&d, ps(MIN_PIECE_SIZE)).unwrap();
             assert_eq!(map.id(), ContentId::of_bytes(&d), "len {len}");
-            assert_eq!(u64::from(map.piece_count()), (len as u64).div_ceil(p as u64));
+            assert_eq!(
+                u64::from(map.piece_count()),
+                (len as u64).div_ceil(p as u64)
+            );
             for i in 0..map.piece_count() {
                 let (off, l) = map.piece_range(i).unwrap();
                 map.verify_piece(i, &d[off as usize..off as usize + l as usize])

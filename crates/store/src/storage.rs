@@ -1,0 +1,478 @@
+//! Where the cache's bytes live: the [`Storage`] trait, the real file-system backend
+//! [`FsStorage`], and [`MemStorage`], an in-memory backend with fault injection for tests
+//! and simulators.
+//!
+//! Contract for every backend: when a write method returns `Ok`, its effect survives a
+//! crash (power loss, `kill -9`); when it returns `Err`, the cache treats the write as not
+//! having happened, and the backend must leave the other files untouched.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::id::ContentId;
+
+/// The small per-content files beside the data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Aux {
+    /// The encoded, verified [`crate::PieceMap`].
+    Map,
+    /// The persistent bitfield of verified, durable pieces.
+    Have,
+    /// Last access time and pin flag.
+    Meta,
+}
+
+impl Aux {
+    fn file_name(self) -> &'static str {
+        match self {
+            Aux::Map => "map",
+            Aux::Have => "have",
+            Aux::Meta => "meta",
+        }
+    }
+}
+
+/// Size of the file system holding the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Capacity of the file system (bytes).
+    pub total: u64,
+    /// Space an unprivileged writer can still use (bytes).
+    pub available: u64,
+}
+
+/// Disk operations the cache needs, keyed by content id. See the module docs for the
+/// durability contract.
+pub trait Storage: Send + Sync {
+    /// What [`Storage::open_data`] returns for reading complete content.
+    type Reader: io::Read + io::Seek + Send;
+
+    /// Ids of every content present, including half-created ones.
+    fn list(&self) -> io::Result<Vec<ContentId>>;
+    /// Creates the content's place and a data area of `size` bytes (may be sparse).
+    fn create(&self, id: &ContentId, size: u64) -> io::Result<()>;
+    /// Writes `data` at `offset` of the data area and makes it durable.
+    fn write_data(&self, id: &ContentId, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Reads exactly `buf.len()` bytes at `offset` of the data area.
+    fn read_data(&self, id: &ContentId, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Opens the data area for reading from the start.
+    fn open_data(&self, id: &ContentId) -> io::Result<Self::Reader>;
+    /// Path of the data file, for backends that have one.
+    fn data_path(&self, id: &ContentId) -> Option<PathBuf>;
+    /// Reads a small file; `None` if it does not exist.
+    fn read_aux(&self, id: &ContentId, aux: Aux) -> io::Result<Option<Vec<u8>>>;
+    /// Replaces a small file atomically (old or new content after a crash, never a mix)
+    /// and durably.
+    fn replace_aux(&self, id: &ContentId, aux: Aux, bytes: &[u8]) -> io::Result<()>;
+    /// Overwrites bytes inside an existing small file in place, durably. Used for one
+    /// byte of the `have` bitfield at a time, which a crash cannot tear.
+    fn patch_aux(&self, id: &ContentId, aux: Aux, offset: u64, bytes: &[u8]) -> io::Result<()>;
+    /// Removes everything of one content. Not an error if it is already gone.
+    fn remove(&self, id: &ContentId) -> io::Result<()>;
+    /// Size of the file system holding the cache.
+    fn disk_space(&self) -> io::Result<DiskSpace>;
+}
+
+/// Whether an I/O error means the disk (or the user's quota) is full.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// The real backend: one directory per content under `<root>/v1/`, holding `data`,
+/// `map`, `have` and `meta` (see `DESIGN.md` in this crate).
+#[derive(Debug, Clone)]
+pub struct FsStorage {
+    base: PathBuf,
+}
+
+/// Name of the layout version directory under the cache root.
+const LAYOUT_DIR: &str = "v1";
+
+impl FsStorage {
+    /// Uses (and creates if needed) the cache directory `root`.
+    pub fn new(root: &Path) -> io::Result<Self> {
+        let base = root.join(LAYOUT_DIR);
+        fs::create_dir_all(&base)?;
+        Ok(Self { base })
+    }
+
+    fn dir(&self, id: &ContentId) -> PathBuf {
+        self.base.join(id.to_hex())
+    }
+
+    fn data_file(&self, id: &ContentId) -> PathBuf {
+        self.dir(id).join("data")
+    }
+}
+
+/// Makes a directory entry change (create, rename) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Storage for FsStorage {
+    type Reader = File;
+
+    fn list(&self) -> io::Result<Vec<ContentId>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(&self.base)? {
+            let e = e?;
+            if let Some(id) = e.file_name().to_str().and_then(|s| s.parse().ok()) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    fn create(&self, id: &ContentId, size: u64) -> io::Result<()> {
+        let dir = self.dir(id);
+        fs::create_dir_all(&dir)?;
+        sync_dir(&self.base)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("data"))?;
+        f.set_len(size)?;
+        f.sync_all()?;
+        sync_dir(&dir)
+    }
+
+    fn write_data(&self, id: &ContentId, offset: u64, data: &[u8]) -> io::Result<()> {
+        let f = OpenOptions::new().write(true).open(self.data_file(id))?;
+        f.write_all_at(data, offset)?;
+        f.sync_data()
+    }
+
+    fn read_data(&self, id: &ContentId, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        File::open(self.data_file(id))?.read_exact_at(buf, offset)
+    }
+
+    fn open_data(&self, id: &ContentId) -> io::Result<File> {
+        File::open(self.data_file(id))
+    }
+
+    fn data_path(&self, id: &ContentId) -> Option<PathBuf> {
+        Some(self.data_file(id))
+    }
+
+    fn read_aux(&self, id: &ContentId, aux: Aux) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.dir(id).join(aux.file_name())) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn replace_aux(&self, id: &ContentId, aux: Aux, bytes: &[u8]) -> io::Result<()> {
+        let dir = self.dir(id);
+        let tmp = dir.join(format!("{}.tmp", aux.file_name()));
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, dir.join(aux.file_name()))?;
+        sync_dir(&dir)
+    }
+
+    fn patch_aux(&self, id: &ContentId, aux: Aux, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(self.dir(id).join(aux.file_name()))?;
+        f.write_all_at(bytes, offset)?;
+        f.sync_data()
+    }
+
+    fn remove(&self, id: &ContentId) -> io::Result<()> {
+        match fs::remove_dir_all(self.dir(id)) {
+            Ok(()) => sync_dir(&self.base),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn disk_space(&self) -> io::Result<DiskSpace> {
+        statvfs(&self.base)
+    }
+}
+
+/// Capacity and available space of the file system holding `path`.
+pub fn statvfs(path: &Path) -> io::Result<DiskSpace> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: `c` is a valid NUL-terminated string and `st` a properly sized out-buffer
+    // that statvfs fully initialises when it returns 0.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    Ok(DiskSpace {
+        total: (st.f_blocks as u64).saturating_mul(frsize),
+        available: (st.f_bavail as u64).saturating_mul(frsize),
+    })
+}
+
+/// A storage operation, for fault injection in [`MemStorage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// [`Storage::create`].
+    Create,
+    /// [`Storage::write_data`].
+    WriteData,
+    /// [`Storage::read_data`].
+    ReadData,
+    /// [`Storage::replace_aux`].
+    ReplaceAux,
+    /// [`Storage::patch_aux`].
+    PatchAux,
+    /// [`Storage::remove`].
+    Remove,
+}
+
+#[derive(Default, Debug)]
+struct MemContent {
+    data: Vec<u8>,
+    aux: BTreeMap<Aux, Vec<u8>>,
+}
+
+#[derive(Default, Debug)]
+struct MemState {
+    contents: HashMap<ContentId, MemContent>,
+    faults: HashMap<Op, io::ErrorKind>,
+    disk: Option<DiskSpace>,
+}
+
+/// In-memory storage. Its state is exactly what would survive a crash, so dropping a
+/// [`crate::Cache`] and opening a new one on a clone of the same `MemStorage` simulates
+/// `kill -9` and restart. Faults can be injected per operation (for example
+/// [`io::ErrorKind::StorageFull`] on [`Op::WriteData`] for a full disk).
+#[derive(Clone, Default, Debug)]
+pub struct MemStorage {
+    state: Arc<Mutex<MemState>>,
+}
+
+impl MemStorage {
+    /// An empty store reporting a 1 TiB disk.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes every later `op` fail with `kind` (`None` heals it).
+    pub fn set_fault(&self, op: Op, kind: Option<io::ErrorKind>) {
+        let mut s = self.lock();
+        match kind {
+            Some(k) => s.faults.insert(op, k),
+            None => s.faults.remove(&op),
+        };
+    }
+
+    /// Sets the disk size [`Storage::disk_space`] reports.
+    pub fn set_disk_space(&self, space: DiskSpace) {
+        self.lock().disk = Some(space);
+    }
+
+    /// Flips bits of the stored data of `id` at `offset` (simulated bit rot). Returns
+    /// false if there is no such byte.
+    pub fn corrupt_data(&self, id: &ContentId, offset: u64, xor: u8) -> bool {
+        let mut s = self.lock();
+        match s
+            .contents
+            .get_mut(id)
+            .and_then(|c| c.data.get_mut(offset as usize))
+        {
+            Some(b) => {
+                *b ^= xor;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Replaces (or with `None` deletes) a small file directly, bypassing faults, to
+    /// simulate damage or a crash half-way through creating a content.
+    pub fn put_aux(&self, id: &ContentId, aux: Aux, bytes: Option<Vec<u8>>) {
+        let mut s = self.lock();
+        let c = s.contents.entry(*id).or_default();
+        match bytes {
+            Some(b) => c.aux.insert(aux, b),
+            None => c.aux.remove(&aux),
+        };
+    }
+
+    /// A copy of the stored data of `id`.
+    pub fn data(&self, id: &ContentId) -> Option<Vec<u8>> {
+        self.lock().contents.get(id).map(|c| c.data.clone())
+    }
+
+    fn check(s: &MemState, op: Op) -> io::Result<()> {
+        match s.faults.get(&op) {
+            Some(k) => Err(io::Error::new(*k, format!("injected fault on {op:?}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn not_found() -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, "no such content in memory storage")
+}
+
+impl Storage for MemStorage {
+    type Reader = io::Cursor<Vec<u8>>;
+
+    fn list(&self) -> io::Result<Vec<ContentId>> {
+        Ok(self.lock().contents.keys().copied().collect())
+    }
+
+    fn create(&self, id: &ContentId, size: u64) -> io::Result<()> {
+        let mut s = self.lock();
+        Self::check(&s, Op::Create)?;
+        let size = usize::try_from(size).map_err(|_| io::Error::other("too large for memory"))?;
+        s.contents.insert(
+            *id,
+            MemContent {
+                data: vec![0; size],
+                aux: BTreeMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn write_data(&self, id: &ContentId, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut s = self.lock();
+        Self::check(&s, Op::WriteData)?;
+        let c = s.contents.get_mut(id).ok_or_else(not_found)?;
+        let off = offset as usize;
+        let dst = c
+            .data
+            .get_mut(off..off + data.len())
+            .ok_or_else(|| io::Error::other("write past the end of the data area"))?;
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn read_data(&self, id: &ContentId, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let s = self.lock();
+        Self::check(&s, Op::ReadData)?;
+        let c = s.contents.get(id).ok_or_else(not_found)?;
+        let off = offset as usize;
+        let src = c
+            .data
+            .get(off..off + buf.len())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn open_data(&self, id: &ContentId) -> io::Result<Self::Reader> {
+        let s = self.lock();
+        let c = s.contents.get(id).ok_or_else(not_found)?;
+        Ok(io::Cursor::new(c.data.clone()))
+    }
+
+    fn data_path(&self, _id: &ContentId) -> Option<PathBuf> {
+        None
+    }
+
+    fn read_aux(&self, id: &ContentId, aux: Aux) -> io::Result<Option<Vec<u8>>> {
+        Ok(self
+            .lock()
+            .contents
+            .get(id)
+            .and_then(|c| c.aux.get(&aux).cloned()))
+    }
+
+    fn replace_aux(&self, id: &ContentId, aux: Aux, bytes: &[u8]) -> io::Result<()> {
+        let mut s = self.lock();
+        Self::check(&s, Op::ReplaceAux)?;
+        let c = s.contents.get_mut(id).ok_or_else(not_found)?;
+        c.aux.insert(aux, bytes.to_vec());
+        Ok(())
+    }
+
+    fn patch_aux(&self, id: &ContentId, aux: Aux, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut s = self.lock();
+        Self::check(&s, Op::PatchAux)?;
+        let f = s
+            .contents
+            .get_mut(id)
+            .and_then(|c| c.aux.get_mut(&aux))
+            .ok_or_else(not_found)?;
+        let off = offset as usize;
+        let dst = f
+            .get_mut(off..off + bytes.len())
+            .ok_or_else(|| io::Error::other("patch past the end of the file"))?;
+        dst.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn remove(&self, id: &ContentId) -> io::Result<()> {
+        let mut s = self.lock();
+        Self::check(&s, Op::Remove)?;
+        s.contents.remove(id);
+        Ok(())
+    }
+
+    fn disk_space(&self) -> io::Result<DiskSpace> {
+        Ok(self.lock().disk.unwrap_or(DiskSpace {
+            total: 1 << 40,
+            available: 1 << 40,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_full_is_recognised() {
+        assert!(is_disk_full(&io::Error::from_raw_os_error(libc::ENOSPC)));
+        assert!(is_disk_full(&io::Error::from_raw_os_error(libc::EDQUOT)));
+        assert!(is_disk_full(&io::Error::from(io::ErrorKind::StorageFull)));
+        assert!(!is_disk_full(&io::Error::from_raw_os_error(libc::EIO)));
+    }
+
+    #[test]
+    fn statvfs_reports_a_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let s = statvfs(d.path()).unwrap();
+        assert!(s.total > 0 && s.available <= s.total);
+        assert!(statvfs(Path::new("/nonexistent/branchline")).is_err());
+    }
+
+    #[test]
+    fn fs_storage_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FsStorage::new(d.path()).unwrap();
+        let id = ContentId::of_bytes(b"x");
+        s.create(&id, 10).unwrap();
+        s.write_data(&id, 3, b"abc").unwrap();
+        let mut buf = [0u8; 5];
+        s.read_data(&id, 2, &mut buf).unwrap();
+        assert_eq!(&buf, b"\0abc\0");
+        assert_eq!(s.read_aux(&id, Aux::Have).unwrap(), None);
+        s.replace_aux(&id, Aux::Have, b"hello").unwrap();
+        s.patch_aux(&id, Aux::Have, 1, b"E").unwrap();
+        assert_eq!(s.read_aux(&id, Aux::Have).unwrap().unwrap(), b"hEllo");
+        assert_eq!(s.list().unwrap(), vec![id]);
+        s.remove(&id).unwrap();
+        s.remove(&id).unwrap();
+        assert!(s.list().unwrap().is_empty());
+        assert!(s.write_data(&id, 0, b"a").is_err());
+    }
+}
