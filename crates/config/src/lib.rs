@@ -1,0 +1,364 @@
+//! Branchline configuration.
+//!
+//! One TOML file (`--config FILE`) holds every setting; environment variables
+//! (`BRANCHLINE_*`) and command-line flags override it; every setting has a default that
+//! works on one machine, stated in its doc comment here and in `docs/configuration.md`.
+//! A file with an error is refused with its path, the line and the key.
+
+pub mod ports;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use ports::{ClientPorts, ConnectorPorts, PortOverrideError, Ports, ServerPorts};
+
+/// Default address to bind: every interface.
+fn any() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+}
+
+/// Server settings (`[server]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Data directory (database, deployment key). Default: none, `--data-dir` is required.
+    pub data_dir: Option<PathBuf>,
+    /// Address to bind every server port on. Default `0.0.0.0`.
+    pub bind: IpAddr,
+    /// A client is offline after this many heartbeat intervals without one. Default 3.
+    pub offline_after_missed_heartbeats: u32,
+    /// Number of worker threads (0 = one per core). Default 0.
+    pub threads: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: None,
+            bind: any(),
+            offline_after_missed_heartbeats: 3,
+            threads: 0,
+        }
+    }
+}
+
+/// Client settings (`[client]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// The server's address. Default: none, `--server` is required.
+    pub server: Option<IpAddr>,
+    /// File holding the deployment key. Default: none, `--key-file` is required.
+    pub key_file: Option<PathBuf>,
+    /// Data directory (client id, cache). Default: none, `--data-dir` is required.
+    pub data_dir: Option<PathBuf>,
+    /// Address to bind every client port on. Default `0.0.0.0`.
+    pub bind: IpAddr,
+    /// Seconds between heartbeats. Default 30.
+    pub heartbeat_interval_s: f64,
+    /// Cache cap in bytes. Default 10 GiB.
+    pub cache_size_bytes: u64,
+    /// Name reported to the server. Default: the host's name.
+    pub hostname: Option<String>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            server: None,
+            key_file: None,
+            data_dir: None,
+            bind: any(),
+            heartbeat_interval_s: 30.0,
+            cache_size_bytes: 10 << 30,
+            hostname: None,
+        }
+    }
+}
+
+impl ClientConfig {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.heartbeat_interval_s)
+    }
+}
+
+/// Connector settings (`[connector]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectorConfig {
+    /// The server's address. Default: none, `--server` is required.
+    pub server: Option<IpAddr>,
+    /// File holding the deployment key. Default: none, `--key-file` is required.
+    pub key_file: Option<PathBuf>,
+    /// Address to bind the connector's reply port on. Default `0.0.0.0`.
+    pub bind: IpAddr,
+}
+
+impl Default for ConnectorConfig {
+    fn default() -> Self {
+        ConnectorConfig {
+            server: None,
+            key_file: None,
+            bind: any(),
+        }
+    }
+}
+
+/// Small-message transport settings (`[transport]`), shared by every component.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    /// Seconds before the first retransmission of an unanswered request. Default 0.25.
+    pub initial_retry_s: f64,
+    /// Longest wait between retransmissions, in seconds. Default 4.
+    pub max_retry_s: f64,
+    /// Seconds after which an unanswered request fails. Default 10.
+    pub request_deadline_s: f64,
+    /// Largest accepted clock difference between sender and receiver, seconds. Default 120.
+    pub replay_window_s: f64,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            initial_retry_s: 0.25,
+            max_retry_s: 4.0,
+            request_deadline_s: 10.0,
+            replay_window_s: 120.0,
+        }
+    }
+}
+
+/// Every setting.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub ports: Ports,
+    pub server: ServerConfig,
+    pub client: ClientConfig,
+    pub connector: ConnectorConfig,
+    pub transport: TransportConfig,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}, line {line}, key `{key}`: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+    #[error("config file {path}: {message}")]
+    ParseNoLocation { path: PathBuf, message: String },
+    #[error("invalid setting {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl Config {
+    /// Reads `path`, or returns the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses TOML `text`; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_owned();
+            match e.span() {
+                Some(span) => {
+                    let (line, key) = locate(text, span.start);
+                    ConfigError::Parse {
+                        path: path.to_owned(),
+                        line,
+                        key,
+                        message,
+                    }
+                }
+                None => ConfigError::ParseNoLocation {
+                    path: path.to_owned(),
+                    message,
+                },
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(p) = self.ports.problems().into_iter().next() {
+            return Err(ConfigError::Invalid {
+                key: "ports".into(),
+                message: p,
+            });
+        }
+        let positive = [
+            (
+                "client.heartbeat_interval_s",
+                self.client.heartbeat_interval_s,
+            ),
+            ("transport.initial_retry_s", self.transport.initial_retry_s),
+            ("transport.max_retry_s", self.transport.max_retry_s),
+            (
+                "transport.request_deadline_s",
+                self.transport.request_deadline_s,
+            ),
+            ("transport.replay_window_s", self.transport.replay_window_s),
+        ];
+        for (key, v) in positive {
+            if !(v.is_finite() && v > 0.0 && v < 1e7) {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    message: format!("{v} must be a positive number of seconds"),
+                });
+            }
+        }
+        if !(0.1..=3600.0).contains(&self.client.heartbeat_interval_s) {
+            return Err(ConfigError::Invalid {
+                key: "client.heartbeat_interval_s".into(),
+                message: format!(
+                    "{} is outside 0.1..=3600 seconds",
+                    self.client.heartbeat_interval_s
+                ),
+            });
+        }
+        if self.server.offline_after_missed_heartbeats == 0 {
+            return Err(ConfigError::Invalid {
+                key: "server.offline_after_missed_heartbeats".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The 1-based line of byte `offset` in `text`, and the dotted key defined on that line
+/// (or the table whose header is on it).
+fn locate(text: &str, offset: usize) -> (usize, String) {
+    let offset = offset.min(text.len());
+    let line_no = text[..offset].matches('\n').count() + 1;
+    let mut table = String::new();
+    let mut key = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            let name = l.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+            if i + 1 == line_no {
+                return (line_no, name);
+            }
+            table = name;
+        } else if i + 1 == line_no {
+            key = l
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches('"')
+                .to_owned();
+            break;
+        }
+    }
+    let full = match (table.is_empty(), key.is_empty()) {
+        (true, _) => key,
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    };
+    (line_no, full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("/etc/branchline.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn values_override_defaults() {
+        let c = parse(
+            "[ports.server]\nsmall_request = 44323\n[client]\nheartbeat_interval_s = 2.5\nserver = \"10.0.0.1\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.ports.server.small_request, 44323);
+        assert_eq!(c.ports.server.small_reply, 34322);
+        assert_eq!(c.client.heartbeat_interval(), Duration::from_millis(2500));
+        assert_eq!(c.client.server, Some("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn wrong_type_names_file_line_and_key() {
+        let err = parse("# comment\n[ports.server]\nsmall_reply = 1\nsmall_request = \"abc\"\n")
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/etc/branchline.toml"), "{msg}");
+        assert!(msg.contains("line 4"), "{msg}");
+        assert!(msg.contains("ports.server.small_request"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("[client]\nheartbeat_interval_s = 3\nhartbeat = 4\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("client.hartbeat"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let err = parse("[client]\nserver = \n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn out_of_range_port_is_refused() {
+        let msg = parse("[ports.client]\ncontent_fg = 70000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 2") && msg.contains("ports.client.content_fg"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_key() {
+        let msg = parse("[client]\nheartbeat_interval_s = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("client.heartbeat_interval_s"), "{msg}");
+        let msg = parse("[ports.client]\ncontent_fg = 34325\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("client.small_request"), "{msg}");
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/branchline.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/branchline.toml"));
+    }
+}
