@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, GeneralSubtree, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, NameConstraints, PKCS_ED25519, PublicKeyData, SanType,
-    SerialNumber, SignatureAlgorithm,
+    KeyPair, KeyUsagePurpose, NameConstraints, PKCS_ED25519, PublicKeyData, SanType, SerialNumber,
+    SignatureAlgorithm,
 };
 use ring::rand::SecureRandom;
 use rustls::pki_types::CertificateDer;
@@ -147,8 +147,7 @@ impl DeploymentCa {
     /// Loads a CA saved by [`DeploymentCa::save`], checking that the key and the
     /// certificate belong together.
     pub fn load(dir: &Path) -> Result<Self, IdentityError> {
-        let deployment =
-            DeploymentName::new(files::read_text(&dir.join(DEPLOYMENT_FILE))?.trim())?;
+        let deployment = DeploymentName::new(files::read_text(&dir.join(DEPLOYMENT_FILE))?.trim())?;
         let cert_path = dir.join(CA_CERT_FILE);
         let certificate = node::read_cert_pem(&cert_path)?;
         let key = node::load_key(&dir.join(CA_KEY_FILE))?;
@@ -156,15 +155,15 @@ impl DeploymentCa {
             expected: format!("CA of deployment {deployment}"),
             detail: format!("{}: {detail}", cert_path.display()),
         };
-        let parsed = webpki::EndEntityCert::try_from(&certificate)
-            .map_err(|e| mismatch(&e.to_string()))?;
+        let parsed =
+            webpki::EndEntityCert::try_from(&certificate).map_err(|e| mismatch(&e.to_string()))?;
         if parsed.subject_public_key_info().as_ref() != key.subject_public_key_info().as_slice() {
             return Err(mismatch("the CA key does not match the CA certificate"));
         }
         // The issuer name we will write must equal the stored certificate's subject.
         let probe = ca_params(&deployment).self_signed(&key).map_err(crypto)?;
-        let probe = webpki::EndEntityCert::try_from(probe.der())
-            .map_err(|e| mismatch(&e.to_string()))?;
+        let probe =
+            webpki::EndEntityCert::try_from(probe.der()).map_err(|e| mismatch(&e.to_string()))?;
         if probe.subject() != parsed.subject() {
             return Err(mismatch(
                 "the CA certificate's name does not match the deployment name",
@@ -293,7 +292,13 @@ mod tests {
             .issue_client_cert(&name, &one.cert_request().unwrap(), now, YEAR)
             .unwrap();
         let err = two
-            .install_certificate(cert, ca.certificate(), ca.deployment(), &Role::Client(name), now)
+            .install_certificate(
+                cert,
+                ca.certificate(),
+                ca.deployment(),
+                &Role::Client(name),
+                now,
+            )
             .unwrap_err();
         assert!(matches!(err, IdentityError::WrongKey), "{err}");
     }
@@ -308,17 +313,31 @@ mod tests {
         verify_certificate(&server.certificate, ca.certificate(), d, &Role::Server, now).unwrap();
         // Same deployment name, different CA: refused.
         assert!(
-            verify_certificate(&server.certificate, other.certificate(), d, &Role::Server, now)
-                .is_err()
+            verify_certificate(
+                &server.certificate,
+                other.certificate(),
+                d,
+                &Role::Server,
+                now
+            )
+            .is_err()
         );
         // Right CA, wrong holder: refused.
         let client = Role::Client(ClientName::new("x").unwrap());
-        assert!(verify_certificate(&server.certificate, ca.certificate(), d, &client, now).is_err());
+        assert!(
+            verify_certificate(&server.certificate, ca.certificate(), d, &client, now).is_err()
+        );
         // Expired: refused.
         let later = now + 2 * YEAR;
         assert!(
-            verify_certificate(&server.certificate, ca.certificate(), d, &Role::Server, later)
-                .is_err()
+            verify_certificate(
+                &server.certificate,
+                ca.certificate(),
+                d,
+                &Role::Server,
+                later
+            )
+            .is_err()
         );
     }
 

@@ -160,9 +160,7 @@ impl Role {
     /// Parses a DNS name of `deployment` back into a role; `None` if the name does
     /// not belong to `deployment` or has the wrong shape.
     pub fn from_dns_name(name: &str, deployment: &DeploymentName) -> Option<Role> {
-        let prefix = name
-            .strip_suffix(deployment.as_str())?
-            .strip_suffix('.')?;
+        let prefix = name.strip_suffix(deployment.as_str())?.strip_suffix('.')?;
         if prefix == SERVER_LABEL {
             return Some(Role::Server);
         }

@@ -243,8 +243,7 @@ pub(crate) fn read_cert_pem(path: &Path) -> Result<CertificateDer<'static>, Iden
 /// Encodes a DER certificate as PEM text.
 pub(crate) fn cert_pem(cert: &CertificateDer<'_>) -> String {
     use std::fmt::Write;
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = String::new();
     for chunk in cert.as_ref().chunks(3) {
         let n = chunk

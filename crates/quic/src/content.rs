@@ -1,0 +1,372 @@
+//! Content transfer: one QUIC stream per piece request.
+//!
+//! The receiving client connects from its content port (34760 Foreground, 34750
+//! Background) to the sending node's content port, and asks for pieces, each on
+//! its own bidirectional stream (wire form in [`crate::piece_wire`]). Many
+//! requests run at once on one connection, up to the transport's stream limit;
+//! the multi-peer scheduler above decides which piece to ask whom.
+//!
+//! Storage stays outside: the serving side reads pieces through a
+//! [`PieceSource`], which the client implements over its content store. Bytes
+//! are passed on unverified: the caller checks every piece against the content's
+//! BLAKE3 hash before it keeps, serves or installs it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::{Connection, Endpoint, RecvStream, SendStream, TransportConfig};
+use thiserror::Error;
+use tokio::task::JoinHandle;
+
+use crate::endpoint::{self, Direction, QuicError};
+use crate::identity::{PeerIdentity, Role};
+use crate::large::{
+    LargeError, MAX_REASON_LEN, STREAM_ABANDONED, STREAM_BAD_FRAME, expect_end, read_exact,
+    read_payload,
+};
+use crate::node::NodeIdentity;
+use crate::piece_wire::{
+    PieceRequest, PieceStatus, PieceWireError, REQUEST_LEN, RESPONSE_HEADER_LEN, ResponseHeader,
+};
+use crate::tls::DeploymentTrust;
+
+/// Default largest piece accepted, in bytes (16 MiB).
+pub const DEFAULT_MAX_PIECE_LEN: u32 = 16 * 1024 * 1024;
+/// Default bound on one piece request, from opening the stream to the last byte
+/// (60 s).
+pub const DEFAULT_PIECE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Limits of piece transfers.
+#[derive(Debug, Clone)]
+pub struct ContentConfig {
+    /// Largest piece response accepted or served, in bytes.
+    pub max_piece_len: u32,
+    /// Bound on one piece request; a slow peer is abandoned after it so the
+    /// scheduler can move the piece to another peer.
+    pub piece_timeout: Duration,
+}
+
+impl Default for ContentConfig {
+    fn default() -> Self {
+        Self {
+            max_piece_len: DEFAULT_MAX_PIECE_LEN,
+            piece_timeout: DEFAULT_PIECE_TIMEOUT,
+        }
+    }
+}
+
+/// Why a [`PieceSource`] cannot give a piece.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum PieceError {
+    /// This node does not hold the piece (or the content).
+    #[error("piece not held here")]
+    NotFound,
+    /// The piece is held but cannot be read now; the reason goes to the peer.
+    #[error("piece unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where the serving side reads pieces from (the client's content store).
+pub trait PieceSource: Send + Sync + 'static {
+    /// Returns the whole piece `piece` of content `content` (its BLAKE3 hash),
+    /// already verified. `peer` is who asks, for policy and accounting.
+    fn read_piece(
+        &self,
+        peer: &PeerIdentity,
+        content: &[u8; 32],
+        piece: u32,
+    ) -> impl Future<Output = Result<Bytes, PieceError>> + Send;
+}
+
+/// A piece request failed.
+#[derive(Debug, Error)]
+pub enum ContentError {
+    /// The peer does not hold the piece: ask another peer.
+    #[error("peer does not hold the piece")]
+    NotFound,
+    /// The peer holds the piece but cannot serve it now.
+    #[error("peer cannot serve the piece now: {0}")]
+    Unavailable(String),
+    /// The peer says the requested range is outside the piece.
+    #[error("requested range lies outside the piece: {0}")]
+    BadRange(String),
+    /// The peer could not decode our request.
+    #[error("peer refused the request as malformed: {0}")]
+    BadRequest(String),
+    /// The peer's response header is malformed.
+    #[error("bad response from peer: {0}")]
+    Wire(#[from] PieceWireError),
+    /// The peer announced more bytes than we accept.
+    #[error("peer announced {len} bytes, more than the limit of {max} bytes")]
+    TooLong {
+        /// Announced length, in bytes.
+        len: u32,
+        /// The limit, in bytes.
+        max: u32,
+    },
+    /// The peer announced another length than we asked for.
+    #[error("peer announced {got} bytes for a request of {asked} bytes")]
+    WrongLength {
+        /// Bytes asked for.
+        asked: u32,
+        /// Bytes announced.
+        got: u32,
+    },
+    /// The transfer failed (truncated stream, connection lost, peer aborted).
+    #[error("piece transfer failed: {0}")]
+    Transfer(#[from] LargeError),
+    /// The request did not finish within the piece timeout.
+    #[error("piece not received within {0:?}; the peer is too slow")]
+    Timeout(Duration),
+}
+
+/// Asks `conn`'s peer for the piece range in `request` and returns its bytes
+/// (unverified). For `request.len == 0` the response may have any length up to
+/// `config.max_piece_len`; otherwise it must have exactly `request.len` bytes.
+pub async fn fetch_piece(
+    conn: &Connection,
+    request: &PieceRequest,
+    config: &ContentConfig,
+) -> Result<Bytes, ContentError> {
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(LargeError::from)?;
+        send.write_all(&request.encode())
+            .await
+            .map_err(|e| LargeError::Stream(e.to_string()))?;
+        send.finish()
+            .map_err(|e| LargeError::Stream(e.to_string()))?;
+        let mut header = [0u8; RESPONSE_HEADER_LEN];
+        read_exact(&mut recv, &mut header).await?;
+        let header = ResponseHeader::decode(header)?;
+        if header.status != PieceStatus::Ok {
+            if header.len as usize > MAX_REASON_LEN {
+                let _ = recv.stop(STREAM_BAD_FRAME);
+                return Err(ContentError::TooLong {
+                    len: header.len,
+                    max: MAX_REASON_LEN as u32,
+                });
+            }
+            let reason = read_payload(&mut recv, header.len as usize, 5).await?;
+            let reason = String::from_utf8_lossy(&reason).into_owned();
+            return Err(match header.status {
+                PieceStatus::NotFound => ContentError::NotFound,
+                PieceStatus::BadRange => ContentError::BadRange(reason),
+                PieceStatus::BadRequest => ContentError::BadRequest(reason),
+                PieceStatus::Unavailable | PieceStatus::Ok => ContentError::Unavailable(reason),
+            });
+        }
+        if header.len > config.max_piece_len {
+            let _ = recv.stop(STREAM_BAD_FRAME);
+            return Err(ContentError::TooLong {
+                len: header.len,
+                max: config.max_piece_len,
+            });
+        }
+        if request.len != 0 && header.len != request.len {
+            let _ = recv.stop(STREAM_BAD_FRAME);
+            return Err(ContentError::WrongLength {
+                asked: request.len,
+                got: header.len,
+            });
+        }
+        let data = read_payload(&mut recv, header.len as usize, RESPONSE_HEADER_LEN as u64).await?;
+        expect_end(&mut recv).await?;
+        Ok(data)
+    };
+    tokio::time::timeout(config.piece_timeout, exchange)
+        .await
+        .map_err(|_| ContentError::Timeout(config.piece_timeout))?
+}
+
+fn refusal(status: PieceStatus, reason: &str) -> (ResponseHeader, Bytes) {
+    let mut end = reason.len().min(MAX_REASON_LEN);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = Bytes::copy_from_slice(&reason.as_bytes()[..end]);
+    (
+        ResponseHeader {
+            status,
+            len: reason.len() as u32,
+        },
+        reason,
+    )
+}
+
+/// Decides the response to one request (no I/O besides the source).
+async fn respond<S: PieceSource>(
+    source: &S,
+    peer: &PeerIdentity,
+    raw: &[u8],
+    max_piece_len: u32,
+) -> (ResponseHeader, Bytes) {
+    let request = match PieceRequest::decode(raw) {
+        Ok(r) => r,
+        Err(e) => return refusal(PieceStatus::BadRequest, &e.to_string()),
+    };
+    let piece = match source
+        .read_piece(peer, &request.content, request.piece)
+        .await
+    {
+        Ok(piece) => piece,
+        Err(PieceError::NotFound) => return refusal(PieceStatus::NotFound, ""),
+        Err(PieceError::Unavailable(reason)) => {
+            return refusal(PieceStatus::Unavailable, &reason);
+        }
+    };
+    let Some(range) = request.range_in(piece.len()) else {
+        return refusal(
+            PieceStatus::BadRange,
+            &format!(
+                "offset {} length {} in a piece of {} bytes",
+                request.offset,
+                request.len,
+                piece.len()
+            ),
+        );
+    };
+    if range.len() > max_piece_len as usize {
+        return refusal(
+            PieceStatus::Unavailable,
+            &format!("{} bytes exceed this node's piece limit", range.len()),
+        );
+    }
+    (
+        ResponseHeader {
+            status: PieceStatus::Ok,
+            len: range.len() as u32,
+        },
+        piece.slice(range),
+    )
+}
+
+/// Answers one piece request stream.
+async fn answer<S: PieceSource>(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    peer: PeerIdentity,
+    source: Arc<S>,
+    max_piece_len: u32,
+) {
+    let mut raw = [0u8; REQUEST_LEN];
+    let read = async {
+        read_exact(&mut recv, &mut raw).await?;
+        expect_end(&mut recv).await
+    }
+    .await;
+    let (header, body) = match read {
+        Ok(()) => respond(&*source, &peer, &raw, max_piece_len).await,
+        Err(e @ (LargeError::Truncated { .. } | LargeError::TrailingBytes)) => {
+            let _ = recv.stop(STREAM_BAD_FRAME);
+            refusal(PieceStatus::BadRequest, &e.to_string())
+        }
+        Err(e) => {
+            tracing::debug!(peer = %peer.role, error = %e, "piece request failed");
+            let _ = send.reset(STREAM_ABANDONED);
+            return;
+        }
+    };
+    let sent = async {
+        send.write_all(&header.encode()).await?;
+        send.write_chunk(body).await?;
+        send.finish().map_err(|_| quinn::WriteError::ClosedStream)
+    }
+    .await;
+    if let Err(e) = sent {
+        tracing::debug!(peer = %peer.role, error = %e, "could not send piece");
+    }
+}
+
+/// Serves pieces from `source` on `endpoint` until it is closed.
+pub fn serve<S: PieceSource>(
+    endpoint: Endpoint,
+    trust: DeploymentTrust,
+    config: ContentConfig,
+    source: Arc<S>,
+) -> JoinHandle<()> {
+    let max = config.max_piece_len;
+    endpoint::serve_streams(endpoint, trust, move |peer, send, recv| {
+        answer(send, recv, peer, source.clone(), max)
+    })
+}
+
+/// A node's content endpoint (34760 Foreground or 34750 Background): serves
+/// pieces to peers and fetches pieces from them, on the one port.
+#[derive(Debug)]
+pub struct ContentNode {
+    endpoint: Endpoint,
+    trust: DeploymentTrust,
+    config: ContentConfig,
+}
+
+impl ContentNode {
+    /// Binds the content endpoint on `addr`. `transport` sets the congestion
+    /// controller and timeouts (see [`crate::transport_config`]).
+    pub fn bind(
+        addr: SocketAddr,
+        identity: &NodeIdentity,
+        trust: DeploymentTrust,
+        transport: Arc<TransportConfig>,
+        config: ContentConfig,
+    ) -> Result<Self, QuicError> {
+        let endpoint = endpoint::bind(
+            addr,
+            identity,
+            &trust,
+            crate::ALPN_CONTENT,
+            transport,
+            Direction::Both,
+        )?;
+        Ok(Self {
+            endpoint,
+            trust,
+            config,
+        })
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The limits in use.
+    pub fn config(&self) -> &ContentConfig {
+        &self.config
+    }
+
+    /// Connects to `peer`'s content port at `addr`.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        peer: &Role,
+    ) -> Result<(Connection, PeerIdentity), QuicError> {
+        endpoint::connect(&self.endpoint, addr, peer, &self.trust).await
+    }
+
+    /// Fetches one piece range over `conn`.
+    pub async fn fetch(
+        &self,
+        conn: &Connection,
+        request: &PieceRequest,
+    ) -> Result<Bytes, ContentError> {
+        fetch_piece(conn, request, &self.config).await
+    }
+
+    /// Starts serving pieces from `source`.
+    pub fn serve<S: PieceSource>(&self, source: Arc<S>) -> JoinHandle<()> {
+        serve(
+            self.endpoint.clone(),
+            self.trust.clone(),
+            self.config.clone(),
+            source,
+        )
+    }
+
+    /// Closes the endpoint and its connections.
+    pub fn close(&self) {
+        self.endpoint.close(endpoint::CLOSE_DONE, b"shutting down");
+    }
+}

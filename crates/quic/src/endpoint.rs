@@ -1,0 +1,327 @@
+//! quinn endpoints: binding, transport settings, connecting and accepting.
+//!
+//! An endpoint serves one use (one ALPN) on one socket. Whether it accepts,
+//! connects, or both follows the port rule of the design: a node sends a request
+//! from the socket bound to its own reply port to the peer's request port, so the
+//! endpoint on a request port accepts and the endpoint on a reply port connects.
+//! Content endpoints (34760, 34750) do both: the receiver connects from its
+//! content port to the sender's content port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::congestion::ControllerFactory;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, TransportConfig, VarInt};
+use thiserror::Error;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::identity::{NameError, PeerIdentity, Role};
+use crate::node::NodeIdentity;
+use crate::tls::{self, DeploymentTrust, TlsError};
+
+/// ALPN of large messages (ports 34333/34331, 34337/34335 and the Background
+/// pairs 34341/34339, 34345/34343).
+pub const ALPN_LARGE: &[u8] = b"branchline/large/1";
+/// ALPN of content transfers (ports 34760 Foreground, 34750 Background).
+pub const ALPN_CONTENT: &[u8] = b"branchline/content/1";
+
+/// Default idle timeout: a connection with no traffic from the peer for this
+/// long is closed, which is how a vanished peer is noticed (10 s).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default keep-alive interval: keeps idle but live connections open (3 s).
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(3);
+/// Default limit of concurrent bidirectional streams a peer may open on one
+/// connection (64): one per outstanding request or piece.
+pub const DEFAULT_MAX_STREAMS: u32 = 64;
+
+/// Application close code: normal close.
+pub const CLOSE_DONE: VarInt = VarInt::from_u32(0);
+/// Application close code: the peer's identity was not acceptable.
+pub const CLOSE_REFUSED: VarInt = VarInt::from_u32(1);
+
+/// Errors of endpoints and connections.
+#[derive(Debug, Error)]
+pub enum QuicError {
+    /// TLS configuration failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind QUIC endpoint on {addr}: {source}; is another process using the port?")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// quinn refused the TLS configuration.
+    #[error("QUIC rejected the TLS configuration: {0}")]
+    Crypto(String),
+    /// The endpoint cannot start a connection (e.g. it only accepts, or is closed).
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The peer address.
+        addr: SocketAddr,
+        /// What quinn said.
+        source: quinn::ConnectError,
+    },
+    /// The handshake or the connection failed (refused certificate, timeout,
+    /// peer closed).
+    #[error("QUIC connection with {addr} failed: {source}")]
+    Connection {
+        /// The peer address.
+        addr: SocketAddr,
+        /// What quinn said.
+        source: quinn::ConnectionError,
+    },
+    /// The peer's certificate does not name an identity of the deployment.
+    #[error(transparent)]
+    Identity(#[from] NameError),
+    /// The endpoint has been closed.
+    #[error("QUIC endpoint is closed")]
+    EndpointClosed,
+}
+
+/// Which congestion controller an endpoint's connections use.
+#[derive(Clone)]
+pub enum Congestion {
+    /// quinn's default Cubic: TCP-friendly, for same-office and Central Office
+    /// transfers.
+    Foreground,
+    /// A yielding controller (LEDBAT++ from the ledbat crate), for WAN transfers.
+    Background(Arc<dyn ControllerFactory + Send + Sync>),
+}
+
+impl std::fmt::Debug for Congestion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Congestion::Foreground => f.write_str("Foreground"),
+            Congestion::Background(_) => f.write_str("Background(..)"),
+        }
+    }
+}
+
+/// Transport knobs that matter to Branchline; everything else is quinn's default.
+#[derive(Debug, Clone)]
+pub struct TransportSettings {
+    /// Close a connection after this long without hearing from the peer.
+    pub idle_timeout: Duration,
+    /// Send keep-alives this often on idle connections; `None` disables them.
+    /// Must be shorter than `idle_timeout` to keep idle connections open.
+    pub keep_alive: Option<Duration>,
+    /// Concurrent bidirectional streams a peer may open on one connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            keep_alive: Some(DEFAULT_KEEP_ALIVE),
+            max_concurrent_streams: DEFAULT_MAX_STREAMS,
+        }
+    }
+}
+
+/// Builds a quinn transport configuration from `settings` and `congestion`.
+/// Public so the integration can adjust it further before binding.
+pub fn transport_config(settings: &TransportSettings, congestion: &Congestion) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    // An idle timeout beyond QUIC's varint range is clamped to the maximum.
+    let idle = quinn::IdleTimeout::try_from(settings.idle_timeout)
+        .unwrap_or_else(|_| quinn::IdleTimeout::from(VarInt::MAX));
+    t.max_idle_timeout(Some(idle));
+    t.keep_alive_interval(settings.keep_alive);
+    t.max_concurrent_bidi_streams(VarInt::from_u32(settings.max_concurrent_streams));
+    // Branchline uses bidirectional streams only.
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    if let Congestion::Background(factory) = congestion {
+        t.congestion_controller_factory(factory.clone());
+    }
+    t
+}
+
+/// Whether an endpoint accepts connections, makes them, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Request port: accepts only.
+    Accept,
+    /// Reply port: connects only.
+    Connect,
+    /// Content port: accepts and connects.
+    Both,
+}
+
+/// Binds a quinn endpoint on `addr` for one use (`alpn`), presenting `identity`
+/// and trusting `trust`. Must be called inside a tokio runtime.
+pub fn bind(
+    addr: SocketAddr,
+    identity: &NodeIdentity,
+    trust: &DeploymentTrust,
+    alpn: &[u8],
+    transport: Arc<TransportConfig>,
+    direction: Direction,
+) -> Result<Endpoint, QuicError> {
+    let server = match direction {
+        Direction::Accept | Direction::Both => {
+            let tls = tls::server_config(identity, trust, alpn)?;
+            let crypto = QuicServerConfig::try_from(Arc::new(tls))
+                .map_err(|e| QuicError::Crypto(e.to_string()))?;
+            let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+            server.transport_config(transport.clone());
+            Some(server)
+        }
+        Direction::Connect => None,
+    };
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|source| QuicError::Bind { addr, source })?;
+    let runtime = quinn::default_runtime().ok_or_else(|| QuicError::Bind {
+        addr,
+        source: std::io::Error::other("no async runtime found (call inside tokio)"),
+    })?;
+    let mut endpoint = Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+        .map_err(|source| QuicError::Bind { addr, source })?;
+    if direction != Direction::Accept {
+        let tls = tls::client_config(identity, trust, alpn)?;
+        let crypto = QuicClientConfig::try_from(Arc::new(tls))
+            .map_err(|e| QuicError::Crypto(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(transport);
+        endpoint.set_default_client_config(client);
+    }
+    Ok(endpoint)
+}
+
+/// Reads the authenticated identity of the peer of an established connection.
+pub fn peer_identity(
+    conn: &Connection,
+    deployment: &crate::identity::DeploymentName,
+) -> Result<PeerIdentity, NameError> {
+    let any = conn.peer_identity().ok_or(NameError::NoCertificate)?;
+    let chain = any
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .map_err(|_| NameError::NoCertificate)?;
+    PeerIdentity::from_chain(&chain, deployment)
+}
+
+/// Connects from `endpoint` to the node holding `peer`'s certificate at `addr`,
+/// and returns the connection with the peer's verified identity.
+pub async fn connect(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    peer: &Role,
+    trust: &DeploymentTrust,
+) -> Result<(Connection, PeerIdentity), QuicError> {
+    let name = peer.dns_name(&trust.deployment);
+    let connecting = endpoint
+        .connect(addr, &name)
+        .map_err(|source| QuicError::Connect { addr, source })?;
+    let conn = connecting
+        .await
+        .map_err(|source| QuicError::Connection { addr, source })?;
+    let identity = peer_identity(&conn, &trust.deployment)?;
+    Ok((conn, identity))
+}
+
+/// Waits for the next incoming connection on `endpoint` that completes the
+/// handshake, and returns it with the peer's verified identity. Handshakes that
+/// fail (e.g. refused certificates) are logged and skipped. Returns
+/// [`QuicError::EndpointClosed`] once the endpoint is closed.
+pub async fn accept(
+    endpoint: &Endpoint,
+    trust: &DeploymentTrust,
+) -> Result<(Connection, PeerIdentity), QuicError> {
+    loop {
+        let incoming = endpoint.accept().await.ok_or(QuicError::EndpointClosed)?;
+        let addr = incoming.remote_address();
+        match finish_accept(incoming, trust).await {
+            Ok(pair) => return Ok(pair),
+            Err(e) => tracing::info!(%addr, error = %e, "refused an incoming QUIC connection"),
+        }
+    }
+}
+
+/// Completes the handshake of one incoming connection.
+pub async fn finish_accept(
+    incoming: quinn::Incoming,
+    trust: &DeploymentTrust,
+) -> Result<(Connection, PeerIdentity), QuicError> {
+    let addr = incoming.remote_address();
+    let conn = incoming
+        .await
+        .map_err(|source| QuicError::Connection { addr, source })?;
+    match peer_identity(&conn, &trust.deployment) {
+        Ok(identity) => Ok((conn, identity)),
+        Err(e) => {
+            conn.close(CLOSE_REFUSED, b"identity");
+            Err(e.into())
+        }
+    }
+}
+
+/// Serves one connection: runs `per_stream` for each bidirectional stream the
+/// peer opens, until the connection ends, then lets streams in flight finish.
+async fn serve_connection<F, Fut>(
+    incoming: quinn::Incoming,
+    trust: DeploymentTrust,
+    per_stream: Arc<F>,
+) where
+    F: Fn(PeerIdentity, quinn::SendStream, quinn::RecvStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let addr = incoming.remote_address();
+    let (conn, peer) = match finish_accept(incoming, &trust).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::info!(%addr, error = %e, "refused an incoming QUIC connection");
+            return;
+        }
+    };
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    streams.spawn(per_stream(peer.clone(), send, recv));
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, peer = %peer.role, error = %e, "QUIC connection ended");
+                    break;
+                }
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+    while streams.join_next().await.is_some() {}
+}
+
+/// Accepts connections on `endpoint` until it is closed, completing each
+/// handshake in its own task (a stalled handshake holds up no one else), and runs
+/// `per_stream` in a task for every bidirectional stream of every connection.
+/// Aborting the returned task aborts all of them.
+pub fn serve_streams<F, Fut>(
+    endpoint: Endpoint,
+    trust: DeploymentTrust,
+    per_stream: F,
+) -> JoinHandle<()>
+where
+    F: Fn(PeerIdentity, quinn::SendStream, quinn::RecvStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let per_stream = Arc::new(per_stream);
+    tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => {
+                        connections.spawn(serve_connection(incoming, trust.clone(), per_stream.clone()));
+                    }
+                    None => break,
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    })
+}

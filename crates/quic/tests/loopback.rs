@@ -1,0 +1,790 @@
+//! Real-socket tests of the QUIC layer, on loopback only (127.0.0.1, port 0).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use branchline_quic::endpoint::{self, Direction};
+use branchline_quic::{
+    ClientIdentity, ClientName, Congestion, ContentConfig, ContentError, ContentNode, DeploymentCa,
+    DeploymentName, DeploymentTrust, HandlerError, LargeConfig, LargeError, LargeMessaging,
+    NodeIdentity, PeerIdentity, PieceError, PieceRequest, PieceSource, QuicError, Role,
+    TransportSettings, transport_config,
+};
+use bytes::Bytes;
+use quinn::TransportConfig;
+use tokio::net::UdpSocket;
+
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Safety net against hangs: no test below needs more than a few seconds.
+const GUARD: Duration = Duration::from_secs(30);
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+struct Deployment {
+    ca: DeploymentCa,
+    _dirs: Mutex<Vec<tempfile::TempDir>>,
+}
+
+impl Deployment {
+    fn new() -> Self {
+        Self {
+            ca: DeploymentCa::generate(
+                DeploymentName::new("acme").unwrap(),
+                SystemTime::now(),
+                YEAR,
+            )
+            .unwrap(),
+            _dirs: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn trust(&self) -> DeploymentTrust {
+        DeploymentTrust::new(self.ca.deployment().clone(), self.ca.certificate().clone())
+    }
+
+    /// Registers a client the way the real flow does: key in a directory,
+    /// request, issued certificate, checked and installed.
+    fn client(&self, name: &str) -> NodeIdentity {
+        let dir = tempfile::tempdir().unwrap();
+        let id = ClientIdentity::load_or_generate(dir.path()).unwrap();
+        let name = ClientName::new(name).unwrap();
+        let now = SystemTime::now();
+        let cert = self
+            .ca
+            .issue_client_cert(&name, &id.cert_request().unwrap(), now, YEAR)
+            .unwrap();
+        let node = id
+            .install_certificate(
+                cert,
+                self.ca.certificate(),
+                self.ca.deployment(),
+                &Role::Client(name),
+                now,
+            )
+            .unwrap();
+        self._dirs.lock().unwrap().push(dir);
+        node
+    }
+
+    fn server(&self) -> NodeIdentity {
+        self.ca.server_identity(SystemTime::now(), YEAR).unwrap()
+    }
+}
+
+fn client_role(name: &str) -> Role {
+    Role::Client(ClientName::new(name).unwrap())
+}
+
+fn fast_transport() -> Arc<TransportConfig> {
+    let settings = TransportSettings {
+        idle_timeout: Duration::from_millis(1500),
+        keep_alive: Some(Duration::from_millis(300)),
+        ..TransportSettings::default()
+    };
+    Arc::new(transport_config(&settings, &Congestion::Foreground))
+}
+
+/// Pieces in memory; remembers who asked.
+#[derive(Default)]
+struct MemSource {
+    pieces: HashMap<([u8; 32], u32), Bytes>,
+    askers: Mutex<Vec<PeerIdentity>>,
+}
+
+impl PieceSource for MemSource {
+    async fn read_piece(
+        &self,
+        peer: &PeerIdentity,
+        content: &[u8; 32],
+        piece: u32,
+    ) -> Result<Bytes, PieceError> {
+        self.askers.lock().unwrap().push(peer.clone());
+        self.pieces
+            .get(&(*content, piece))
+            .cloned()
+            .ok_or(PieceError::NotFound)
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Bytes {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+const CONTENT: [u8; 32] = [7; 32];
+
+fn source_with_pieces() -> Arc<MemSource> {
+    let mut s = MemSource::default();
+    s.pieces.insert((CONTENT, 0), pattern(256 * 1024, 1));
+    s.pieces.insert((CONTENT, 1), pattern(100_000, 2));
+    Arc::new(s)
+}
+
+fn content_node(identity: &NodeIdentity, trust: DeploymentTrust) -> ContentNode {
+    ContentNode::bind(
+        any_port(),
+        identity,
+        trust,
+        fast_transport(),
+        ContentConfig::default(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn two_clients_of_one_deployment_authenticate_each_other_and_move_pieces() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let a = content_node(&dep.client("aa01"), dep.trust());
+        let b = content_node(&dep.client("bb02"), dep.trust());
+        let source = source_with_pieces();
+        let _serving = a.serve(source.clone());
+
+        let (conn, peer) = b
+            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
+            .await
+            .unwrap();
+        assert_eq!(peer.role, client_role("aa01"));
+
+        // Whole piece, a sub-range, and several pieces at once on one connection.
+        let whole = PieceRequest {
+            content: CONTENT,
+            piece: 0,
+            offset: 0,
+            len: 0,
+        };
+        assert_eq!(
+            b.fetch(&conn, &whole).await.unwrap(),
+            source.pieces[&(CONTENT, 0)]
+        );
+        let part = PieceRequest {
+            content: CONTENT,
+            piece: 1,
+            offset: 1000,
+            len: 5000,
+        };
+        assert_eq!(
+            b.fetch(&conn, &part).await.unwrap(),
+            source.pieces[&(CONTENT, 1)].slice(1000..6000)
+        );
+        let piece1 = PieceRequest { piece: 1, ..whole };
+        let (x, y) = tokio::join!(b.fetch(&conn, &whole), b.fetch(&conn, &piece1));
+        assert_eq!(x.unwrap(), source.pieces[&(CONTENT, 0)]);
+        assert_eq!(y.unwrap(), source.pieces[&(CONTENT, 1)]);
+
+        // The serving side saw the fetcher's authenticated identity.
+        let askers = source.askers.lock().unwrap().clone();
+        assert!(!askers.is_empty());
+        assert!(askers.iter().all(|p| p.role == client_role("bb02")));
+    })
+    .await
+    .expect("test hung");
+}
+
+#[tokio::test]
+async fn piece_errors_are_typed() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let a = content_node(&dep.client("aa01"), dep.trust());
+        let b = content_node(&dep.client("bb02"), dep.trust());
+        let _serving = a.serve(source_with_pieces());
+        let (conn, _) = b
+            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
+            .await
+            .unwrap();
+
+        let missing = PieceRequest {
+            content: CONTENT,
+            piece: 9,
+            offset: 0,
+            len: 0,
+        };
+        assert!(matches!(
+            b.fetch(&conn, &missing).await,
+            Err(ContentError::NotFound)
+        ));
+        let outside = PieceRequest {
+            content: CONTENT,
+            piece: 1,
+            offset: 99_000,
+            len: 5000,
+        };
+        assert!(matches!(
+            b.fetch(&conn, &outside).await,
+            Err(ContentError::BadRange(_))
+        ));
+
+        // A piece larger than the fetcher's limit is refused before it is read.
+        let small = ContentConfig {
+            max_piece_len: 1000,
+            ..ContentConfig::default()
+        };
+        let whole = PieceRequest {
+            content: CONTENT,
+            piece: 0,
+            offset: 0,
+            len: 0,
+        };
+        assert!(matches!(
+            branchline_quic::fetch_piece(&conn, &whole, &small).await,
+            Err(ContentError::TooLong {
+                len: 262144,
+                max: 1000
+            })
+        ));
+
+        // A malformed request gets a BadRequest answer, not a hang or a crash.
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[1, 2, 3]).await.unwrap();
+        send.finish().unwrap();
+        let reply = recv.read_to_end(4096).await.unwrap();
+        assert_eq!(reply[0], 4, "status BadRequest");
+
+        // The connection still works afterwards.
+        assert!(b.fetch(&conn, &whole).await.is_ok());
+    })
+    .await
+    .expect("test hung");
+}
+
+#[tokio::test]
+async fn connecting_to_the_wrong_name_is_refused() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let a = content_node(&dep.client("aa01"), dep.trust());
+        let b = content_node(&dep.client("bb02"), dep.trust());
+        let _serving = a.serve(source_with_pieces());
+        // B expects client cc03 at A's address: A's certificate does not match.
+        let err = b
+            .connect(a.endpoint().local_addr().unwrap(), &client_role("cc03"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QuicError::Connection { .. }), "{err}");
+        // Nor is A the server.
+        let err = b
+            .connect(a.endpoint().local_addr().unwrap(), &Role::Server)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QuicError::Connection { .. }), "{err}");
+    })
+    .await
+    .expect("test hung");
+}
+
+/// Accepts one incoming connection on `endpoint` and reports whether its
+/// handshake was accepted.
+async fn accept_one(
+    endpoint: &quinn::Endpoint,
+    trust: &DeploymentTrust,
+) -> Result<PeerIdentity, QuicError> {
+    let incoming = endpoint.accept().await.expect("endpoint open");
+    endpoint::finish_accept(incoming, trust)
+        .await
+        .map(|(_, p)| p)
+}
+
+/// Tries to connect and use the connection; Err if either step is refused.
+async fn connect_and_use(
+    from: &quinn::Endpoint,
+    to: SocketAddr,
+    role: &Role,
+    trust: &DeploymentTrust,
+) -> Result<(), String> {
+    let (conn, _) = endpoint::connect(from, to, role, trust)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Under TLS 1.3 the connecting side may finish its handshake before the
+    // accepting side has checked its certificate; using the connection shows
+    // whether it was accepted.
+    let (mut send, _recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(b"x").await.map_err(|e| e.to_string())?;
+    let reason = conn.closed().await;
+    Err(reason.to_string())
+}
+
+fn bind_raw(identity: &NodeIdentity, trust: &DeploymentTrust, dir: Direction) -> quinn::Endpoint {
+    endpoint::bind(
+        any_port(),
+        identity,
+        trust,
+        branchline_quic::ALPN_CONTENT,
+        fast_transport(),
+        dir,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn certificates_of_another_deployment_ca_are_refused_both_ways() {
+    tokio::time::timeout(GUARD, async {
+        let ours = Deployment::new();
+        // Same deployment name, different CA: only the CA counts.
+        let theirs = Deployment::new();
+        let a_id = ours.client("aa01");
+        let f_id = theirs.client("ff09");
+
+        // Foreign client connects to our client: our side refuses.
+        let a = bind_raw(&a_id, &ours.trust(), Direction::Both);
+        let f = bind_raw(&f_id, &theirs.trust(), Direction::Both);
+        let a_addr = a.local_addr().unwrap();
+        let (ours_trust, theirs_trust, ra) = (ours.trust(), theirs.trust(), client_role("aa01"));
+        let (accepted, used) = tokio::join!(
+            accept_one(&a, &ours_trust),
+            connect_and_use(&f, a_addr, &ra, &theirs_trust)
+        );
+        assert!(accepted.is_err(), "our side accepted a foreign certificate");
+        assert!(used.is_err());
+
+        // Our client connects to the foreign one: our side refuses its certificate.
+        let f_addr = f.local_addr().unwrap();
+        let f2 = f.clone();
+        let acceptor = tokio::spawn(async move { accept_one(&f2, &theirs_trust).await });
+        let err = endpoint::connect(&a, f_addr, &client_role("ff09"), &ours.trust())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QuicError::Connection { .. }), "{err}");
+        assert!(acceptor.await.unwrap().is_err());
+    })
+    .await
+    .expect("test hung");
+}
+
+#[tokio::test]
+async fn revoked_clients_and_serials_are_refused() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let a_id = dep.client("aa01");
+        let b_id = dep.client("bb02");
+        let a_trust = dep.trust();
+        let b_trust = dep.trust();
+        let a = bind_raw(&a_id, &a_trust, Direction::Both);
+        let b = bind_raw(&b_id, &b_trust, Direction::Both);
+        let a_addr = a.local_addr().unwrap();
+        let (ra, rb) = (client_role("aa01"), client_role("bb02"));
+
+        // Before revocation: accepted.
+        let (accepted, _) = tokio::join!(
+            accept_one(&a, &a_trust),
+            endpoint::connect(&b, a_addr, &ra, &b_trust)
+        );
+        let b_peer = accepted.unwrap();
+        assert_eq!(b_peer.role, rb);
+
+        // A revokes B by name: B can no longer connect to A...
+        a_trust
+            .revoked
+            .revoke_client(ClientName::new("bb02").unwrap());
+        let (accepted, used) = tokio::join!(
+            accept_one(&a, &a_trust),
+            connect_and_use(&b, a_addr, &ra, &b_trust)
+        );
+        assert!(accepted.is_err());
+        assert!(used.is_err());
+        // ...and A refuses B as the accepting side too.
+        let b_addr = b.local_addr().unwrap();
+        let (accepted, connected) = tokio::join!(
+            accept_one(&b, &b_trust),
+            endpoint::connect(&a, b_addr, &rb, &a_trust)
+        );
+        assert!(connected.is_err());
+        let _ = accepted;
+
+        // Reinstated by name but revoked by certificate serial: still refused.
+        a_trust
+            .revoked
+            .reinstate_client(&ClientName::new("bb02").unwrap());
+        a_trust.revoked.revoke_serial(&b_peer.serial);
+        let (accepted, used) = tokio::join!(
+            accept_one(&a, &a_trust),
+            connect_and_use(&b, a_addr, &ra, &b_trust)
+        );
+        assert!(accepted.is_err());
+        assert!(used.is_err());
+
+        // Cleared list: accepted again.
+        a_trust.revoked.replace([], []);
+        let (accepted, _) = tokio::join!(
+            accept_one(&a, &a_trust),
+            endpoint::connect(&b, a_addr, &ra, &b_trust)
+        );
+        assert!(accepted.is_ok());
+    })
+    .await
+    .expect("test hung");
+}
+
+struct LargePair {
+    server: LargeMessaging,
+    client: LargeMessaging,
+}
+
+fn large_pair(dep: &Deployment, server_cfg: LargeConfig, client_cfg: LargeConfig) -> LargePair {
+    let server = LargeMessaging::bind(
+        any_port(),
+        any_port(),
+        &dep.server(),
+        dep.trust(),
+        fast_transport(),
+        server_cfg,
+    )
+    .unwrap();
+    let client = LargeMessaging::bind(
+        any_port(),
+        any_port(),
+        &dep.client("cc03"),
+        dep.trust(),
+        fast_transport(),
+        client_cfg,
+    )
+    .unwrap();
+    LargePair { server, client }
+}
+
+/// Answers with the request's bytes reversed, prefixed by the asker's name.
+async fn reverse_handler(peer: PeerIdentity, request: Bytes) -> Result<Bytes, HandlerError> {
+    if request.as_ref() == b"refuse" {
+        return Err(HandlerError(
+            "no such list; ask the server for the catalogue first".into(),
+        ));
+    }
+    let mut out = format!("{}|", peer.role).into_bytes();
+    out.extend(request.iter().rev());
+    Ok(out.into())
+}
+
+#[tokio::test]
+async fn large_message_round_trip_of_5_mib() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let pair = large_pair(&dep, LargeConfig::default(), LargeConfig::default());
+        let _serving = pair.server.serve(reverse_handler);
+        let server_request = pair.server.request_endpoint().local_addr().unwrap();
+
+        let (conn, peer) = pair
+            .client
+            .connect(server_request, &Role::Server)
+            .await
+            .unwrap();
+        assert_eq!(peer.role, Role::Server);
+        let request = pattern(5 * 1024 * 1024, 9);
+        let response = pair.client.request(&conn, request.clone()).await.unwrap();
+        let prefix = b"client cc03|";
+        assert_eq!(&response[..prefix.len()], prefix);
+        assert!(response[prefix.len()..].iter().eq(request.iter().rev()));
+
+        // A handler's refusal comes back as a typed error with its reason.
+        let err = pair
+            .client
+            .request(&conn, Bytes::from_static(b"refuse"))
+            .await
+            .unwrap_err();
+        match err {
+            LargeError::Remote(reason) => assert!(reason.contains("catalogue"), "{reason}"),
+            other => panic!("expected Remote, got {other}"),
+        }
+    })
+    .await
+    .expect("test hung");
+}
+
+#[tokio::test]
+async fn request_port_sees_the_reply_port_as_source() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let pair = large_pair(&dep, LargeConfig::default(), LargeConfig::default());
+        let trust = dep.trust();
+        let server_request = pair.server.request_endpoint().local_addr().unwrap();
+        let (accepted, connected) = tokio::join!(
+            async {
+                let incoming = pair.server.request_endpoint().accept().await.unwrap();
+                endpoint::finish_accept(incoming, &trust).await
+            },
+            pair.client.connect(server_request, &Role::Server)
+        );
+        let (server_side, client_peer) = accepted.unwrap();
+        connected.unwrap();
+        assert_eq!(client_peer.role, client_role("cc03"));
+        assert_eq!(
+            server_side.remote_address(),
+            pair.client.reply_endpoint().local_addr().unwrap()
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+#[tokio::test]
+async fn oversized_frames_get_typed_errors() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let small = LargeConfig {
+            max_payload: 64 * 1024,
+            ..LargeConfig::default()
+        };
+        let big = LargeConfig {
+            max_payload: 1024 * 1024,
+            ..LargeConfig::default()
+        };
+
+        // Our own limit: refused before anything is sent.
+        let pair = large_pair(&dep, big.clone(), small.clone());
+        let _serving = pair.server.serve(reverse_handler);
+        let addr = pair.server.request_endpoint().local_addr().unwrap();
+        let (conn, _) = pair.client.connect(addr, &Role::Server).await.unwrap();
+        let err = pair
+            .client
+            .request(&conn, pattern(100_000, 1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LargeError::RequestTooLarge {
+                    len: 100_000,
+                    max: 65536
+                }
+            ),
+            "{err}"
+        );
+
+        // Just under the limit goes through.
+        let under = branchline_quic::send_request(&conn, pattern(60_000, 1), &small).await;
+        assert!(under.is_ok(), "{under:?}");
+
+        // A response larger than our limit: the header is refused.
+        let echo_big =
+            async |_p: PeerIdentity, _r: Bytes| Ok::<_, HandlerError>(pattern(200_000, 3));
+        let pair2 = large_pair(&dep, big.clone(), small.clone());
+        let _serving2 = pair2.server.serve(echo_big);
+        let addr2 = pair2.server.request_endpoint().local_addr().unwrap();
+        let (conn2, _) = pair2.client.connect(addr2, &Role::Server).await.unwrap();
+        let err = pair2
+            .client
+            .request(&conn2, Bytes::from_static(b"hi"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LargeError::Frame(branchline_quic::frame::FrameError::TooLarge {
+                    len: 200_000,
+                    max: 65536
+                })
+            ),
+            "{err}"
+        );
+
+        // The peer's limit is smaller than ours: it refuses with a reason.
+        let pair3 = large_pair(&dep, small.clone(), big.clone());
+        let _serving3 = pair3.server.serve(reverse_handler);
+        let addr3 = pair3.server.request_endpoint().local_addr().unwrap();
+        let (conn3, _) = pair3.client.connect(addr3, &Role::Server).await.unwrap();
+        let err = pair3
+            .client
+            .request(&conn3, pattern(500_000, 1))
+            .await
+            .unwrap_err();
+        match err {
+            LargeError::Remote(reason) => assert!(reason.contains("exceeds"), "{reason}"),
+            LargeError::Aborted(_) => {}
+            other => panic!("expected a refusal, got {other}"),
+        }
+        // The connection survives a refused stream.
+        assert!(
+            pair3
+                .client
+                .request(&conn3, Bytes::from_static(b"ok"))
+                .await
+                .is_ok()
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+#[tokio::test]
+async fn malformed_frames_are_answered_not_crashed_on() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let pair = large_pair(&dep, LargeConfig::default(), LargeConfig::default());
+        let _serving = pair.server.serve(reverse_handler);
+        let addr = pair.server.request_endpoint().local_addr().unwrap();
+        let (conn, _) = pair.client.connect(addr, &Role::Server).await.unwrap();
+        for junk in [
+            &[9u8, 0, 0, 0, 0][..],
+            &[1, 0, 0, 0, 10, 1, 2][..],
+            &[1, 0][..],
+            &[2, 0, 0, 0, 0][..],
+        ] {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(junk).await.unwrap();
+            send.finish().unwrap();
+            let reply = recv.read_to_end(4096).await.unwrap();
+            assert_eq!(reply[0], 3, "Error frame for {junk:?}");
+        }
+        assert!(
+            pair.client
+                .request(&conn, Bytes::from_static(b"ok"))
+                .await
+                .is_ok()
+        );
+    })
+    .await
+    .expect("test hung");
+}
+
+#[tokio::test]
+async fn a_stuck_handler_hits_the_request_timeout() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let quick = LargeConfig {
+            request_timeout: Duration::from_millis(300),
+            ..LargeConfig::default()
+        };
+        let pair = large_pair(&dep, LargeConfig::default(), quick);
+        let stuck = async |_p: PeerIdentity, _r: Bytes| {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, HandlerError>(Bytes::new())
+        };
+        let _serving = pair.server.serve(stuck);
+        let addr = pair.server.request_endpoint().local_addr().unwrap();
+        let (conn, _) = pair.client.connect(addr, &Role::Server).await.unwrap();
+        let err = pair
+            .client
+            .request(&conn, Bytes::from_static(b"hi"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LargeError::Timeout(_)), "{err}");
+    })
+    .await
+    .expect("test hung");
+}
+
+/// A UDP relay between a client and a server that can be cut, to make a peer
+/// vanish without closing anything. Forwards at most `MAX_PACKETS` packets.
+struct Relay {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    to_client_bytes: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+const MAX_PACKETS: u64 = 200_000;
+
+async fn relay(target: SocketAddr) -> Relay {
+    let front = UdpSocket::bind(any_port()).await.unwrap();
+    let back = UdpSocket::bind(any_port()).await.unwrap();
+    back.connect(target).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let to_client_bytes = Arc::new(AtomicU64::new(0));
+    let (c, t) = (cut.clone(), to_client_bytes.clone());
+    let task = tokio::spawn(async move {
+        let mut client: Option<SocketAddr> = None;
+        let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+        for _ in 0..MAX_PACKETS {
+            tokio::select! {
+                Ok((n, from)) = front.recv_from(&mut a) => {
+                    client = Some(from);
+                    if !c.load(Ordering::SeqCst) {
+                        let _ = back.send(&a[..n]).await;
+                    }
+                }
+                Ok(n) = back.recv(&mut b) => {
+                    if let (Some(to), false) = (client, c.load(Ordering::SeqCst)) {
+                        t.fetch_add(n as u64, Ordering::SeqCst);
+                        let _ = front.send_to(&b[..n], to).await;
+                    }
+                }
+            }
+        }
+    });
+    Relay {
+        addr,
+        cut,
+        to_client_bytes,
+        task,
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_vanishes_mid_transfer_gives_an_error_not_a_hang() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let patient = LargeConfig {
+            request_timeout: Duration::from_secs(600),
+            ..LargeConfig::default()
+        };
+        let pair = large_pair(&dep, patient.clone(), patient);
+        let big = pattern(8 * 1024 * 1024, 5);
+        let big2 = big.clone();
+        let _serving = pair.server.serve(move |_p, _r| {
+            let big = big2.clone();
+            async move { Ok::<_, HandlerError>(big) }
+        });
+        let relay = relay(pair.server.request_endpoint().local_addr().unwrap()).await;
+        let (conn, _) = pair
+            .client
+            .connect(relay.addr, &Role::Server)
+            .await
+            .unwrap();
+
+        // Cut the path once part of the response has come through.
+        let (cut, seen) = (relay.cut.clone(), relay.to_client_bytes.clone());
+        let cutter = tokio::spawn(async move {
+            while seen.load(Ordering::SeqCst) < 1024 * 1024 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            cut.store(true, Ordering::SeqCst);
+        });
+        let err = pair
+            .client
+            .request(&conn, Bytes::from_static(b"all"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LargeError::Connection(quinn::ConnectionError::TimedOut)
+            ),
+            "{err}"
+        );
+        assert!(cutter.await.is_ok());
+        relay.task.abort();
+    })
+    .await
+    .expect("test hung");
+}
+
+#[tokio::test]
+async fn an_unreachable_peer_gives_an_error_not_a_hang() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let b = content_node(&dep.client("bb02"), dep.trust());
+        // A bound socket that never answers.
+        let silent = std::net::UdpSocket::bind(any_port()).unwrap();
+        let err = b
+            .connect(silent.local_addr().unwrap(), &client_role("aa01"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                QuicError::Connection {
+                    source: quinn::ConnectionError::TimedOut,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
