@@ -1,0 +1,730 @@
+//! A running test bed: the namespaces, links, shapers and relays built from
+//! a [`Topology`], and the ways to use them (run commands or closures in a
+//! host, read WAN counters) and to remove them again.
+//!
+//! Layout for a run named `bl<pid>x<n>` (all names are per run, so runs can
+//! go on side by side):
+//!
+//! ```text
+//!  host ns  bl..-h-NAME      eth0 (office address, default route via .1)
+//!                              │ veth
+//!  switch ns bl..-switch     hK ── bridge bI (one per office: the broadcast domain)
+//!                                     │
+//!            LAN office:              pI ───────────────── veth ──┐
+//!            WAN office:   wbI ─veth─ woI ⇄ relay ⇄ wrI ── veth ──┤
+//!                          (offloads off)  (delay)  (tbf, loss)   │
+//!  router ns bl..-router                                  oI (.1, tbf, loss)
+//! ```
+//!
+//! Without delay the relay is left out and `wrI` joins the bridge directly.
+//! Shaping sits on the router side in both directions: on `oI` for frames
+//! going into the office and on `wrI` for frames coming out of it; random
+//! loss is an nftables `numgen` rule on the egress hook of the same two
+//! interfaces, before the shaper. The WAN counters are the interface
+//! statistics of `wrI`: what actually crossed the link, after loss and
+//! shaping.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::netns::{self, ip_batch, tc_batch};
+use crate::relay::{Relay, RelayStats};
+use crate::topology::Topology;
+
+/// Prefix of every namespace the test bed creates.
+pub const PREFIX: &str = "bl";
+
+static RUN_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs of this process that are up, for [`teardown_all_live`].
+static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Which way frames crossed a WAN link, seen from the office.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// From the router into the office (downloads into a branch).
+    Inbound,
+    /// From the office to the router (uploads out of a branch).
+    Outbound,
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        })
+    }
+}
+
+/// Traffic that crossed one WAN link in one direction (interface
+/// statistics: whole Ethernet frames, counted since the link came up).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkCounters {
+    /// The office whose WAN link this is.
+    pub link: String,
+    /// Direction, seen from the office.
+    pub dir: Direction,
+    /// Bytes of Ethernet frames (headers included, no FCS).
+    pub bytes: u64,
+    /// Frames.
+    pub packets: u64,
+}
+
+impl LinkCounters {
+    /// Finds the entry for `link` and `dir` in a list.
+    pub fn find<'a>(
+        list: &'a [LinkCounters],
+        link: &str,
+        dir: Direction,
+    ) -> Option<&'a LinkCounters> {
+        list.iter().find(|c| c.link == link && c.dir == dir)
+    }
+}
+
+/// One host of a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostState {
+    /// Host name from the topology.
+    pub name: String,
+    /// Office it belongs to.
+    pub office: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its address.
+    pub addr: Ipv4Addr,
+    /// Its office subnet's broadcast address.
+    pub broadcast: Ipv4Addr,
+}
+
+/// One WAN link of a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkState {
+    /// The office behind the link.
+    pub office: String,
+    /// The router's interface towards the office (in the router namespace).
+    pub router_if: String,
+    /// The counted interface (in the switch namespace).
+    pub counter_if: String,
+    /// Whether a delay relay runs on the link.
+    pub relayed: bool,
+}
+
+/// Everything needed to find a run's parts again, also from another
+/// process (the CLI saves it as JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Run name, `bl<pid>x<n>`; every namespace name starts with it.
+    pub run: String,
+    /// Process that owns the run.
+    pub pid: u32,
+    /// The topology it was built from.
+    pub topology: Topology,
+    /// Router namespace.
+    pub router_netns: String,
+    /// Switch namespace (bridges, relays, counters).
+    pub switch_netns: String,
+    /// Hosts by name.
+    pub hosts: BTreeMap<String, HostState>,
+    /// WAN links in office order.
+    pub links: Vec<LinkState>,
+}
+
+impl RunState {
+    fn new(run: String, topo: &Topology) -> RunState {
+        let mut hosts = BTreeMap::new();
+        let mut links = Vec::new();
+        for (oi, o) in topo.offices.iter().enumerate() {
+            for h in &o.hosts {
+                hosts.insert(
+                    h.clone(),
+                    HostState {
+                        name: h.clone(),
+                        office: o.name.clone(),
+                        netns: format!("{run}-h-{h}"),
+                        addr: topo.host_addr(h).expect("validated topology"),
+                        broadcast: o.subnet.broadcast(),
+                    },
+                );
+            }
+            if let Some(w) = &o.wan {
+                links.push(LinkState {
+                    office: o.name.clone(),
+                    router_if: format!("o{oi}"),
+                    counter_if: format!("wr{oi}"),
+                    relayed: w.delay_ms > 0.0,
+                });
+            }
+        }
+        RunState {
+            router_netns: format!("{run}-router"),
+            switch_netns: format!("{run}-switch"),
+            run,
+            pid: std::process::id(),
+            topology: topo.clone(),
+            hosts,
+            links,
+        }
+    }
+
+    /// All namespaces of the run.
+    pub fn all_netns(&self) -> Vec<String> {
+        let mut v = vec![self.router_netns.clone(), self.switch_netns.clone()];
+        v.extend(self.hosts.values().map(|h| h.netns.clone()));
+        v
+    }
+
+    /// A host's details.
+    pub fn host(&self, name: &str) -> Result<&HostState> {
+        self.hosts
+            .get(name)
+            .ok_or_else(|| Error::UnknownHost(name.to_string()))
+    }
+
+    /// A `Command` that runs `program` inside `host`
+    /// (`ip netns exec NS program`); add arguments and spawn it yourself.
+    pub fn command(&self, host: &str, program: &str) -> Result<Command> {
+        let h = self.host(host)?;
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &h.netns, program]);
+        Ok(c)
+    }
+
+    /// Runs `argv` inside `host` to completion and returns its output
+    /// (whatever its exit status; check `status` yourself).
+    pub fn exec(&self, host: &str, argv: &[&str]) -> Result<Output> {
+        let (prog, args) = argv
+            .split_first()
+            .ok_or_else(|| Error::Topology("exec needs a command".into()))?;
+        let mut c = self.command(host, prog)?;
+        c.args(args).stdin(Stdio::null());
+        c.output()
+            .map_err(|e| Error::io(format!("running {argv:?} in host {host}"), e))
+    }
+
+    /// Reads the WAN counters of every link, both directions.
+    pub fn wan_counters(&self) -> Result<Vec<LinkCounters>> {
+        let stats = netns::in_netns(&self.switch_netns, read_net_dev)??;
+        let mut out = Vec::new();
+        for l in &self.links {
+            let s = stats.get(&l.counter_if).ok_or_else(|| {
+                Error::Teardown(format!(
+                    "interface {} of link {} is gone from {}",
+                    l.counter_if, l.office, self.switch_netns
+                ))
+            })?;
+            // The counted interface faces the router: what it receives went
+            // into the office, what it transmits came out of it.
+            out.push(LinkCounters {
+                link: l.office.clone(),
+                dir: Direction::Inbound,
+                bytes: s.rx_bytes,
+                packets: s.rx_packets,
+            });
+            out.push(LinkCounters {
+                link: l.office.clone(),
+                dir: Direction::Outbound,
+                bytes: s.tx_bytes,
+                packets: s.tx_packets,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Interface statistics from `/proc/net/dev`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfStats {
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Bytes transmitted.
+    pub tx_bytes: u64,
+    /// Frames transmitted.
+    pub tx_packets: u64,
+}
+
+/// Parses the text of `/proc/net/dev`.
+pub fn parse_net_dev(text: &str) -> BTreeMap<String, IfStats> {
+    let mut m = BTreeMap::new();
+    for line in text.lines().skip(2) {
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        if f.len() < 10 {
+            continue;
+        }
+        m.insert(
+            name.trim().to_string(),
+            IfStats {
+                rx_bytes: f[0],
+                rx_packets: f[1],
+                tx_bytes: f[8],
+                tx_packets: f[9],
+            },
+        );
+    }
+    m
+}
+
+/// Reads the calling thread's namespace's interface statistics.
+fn read_net_dev() -> Result<BTreeMap<String, IfStats>> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/dev")
+        .map_err(|e| Error::io("reading /proc/thread-self/net/dev", e))?;
+    Ok(parse_net_dev(&text))
+}
+
+/// A test bed that is up. Dropping it tears everything down (also while a
+/// test panics); [`Testbed::down`] does the same and reports problems.
+#[derive(Debug)]
+pub struct Testbed {
+    state: RunState,
+    relays: Vec<Relay>,
+    torn_down: bool,
+}
+
+fn new_run_name() -> String {
+    let pid = std::process::id();
+    loop {
+        let n = RUN_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let run = format!("{PREFIX}{pid}x{n}");
+        // A leftover of an earlier process with the same pid would clash.
+        let prefix = format!("{run}-");
+        let clash = netns::list_netns()
+            .map(|l| l.iter().any(|n| n.starts_with(&prefix)))
+            .unwrap_or(false);
+        if !clash {
+            return run;
+        }
+    }
+}
+
+/// Splits a namespace name `bl<pid>x<n>-...` into its run and pid.
+pub fn parse_run_name(ns: &str) -> Option<(&str, i32)> {
+    let (run, _) = ns.split_once('-')?;
+    let rest = run.strip_prefix(PREFIX)?;
+    let (pid, n) = rest.split_once('x')?;
+    if pid.is_empty() || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((run, pid.parse().ok()?))
+}
+
+/// Removes namespaces left by test-bed runs whose process is gone (killed
+/// tests, crashed benchmarks). Runs of live processes are never touched.
+/// Returns the runs removed.
+pub fn reap_stale() -> Result<Vec<String>> {
+    let mut by_run: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for ns in netns::list_netns()? {
+        if let Some((run, pid)) = parse_run_name(&ns)
+            && !netns::pid_alive(pid)
+        {
+            by_run.entry(run.to_string()).or_default().push(ns.clone());
+        }
+    }
+    for names in by_run.values() {
+        netns::delete_netns(names)?;
+    }
+    Ok(by_run.into_keys().collect())
+}
+
+/// Removes every namespace of the named run (any owner), killing its
+/// processes. For the CLI's `down RUN`.
+pub fn remove_run(run: &str) -> Result<usize> {
+    let prefix = format!("{run}-");
+    let names: Vec<String> = netns::list_netns()?
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    netns::delete_netns(&names)?;
+    Ok(names.len())
+}
+
+/// Tears down every run of this process that is still up, as fast as
+/// possible: for signal handlers of programs that then exit (relay sockets
+/// close at exit). Returns the runs removed.
+pub fn teardown_all_live() -> Vec<String> {
+    let runs: Vec<String> = LIVE
+        .lock()
+        .map(|mut l| std::mem::take(&mut *l))
+        .unwrap_or_default();
+    for r in &runs {
+        let _ = remove_run(r);
+    }
+    runs
+}
+
+impl Testbed {
+    /// Builds the topology: namespaces, bridges, veths, shapers, loss rules
+    /// and relays. Stale runs of dead processes are reaped first. On any
+    /// error, whatever was built is removed again.
+    pub fn up(topo: &Topology) -> Result<Testbed> {
+        if !netns::is_root() {
+            return Err(Error::NotRoot);
+        }
+        topo.validate()?;
+        let _ = reap_stale();
+        let run = new_run_name();
+        LIVE.lock().map(|mut l| l.push(run.clone())).ok();
+        let mut tb = Testbed {
+            state: RunState::new(run, topo),
+            relays: Vec::new(),
+            torn_down: false,
+        };
+        // On error, `tb` is dropped here and tears down what exists.
+        tb.build()?;
+        Ok(tb)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let st = &self.state;
+        let topo = &st.topology;
+        let (r, s) = (&st.router_netns, &st.switch_netns);
+
+        // Namespaces.
+        let lines: Vec<String> = st
+            .all_netns()
+            .iter()
+            .map(|n| format!("netns add {n}"))
+            .collect();
+        ip_batch(None, &lines)?;
+        // No IPv6 anywhere (no stray router solicitations or MLD on the
+        // WAN counters); the router forwards IPv4.
+        for ns in st.all_netns() {
+            let mut sys = vec![
+                ("net/ipv6/conf/all/disable_ipv6", "1"),
+                ("net/ipv6/conf/default/disable_ipv6", "1"),
+            ];
+            if &ns == r {
+                sys.push(("net/ipv4/ip_forward", "1"));
+            }
+            netns::write_sysctls(&ns, &sys)?;
+        }
+
+        // Veth pairs, created directly inside their namespaces.
+        let mut veths = Vec::new();
+        let mut sw = Vec::new();
+        let mut rt = vec!["link set lo up".to_string()];
+        let mut host_lines: Vec<(String, Vec<String>)> = Vec::new();
+        let mut k = 0;
+        for (oi, o) in topo.offices.iter().enumerate() {
+            let br = format!("b{oi}");
+            sw.push(format!(
+                "link add {br} type bridge stp_state 0 forward_delay 0 mcast_snooping 0"
+            ));
+            sw.push(format!("link set {br} up"));
+            let raddr = topo.router_addr(oi).expect("validated");
+            rt.push(format!(
+                "addr add {raddr}/{} brd + dev o{oi}",
+                o.subnet.prefix
+            ));
+            rt.push(format!("link set o{oi} up"));
+            match &o.wan {
+                None => {
+                    veths.push(format!(
+                        "link add name o{oi} netns {r} type veth peer name p{oi} netns {s}"
+                    ));
+                    sw.push(format!("link set p{oi} master {br}"));
+                    sw.push(format!("link set p{oi} up"));
+                }
+                Some(w) => {
+                    veths.push(format!(
+                        "link add name o{oi} netns {r} type veth peer name wr{oi} netns {s}"
+                    ));
+                    if w.delay_ms > 0.0 {
+                        veths.push(format!(
+                            "link add name wo{oi} netns {s} type veth peer name wb{oi} netns {s}"
+                        ));
+                        sw.push(format!("link set wb{oi} master {br}"));
+                        sw.push(format!("link set wb{oi} up"));
+                        sw.push(format!("link set wo{oi} up"));
+                    } else {
+                        sw.push(format!("link set wr{oi} master {br}"));
+                    }
+                    sw.push(format!("link set wr{oi} up"));
+                }
+            }
+            for h in &o.hosts {
+                let hs = st.host(h)?;
+                veths.push(format!(
+                    "link add name eth0 netns {} type veth peer name h{k} netns {s}",
+                    hs.netns
+                ));
+                sw.push(format!("link set h{k} master {br}"));
+                sw.push(format!("link set h{k} up"));
+                host_lines.push((
+                    hs.netns.clone(),
+                    vec![
+                        "link set lo up".into(),
+                        format!("addr add {}/{} brd + dev eth0", hs.addr, o.subnet.prefix),
+                        "link set eth0 up".into(),
+                        format!("route add default via {raddr} dev eth0"),
+                    ],
+                ));
+                k += 1;
+            }
+        }
+        ip_batch(None, &veths)?;
+        ip_batch(Some(s), &sw)?;
+        ip_batch(Some(r), &rt)?;
+        for (ns, lines) in &host_lines {
+            ip_batch(Some(ns), lines)?;
+        }
+
+        // Offloads, shapers and loss on the router side of each WAN link.
+        let mut rtc = Vec::new();
+        let mut stc = Vec::new();
+        let mut rnft = String::new();
+        let mut snft = String::new();
+        for (oi, o) in topo.offices.iter().enumerate() {
+            let Some(w) = &o.wan else { continue };
+            if w.delay_ms > 0.0 {
+                let (a, b) = (format!("o{oi}"), format!("wb{oi}"));
+                netns::in_netns(r, || crate::offload::disable_offloads(&a))??;
+                netns::in_netns(s, || crate::offload::disable_offloads(&b))??;
+            }
+            if let (Some(rate), Some(limit), Some(burst)) =
+                (w.rate_bps(), w.queue_limit_bytes(), w.burst_bytes())
+            {
+                let q = |dev: String| {
+                    format!(
+                        "qdisc add dev {dev} root tbf rate {rate}bit burst {burst} limit {limit}"
+                    )
+                };
+                rtc.push(q(format!("o{oi}")));
+                stc.push(q(format!("wr{oi}")));
+            }
+            if w.loss_percent > 0.0 {
+                // numgen over 1,000,000 gives loss in steps of 0.0001 %.
+                let thresh = (w.loss_percent * 10_000.0).round() as u64;
+                let rule = |dev: String| {
+                    format!(
+                        "table netdev bl_loss_{dev} {{\n chain egress {{\n  type filter hook egress device \"{dev}\" priority 0;\n  numgen random mod 1000000 < {thresh} counter drop\n }}\n}}\n"
+                    )
+                };
+                rnft.push_str(&rule(format!("o{oi}")));
+                snft.push_str(&rule(format!("wr{oi}")));
+            }
+        }
+        tc_batch(r, &rtc)?;
+        tc_batch(s, &stc)?;
+        if !rnft.is_empty() {
+            netns::nft_load(r, &rnft)?;
+            netns::nft_load(s, &snft)?;
+        }
+
+        // Relays last, once every interface is up.
+        let mut relays = Vec::new();
+        for (oi, o) in topo.offices.iter().enumerate() {
+            if let Some(w) = &o.wan
+                && w.delay_ms > 0.0
+            {
+                relays.push(Relay::start(
+                    Some(s),
+                    &format!("wr{oi}"),
+                    &format!("wo{oi}"),
+                    w.delay(),
+                )?);
+            }
+        }
+        self.relays = relays;
+        Ok(())
+    }
+
+    /// The run's state (names of everything).
+    pub fn state(&self) -> &RunState {
+        &self.state
+    }
+
+    /// Run name, `bl<pid>x<n>`.
+    pub fn run_name(&self) -> &str {
+        &self.state.run
+    }
+
+    /// The topology this run was built from.
+    pub fn topology(&self) -> &Topology {
+        &self.state.topology
+    }
+
+    /// Address of a host.
+    pub fn host_addr(&self, host: &str) -> Result<Ipv4Addr> {
+        Ok(self.state.host(host)?.addr)
+    }
+
+    /// Broadcast address of a host's office subnet.
+    pub fn host_broadcast(&self, host: &str) -> Result<Ipv4Addr> {
+        Ok(self.state.host(host)?.broadcast)
+    }
+
+    /// Network namespace name of a host (for `ip netns exec`).
+    pub fn host_netns(&self, host: &str) -> Result<&str> {
+        Ok(&self.state.host(host)?.netns)
+    }
+
+    /// Host names of an office, in topology order.
+    pub fn office_hosts(&self, office: &str) -> Result<Vec<String>> {
+        self.state
+            .topology
+            .offices
+            .iter()
+            .find(|o| o.name == office)
+            .map(|o| o.hosts.clone())
+            .ok_or_else(|| Error::UnknownOffice(office.to_string()))
+    }
+
+    /// See [`RunState::command`].
+    pub fn command(&self, host: &str, program: &str) -> Result<Command> {
+        self.state.command(host, program)
+    }
+
+    /// See [`RunState::exec`].
+    pub fn exec(&self, host: &str, argv: &[&str]) -> Result<Output> {
+        self.state.exec(host, argv)
+    }
+
+    /// Starts `argv` inside `host` (stdin closed, stdout and stderr
+    /// inherited). Teardown kills it if it is still running.
+    pub fn spawn(&self, host: &str, argv: &[&str]) -> Result<Child> {
+        let (prog, args) = argv
+            .split_first()
+            .ok_or_else(|| Error::Topology("spawn needs a command".into()))?;
+        let mut c = self.command(host, prog)?;
+        c.args(args).stdin(Stdio::null());
+        c.spawn()
+            .map_err(|e| Error::io(format!("starting {argv:?} in host {host}"), e))
+    }
+
+    /// Runs `f` on a fresh OS thread inside `host`'s network namespace and
+    /// returns its result; sockets it creates (a tokio runtime, a quinn
+    /// endpoint) live in the host. Panics in `f` propagate.
+    pub fn run_in<T: Send, F: FnOnce() -> T + Send>(&self, host: &str, f: F) -> Result<T> {
+        netns::in_netns(&self.state.host(host)?.netns, f)
+    }
+
+    /// Like [`Testbed::run_in`] but returns at once with the thread's handle.
+    /// The thread's sockets keep its namespace alive; end it before
+    /// teardown.
+    pub fn spawn_in<T, F>(&self, host: &str, f: F) -> Result<std::thread::JoinHandle<Result<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        netns::spawn_in_netns(&self.state.host(host)?.netns, f)
+    }
+
+    /// Bytes and frames that crossed each WAN link, each direction.
+    pub fn wan_counters(&self) -> Result<Vec<LinkCounters>> {
+        self.state.wan_counters()
+    }
+
+    /// Counters of the delay relays, by office.
+    pub fn relay_stats(&self) -> Vec<(String, RelayStats)> {
+        let relayed = self.state.links.iter().filter(|l| l.relayed);
+        relayed
+            .zip(&self.relays)
+            .map(|(l, r)| (l.office.clone(), r.stats()))
+            .collect()
+    }
+
+    /// Whether every relay thread is still running.
+    pub fn relays_running(&self) -> bool {
+        self.relays.iter().all(Relay::is_running)
+    }
+
+    /// Tears everything down and reports anything that could not be removed
+    /// or any relay that had failed.
+    pub fn down(mut self) -> Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        let mut problems = Vec::new();
+        for r in self.relays.drain(..) {
+            let label = r.label().to_string();
+            if let Err(e) = r.stop() {
+                problems.push(format!("relay {label}: {e}"));
+            }
+        }
+        if let Err(e) = netns::delete_netns(&self.state.all_netns()) {
+            problems.push(e.to_string());
+        }
+        if let Ok(mut l) = LIVE.lock() {
+            l.retain(|r| r != &self.state.run);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Teardown(problems.join("; ")))
+        }
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            eprintln!("branchline-testbed: teardown of {}: {e}", self.state.run);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_net_dev() {
+        let text = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0
+   wr1: 123456789012     987    0    0    0     0          0         0     4242      17    0    0    0     0       0          0
+";
+        let m = parse_net_dev(text);
+        assert_eq!(
+            m["wr1"],
+            IfStats {
+                rx_bytes: 123456789012,
+                rx_packets: 987,
+                tx_bytes: 4242,
+                tx_packets: 17
+            }
+        );
+        assert_eq!(m["lo"], IfStats::default());
+        assert!(parse_net_dev("garbage\n\nx: 1 2").is_empty());
+    }
+
+    #[test]
+    fn run_names_round_trip() {
+        assert_eq!(parse_run_name("bl1234x0-router"), Some(("bl1234x0", 1234)));
+        assert_eq!(parse_run_name("bl99x12-h-c1"), Some(("bl99x12", 99)));
+        assert_eq!(parse_run_name("blah-x"), None);
+        assert_eq!(parse_run_name("other"), None);
+        assert_eq!(parse_run_name("bl12x-router"), None);
+    }
+
+    #[test]
+    fn state_names_fit_interface_limits() {
+        let topo = Topology::two_offices(&["a"], &["b"], Default::default());
+        let st = RunState::new("bl4194304x99".into(), &topo);
+        assert_eq!(st.links.len(), 1);
+        assert!(!st.links[0].relayed);
+        assert_eq!(st.all_netns().len(), 4);
+        assert_eq!(st.host("b").unwrap().addr, Ipv4Addr::new(198, 18, 2, 2));
+        assert!(matches!(st.host("zz"), Err(Error::UnknownHost(_))));
+    }
+}

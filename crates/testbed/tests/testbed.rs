@@ -1,0 +1,211 @@
+//! Real-namespace tests of the test bed (root only; they skip with a
+//! message otherwise). Each test builds its own run with unique names, so
+//! they run in parallel, and every run is torn down even when a test fails.
+
+use std::time::Duration;
+
+use branchline_testbed::baseline::tcp::{TcpOptions, Until, tcp_bulk};
+use branchline_testbed::probe::{broadcast_reach, udp_rtt};
+use branchline_testbed::{
+    Direction, LinkCounters, Testbed, Topology, WanLink, netns, require_root,
+};
+
+fn wan(rate_mbit: Option<f64>, delay_ms: f64) -> WanLink {
+    WanLink {
+        rate_mbit,
+        queue_ms: rate_mbit.map(|_| 100.0),
+        delay_ms,
+        ..Default::default()
+    }
+}
+
+fn run_netns(tb: &Testbed) -> Vec<String> {
+    let prefix = format!("{}-", tb.run_name());
+    netns::list_netns()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+#[test]
+fn two_offices_come_up_and_broadcast_stays_in_office() {
+    if !require_root("two_offices_come_up_and_broadcast_stays_in_office") {
+        return;
+    }
+    let topo = Topology::two_offices(&["server", "c1", "c2"], &["c3", "c4"], wan(Some(50.0), 0.0));
+    let tb = Testbed::up(&topo).unwrap();
+    assert_eq!(run_netns(&tb).len(), 7, "router, switch and five hosts");
+
+    // Every host has its address and reaches a host in the other office.
+    let out = tb
+        .exec("c3", &["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("198.18.2.2/24"), "c3 address: {text}");
+    let rtt = udp_rtt(&tb, "c3", "server", 7001, 3, Duration::from_secs(1)).unwrap();
+    assert_eq!(rtt.answered, 3);
+
+    let everyone: Vec<String> = ["c1", "c2", "c3", "c4"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    // Directed subnet broadcast from the server's office.
+    let bcast = tb.host_broadcast("server").unwrap();
+    let got = broadcast_reach(
+        &tb,
+        "server",
+        bcast,
+        34329,
+        &everyone,
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    assert_eq!(got, vec!["c1".to_string(), "c2".to_string()]);
+    // Limited broadcast from the branch office (to the other hosts: the
+    // sender's own host hears its broadcast too).
+    let others: Vec<String> = ["server", "c1", "c2", "c3"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let got = broadcast_reach(
+        &tb,
+        "c4",
+        "255.255.255.255".parse().unwrap(),
+        34330,
+        &others,
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    assert_eq!(got, vec!["c3".to_string()]);
+    tb.down().unwrap();
+}
+
+#[test]
+fn tcp_over_20mbit_link_and_counters_agree() {
+    if !require_root("tcp_over_20mbit_link_and_counters_agree") {
+        return;
+    }
+    let topo = Topology::two_offices(&["server"], &["c1"], wan(Some(20.0), 0.0));
+    let tb = Testbed::up(&topo).unwrap();
+    let before = tb.wan_counters().unwrap();
+    let opts = TcpOptions {
+        until: Until::Bytes(6 << 20),
+        warmup: Duration::from_millis(600),
+        ..Default::default()
+    };
+    let r = tcp_bulk(&tb, "server", "c1", &opts).unwrap();
+    let after = tb.wan_counters().unwrap();
+    let delta = |dir| {
+        LinkCounters::find(&after, "branch", dir).unwrap().bytes
+            - LinkCounters::find(&before, "branch", dir).unwrap().bytes
+    };
+    assert_eq!(r.bytes, 6 << 20);
+    eprintln!(
+        "20 Mbit/s link: goodput {:.2} Mbit/s overall, {:.2} steady; {:?}",
+        r.goodput_mbit, r.steady_mbit, r.elapsed
+    );
+    // Ethernet frames at 20 Mbit/s carry 1448 of 1514 bytes as payload:
+    // about 19.1 Mbit/s of goodput when the link is full.
+    assert!(
+        (18.0..=20.0).contains(&r.steady_mbit),
+        "steady goodput {:.2} Mbit/s",
+        r.steady_mbit
+    );
+    let inbound = delta(Direction::Inbound);
+    let expected = r.wire_bytes_data_direction();
+    let err = (inbound as f64 - expected as f64).abs() / expected as f64;
+    eprintln!(
+        "inbound counter {inbound} B, expected {expected} B on the wire ({:.3} %)",
+        err * 100.0
+    );
+    assert!(err < 0.02, "counter {inbound} vs {expected}");
+    // The ACK direction carries the sender's received segments.
+    let outbound = delta(Direction::Outbound);
+    let acks = u64::from(r.sender.segs_in) * r.sender.wire_header_bytes();
+    let err = (outbound as f64 - acks as f64).abs() / acks as f64;
+    assert!(err < 0.05, "outbound counter {outbound} vs {acks}");
+    tb.down().unwrap();
+}
+
+#[test]
+fn relay_adds_configured_delay() {
+    if !require_root("relay_adds_configured_delay") {
+        return;
+    }
+    let topo = Topology::two_offices(&["server"], &["c1", "c2"], wan(Some(100.0), 25.0));
+    let tb = Testbed::up(&topo).unwrap();
+    // Same office: no relay on the path.
+    let lan = udp_rtt(&tb, "c1", "c2", 7002, 5, Duration::from_secs(1)).unwrap();
+    let wan = udp_rtt(&tb, "c1", "server", 7003, 20, Duration::from_secs(1)).unwrap();
+    eprintln!(
+        "rtt lan {:?}, wan min {:?} median {:?} max {:?}",
+        lan.min, wan.min, wan.median, wan.max
+    );
+    let want = Duration::from_millis(50);
+    let diff = wan.median.abs_diff(want);
+    assert!(
+        diff < Duration::from_millis(5),
+        "WAN round trip {:?}, want {want:?}",
+        wan.median
+    );
+    assert!(
+        wan.min >= want,
+        "a frame left the relay early: {:?}",
+        wan.min
+    );
+    assert!(tb.relays_running());
+    let stats = tb.relay_stats();
+    assert_eq!(stats.len(), 1);
+    assert!(stats[0].1.frames_a_to_b >= 20 && stats[0].1.frames_b_to_a >= 20);
+    assert_eq!(stats[0].1.dropped_oversize, 0);
+    tb.down().unwrap();
+}
+
+#[test]
+fn nothing_left_behind_after_a_failed_test() {
+    if !require_root("nothing_left_behind_after_a_failed_test") {
+        return;
+    }
+    let topo = Topology::two_offices(&["server"], &["c1"], wan(Some(10.0), 5.0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let result = std::thread::spawn(move || {
+        let tb = Testbed::up(&topo).unwrap();
+        let child = tb.spawn("c1", &["sleep", "30"]).unwrap();
+        tx.send((tb.run_name().to_string(), run_netns(&tb), child))
+            .unwrap();
+        assert!(tb.relays_running());
+        let prefix = format!("{}-", tb.run_name());
+        assert!(
+            branchline_testbed::relay::live_relays()
+                .iter()
+                .any(|r| r.starts_with(&prefix))
+        );
+        panic!("deliberate failure with a test bed up");
+    })
+    .join();
+    assert!(result.is_err(), "the thread should have panicked");
+    let (run, names, mut child) = rx.recv().unwrap();
+    assert_eq!(names.len(), 4);
+    let prefix = format!("{run}-");
+    let left: Vec<String> = netns::list_netns()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // The process started in a host was killed by teardown: it has
+    // already ended (try_wait), by SIGKILL.
+    use std::os::unix::process::ExitStatusExt;
+    let status = child
+        .try_wait()
+        .unwrap()
+        .expect("sleep 30 still runs after teardown");
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    // No relay thread of that run survives.
+    let relays = branchline_testbed::relay::live_relays();
+    assert!(
+        !relays.iter().any(|r| r.starts_with(&prefix)),
+        "relay left: {relays:?}"
+    );
+}
