@@ -1,0 +1,524 @@
+//! The LEDBAT++ state machine and its quinn [`Controller`] face.
+//!
+//! Everything here is a pure function of the events fed in and the `Instant`s that come with
+//! them: no clock is read, no socket touched. quinn calls the [`Controller`] methods; tests call
+//! the same methods (plus [`Ledbat::on_ack_sample`], which is `on_ack` without quinn's
+//! `RttEstimator`, a type only quinn can build) with synthetic times.
+//!
+//! # RTT samples
+//!
+//! quinn calls `on_ack` once per newly acknowledged packet and then `on_end_acks` once per ACK
+//! frame, all with the same `now`. The `RttEstimator` it passes is updated only *after* that
+//! batch, and exposes only smoothed and minimum values, so the controller takes its own samples:
+//! `now - sent` for every acknowledged packet, keeping the smallest of the batch (the packet
+//! sent last, i.e. the one the ACK frame was sent for). One sample per ACK frame feeds the
+//! base-delay history and the current-delay filter (see [`crate::delay`]).
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn_proto::RttEstimator;
+use quinn_proto::congestion::{Controller, ControllerFactory, ControllerMetrics};
+
+use crate::config::LedbatConfig;
+use crate::delay::{BaseDelayHistory, CurrentDelayFilter};
+use crate::policy::{LinkPolicy, Registration};
+
+/// RTT assumed for rate-to-window conversions before the first sample: quinn's default initial
+/// RTT (333 ms, RFC 9002 §6.2.2).
+const INITIAL_RTT: Duration = Duration::from_millis(333);
+
+/// Largest window the controller will ever ask for (bytes): 1 GiB, far beyond any WAN
+/// bandwidth-delay product, so the arithmetic stays finite.
+const MAX_WINDOW: f64 = (1u64 << 30) as f64;
+
+/// Largest divisor of the dynamic gain (draft §4.3: `GAIN = 1 / min(16, ceil(2·TARGET/base))`).
+const MAX_GAIN_DIVISOR: f64 = 16.0;
+
+/// Where the controller is in its cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Initial slow start: grows by `GAIN` × acknowledged bytes until the queueing delay passes
+    /// ¾ of the target (draft §4.2).
+    SlowStart,
+    /// Congestion avoidance: the LEDBAT++ delay controller (draft §4.1).
+    CongestionAvoidance,
+    /// A periodic slowdown, window held at the minimum so the queue drains and the base delay
+    /// is measured afresh (draft §4.4).
+    SlowdownFreeze,
+    /// Slow start back up to the window held before the slowdown.
+    SlowdownRamp,
+}
+
+/// A snapshot of the controller's state, for logs, metrics and the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct LedbatStats {
+    /// Congestion window (bytes).
+    pub window: u64,
+    /// Slow-start threshold (bytes); `u64::MAX` until the first slow start ends.
+    pub ssthresh: u64,
+    /// Current phase.
+    pub phase: Phase,
+    /// Base delay (minimum RTT over the history window), if any sample was taken.
+    pub base_delay: Option<Duration>,
+    /// Queueing delay (current delay minus base delay), if any sample was taken.
+    pub queueing_delay: Option<Duration>,
+    /// Smoothed RTT of the controller's own samples, if any.
+    pub smoothed_rtt: Option<Duration>,
+    /// Whether the idle-link ramp is active.
+    pub idle_ramp_active: bool,
+    /// Slowdowns started so far.
+    pub slowdowns: u64,
+    /// Loss events handled as congestion (window halved).
+    pub congestion_losses: u64,
+    /// Loss events handled as random loss (window reduced by `random_loss_reduction`).
+    pub random_losses: u64,
+}
+
+/// Builds [`Ledbat`] controllers for quinn; one factory per WAN link.
+///
+/// All controllers built by one factory share its [`LinkPolicy`], so the link's rate ceiling
+/// is split between them.
+#[derive(Debug, Clone)]
+pub struct LedbatFactory {
+    config: Arc<LedbatConfig>,
+    link: Arc<LinkPolicy>,
+}
+
+impl LedbatFactory {
+    /// A factory for the given configuration, with a fresh link policy taken from the
+    /// configuration's `ceiling` and `floor`.
+    ///
+    /// # Errors
+    /// [`crate::ConfigError`] if the configuration is inconsistent.
+    pub fn new(config: LedbatConfig) -> Result<Self, crate::ConfigError> {
+        config.validate()?;
+        let link = Arc::new(LinkPolicy::new(config.ceiling, config.floor)?);
+        Ok(Self {
+            config: Arc::new(config),
+            link,
+        })
+    }
+
+    /// The link policy shared by this factory's controllers; change the ceiling or floor there
+    /// when the server's policy changes.
+    pub fn link(&self) -> &Arc<LinkPolicy> {
+        &self.link
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LedbatConfig {
+        &self.config
+    }
+}
+
+impl ControllerFactory for LedbatFactory {
+    fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        Box::new(Ledbat::new(
+            self.config.clone(),
+            self.link.clone(),
+            now,
+            current_mtu,
+        ))
+    }
+}
+
+/// ACK frame being processed: packets acknowledged so far, and the smallest `now - sent`.
+#[derive(Debug, Clone, Default)]
+struct Batch {
+    bytes: u64,
+    min_rtt: Option<Duration>,
+}
+
+/// One LEDBAT++ congestion controller (one per QUIC path).
+#[derive(Debug, Clone)]
+pub struct Ledbat {
+    config: Arc<LedbatConfig>,
+    link: Registration,
+    /// Current MTU (bytes).
+    mtu: u64,
+    /// Congestion window (bytes), fractional so that small per-ACK increments add up.
+    cwnd: f64,
+    /// Slow-start threshold (bytes).
+    ssthresh: f64,
+    phase: Phase,
+    base: BaseDelayHistory,
+    current: CurrentDelayFilter,
+    /// Smoothed RTT of our own samples (RFC 6298 weights).
+    srtt: Option<Duration>,
+    batch: Batch,
+    /// Time of the last loss reaction: losses of packets sent before it belong to the same
+    /// event.
+    recovery_start: Option<Instant>,
+    /// Since when the queueing delay has stayed under `idle_delay`.
+    idle_since: Option<Instant>,
+    /// When the running slowdown started and when its frozen phase ends.
+    slowdown_started: Option<Instant>,
+    freeze_until: Option<Instant>,
+    /// When the next slowdown is due.
+    next_slowdown: Option<Instant>,
+    slowdowns: u64,
+    congestion_losses: u64,
+    random_losses: u64,
+}
+
+impl Ledbat {
+    /// A controller starting at `now` on a path with the given MTU (bytes).
+    ///
+    /// `config` should have passed [`LedbatConfig::validate`] (the factory checks it); an
+    /// unchecked one is still used without panicking, with zero sizes treated as one.
+    pub fn new(config: Arc<LedbatConfig>, link: Arc<LinkPolicy>, _now: Instant, mtu: u16) -> Self {
+        let base = BaseDelayHistory::new(config.base_history_bucket, config.base_history_buckets);
+        let current = CurrentDelayFilter::new(config.current_filter);
+        let mut me = Self {
+            cwnd: config.initial_window as f64,
+            config,
+            link: Registration::new(link),
+            mtu: u64::from(mtu.max(1)),
+            ssthresh: f64::INFINITY,
+            phase: Phase::SlowStart,
+            base,
+            current,
+            srtt: None,
+            batch: Batch::default(),
+            recovery_start: None,
+            idle_since: None,
+            slowdown_started: None,
+            freeze_until: None,
+            next_slowdown: None,
+            slowdowns: 0,
+            congestion_losses: 0,
+            random_losses: 0,
+        };
+        me.clamp();
+        me
+    }
+
+    /// One acknowledged packet: `sent` is when it was sent, `bytes` its size. Same as
+    /// [`Controller::on_ack`] without quinn's RTT estimator, which this controller does not use.
+    pub fn on_ack_sample(&mut self, now: Instant, sent: Instant, bytes: u64) {
+        let rtt = now.saturating_duration_since(sent);
+        self.batch.bytes = self.batch.bytes.saturating_add(bytes);
+        self.batch.min_rtt = Some(self.batch.min_rtt.map_or(rtt, |m| m.min(rtt)));
+    }
+
+    /// End of one ACK frame: take the RTT sample and update the window. Same as
+    /// [`Controller::on_end_acks`].
+    pub fn end_acks(&mut self, now: Instant, app_limited: bool) {
+        let batch = std::mem::take(&mut self.batch);
+        let Some(sample) = batch.min_rtt else {
+            return;
+        };
+        self.take_sample(now, sample);
+        let qd = self.queueing_delay().unwrap_or(Duration::ZERO);
+        self.track_idle(now, qd);
+        let bytes = batch.bytes as f64;
+        let target = self.config.target.as_secs_f64();
+        let qd_s = qd.as_secs_f64();
+
+        match self.phase {
+            Phase::SlowdownFreeze => {
+                if self.freeze_until.is_none_or(|t| now >= t) {
+                    self.freeze_until = None;
+                    self.phase = Phase::SlowdownRamp;
+                }
+            }
+            Phase::SlowStart | Phase::SlowdownRamp => {
+                if qd_s > 0.75 * target {
+                    self.exit_slow_start(now);
+                } else if !app_limited {
+                    let growth = match (self.idle_ramp_active(now), self.phase) {
+                        // Back up to a window this path held moments ago: safe at full speed.
+                        (true, Phase::SlowdownRamp) => 1.0,
+                        (true, _) => self.config.idle_growth.max(self.gain()),
+                        (false, _) => self.gain(),
+                    };
+                    self.cwnd += growth * bytes;
+                    if self.cwnd >= self.ssthresh {
+                        self.cwnd = self.ssthresh;
+                        self.exit_slow_start(now);
+                    }
+                }
+            }
+            Phase::CongestionAvoidance => {
+                if self.next_slowdown.is_some_and(|t| now >= t) {
+                    self.start_slowdown(now);
+                } else if qd_s < target {
+                    if !app_limited {
+                        if self.idle_ramp_active(now) {
+                            self.cwnd += self.config.idle_growth * bytes;
+                        } else {
+                            self.cwnd += self.gain() * self.mtu as f64 * bytes / self.cwnd;
+                        }
+                    }
+                } else {
+                    // Per round trip (about one window acknowledged), W changes by
+                    // max(GAIN − W·(delay/target − 1), −W/2) packets (draft §4.1). Per ACK that
+                    // is GAIN·MSS·acked/W − (delay/target − 1)·acked, never below −acked/2,
+                    // which caps the decrease at half the window per round trip wherever the
+                    // round trip starts.
+                    let off_target = qd_s / target - 1.0;
+                    let change =
+                        self.gain() * self.mtu as f64 * bytes / self.cwnd - off_target * bytes;
+                    self.cwnd += change.max(-bytes / 2.0);
+                }
+            }
+        }
+        self.clamp();
+    }
+
+    /// A loss (or ECN congestion mark, `lost_bytes == 0`) of a packet sent at `sent`. Same as
+    /// [`Controller::on_congestion_event`].
+    pub fn congestion_event(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        persistent: bool,
+        lost_bytes: u64,
+    ) {
+        if persistent {
+            // Every packet for a whole PTO period was lost: start over from the minimum.
+            self.recovery_start = Some(now);
+            self.congestion_losses += 1;
+            self.idle_since = None;
+            self.cwnd = 0.0;
+            self.ssthresh = self.min_window();
+            self.leave_growth_phase(now);
+            self.clamp();
+            return;
+        }
+        if self.recovery_start.is_some_and(|r| sent <= r) {
+            return;
+        }
+        self.recovery_start = Some(now);
+        let random = self.config.loss_tolerance
+            && lost_bytes > 0
+            && self
+                .queueing_delay()
+                .is_some_and(|qd| qd < self.config.random_loss_delay);
+        if random {
+            self.random_losses += 1;
+            self.cwnd *= 1.0 - self.config.random_loss_reduction;
+        } else {
+            self.congestion_losses += 1;
+            self.idle_since = None;
+            self.cwnd /= 2.0;
+        }
+        if matches!(self.phase, Phase::SlowStart | Phase::SlowdownRamp) {
+            self.exit_slow_start(now);
+        }
+        self.clamp();
+    }
+
+    /// Congestion window (bytes).
+    pub fn window_bytes(&self) -> u64 {
+        self.cwnd as u64
+    }
+
+    /// A snapshot of the state.
+    pub fn stats(&self) -> LedbatStats {
+        LedbatStats {
+            window: self.window_bytes(),
+            ssthresh: if self.ssthresh.is_finite() {
+                self.ssthresh as u64
+            } else {
+                u64::MAX
+            },
+            phase: self.phase,
+            base_delay: self.base.base(),
+            queueing_delay: self.queueing_delay(),
+            smoothed_rtt: self.srtt,
+            idle_ramp_active: self.config.idle_ramp
+                && self.idle_since.is_some()
+                && self.phase != Phase::SlowdownFreeze,
+            slowdowns: self.slowdowns,
+            congestion_losses: self.congestion_losses,
+            random_losses: self.random_losses,
+        }
+    }
+
+    /// Smallest window the controller will use now (bytes): the larger of the minimum window
+    /// and `floor × RTT`.
+    pub fn floor_window(&self) -> u64 {
+        self.bounds().0 as u64
+    }
+
+    /// Largest window the controller will use now (bytes): `ceiling share × RTT`, never below
+    /// the floor window; `None` without a ceiling.
+    pub fn ceiling_window(&self) -> Option<u64> {
+        let (_, hi) = self.bounds();
+        (hi < MAX_WINDOW).then_some(hi as u64)
+    }
+
+    fn take_sample(&mut self, now: Instant, rtt: Duration) {
+        self.base.update(now, rtt);
+        self.current.push(rtt);
+        self.srtt = Some(match self.srtt {
+            None => rtt,
+            Some(s) => (s * 7 + rtt) / 8,
+        });
+    }
+
+    fn track_idle(&mut self, now: Instant, qd: Duration) {
+        if qd <= self.config.idle_delay {
+            self.idle_since.get_or_insert(now);
+        } else {
+            self.idle_since = None;
+        }
+    }
+
+    /// Whether the queue has stayed empty long enough for the idle-link ramp.
+    fn idle_ramp_active(&self, now: Instant) -> bool {
+        let Some(since) = self.idle_since else {
+            return false;
+        };
+        let hold = self.srtt.unwrap_or(INITIAL_RTT) * self.config.idle_hold_rtts;
+        self.config.idle_ramp && now.saturating_duration_since(since) >= hold
+    }
+
+    /// Queueing delay: current delay minus base delay.
+    pub fn queueing_delay(&self) -> Option<Duration> {
+        let current = self.current.current()?;
+        let base = self.base.base()?;
+        Some(current.saturating_sub(base))
+    }
+
+    /// Dynamic gain (draft §4.3): `1 / min(16, ceil(2·target / base delay))`.
+    pub fn gain(&self) -> f64 {
+        let Some(base) = self.base.base().filter(|b| !b.is_zero()) else {
+            return 1.0 / MAX_GAIN_DIVISOR;
+        };
+        let ratio = (2.0 * self.config.target.as_secs_f64() / base.as_secs_f64()).ceil();
+        1.0 / ratio.clamp(1.0, MAX_GAIN_DIVISOR)
+    }
+
+    fn exit_slow_start(&mut self, now: Instant) {
+        self.ssthresh = self.cwnd;
+        self.leave_growth_phase(now);
+    }
+
+    /// Ends slow start or a slowdown (if one is running) and schedules the next slowdown.
+    fn leave_growth_phase(&mut self, now: Instant) {
+        let srtt = self.srtt.unwrap_or(INITIAL_RTT);
+        match self.phase {
+            Phase::SlowStart => {
+                // First slowdown two round trips after the initial slow start (draft §4.4).
+                if self.next_slowdown.is_none() {
+                    self.next_slowdown = Some(now + srtt * 2);
+                }
+            }
+            Phase::SlowdownRamp | Phase::SlowdownFreeze => {
+                let started = self.slowdown_started.take().unwrap_or(now);
+                let took = now.saturating_duration_since(started);
+                self.next_slowdown =
+                    Some(now + took.saturating_mul(self.config.slowdown_interval_factor));
+                self.freeze_until = None;
+            }
+            Phase::CongestionAvoidance => {}
+        }
+        self.phase = Phase::CongestionAvoidance;
+    }
+
+    fn start_slowdown(&mut self, now: Instant) {
+        let srtt = self.srtt.unwrap_or(INITIAL_RTT);
+        self.slowdowns += 1;
+        self.ssthresh = self.cwnd;
+        self.cwnd = self.min_window();
+        self.slowdown_started = Some(now);
+        self.freeze_until = Some(now + srtt * self.config.slowdown_freeze_rtts);
+        self.next_slowdown = None;
+        self.phase = Phase::SlowdownFreeze;
+    }
+
+    fn min_window(&self) -> f64 {
+        (self.config.min_window_packets.max(1) * self.mtu) as f64
+    }
+
+    /// (floor window, ceiling window) in bytes.
+    fn bounds(&self) -> (f64, f64) {
+        let rtt = self.srtt.unwrap_or(INITIAL_RTT).as_secs_f64();
+        let lo = self
+            .min_window()
+            .max(self.link.floor() as f64 * rtt)
+            .min(MAX_WINDOW);
+        let hi = match self.link.ceiling_share() {
+            Some(rate) => (rate as f64 * rtt).clamp(lo, MAX_WINDOW),
+            None => MAX_WINDOW,
+        };
+        (lo, hi)
+    }
+
+    fn clamp(&mut self) {
+        let (lo, hi) = self.bounds();
+        if !self.cwnd.is_finite() {
+            self.cwnd = lo;
+        }
+        self.cwnd = self.cwnd.clamp(lo, hi);
+    }
+}
+
+impl Controller for Ledbat {
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        _app_limited: bool,
+        _rtt: &RttEstimator,
+    ) {
+        self.on_ack_sample(now, sent, bytes);
+    }
+
+    fn on_end_acks(
+        &mut self,
+        now: Instant,
+        _in_flight: u64,
+        app_limited: bool,
+        _largest_packet_num_acked: Option<u64>,
+    ) {
+        self.end_acks(now, app_limited);
+    }
+
+    fn on_congestion_event(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        is_persistent_congestion: bool,
+        lost_bytes: u64,
+    ) {
+        self.congestion_event(now, sent, is_persistent_congestion, lost_bytes);
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.mtu = u64::from(new_mtu.max(1));
+        self.clamp();
+    }
+
+    fn window(&self) -> u64 {
+        // The ceiling and floor follow the link policy, which may have changed since the last
+        // event; apply them on read too.
+        let (lo, hi) = self.bounds();
+        self.cwnd.clamp(lo, hi) as u64
+    }
+
+    fn metrics(&self) -> ControllerMetrics {
+        let mut m = ControllerMetrics::default();
+        m.congestion_window = self.window();
+        m.ssthresh = self.ssthresh.is_finite().then_some(self.ssthresh as u64);
+        m
+    }
+
+    fn clone_box(&self) -> Box<dyn Controller> {
+        Box::new(self.clone())
+    }
+
+    fn initial_window(&self) -> u64 {
+        self.config.initial_window
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}

@@ -1,0 +1,100 @@
+//! LEDBAT++ congestion control for Branchline's Background QUIC connections.
+//!
+//! Branchline promises network admins that WAN transfers never hurt business traffic and still
+//! use every idle bit. This crate is that promise: a less-than-best-effort controller that
+//! plugs into quinn through [`quinn_proto::congestion::Controller`] and
+//! [`quinn_proto::congestion::ControllerFactory`].
+//!
+//! # The model
+//!
+//! The controller follows draft-irtf-iccrg-ledbat-plus-plus (LEDBAT++):
+//!
+//! * **Queueing delay from round-trip times.** Each ACK frame gives one RTT sample; the
+//!   *current delay* is the minimum of the last few samples, the *base delay* the minimum over
+//!   a windowed history (ten one-minute buckets by default, RFC 6817 §4.2; quinn's own minimum
+//!   RTT never expires, so it is not used). Queueing delay = current − base ([`delay`]).
+//! * **Target 60 ms.** Below the target the window grows by `GAIN` packets per round trip,
+//!   `GAIN = 1 / min(16, ceil(2·target / base delay))`; above it the window shrinks by
+//!   `W·(delay/target − 1)` per round trip, capped at half the window per round trip.
+//! * **Slow start** grows by `GAIN` × acknowledged bytes and ends when the queueing delay passes
+//!   ¾ of the target, or on loss.
+//! * **Periodic slowdowns.** Two round trips after slow start, and then 9 slowdown-durations
+//!   after each slowdown, the window drops to 2 packets for 2 round trips, then slow-starts back
+//!   to where it was. The queue drains, so the base delay stays honest and a late-coming LEDBAT
+//!   flow gets its share.
+//! * **Loss** halves the window, at most once per round trip.
+//!
+//! # Beyond the draft
+//!
+//! Published experience with LEDBAT++ (e.g. Bagnulo & García-Martínez, *An experimental
+//! evaluation of LEDBAT++*, Computer Networks 2022) shows it cannot fill an idle link on its
+//! own and recovers slowly once competing traffic stops: with a 40 ms base delay the gain is ⅓,
+//! so regaining a 20 Mbit/s link after yielding takes ~200 round trips (~9 s). Two extensions,
+//! both on by default and both off in [`LedbatConfig::draft`]:
+//!
+//! * **Idle-link ramp.** When the queueing delay has stayed under `idle_delay` (6 ms) for
+//!   `idle_hold_rtts` (2) smoothed round trips, nobody else is queueing at the bottleneck, so
+//!   the window grows multiplicatively (× 1.5 per round trip; doubling while ramping back after
+//!   a slowdown, which cannot overshoot the window held before it). The first sample with a
+//!   queue above `idle_delay` stops the ramp, and the ordinary LEDBAT++ decrease applies. The
+//!   yield is untouched: competing TCP always builds a queue, and a queue switches the ramp
+//!   off.
+//! * **Random-loss tolerance.** A loss seen while the queueing delay is under
+//!   `random_loss_delay` (15 ms) cannot be a queue overflow at a bottleneck we are filling; it is
+//!   taken for random loss and costs 20 % of the window (as TCP Veno does) instead of half.
+//!   Losses with a queue still halve. On a lossy WAN, halving at every loss collapses the window
+//!   to a few packets; with the idle ramp, the tolerant controller keeps the link full.
+//!   Limitation: on a bottleneck whose buffer holds less than 15 ms, overflow losses look
+//!   random too, and the controller then competes about like Reno (AIMD with gain ≤ ⅓ and
+//!   decrease 0.8), rather than yielding.
+//!
+//! # Ceiling and floor
+//!
+//! A [`LinkPolicy`] per WAN link holds the server's rate ceiling (bytes/s, shared evenly by the
+//! connections on the link) and a per-connection floor (bytes/s, default 8000), both turned
+//! into windows with the smoothed RTT (`rate × RTT`). The floor guarantees a transfer is never
+//! starved for ever; the ceiling holds on average, since quinn paces a window over one RTT.
+//! A window cannot go below 2 packets, so a ceiling below `2 × MTU / RTT` is not enforceable.
+//!
+//! # Use
+//!
+//! [`background_transport_config`] (or [`configure_background`] on an existing
+//! `TransportConfig`) gives the settings for Background connections: LEDBAT++ and prompt
+//! ACKs, see [`transport`] for why. Foreground connections keep quinn's default controller.
+//! Time is never read here: quinn passes `Instant`s into every call, and the tests pass
+//! synthetic ones.
+
+pub mod config;
+pub mod controller;
+pub mod delay;
+pub mod policy;
+pub mod transport;
+
+pub use config::LedbatConfig;
+pub use controller::{Ledbat, LedbatFactory, LedbatStats, Phase};
+pub use policy::LinkPolicy;
+pub use transport::{background_transport_config, configure_background, prompt_ack_frequency};
+
+/// A LEDBAT++ configuration or policy value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// One field is out of range.
+    #[error("LEDBAT++ setting `{field}` {reason}; fix it in the Background transfer settings")]
+    Invalid {
+        /// The field's name in [`LedbatConfig`].
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The rate ceiling is below the rate floor.
+    #[error(
+        "LEDBAT++ rate ceiling {ceiling} bytes/s is below the floor {floor} bytes/s; \
+         raise the ceiling or lower the floor"
+    )]
+    CeilingBelowFloor {
+        /// Ceiling (bytes/s).
+        ceiling: u64,
+        /// Floor (bytes/s).
+        floor: u64,
+    },
+}

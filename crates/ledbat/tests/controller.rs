@@ -1,0 +1,476 @@
+//! Deterministic tests of the LEDBAT++ controller, driven with synthetic RTT sequences and
+//! synthetic `Instant`s (no clock, no sockets).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use branchline_ledbat::{Ledbat, LedbatConfig, LinkPolicy, Phase};
+use quinn_proto::congestion::Controller;
+
+const MTU: u16 = 1200;
+const MS: Duration = Duration::from_millis(1);
+/// 20 Mbit/s in bytes/s.
+const LINK_RATE: u64 = 2_500_000;
+/// 20 Mbit/s × 40 ms.
+const BDP_20M_40MS: u64 = 100_000;
+
+/// Feeds a controller with acknowledgements as a sender on a path with a given RTT would see
+/// them: one window per round trip, one ACK frame per two packets.
+struct Driver {
+    c: Ledbat,
+    now: Instant,
+    /// Phase after every ACK frame, with its time, to check schedules.
+    log: Vec<(Instant, Phase, u64)>,
+    slow_start_exit: Option<Instant>,
+}
+
+impl Driver {
+    /// A controller on a synthetic path. The path has no bottleneck of its own (the tests
+    /// choose the RTTs), so unless the test sets a ceiling, a 20 Mbit/s ceiling stands in for
+    /// the link and keeps windows realistic.
+    fn new(mut config: LedbatConfig) -> Self {
+        config.ceiling = config.ceiling.or(Some(LINK_RATE));
+        config.validate().unwrap();
+        let link = Arc::new(LinkPolicy::new(config.ceiling, config.floor).unwrap());
+        let now = Instant::now();
+        Self {
+            c: Ledbat::new(Arc::new(config), link, now, MTU),
+            now,
+            log: Vec::new(),
+            slow_start_exit: None,
+        }
+    }
+
+    /// One round trip during which every packet sees `rtt`.
+    fn round(&mut self, rtt: Duration) {
+        self.round_with_loss(rtt, false);
+    }
+
+    /// One round trip; with `lose`, the middle packet of the round is declared lost.
+    fn round_with_loss(&mut self, rtt: Duration, lose: bool) {
+        let pkt = u64::from(MTU);
+        let frames = (self.c.window() / (2 * pkt)).max(1);
+        let step = rtt / frames as u32;
+        for i in 0..frames {
+            self.now += step;
+            let sent = self.now - rtt;
+            self.c.on_ack_sample(self.now, sent, 2 * pkt);
+            self.c.end_acks(self.now, false);
+            if lose && i == frames / 2 {
+                self.c.on_congestion_event(self.now, sent, false, pkt);
+            }
+            self.log
+                .push((self.now, self.c.stats().phase, self.c.window()));
+        }
+    }
+
+    /// Round trips at `rtt` for `secs` seconds of synthetic time.
+    fn run_for(&mut self, rtt: Duration, span: Duration) {
+        let end = self.now + span;
+        while self.now < end {
+            self.round(rtt);
+        }
+    }
+
+    /// Round trips at `rtt` until the window reaches `bytes`; returns the time it took, or
+    /// `None` if not within `limit`.
+    fn time_to_reach(&mut self, rtt: Duration, bytes: u64, limit: Duration) -> Option<Duration> {
+        let start = self.now;
+        while self.now - start < limit {
+            if self.c.window() >= bytes {
+                return Some(self.now - start);
+            }
+            self.round(rtt);
+        }
+        None
+    }
+
+    /// Leaves the initial slow start with a queue above ¾ of the target, then returns to the
+    /// base RTT and lives through the first slowdown (two round trips after slow start), so
+    /// the controller is in congestion avoidance.
+    fn exit_slow_start(&mut self, base: Duration) {
+        self.run_for(base, Duration::from_millis(400));
+        let pkt = u64::from(MTU);
+        for _ in 0..100 {
+            if self.c.stats().phase != Phase::SlowStart {
+                break;
+            }
+            self.now += MS;
+            self.c
+                .on_ack_sample(self.now, self.now - base - 50 * MS, 2 * pkt);
+            self.c.end_acks(self.now, false);
+        }
+        assert_eq!(self.c.stats().phase, Phase::CongestionAvoidance);
+        self.slow_start_exit = Some(self.now);
+    }
+
+    /// [`Driver::exit_slow_start`], then round trips at `base` until the first slowdown is over.
+    fn settle(&mut self, base: Duration) {
+        self.exit_slow_start(base);
+        for _ in 0..1000 {
+            let s = self.c.stats();
+            if s.slowdowns > 0 && s.phase == Phase::CongestionAvoidance {
+                return;
+            }
+            self.round(base);
+        }
+        panic!("no slowdown after slow start: {:?}", self.c.stats());
+    }
+}
+
+/// No slowdown within any test's horizon, to look at one mechanism at a time.
+fn no_slowdowns(mut c: LedbatConfig) -> LedbatConfig {
+    c.slowdown_interval_factor = u32::MAX;
+    c
+}
+
+#[test]
+fn grows_to_fill_while_delay_stays_at_base() {
+    for config in [LedbatConfig::default(), LedbatConfig::draft()] {
+        let mut d = Driver::new(config.clone());
+        let mut last = d.c.window();
+        let start = d.c.window();
+        for _ in 0..60 {
+            d.round(40 * MS);
+            let w = d.c.window();
+            assert!(w >= last, "window fell from {last} to {w} with no queue");
+            last = w;
+        }
+        assert!(
+            last >= BDP_20M_40MS,
+            "window {last} after 60 rounds at base delay (from {start}), config {config:?}"
+        );
+        assert_eq!(d.c.stats().queueing_delay, Some(Duration::ZERO));
+    }
+}
+
+#[test]
+fn congestion_avoidance_adds_gain_packets_per_round_trip_below_target() {
+    // Draft behaviour: at base 40 ms and target 60 ms, GAIN = 1/ceil(120/40) = 1/3.
+    let mut d = Driver::new(no_slowdowns(LedbatConfig::draft()));
+    d.settle(40 * MS);
+    assert!((d.c.gain() - 1.0 / 3.0).abs() < 1e-9);
+    // Queue at 20 ms: below target, above the idle threshold.
+    d.run_for(60 * MS, Duration::from_millis(600));
+    let w0 = d.c.window() as f64;
+    d.run_for(60 * MS, Duration::from_secs(6));
+    let rounds = 6.0 / 0.060;
+    let per_round = (d.c.window() as f64 - w0) / rounds;
+    let expected = f64::from(MTU) / 3.0;
+    assert!(
+        (per_round - expected).abs() < 0.25 * expected,
+        "grew {per_round:.0} bytes per round trip, expected about {expected:.0}"
+    );
+}
+
+#[test]
+fn backs_off_multiplicatively_when_delay_passes_target() {
+    let mut d = Driver::new(no_slowdowns(LedbatConfig::default()));
+    d.settle(40 * MS);
+    d.run_for(40 * MS, Duration::from_secs(1));
+    let w0 = d.c.window() as f64;
+    assert!(w0 >= 95_000.0, "window {w0} before the test");
+
+    // Queueing delay 75 ms = 1.25 × target: one round trip costs W·0.25 (a little less in
+    // the first round, as the current-delay filter needs 4 samples to see the queue).
+    d.round(40 * MS + 75 * MS);
+    let w1 = d.c.window() as f64;
+    let ratio = w1 / w0;
+    assert!(
+        (0.70..=0.85).contains(&ratio),
+        "window went {w0} -> {w1} (×{ratio:.2}) at 1.25 × target"
+    );
+
+    // Queueing delay 3 × target: the decrease is capped at half the window per round trip.
+    for _ in 0..4 {
+        let before = d.c.window() as f64;
+        d.round(40 * MS + 180 * MS);
+        let after = d.c.window() as f64;
+        let r = after / before;
+        assert!(
+            (0.49..=0.6).contains(&r),
+            "window went {before} -> {after} (×{r:.2}) at 3 × target"
+        );
+    }
+    // And it keeps going down to the floor while the delay stays high.
+    d.run_for(40 * MS + 180 * MS, Duration::from_secs(3));
+    assert_eq!(d.c.window(), d.c.floor_window());
+}
+
+#[test]
+fn slows_down_on_schedule() {
+    let mut d = Driver::new(LedbatConfig::draft());
+    d.exit_slow_start(40 * MS);
+    let exit = d.slow_start_exit.unwrap();
+    d.log.clear();
+    d.run_for(40 * MS, Duration::from_secs(20));
+
+    let transitions: Vec<(Instant, Phase, u64)> = d
+        .log
+        .windows(2)
+        .filter(|w| w[0].1 != w[1].1)
+        .map(|w| w[1])
+        .collect();
+    let starts: Vec<Instant> = transitions
+        .iter()
+        .filter(|t| t.1 == Phase::SlowdownFreeze)
+        .map(|t| t.0)
+        .collect();
+    let ends: Vec<Instant> = transitions
+        .iter()
+        .filter(|t| t.1 == Phase::CongestionAvoidance)
+        .map(|t| t.0)
+        .collect();
+    assert!(starts.len() >= 2, "slowdowns: {transitions:?}");
+
+    // The first slowdown comes two round trips after slow start ended.
+    let first = starts[0] - exit;
+    assert!(
+        first >= 80 * MS && first <= 80 * MS + 60 * MS,
+        "first slowdown {first:?} after slow start"
+    );
+    // During the frozen phase the window is the 2-packet minimum.
+    for (t, phase, w) in &d.log {
+        if *phase == Phase::SlowdownFreeze {
+            assert_eq!(*w, 2 * u64::from(MTU), "window during slowdown at {t:?}");
+        }
+    }
+    // Each next slowdown starts 9 slowdown durations after the previous one ended.
+    for (i, pair) in starts.windows(2).enumerate() {
+        let end = ends.iter().find(|e| **e > pair[0]).copied().unwrap();
+        let duration = end - pair[0];
+        let gap = pair[1] - end;
+        let expected = duration * 9;
+        assert!(
+            gap >= expected && gap <= expected + 50 * MS,
+            "slowdown {i}: lasted {duration:?}, next after {gap:?}, expected {expected:?}"
+        );
+        // The frozen phase lasts at least two round trips.
+        let ramp = transitions
+            .iter()
+            .find(|t| t.0 > pair[0] && t.1 == Phase::SlowdownRamp)
+            .unwrap();
+        assert!(
+            ramp.0 - pair[0] >= 80 * MS,
+            "frozen for {:?}",
+            ramp.0 - pair[0]
+        );
+    }
+    assert!(d.c.stats().slowdowns >= 2);
+}
+
+#[test]
+fn slowdown_ramp_returns_to_the_previous_window() {
+    let mut d = Driver::new(LedbatConfig::default());
+    d.settle(40 * MS);
+    d.run_for(40 * MS, Duration::from_secs(1));
+    // Find a slowdown and the window held just before it.
+    let before = d.log.last().unwrap().2;
+    d.log.clear();
+    d.run_for(40 * MS, Duration::from_secs(10));
+    let i = d
+        .log
+        .iter()
+        .position(|e| e.1 == Phase::SlowdownFreeze)
+        .expect("a slowdown within 10 s");
+    let held = if i == 0 { before } else { d.log[i - 1].2 };
+    let back = d.log[i..]
+        .iter()
+        .find(|e| e.1 == Phase::CongestionAvoidance)
+        .expect("the slowdown ends");
+    assert!(
+        back.2 >= held * 95 / 100,
+        "window {} after the slowdown, {} before",
+        back.2,
+        held
+    );
+}
+
+#[test]
+fn old_base_delays_age_out() {
+    // A ceiling keeps the window (and the test) small.
+    let config = LedbatConfig {
+        ceiling: Some(250_000),
+        ..LedbatConfig::default()
+    };
+    let mut d = Driver::new(config);
+    d.run_for(40 * MS, Duration::from_secs(5));
+    assert_eq!(d.c.stats().base_delay, Some(40 * MS));
+    // The route changes: 100 ms from now on, with no queue.
+    d.run_for(100 * MS, Duration::from_secs(300));
+    let s = d.c.stats();
+    assert_eq!(
+        s.base_delay,
+        Some(40 * MS),
+        "still within the 10 minute history"
+    );
+    assert_eq!(s.queueing_delay, Some(60 * MS));
+    d.run_for(100 * MS, Duration::from_secs(310));
+    let s = d.c.stats();
+    assert_eq!(s.base_delay, Some(100 * MS), "the 40 ms minimum aged out");
+    assert_eq!(s.queueing_delay, Some(Duration::ZERO));
+}
+
+#[test]
+fn isolated_random_losses_do_not_collapse_the_window() {
+    // One loss per round trip at an empty queue (about 1 % loss at 20 Mbit/s, 40 ms).
+    let mut tolerant = Driver::new(no_slowdowns(LedbatConfig::default()));
+    let mut draft = Driver::new(no_slowdowns(LedbatConfig::draft()));
+    for d in [&mut tolerant, &mut draft] {
+        for _ in 0..100 {
+            d.round_with_loss(40 * MS, true);
+        }
+    }
+    let t = tolerant.c.stats();
+    let h = draft.c.stats();
+    assert!(
+        t.window >= BDP_20M_40MS * 9 / 10,
+        "tolerant window {} after 100 lossy round trips",
+        t.window
+    );
+    // At most one loss reaction per round trip.
+    assert!(t.random_losses >= 40 && t.congestion_losses == 0, "{t:?}");
+    // The draft's loss-halving does collapse, which is what the extension is for.
+    assert!(
+        h.window < 10_000,
+        "draft window {} after 100 lossy round trips",
+        h.window
+    );
+}
+
+#[test]
+fn loss_with_a_queue_halves_the_window() {
+    let mut d = Driver::new(no_slowdowns(LedbatConfig::default()));
+    d.settle(40 * MS);
+    d.run_for(40 * MS, Duration::from_millis(500));
+    // Queue of 30 ms: a loss now is an overflow at a queue we help fill.
+    d.round(70 * MS);
+    d.round(70 * MS);
+    let before = d.c.window();
+    let sent = d.now - 70 * MS;
+    d.c.on_congestion_event(d.now, sent, false, u64::from(MTU));
+    let after = d.c.window();
+    assert_eq!(after, before / 2);
+    // A second loss from the same flight is the same event.
+    d.c.on_congestion_event(d.now, sent, false, u64::from(MTU));
+    assert_eq!(d.c.window(), after);
+    assert_eq!(d.c.stats().congestion_losses, 1);
+}
+
+#[test]
+fn persistent_congestion_resets_to_the_floor() {
+    let mut d = Driver::new(LedbatConfig::default());
+    d.run_for(40 * MS, Duration::from_secs(1));
+    d.c.on_congestion_event(d.now, d.now, true, 10_000);
+    assert_eq!(d.c.window(), d.c.floor_window());
+}
+
+#[test]
+fn recovers_fast_once_the_queue_empties_and_still_yields() {
+    let mut results = Vec::new();
+    for config in [LedbatConfig::default(), LedbatConfig::draft()] {
+        let mut d = Driver::new(no_slowdowns(config));
+        d.settle(40 * MS);
+        d.run_for(40 * MS, Duration::from_secs(2));
+        // Competing TCP fills a 100 ms queue for 10 s.
+        d.run_for(140 * MS, Duration::from_secs(10));
+        assert_eq!(d.c.window(), d.c.floor_window(), "yielded to the queue");
+        // TCP stops; how long until the window is 80 % of the BDP again?
+        let t = d.time_to_reach(40 * MS, BDP_20M_40MS * 8 / 10, Duration::from_secs(30));
+        results.push(t);
+    }
+    let fast = results[0].expect("extension recovers");
+    assert!(fast < Duration::from_secs(1), "recovered in {fast:?}");
+    let slow = results[1].expect("draft recovers eventually");
+    assert!(slow > Duration::from_secs(5), "draft recovered in {slow:?}");
+}
+
+#[test]
+fn idle_ramp_stops_at_the_first_queue() {
+    let mut d = Driver::new(no_slowdowns(LedbatConfig::default()));
+    d.settle(40 * MS);
+    d.run_for(40 * MS, Duration::from_millis(500));
+    assert!(d.c.stats().idle_ramp_active);
+    // 10 ms of queue: above the idle threshold, below target: back to GAIN per round trip.
+    d.round(50 * MS);
+    d.round(50 * MS);
+    assert!(!d.c.stats().idle_ramp_active);
+    let w0 = d.c.window();
+    d.round(50 * MS);
+    let w1 = d.c.window();
+    assert!(w1 > w0 && w1 - w0 <= u64::from(MTU), "grew {w0} -> {w1}");
+}
+
+#[test]
+fn ceiling_and_floor_bound_the_window() {
+    let config = LedbatConfig {
+        ceiling: Some(500_000),
+        floor: 100_000,
+        ..no_slowdowns(LedbatConfig::default())
+    };
+    let mut d = Driver::new(config);
+    d.run_for(40 * MS, Duration::from_secs(3));
+    // 500 kB/s × 40 ms = 20 kB.
+    let w = d.c.window();
+    assert!(
+        (19_000..=20_000).contains(&w),
+        "window {w} under a 500 kB/s ceiling"
+    );
+    assert_eq!(d.c.ceiling_window(), Some(w));
+    // Heavy queueing: the floor of 100 kB/s × RTT holds.
+    d.run_for(240 * MS, Duration::from_secs(5));
+    let w = d.c.window();
+    let rtt = d.c.stats().smoothed_rtt.unwrap();
+    let floor = (100_000.0 * rtt.as_secs_f64()) as u64;
+    assert!(
+        w >= floor - 1 && w <= floor + 1,
+        "window {w}, floor {floor}"
+    );
+}
+
+#[test]
+fn ceiling_follows_the_link_policy_at_run_time() {
+    let config = no_slowdowns(LedbatConfig::default());
+    let link = Arc::new(LinkPolicy::new(None, config.floor).unwrap());
+    let now = Instant::now();
+    let mut c = Ledbat::new(Arc::new(config), link.clone(), now, MTU);
+    let mut t = now;
+    for _ in 0..2000 {
+        t += 2 * MS;
+        c.on_ack_sample(t, t - 40 * MS, 2400);
+        c.end_acks(t, false);
+    }
+    assert!(c.window() > 100_000);
+    link.set_ceiling(Some(1_000_000)).unwrap();
+    // 1 MB/s × 40 ms = 40 kB, immediately on read.
+    assert_eq!(c.window(), 40_000);
+    // A second connection on the link halves each one's share.
+    let other = Ledbat::new(Arc::new(LedbatConfig::default()), link.clone(), now, MTU);
+    assert_eq!(c.window(), 20_000);
+    drop(other);
+    assert_eq!(c.window(), 40_000);
+}
+
+#[test]
+fn app_limited_acks_do_not_grow_the_window() {
+    let mut d = Driver::new(LedbatConfig::default());
+    let w0 = d.c.window();
+    for _ in 0..50 {
+        d.now += 20 * MS;
+        let sent = d.now - 40 * MS;
+        d.c.on_ack_sample(d.now, sent, 1200);
+        d.c.end_acks(d.now, true);
+    }
+    assert_eq!(d.c.window(), w0);
+}
+
+#[test]
+fn quinn_interface_matches_state() {
+    let d = Driver::new(LedbatConfig::default());
+    let c: Box<dyn Controller> = d.c.clone_box();
+    assert_eq!(c.window(), 4800);
+    assert_eq!(c.initial_window(), 4800);
+    assert_eq!(c.metrics().congestion_window, 4800);
+    let back = c.into_any().downcast::<Ledbat>().expect("a Ledbat");
+    assert_eq!(back.stats().phase, Phase::SlowStart);
+}
