@@ -404,6 +404,13 @@ impl<S: Storage> Cache<S> {
         let Some(have) = decode_have(&have, id, map.piece_count()) else {
             return Ok(None);
         };
+        let data_len = self
+            .storage
+            .data_len(id)
+            .map_err(|e| StoreError::io(format!("measuring the data file of {id}"), e))?;
+        if data_len != Some(map.size()) {
+            return Ok(None);
+        }
         let meta = read(Aux::Meta)?
             .and_then(|b| decode_meta(&b))
             .unwrap_or_default();

@@ -61,6 +61,8 @@ pub trait Storage: Send + Sync {
     fn write_data(&self, id: &ContentId, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Reads exactly `buf.len()` bytes at `offset` of the data area.
     fn read_data(&self, id: &ContentId, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Length of the data area (bytes), `None` if it does not exist.
+    fn data_len(&self, id: &ContentId) -> io::Result<Option<u64>>;
     /// Opens the data area for reading from the start.
     fn open_data(&self, id: &ContentId) -> io::Result<Self::Reader>;
     /// Path of the data file, for backends that have one.
@@ -73,7 +75,8 @@ pub trait Storage: Send + Sync {
     /// Overwrites bytes inside an existing small file in place, durably. Used for one
     /// byte of the `have` bitfield at a time, which a crash cannot tear.
     fn patch_aux(&self, id: &ContentId, aux: Aux, offset: u64, bytes: &[u8]) -> io::Result<()>;
-    /// Removes everything of one content. Not an error if it is already gone.
+    /// Removes everything of one content, the `have` file first so that a crash part-way
+    /// leaves a content the next open discards. Not an error if it is already gone.
     fn remove(&self, id: &ContentId) -> io::Result<()>;
     /// Size of the file system holding the cache.
     fn disk_space(&self) -> io::Result<DiskSpace>;
@@ -157,6 +160,14 @@ impl Storage for FsStorage {
         File::open(self.data_file(id))?.read_exact_at(buf, offset)
     }
 
+    fn data_len(&self, id: &ContentId) -> io::Result<Option<u64>> {
+        match fs::metadata(self.data_file(id)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn open_data(&self, id: &ContentId) -> io::Result<File> {
         File::open(self.data_file(id))
     }
@@ -193,7 +204,13 @@ impl Storage for FsStorage {
     }
 
     fn remove(&self, id: &ContentId) -> io::Result<()> {
-        match fs::remove_dir_all(self.dir(id)) {
+        let dir = self.dir(id);
+        match fs::remove_file(dir.join(Aux::Have.file_name())) {
+            Ok(()) => sync_dir(&dir)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        match fs::remove_dir_all(&dir) {
             Ok(()) => sync_dir(&self.base),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
@@ -376,6 +393,10 @@ impl Storage for MemStorage {
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))?;
         buf.copy_from_slice(src);
         Ok(())
+    }
+
+    fn data_len(&self, id: &ContentId) -> io::Result<Option<u64>> {
+        Ok(self.lock().contents.get(id).map(|c| c.data.len() as u64))
     }
 
     fn open_data(&self, id: &ContentId) -> io::Result<Self::Reader> {

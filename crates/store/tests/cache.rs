@@ -614,3 +614,148 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn concurrent_writers_record_every_piece() {
+    // Many pieces share one bitfield byte; writers race on it from several threads.
+    let dir = tempfile::tempdir().unwrap();
+    let (d, map) = content(40, 70);
+    let id = map.id();
+    let cache = Cache::open(dir.path(), CacheCap::Bytes(1 << 30), 0).unwrap();
+    cache.begin(map.clone(), 0).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u32 {
+            let (cache, map, d) = (&cache, &map, &d);
+            s.spawn(move || {
+                for i in (t..map.piece_count()).step_by(4) {
+                    cache.write_piece(&id, i, piece(map, d, i), 1).unwrap();
+                }
+            });
+        }
+    });
+    assert!(cache.status(&id).unwrap().complete);
+    drop(cache);
+    let cache = Cache::open(dir.path(), CacheCap::Bytes(1 << 30), 2).unwrap();
+    assert!(cache.status(&id).unwrap().complete);
+    assert_eq!(
+        read_all(cache.open_complete(&id, 3).unwrap().unwrap().reader),
+        d
+    );
+}
+
+/// A small tmpfs mounted for one test and unmounted when dropped (also on failure).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` bytes, or says why it cannot.
+    fn mount(size: u64) -> Result<Self, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not running as root".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Self { dir })
+    }
+
+    fn resize(&self, size: u64) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remounting the test tmpfs failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn real_enospc_on_a_tiny_tmpfs_pauses_then_resumes() {
+    let fs = match Tmpfs::mount(256 * 1024) {
+        Ok(fs) => fs,
+        Err(why) => {
+            println!(
+                "SKIPPED real_enospc_on_a_tiny_tmpfs_pauses_then_resumes: {why} (needs root and mount)"
+            );
+            return;
+        }
+    };
+    let (d, map) = content(40, 80); // 640 KiB, more than the 256 KiB disk.
+    let id = map.id();
+    let cache = Cache::open(fs.dir.path(), CacheCap::Bytes(1 << 30), 0).unwrap();
+    cache.begin(map.clone(), 0).unwrap();
+    let mut full_at = None;
+    for i in 0..map.piece_count() {
+        match cache.write_piece(&id, i, piece(&map, &d, i), 1) {
+            Ok(_) => {}
+            Err(e) => {
+                assert!(e.is_disk_full(), "expected a full disk, got: {e}");
+                full_at = Some(i);
+                break;
+            }
+        }
+    }
+    let full_at = full_at.expect("a 256 KiB disk must fill up");
+    let st = cache.status(&id).unwrap();
+    assert!(st.paused_disk_full);
+    assert!(st.pieces_present <= full_at);
+    // Everything recorded is intact.
+    assert!(cache.verify_content(&id).unwrap().corrupt.is_empty());
+    drop(cache);
+
+    // Space is freed (the disk grows); after a restart the download resumes and
+    // completes with correct bytes.
+    fs.resize(4 << 20);
+    let cache = Cache::open(fs.dir.path(), CacheCap::Bytes(1 << 30), 2).unwrap();
+    let before = cache.status(&id).unwrap().pieces_present;
+    assert_eq!(before, st.pieces_present);
+    for i in cache.have(&id).unwrap().missing().collect::<Vec<_>>() {
+        cache.write_piece(&id, i, piece(&map, &d, i), 3).unwrap();
+    }
+    assert_eq!(
+        read_all(cache.open_complete(&id, 4).unwrap().unwrap().reader),
+        d
+    );
+    drop(cache);
+}
+
+#[test]
+fn content_whose_data_file_vanished_is_discarded_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, map) = content(3, 90);
+    let id = map.id();
+    {
+        let cache = Cache::open(dir.path(), CacheCap::Bytes(1 << 30), 0).unwrap();
+        cache.begin(map.clone(), 0).unwrap();
+        cache.write_piece(&id, 0, piece(&map, &d, 0), 1).unwrap();
+    }
+    let data = FsStorage::new(dir.path()).unwrap().data_path(&id).unwrap();
+    std::fs::remove_file(&data).unwrap();
+    let cache = Cache::open(dir.path(), CacheCap::Bytes(1 << 30), 2).unwrap();
+    assert!(cache.status(&id).is_none());
+    assert_eq!(cache.metrics().snapshot().discarded_on_open, 1);
+    assert!(!data.parent().unwrap().exists());
+    // It can be downloaded afresh.
+    cache.begin(map.clone(), 3).unwrap();
+    assert_eq!(cache.status(&id).unwrap().pieces_present, 0);
+}
