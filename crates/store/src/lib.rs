@@ -76,6 +76,11 @@
 //! simulators); time is passed in as Unix milliseconds, never read inside. `DESIGN.md`
 //! in this crate gives the on-disk layout and the crash-consistency argument.
 //!
+//! Cache methods block on disk I/O (each stored piece costs two fsyncs). `Cache` is
+//! `Send + Sync`: share it in an `Arc` and, from async code, call it inside
+//! `tokio::task::spawn_blocking`. Pieces of one or many contents can be written from many
+//! threads at once.
+//!
 //! Sizes are in bytes and times in milliseconds since the Unix epoch throughout. The
 //! crate is Unix-only (positioned I/O, `statvfs`).
 

@@ -95,15 +95,14 @@ fn partial_download_survives_restart_without_refetch() {
     );
 }
 
-/// Child half of [`real_kill_9_keeps_every_recorded_piece`]: writes pieces forever-ish,
-/// printing each index once `write_piece` has returned.
+/// Child half of [`real_kill_9_keeps_every_recorded_piece`], which runs it in a child
+/// process: writes pieces, printing each index once `write_piece` has returned.
 #[test]
+#[ignore = "helper process for real_kill_9_keeps_every_recorded_piece"]
 fn kill9_child() {
-    let Ok(dir) = std::env::var("BRANCHLINE_STORE_KILL9_DIR") else {
-        // Only meaningful when started by the parent test below.
-        return;
-    };
-    let (d, map) = content(64, 9);
+    let dir = std::env::var("BRANCHLINE_STORE_KILL9_DIR")
+        .expect("run by real_kill_9_keeps_every_recorded_piece, which sets the directory");
+    let (d, map) = content(256, 9);
     let id = map.id();
     let cache = Cache::open(Path::new(&dir), CacheCap::Bytes(1 << 30), 1).unwrap();
     cache.begin(map.clone(), 1).unwrap();
@@ -119,7 +118,13 @@ fn real_kill_9_keeps_every_recorded_piece() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "kill9_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "kill9_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("BRANCHLINE_STORE_KILL9_DIR", dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -137,7 +142,7 @@ fn real_kill_9_keeps_every_recorded_piece() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let (d, map) = content(64, 9);
+    let (d, map) = content(256, 9);
     let id = map.id();
     let cache = Cache::open(dir.path(), CacheCap::Bytes(1 << 30), 5).unwrap();
     let have = cache.have(&id).expect("content survives kill -9");
@@ -148,6 +153,12 @@ fn real_kill_9_keeps_every_recorded_piece() {
     let report = cache.verify_content(&id).unwrap();
     assert!(report.corrupt.is_empty());
     assert_eq!(report.checked, have.count_ones());
+    println!(
+        "killed after {} reported pieces; {} of {} recorded after restart",
+        stored.len(),
+        have.count_ones(),
+        have.len()
+    );
     for i in have.missing().collect::<Vec<_>>() {
         cache.write_piece(&id, i, piece(&map, &d, i), 6).unwrap();
     }
@@ -155,6 +166,13 @@ fn real_kill_9_keeps_every_recorded_piece() {
         read_all(cache.open_complete(&id, 7).unwrap().unwrap().reader),
         d
     );
+}
+
+#[test]
+fn cache_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Cache>();
+    assert_send_sync::<Cache<MemStorage>>();
 }
 
 #[test]
