@@ -19,7 +19,7 @@ use crate::bitfield::{Bitfield, HAVE_HEADER_LEN, decode_have, encode_have, have_
 use crate::error::StoreError;
 use crate::id::ContentId;
 use crate::ledger::{Item, Ledger};
-use crate::map::{PieceMap, PieceSize};
+use crate::map::{PieceError, PieceMap, PieceSize};
 use crate::storage::{Aux, DiskSpace, FsStorage, Storage, is_disk_full};
 
 /// How often, at most, a content's last-access time is written to disk while it is in
@@ -218,6 +218,19 @@ pub enum WriteOutcome {
     },
     /// The piece was already present; nothing was written.
     AlreadyPresent,
+}
+
+/// Result of [`Cache::write_pieces`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Pieces verified, stored durably and recorded by this call.
+    pub stored: Vec<u32>,
+    /// Pieces that were already present; nothing was written for them.
+    pub already_present: Vec<u32>,
+    /// Pieces that failed verification: drop and report the peers that sent them.
+    pub bad: Vec<(u32, PieceError)>,
+    /// The content is complete after this call.
+    pub complete: bool,
 }
 
 /// A complete, verified content handed out for reading.
@@ -563,7 +576,8 @@ impl<S: Storage> Cache<S> {
     }
 
     /// Stores a piece received from a peer (or the origin): verifies it against the piece
-    /// map, writes it, makes it durable, and only then records it as present.
+    /// map, writes it, makes it durable, and only then records it as present. This costs
+    /// two fsyncs; [`Cache::write_pieces`] stores several pieces for the same two.
     ///
     /// Errors: [`StoreError::BadPiece`] if it fails verification (drop the peer for this
     /// content and report it; nothing was written), [`StoreError::DiskFull`] if the disk
@@ -576,25 +590,78 @@ impl<S: Storage> Cache<S> {
         data: &[u8],
         now_ms: u64,
     ) -> Result<WriteOutcome, StoreError> {
-        let entry = self.entry(id)?;
-        if let Err(source) = entry.map.verify_piece(index, data) {
-            bump(&self.metrics.bad_pieces_received, 1);
+        let mut out = self.write_pieces(id, &[(index, data)], now_ms)?;
+        if let Some((_, source)) = out.bad.pop() {
             return Err(StoreError::BadPiece { id: *id, source });
+        }
+        Ok(if out.stored.is_empty() {
+            WriteOutcome::AlreadyPresent
+        } else {
+            WriteOutcome::Stored {
+                complete: out.complete,
+            }
+        })
+    }
+
+    /// Stores a batch of pieces of one content with one data fsync and one bitfield
+    /// fsync for the whole batch (group commit): every piece is verified; the good ones
+    /// are written, the data is made durable, and only then are their bits recorded.
+    ///
+    /// Pieces that fail verification do not stop the batch: they are listed in
+    /// [`BatchOutcome::bad`] so the caller can drop the peers that sent them. A disk
+    /// error (including [`StoreError::DiskFull`]) records none of the batch; it can be
+    /// retried as is.
+    pub fn write_pieces(
+        &self,
+        id: &ContentId,
+        pieces: &[(u32, &[u8])],
+        now_ms: u64,
+    ) -> Result<BatchOutcome, StoreError> {
+        let entry = self.entry(id)?;
+        let mut out = BatchOutcome::default();
+        let mut good: Vec<(u32, &[u8])> = Vec::with_capacity(pieces.len());
+        for &(index, data) in pieces {
+            match entry.map.verify_piece(index, data) {
+                Ok(()) => good.push((index, data)),
+                Err(e) => {
+                    bump(&self.metrics.bad_pieces_received, 1);
+                    out.bad.push((index, e));
+                }
+            }
         }
         {
             let st = lock(&entry.state);
             if st.removed {
                 return Err(StoreError::UnknownContent(*id));
             }
-            if st.have.get(index) {
-                drop(st);
-                self.touch(&mut lock(&self.inner), id, now_ms);
-                return Ok(WriteOutcome::AlreadyPresent);
-            }
+            good.sort_by_key(|(i, _)| *i);
+            good.dedup_by_key(|(i, _)| *i);
+            good.retain(|(i, _)| {
+                let present = st.have.get(*i);
+                if present {
+                    out.already_present.push(*i);
+                }
+                !present
+            });
+            out.complete = st.have.is_complete();
         }
-        let (offset, _) = entry.map.piece_range(index).expect("verified above");
-        // 1. Data, durably, outside any lock.
-        if let Err(e) = self.storage.write_data(id, offset, data) {
+        if good.is_empty() {
+            self.touch(&mut lock(&self.inner), id, now_ms);
+            return Ok(out);
+        }
+        let what = |good: &[(u32, &[u8])]| match good {
+            [(i, _)] => format!("piece {i}"),
+            _ => format!("{} pieces", good.len()),
+        };
+        // 1. Data, then one fsync, outside any lock.
+        let written = good
+            .iter()
+            .try_for_each(|(index, data)| {
+                let (offset, _) = entry.map.piece_range(*index).expect("verified");
+                self.storage.write_data(id, offset, data)
+            })
+            .and_then(|()| self.storage.sync_data(id));
+        if let Err(e) = written {
             let mut st = lock(&entry.state);
             if st.removed {
                 return Err(StoreError::UnknownContent(*id));
@@ -604,43 +671,69 @@ impl<S: Storage> Cache<S> {
                 bump(&self.metrics.disk_full_events, 1);
                 return Err(StoreError::DiskFull {
                     id: *id,
-                    what: format!("piece {index}"),
+                    what: what(&good),
                 });
             }
-            return Err(StoreError::io(format!("writing piece {index} of {id}"), e));
+            return Err(StoreError::io(
+                format!("writing {} of {id}", what(&good)),
+                e,
+            ));
         }
-        // 2. Then the bit, durably. A crash between 1 and 2 loses only this piece.
-        let complete = {
+        // 2. Then the bits, in one write of the bytes that changed and one fsync. A crash
+        //    between 1 and 2 loses only this batch.
+        {
             let mut st = lock(&entry.state);
             if st.removed {
                 return Err(StoreError::UnknownContent(*id));
             }
-            if st.have.set(index) {
-                let (at, byte) = st.have.byte_of(index);
-                let off = (HAVE_HEADER_LEN + at) as u64;
-                if let Err(e) = self.storage.patch_aux(id, Aux::Have, off, &[byte]) {
-                    st.have.clear(index);
+            let changed: Vec<u32> = good
+                .iter()
+                .map(|(i, _)| *i)
+                .filter(|i| st.have.set(*i))
+                .collect();
+            if let (Some(first), Some(last)) = (changed.first(), changed.last()) {
+                let (lo, _) = st.have.byte_of(*first);
+                let (hi, _) = st.have.byte_of(*last);
+                let bytes = st.have.as_bytes()[lo..=hi].to_vec();
+                let off = (HAVE_HEADER_LEN + lo) as u64;
+                if let Err(e) = self.storage.patch_aux(id, Aux::Have, off, &bytes) {
+                    for i in &changed {
+                        st.have.clear(*i);
+                    }
                     if is_disk_full(&e) {
                         st.disk_full = true;
                         bump(&self.metrics.disk_full_events, 1);
                         return Err(StoreError::DiskFull {
                             id: *id,
-                            what: format!("the record of piece {index}"),
+                            what: format!("the record of {}", what(&good)),
                         });
                     }
                     return Err(StoreError::io(
-                        format!("recording piece {index} of {id}"),
+                        format!("recording {} of {id}", what(&good)),
                         e,
                     ));
                 }
-                bump(&self.metrics.pieces_written, 1);
-                bump(&self.metrics.bytes_written, data.len() as u64);
+            }
+            bump(&self.metrics.pieces_written, changed.len() as u64);
+            let bytes: usize = good
+                .iter()
+                .filter(|(i, _)| changed.contains(i))
+                .map(|(_, d)| d.len())
+                .sum();
+            bump(&self.metrics.bytes_written, bytes as u64);
+            // Pieces another writer recorded meanwhile count as already present.
+            for (i, _) in &good {
+                if changed.contains(i) {
+                    out.stored.push(*i);
+                } else {
+                    out.already_present.push(*i);
+                }
             }
             st.disk_full = false;
-            st.have.is_complete()
-        };
+            out.complete = st.have.is_complete();
+        }
         self.touch(&mut lock(&self.inner), id, now_ms);
-        Ok(WriteOutcome::Stored { complete })
+        Ok(out)
     }
 
     /// Reads a piece to serve to a peer. The piece is re-verified first; a piece corrupt

@@ -76,7 +76,8 @@
 //! simulators); time is passed in as Unix milliseconds, never read inside. `DESIGN.md`
 //! in this crate gives the on-disk layout and the crash-consistency argument.
 //!
-//! Cache methods block on disk I/O (each stored piece costs two fsyncs). `Cache` is
+//! Cache methods block on disk I/O (each stored piece, or each batch of pieces stored
+//! with [`Cache::write_pieces`], costs two fsyncs). `Cache` is
 //! `Send + Sync`: share it in an `Arc` and, from async code, call it inside
 //! `tokio::task::spawn_blocking`. Pieces of one or many contents can be written from many
 //! threads at once.
@@ -96,7 +97,7 @@ pub mod storage;
 
 pub use bitfield::Bitfield;
 pub use cache::{
-    Cache, CacheCap, CacheMetrics, CacheUsage, CompleteContent, ContentStatus,
+    BatchOutcome, Cache, CacheCap, CacheMetrics, CacheUsage, CompleteContent, ContentStatus,
     LRU_PERSIST_INTERVAL_MS, MetricsSnapshot, VerifyReport, WriteOutcome,
 };
 pub use error::StoreError;

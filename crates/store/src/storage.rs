@@ -3,8 +3,10 @@
 //! and simulators.
 //!
 //! Contract for every backend: when a write method returns `Ok`, its effect survives a
-//! crash (power loss, `kill -9`); when it returns `Err`, the cache treats the write as not
-//! having happened, and the backend must leave the other files untouched.
+//! crash (power loss, `kill -9`), except [`Storage::write_data`], whose bytes are durable
+//! only once a later [`Storage::sync_data`] of the same content returns `Ok`. When a
+//! method returns `Err`, the cache treats the write as not having happened, and the
+//! backend must leave the other files untouched.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
@@ -57,8 +59,11 @@ pub trait Storage: Send + Sync {
     fn list(&self) -> io::Result<Vec<ContentId>>;
     /// Creates the content's place and a data area of `size` bytes (may be sparse).
     fn create(&self, id: &ContentId, size: u64) -> io::Result<()>;
-    /// Writes `data` at `offset` of the data area and makes it durable.
+    /// Writes `data` at `offset` of the data area; readable at once, durable only after
+    /// [`Storage::sync_data`].
     fn write_data(&self, id: &ContentId, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Makes every earlier [`Storage::write_data`] of this content durable (`fdatasync`).
+    fn sync_data(&self, id: &ContentId) -> io::Result<()>;
     /// Reads exactly `buf.len()` bytes at `offset` of the data area.
     fn read_data(&self, id: &ContentId, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Length of the data area (bytes), `None` if it does not exist.
@@ -92,10 +97,19 @@ pub fn is_disk_full(e: &io::Error) -> bool {
 
 /// The real backend: one directory per content under `<root>/v1/`, holding `data`,
 /// `map`, `have` and `meta` (see `DESIGN.md` in this crate).
-#[derive(Debug, Clone)]
+///
+/// Data files being written are kept open (up to [`MAX_OPEN_DATA_FILES`]) so that the
+/// `fdatasync` that makes a batch durable runs on the same descriptor as its writes and
+/// sees any write-back error they caused.
+#[derive(Debug)]
 pub struct FsStorage {
     base: PathBuf,
+    open: Mutex<HashMap<ContentId, Arc<File>>>,
 }
+
+/// Most data files [`FsStorage`] keeps open for writing at once; past this the cache of
+/// descriptors is emptied and refilled on demand.
+pub const MAX_OPEN_DATA_FILES: usize = 64;
 
 /// Name of the layout version directory under the cache root.
 const LAYOUT_DIR: &str = "v1";
@@ -105,7 +119,10 @@ impl FsStorage {
     pub fn new(root: &Path) -> io::Result<Self> {
         let base = root.join(LAYOUT_DIR);
         fs::create_dir_all(&base)?;
-        Ok(Self { base })
+        Ok(Self {
+            base,
+            open: Mutex::new(HashMap::new()),
+        })
     }
 
     fn dir(&self, id: &ContentId) -> PathBuf {
@@ -114,6 +131,23 @@ impl FsStorage {
 
     fn data_file(&self, id: &ContentId) -> PathBuf {
         self.dir(id).join("data")
+    }
+
+    fn open_handles(&self) -> std::sync::MutexGuard<'_, HashMap<ContentId, Arc<File>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open write handle of a content's data file.
+    fn writer(&self, id: &ContentId) -> io::Result<Arc<File>> {
+        if let Some(f) = self.open_handles().get(id) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(OpenOptions::new().write(true).open(self.data_file(id))?);
+        let mut open = self.open_handles();
+        if open.len() >= MAX_OPEN_DATA_FILES {
+            open.clear();
+        }
+        Ok(open.entry(*id).or_insert(f).clone())
     }
 }
 
@@ -140,6 +174,7 @@ impl Storage for FsStorage {
         let dir = self.dir(id);
         fs::create_dir_all(&dir)?;
         sync_dir(&self.base)?;
+        self.open_handles().remove(id);
         let f = OpenOptions::new()
             .write(true)
             .create(true)
@@ -151,9 +186,11 @@ impl Storage for FsStorage {
     }
 
     fn write_data(&self, id: &ContentId, offset: u64, data: &[u8]) -> io::Result<()> {
-        let f = OpenOptions::new().write(true).open(self.data_file(id))?;
-        f.write_all_at(data, offset)?;
-        f.sync_data()
+        self.writer(id)?.write_all_at(data, offset)
+    }
+
+    fn sync_data(&self, id: &ContentId) -> io::Result<()> {
+        self.writer(id)?.sync_data()
     }
 
     fn read_data(&self, id: &ContentId, offset: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -204,6 +241,7 @@ impl Storage for FsStorage {
     }
 
     fn remove(&self, id: &ContentId) -> io::Result<()> {
+        self.open_handles().remove(id);
         let dir = self.dir(id);
         match fs::remove_file(dir.join(Aux::Have.file_name())) {
             Ok(()) => sync_dir(&dir)?,
@@ -247,6 +285,8 @@ pub enum Op {
     Create,
     /// [`Storage::write_data`].
     WriteData,
+    /// [`Storage::sync_data`].
+    SyncData,
     /// [`Storage::read_data`].
     ReadData,
     /// [`Storage::replace_aux`].
@@ -259,7 +299,10 @@ pub enum Op {
 
 #[derive(Default, Debug)]
 struct MemContent {
+    /// What reads see.
     data: Vec<u8>,
+    /// What survives a crash: `data` as of the last `sync_data`.
+    durable: Vec<u8>,
     aux: BTreeMap<Aux, Vec<u8>>,
 }
 
@@ -270,10 +313,11 @@ struct MemState {
     disk: Option<DiskSpace>,
 }
 
-/// In-memory storage. Its state is exactly what would survive a crash, so dropping a
-/// [`crate::Cache`] and opening a new one on a clone of the same `MemStorage` simulates
-/// `kill -9` and restart. Faults can be injected per operation (for example
-/// [`io::ErrorKind::StorageFull`] on [`Op::WriteData`] for a full disk).
+/// In-memory storage that models durability: data written but not yet synced is lost by
+/// [`MemStorage::crash`]. Dropping a [`crate::Cache`], calling `crash`, and opening a
+/// new cache on a clone of the same `MemStorage` simulates power loss and restart.
+/// Faults can be injected per operation (for example [`io::ErrorKind::StorageFull`] on
+/// [`Op::WriteData`] for a full disk).
 #[derive(Clone, Default, Debug)]
 pub struct MemStorage {
     state: Arc<Mutex<MemState>>,
@@ -303,21 +347,20 @@ impl MemStorage {
         self.lock().disk = Some(space);
     }
 
-    /// Flips bits of the stored data of `id` at `offset` (simulated bit rot). Returns
-    /// false if there is no such byte.
+    /// Flips bits of the stored data of `id` at `offset`, durably (simulated bit rot).
+    /// Returns false if there is no such byte.
     pub fn corrupt_data(&self, id: &ContentId, offset: u64, xor: u8) -> bool {
         let mut s = self.lock();
-        match s
-            .contents
-            .get_mut(id)
-            .and_then(|c| c.data.get_mut(offset as usize))
-        {
-            Some(b) => {
-                *b ^= xor;
-                true
-            }
-            None => false,
+        let Some(c) = s.contents.get_mut(id) else {
+            return false;
+        };
+        let at = offset as usize;
+        if at >= c.data.len() {
+            return false;
         }
+        c.data[at] ^= xor;
+        c.durable[at] ^= xor;
+        true
     }
 
     /// Replaces (or with `None` deletes) a small file directly, bypassing faults, to
@@ -331,9 +374,16 @@ impl MemStorage {
         };
     }
 
-    /// A copy of the stored data of `id`.
+    /// A copy of the stored data of `id` (including writes not yet synced).
     pub fn data(&self, id: &ContentId) -> Option<Vec<u8>> {
         self.lock().contents.get(id).map(|c| c.data.clone())
+    }
+
+    /// Simulates power loss: every data write not followed by a sync is lost.
+    pub fn crash(&self) {
+        for c in self.lock().contents.values_mut() {
+            c.data.clone_from(&c.durable);
+        }
     }
 
     fn check(s: &MemState, op: Op) -> io::Result<()> {
@@ -363,6 +413,7 @@ impl Storage for MemStorage {
             *id,
             MemContent {
                 data: vec![0; size],
+                durable: vec![0; size],
                 aux: BTreeMap::new(),
             },
         );
@@ -379,6 +430,14 @@ impl Storage for MemStorage {
             .get_mut(off..off + data.len())
             .ok_or_else(|| io::Error::other("write past the end of the data area"))?;
         dst.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn sync_data(&self, id: &ContentId) -> io::Result<()> {
+        let mut s = self.lock();
+        Self::check(&s, Op::SyncData)?;
+        let c = s.contents.get_mut(id).ok_or_else(not_found)?;
+        c.durable.clone_from(&c.data);
         Ok(())
     }
 
@@ -483,6 +542,7 @@ mod tests {
         let id = ContentId::of_bytes(b"x");
         s.create(&id, 10).unwrap();
         s.write_data(&id, 3, b"abc").unwrap();
+        s.sync_data(&id).unwrap();
         let mut buf = [0u8; 5];
         s.read_data(&id, 2, &mut buf).unwrap();
         assert_eq!(&buf, b"\0abc\0");

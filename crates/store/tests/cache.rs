@@ -361,6 +361,8 @@ fn crash_between_data_and_record_refetches_only_that_piece() {
         assert!(cache.write_piece(&id, 1, piece(&map, &d, 1), 2).is_err());
     }
     mem.set_fault(Op::PatchAux, None);
+    mem.crash();
+    // The data was durable (synced) before the record was attempted.
     assert_eq!(
         &mem.data(&id).unwrap()[P as usize..2 * P as usize],
         piece(&map, &d, 1)
@@ -613,6 +615,7 @@ proptest! {
                     let mut before = cache.list();
                     before.sort_by_key(|s| s.id);
                     drop(cache);
+                    mem.crash();
                     cache = Cache::with_storage(mem.clone(), cap, now).unwrap();
                     let mut after = cache.list();
                     after.sort_by_key(|s| s.id);
@@ -776,4 +779,81 @@ fn content_whose_data_file_vanished_is_discarded_on_open() {
     // It can be downloaded afresh.
     cache.begin(map.clone(), 3).unwrap();
     assert_eq!(cache.status(&id).unwrap().pieces_present, 0);
+}
+
+#[test]
+fn batch_write_reports_each_piece_and_records_only_good_ones() {
+    let mem = MemStorage::new();
+    let cache = Cache::with_storage(mem.clone(), CacheCap::Bytes(1 << 30), 0).unwrap();
+    let (d, map) = content(20, 100);
+    let id = map.id();
+    cache.begin(map.clone(), 0).unwrap();
+    cache.write_piece(&id, 4, piece(&map, &d, 4), 1).unwrap();
+    let mut bad = piece(&map, &d, 7).to_vec();
+    bad[0] ^= 0x80;
+    let batch: Vec<(u32, &[u8])> = vec![
+        (3, piece(&map, &d, 3)),
+        (4, piece(&map, &d, 4)), // already present
+        (7, &bad),               // corrupt
+        (12, piece(&map, &d, 12)),
+        (3, piece(&map, &d, 3)), // duplicate in the batch
+        (19, piece(&map, &d, 19)),
+    ];
+    let out = cache.write_pieces(&id, &batch, 2).unwrap();
+    assert_eq!(out.stored, vec![3, 12, 19]);
+    assert_eq!(out.already_present, vec![4]);
+    assert_eq!(out.bad.len(), 1);
+    assert_eq!(out.bad[0].0, 7);
+    assert!(!out.complete);
+    drop(cache);
+    mem.crash();
+    let cache = Cache::with_storage(mem.clone(), CacheCap::Bytes(1 << 30), 3).unwrap();
+    assert_eq!(
+        cache.have(&id).unwrap().present().collect::<Vec<_>>(),
+        vec![3, 4, 12, 19]
+    );
+    let rest: Vec<(u32, &[u8])> = cache
+        .have(&id)
+        .unwrap()
+        .missing()
+        .map(|i| (i, piece(&map, &d, i)))
+        .collect();
+    let out = cache.write_pieces(&id, &rest, 4).unwrap();
+    assert!(out.complete && out.bad.is_empty());
+    assert_eq!(
+        read_all(cache.open_complete(&id, 5).unwrap().unwrap().reader),
+        d
+    );
+}
+
+#[test]
+fn power_loss_before_data_sync_records_nothing() {
+    let mem = MemStorage::new();
+    let (d, map) = content(6, 110);
+    let id = map.id();
+    {
+        let cache = Cache::with_storage(mem.clone(), CacheCap::Bytes(1 << 30), 0).unwrap();
+        cache.begin(map.clone(), 0).unwrap();
+        cache.write_piece(&id, 0, piece(&map, &d, 0), 1).unwrap();
+        mem.set_fault(Op::SyncData, Some(std::io::ErrorKind::Other));
+        let batch: Vec<(u32, &[u8])> = (1..4).map(|i| (i, piece(&map, &d, i))).collect();
+        let e = cache.write_pieces(&id, &batch, 2).unwrap_err();
+        assert!(matches!(e, StoreError::Io { .. }), "{e}");
+        assert!(e.to_string().contains("3 pieces"), "{e}");
+        assert_eq!(cache.status(&id).unwrap().pieces_present, 1);
+    }
+    mem.set_fault(Op::SyncData, None);
+    mem.crash();
+    // The unsynced bytes are gone, and nothing claims them.
+    assert!(
+        mem.data(&id).unwrap()[P as usize..4 * P as usize]
+            .iter()
+            .all(|b| *b == 0)
+    );
+    let cache = Cache::with_storage(mem.clone(), CacheCap::Bytes(1 << 30), 3).unwrap();
+    assert_eq!(
+        cache.have(&id).unwrap().present().collect::<Vec<_>>(),
+        vec![0]
+    );
+    assert!(cache.verify_content(&id).unwrap().corrupt.is_empty());
 }
