@@ -9,21 +9,26 @@
 //!   message ids, so each message is handled at most once; retransmissions get the cached
 //!   reply.
 //! * [`counters`]: every datagram not acted on is counted under a reason.
+//! * [`bind`], [`keyfile`]: binding ports and reading keys, with errors that say what to do.
 //! * [`endpoint`]: the tokio shell: a [`Responder`] on a node's request port, a
 //!   [`Requester`] on its reply port.
 //!
 //! [`retry`], [`replay`] and [`ratelimit`] are pure (time passed in) and tested
 //! deterministically; [`endpoint`] is tested over loopback sockets.
 
+pub mod bind;
 pub mod counters;
 pub mod endpoint;
+pub mod keyfile;
 pub mod ratelimit;
 pub mod replay;
 pub mod retry;
 
+pub use bind::{BindError, bind_udp, serve_reserved};
 pub use counters::{Counters, DropReason};
 pub use endpoint::{
     Clock, Context, Handler, RequestError, Requester, Responder, Response, SystemClock,
 };
+pub use keyfile::{KeyFileError, create_key_file, read_key_file};
 pub use replay::ReplayConfig;
 pub use retry::RetryPolicy;

@@ -1,0 +1,584 @@
+//! The server's durable metadata: SQLite (via sqlx) with versioned migrations.
+//!
+//! Writes go through one [`Writer`] task that batches them into transactions:
+//! * registrations and connector activations are committed before they are answered
+//!   (the caller awaits the commit), so an acknowledged enrolment is never lost;
+//! * heartbeats only move `last_seen` and free space: they are coalesced in memory and
+//!   flushed once a second (and on shutdown), so 100,000 clients heartbeating cost a few
+//!   transactions a second, not 3,000. A crash loses at most that second of `last_seen`.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use branchline_wire::ClientId;
+use branchline_wire::validate::{Ports, Subnet};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, SqlSafeStr};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::registry::ClientRecord;
+
+/// Migrations, embedded in the binary. Append only; never edit an applied one.
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "clients", include_str!("../migrations/0001_clients.sql"))];
+
+/// The schema version this build migrates to.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// A database failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot open database {path}: {source}")]
+    Open { path: PathBuf, source: sqlx::Error },
+    #[error("cannot migrate database {path} to schema version {SCHEMA_VERSION}: {source}")]
+    Migrate {
+        path: PathBuf,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("database {path} has a row that does not parse ({what}): was it edited by hand?")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+/// An open database.
+#[derive(Clone)]
+pub struct Db {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl Db {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub async fn open(path: &Path) -> Result<Db, DbError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts)
+            .await
+            .map_err(|source| DbError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|(v, d, sql)| {
+                Migration::new(
+                    *v,
+                    Cow::Borrowed(*d),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        Migrator::with_migrations(migrations)
+            .run(&pool)
+            .await
+            .map_err(|source| DbError::Migrate {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Db {
+            pool,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every client record.
+    pub async fn load_clients(&self) -> Result<Vec<ClientRecord>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, hostname, addresses, source_address, subnet, cache_size_bytes, cache_free_bytes, \
+             version, heartbeat_interval_ms, ports, first_seen_ms, last_seen_ms FROM clients",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let corrupt = |what: String| DbError::Corrupt {
+            path: self.path.clone(),
+            what,
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let addresses: String = row.try_get("addresses")?;
+            let source: Option<String> = row.try_get("source_address")?;
+            let subnet: String = row.try_get("subnet")?;
+            let ports: Option<String> = row.try_get("ports")?;
+            out.push(ClientRecord {
+                id: ClientId::from_str(&id)
+                    .map_err(|e| corrupt(format!("client id {id:?}: {e}")))?,
+                hostname: row.try_get("hostname")?,
+                addresses: addresses
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|a| {
+                        IpAddr::from_str(a).map_err(|_| corrupt(format!("address {a:?} of {id}")))
+                    })
+                    .collect::<Result<_, _>>()?,
+                source: source.and_then(|s| SocketAddr::from_str(&s).ok()),
+                subnet: Subnet::from_str(&subnet)
+                    .map_err(|e| corrupt(format!("subnet of {id}: {e}")))?,
+                cache_size_bytes: row.try_get::<i64, _>("cache_size_bytes")? as u64,
+                cache_free_bytes: row.try_get::<i64, _>("cache_free_bytes")? as u64,
+                version: row.try_get("version")?,
+                heartbeat_interval: Duration::from_millis(
+                    row.try_get::<i64, _>("heartbeat_interval_ms")? as u64,
+                ),
+                ports: match ports {
+                    None => None,
+                    Some(p) => Some(
+                        decode_ports(&p).ok_or_else(|| corrupt(format!("ports of {id}: {p:?}")))?,
+                    ),
+                },
+                first_seen_ms: row.try_get::<i64, _>("first_seen_ms")? as u64,
+                last_seen_ms: row.try_get::<i64, _>("last_seen_ms")? as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Number of connectors ever activated.
+    pub async fn count_connectors(&self) -> Result<u64, DbError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM connectors")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn encode_ports(p: &Ports) -> String {
+    [
+        p.small_request,
+        p.small_reply,
+        p.large_fg_request,
+        p.large_fg_reply,
+        p.large_bg_request,
+        p.large_bg_reply,
+        p.broadcast,
+        p.content_fg,
+        p.content_bg,
+        p.adaptive,
+    ]
+    .iter()
+    .map(u16::to_string)
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
+fn decode_ports(s: &str) -> Option<Ports> {
+    let v: Vec<u16> = s
+        .split(',')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [a, b, c, d, e, f, g, h, i, j] = v.as_slice().try_into().ok()?;
+    Some(Ports {
+        small_request: a,
+        small_reply: b,
+        large_fg_request: c,
+        large_fg_reply: d,
+        large_bg_request: e,
+        large_bg_reply: f,
+        broadcast: g,
+        content_fg: h,
+        content_bg: i,
+        adaptive: j,
+    })
+}
+
+/// A connector activation to record.
+#[derive(Clone, Debug)]
+pub struct ConnectorRow {
+    pub hostname: String,
+    pub address: SocketAddr,
+    pub version: String,
+    pub now_ms: u64,
+}
+
+type Done<T> = oneshot::Sender<Result<T, String>>;
+
+enum Op {
+    /// Insert or replace a client; answer after commit.
+    Client(Box<ClientRecord>, Done<()>),
+    /// Record a connector; answer (first activation?) after commit.
+    Connector(ConnectorRow, Done<bool>),
+    /// Coalesced: latest last_seen and free space of a client.
+    Touch {
+        id: ClientId,
+        last_seen_ms: u64,
+        cache_free_bytes: u64,
+    },
+    /// Flush everything now and answer.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Health of the write path: `ok`, or the last error until a commit succeeds again.
+#[derive(Clone, Default)]
+pub struct DbHealth(Arc<Mutex<Option<String>>>);
+
+impl DbHealth {
+    pub fn describe(&self) -> String {
+        match &*self.0.lock().expect("db health lock") {
+            None => "ok".into(),
+            Some(e) => format!("write failing: {e}"),
+        }
+    }
+    fn set(&self, r: Result<(), String>) {
+        *self.0.lock().expect("db health lock") = r.err();
+    }
+}
+
+/// Handle to the writer task.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::UnboundedSender<Op>,
+    pub health: DbHealth,
+}
+
+/// Commit-awaiting writes fail with this when the writer is gone.
+const WRITER_GONE: &str = "the database writer has stopped";
+
+impl Writer {
+    /// Starts the writer task on `db`. It ends when every `Writer` clone is dropped,
+    /// after a final flush.
+    pub fn spawn(db: Db) -> (Writer, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let health = DbHealth::default();
+        let task = tokio::spawn(run_writer(db, rx, health.clone()));
+        (Writer { tx, health }, task)
+    }
+
+    /// Stores a client record; resolves once it is committed.
+    pub fn save_client(
+        &self,
+        record: ClientRecord,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        let (done, rx) = oneshot::channel();
+        let sent = self.tx.send(Op::Client(Box::new(record), done)).is_ok();
+        async move {
+            if !sent {
+                return Err(WRITER_GONE.into());
+            }
+            rx.await.unwrap_or_else(|_| Err(WRITER_GONE.into()))
+        }
+    }
+
+    /// Records a connector activation; resolves to "first activation?" once committed.
+    pub fn save_connector(
+        &self,
+        row: ConnectorRow,
+    ) -> impl std::future::Future<Output = Result<bool, String>> + Send + 'static {
+        let (done, rx) = oneshot::channel();
+        let sent = self.tx.send(Op::Connector(row, done)).is_ok();
+        async move {
+            if !sent {
+                return Err(WRITER_GONE.into());
+            }
+            rx.await.unwrap_or_else(|_| Err(WRITER_GONE.into()))
+        }
+    }
+
+    /// Notes a heartbeat; written within a second.
+    pub fn touch(&self, id: ClientId, last_seen_ms: u64, cache_free_bytes: u64) {
+        let _ = self.tx.send(Op::Touch {
+            id,
+            last_seen_ms,
+            cache_free_bytes,
+        });
+    }
+
+    /// Writes everything pending and waits for it.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Op::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Most operations committed in one transaction.
+const MAX_BATCH: usize = 2048;
+/// How often coalesced heartbeats are written.
+const TOUCH_FLUSH: Duration = Duration::from_secs(1);
+
+async fn run_writer(db: Db, mut rx: mpsc::UnboundedReceiver<Op>, health: DbHealth) {
+    let mut touches: HashMap<ClientId, (u64, u64)> = HashMap::new();
+    let mut tick = tokio::time::interval(TOUCH_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut batch = Vec::new();
+        let mut flush_now = false;
+        tokio::select! {
+            op = rx.recv() => match op {
+                Some(op) => batch.push(op),
+                None => {
+                    let r = commit(&db, Vec::new(), &mut touches).await;
+                    health.set(r);
+                    return;
+                }
+            },
+            _ = tick.tick() => flush_now = true,
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut durable = Vec::new();
+        let mut flush_waiters = Vec::new();
+        for op in batch {
+            match op {
+                Op::Touch {
+                    id,
+                    last_seen_ms,
+                    cache_free_bytes,
+                } => {
+                    let e = touches.entry(id).or_insert((0, 0));
+                    *e = (e.0.max(last_seen_ms), cache_free_bytes);
+                }
+                Op::Flush(w) => {
+                    flush_now = true;
+                    flush_waiters.push(w);
+                }
+                other => durable.push(other),
+            }
+        }
+        if durable.is_empty() && !flush_now {
+            continue;
+        }
+        let r = commit(&db, durable, &mut touches).await;
+        health.set(r);
+        for w in flush_waiters {
+            let _ = w.send(());
+        }
+    }
+}
+
+/// Commits `ops` and the pending touches in one transaction, then answers each op.
+async fn commit(
+    db: &Db,
+    ops: Vec<Op>,
+    touches: &mut HashMap<ClientId, (u64, u64)>,
+) -> Result<(), String> {
+    let result = write_all(db, &ops, touches).await;
+    match &result {
+        Ok(firsts) => {
+            touches.clear();
+            let mut firsts = firsts.iter();
+            for op in ops {
+                match op {
+                    Op::Client(_, done) => {
+                        let _ = done.send(Ok(()));
+                    }
+                    Op::Connector(_, done) => {
+                        let _ = done.send(Ok(*firsts.next().expect("one answer per connector")));
+                    }
+                    Op::Touch { .. } | Op::Flush(_) => {}
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, db = %db.path.display(), "database write failed");
+            for op in ops {
+                match op {
+                    Op::Client(_, done) => {
+                        let _ = done.send(Err(msg.clone()));
+                    }
+                    Op::Connector(_, done) => {
+                        let _ = done.send(Err(msg.clone()));
+                    }
+                    Op::Touch { .. } | Op::Flush(_) => {}
+                }
+            }
+            // Touches stay pending and are retried with the next commit.
+            Err(msg)
+        }
+    }
+}
+
+async fn write_all(
+    db: &Db,
+    ops: &[Op],
+    touches: &HashMap<ClientId, (u64, u64)>,
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut tx = db.pool.begin().await?;
+    let mut firsts = Vec::new();
+    for op in ops {
+        match op {
+            Op::Client(r, _) => {
+                let addresses = r
+                    .addresses
+                    .iter()
+                    .map(IpAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                sqlx::query(
+                    "INSERT INTO clients (id, hostname, addresses, source_address, subnet, cache_size_bytes, \
+                     cache_free_bytes, version, heartbeat_interval_ms, ports, first_seen_ms, last_seen_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT(id) DO UPDATE SET hostname = excluded.hostname, addresses = excluded.addresses, \
+                     source_address = excluded.source_address, subnet = excluded.subnet, \
+                     cache_size_bytes = excluded.cache_size_bytes, cache_free_bytes = excluded.cache_free_bytes, \
+                     version = excluded.version, heartbeat_interval_ms = excluded.heartbeat_interval_ms, \
+                     ports = excluded.ports, last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
+                )
+                .bind(r.id.to_string())
+                .bind(&r.hostname)
+                .bind(addresses)
+                .bind(r.source.map(|s| s.to_string()))
+                .bind(r.subnet.to_string())
+                .bind(r.cache_size_bytes as i64)
+                .bind(r.cache_free_bytes as i64)
+                .bind(&r.version)
+                .bind(r.heartbeat_interval.as_millis() as i64)
+                .bind(r.ports.as_ref().map(encode_ports))
+                .bind(r.first_seen_ms as i64)
+                .bind(r.last_seen_ms as i64)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Op::Connector(c, _) => {
+                let existed: Option<i64> =
+                    sqlx::query_scalar("SELECT 1 FROM connectors WHERE hostname = ?")
+                        .bind(&c.hostname)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                sqlx::query(
+                    "INSERT INTO connectors (hostname, address, version, first_seen_ms, last_seen_ms) \
+                     VALUES (?, ?, ?, ?, ?) ON CONFLICT(hostname) DO UPDATE SET address = excluded.address, \
+                     version = excluded.version, last_seen_ms = excluded.last_seen_ms",
+                )
+                .bind(&c.hostname)
+                .bind(c.address.to_string())
+                .bind(&c.version)
+                .bind(c.now_ms as i64)
+                .bind(c.now_ms as i64)
+                .execute(&mut *tx)
+                .await?;
+                firsts.push(existed.is_none());
+            }
+            Op::Touch { .. } | Op::Flush(_) => {}
+        }
+    }
+    for (id, (last_seen_ms, free)) in touches {
+        sqlx::query(
+            "UPDATE clients SET last_seen_ms = MAX(last_seen_ms, ?), \
+             cache_free_bytes = MIN(?, cache_size_bytes) WHERE id = ?",
+        )
+        .bind(*last_seen_ms as i64)
+        .bind(*free as i64)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(firsts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u8) -> ClientRecord {
+        ClientRecord {
+            id: ClientId([id; 16]),
+            hostname: format!("pc-{id}"),
+            addresses: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+            source: Some("10.0.0.1:34324".parse().unwrap()),
+            subnet: "10.0.0.0/24".parse().unwrap(),
+            cache_size_bytes: 1000,
+            cache_free_bytes: 900,
+            version: "0.1.0".into(),
+            heartbeat_interval: Duration::from_millis(1500),
+            ports: Some(Ports {
+                small_request: 1,
+                small_reply: 2,
+                large_fg_request: 3,
+                large_fg_reply: 4,
+                large_bg_request: 5,
+                large_bg_reply: 6,
+                broadcast: 7,
+                content_fg: 8,
+                content_bg: 9,
+                adaptive: 10,
+            }),
+            first_seen_ms: 5,
+            last_seen_ms: 6,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen_and_touches_are_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        {
+            let db = Db::open(&path).await.unwrap();
+            let (w, task) = Writer::spawn(db.clone());
+            w.save_client(record(1)).await.unwrap();
+            w.save_client(record(2)).await.unwrap();
+            assert!(
+                w.save_connector(ConnectorRow {
+                    hostname: "conn".into(),
+                    address: "10.0.0.9:34320".parse().unwrap(),
+                    version: "0.1.0".into(),
+                    now_ms: 1
+                })
+                .await
+                .unwrap()
+            );
+            assert!(
+                !w.save_connector(ConnectorRow {
+                    hostname: "conn".into(),
+                    address: "10.0.0.9:34320".parse().unwrap(),
+                    version: "0.1.0".into(),
+                    now_ms: 2
+                })
+                .await
+                .unwrap()
+            );
+            w.touch(ClientId([1; 16]), 99, 800);
+            drop(w);
+            task.await.unwrap();
+            db.close().await;
+        }
+        let db = Db::open(&path).await.unwrap();
+        let mut clients = db.load_clients().await.unwrap();
+        clients.sort_by_key(|c| c.id);
+        let mut expected = record(1);
+        expected.last_seen_ms = 99;
+        expected.cache_free_bytes = 800;
+        assert_eq!(clients, vec![expected, record(2)]);
+        assert_eq!(db.count_connectors().await.unwrap(), 1);
+    }
+
+    #[test]
+    fn ports_text_round_trip() {
+        let p = record(1).ports.unwrap();
+        assert_eq!(decode_ports(&encode_ports(&p)), Some(p));
+        assert_eq!(decode_ports("1,2"), None);
+        assert_eq!(decode_ports("a,b,c,d,e,f,g,h,i,j"), None);
+    }
+}

@@ -1,0 +1,213 @@
+//! The Branchline server: metadata only.
+//!
+//! It keeps the client registry (in memory, with SQLite as its durable copy), answers
+//! small messages on its request port (34323), holds its reply port (34322) for
+//! server-initiated messages, and binds the large-message and Adaptive Protocol ports of
+//! the seed table so the firewall contract holds from the first version (what arrives
+//! there is counted until those protocols land).
+//!
+//! * [`registry`]: pure client bookkeeping (online/offline from missed heartbeats).
+//! * [`db`]: SQLite with embedded, versioned migrations and a batching writer.
+//! * [`handler`]: the request-port handlers.
+
+pub mod db;
+pub mod handler;
+pub mod registry;
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use branchline_config::ServerPorts;
+use branchline_transport::{
+    BindError, Clock, Context, KeyFileError, ReplayConfig, Requester, Responder, RetryPolicy,
+    SystemClock, bind_udp, create_key_file, read_key_file, serve_reserved,
+};
+use branchline_wire::DeploymentKey;
+use rand::Rng;
+use tokio::task::JoinHandle;
+
+pub use db::{Db, DbError, SCHEMA_VERSION};
+pub use handler::ServerState;
+pub use registry::{ClientRecord, Registry};
+
+/// File name of the deployment key inside the data directory.
+pub const KEY_FILE: &str = "deployment.key";
+/// File name of the SQLite database inside the data directory.
+pub const DB_FILE: &str = "branchline.db";
+
+/// Everything needed to start a server.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub data_dir: PathBuf,
+    pub bind: IpAddr,
+    pub ports: ServerPorts,
+    pub offline_after_missed: u32,
+    pub retry: RetryPolicy,
+    pub replay: ReplayConfig,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+/// What start-up found or created in the data directory.
+#[derive(Debug)]
+pub struct Setup {
+    /// True on the first start: the directory, key and database were just created.
+    pub created_key: bool,
+    pub key: DeploymentKey,
+    pub key_path: PathBuf,
+    pub db_path: PathBuf,
+    pub clients_loaded: usize,
+}
+
+/// A running server.
+pub struct Server {
+    pub setup: Setup,
+    state: Arc<ServerState>,
+    /// Sends server-initiated small messages from the reply port (34322).
+    pub requester: Requester,
+    request_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+    writer_task: JoinHandle<()>,
+    db: Db,
+}
+
+fn prepare_data_dir(dir: &Path) -> Result<(DeploymentKey, bool), ServerError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| ServerError::DataDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    let key_path = dir.join(KEY_FILE);
+    if key_path.exists() {
+        return Ok((read_key_file(&key_path)?, false));
+    }
+    let key = DeploymentKey::from_bytes(rand::rng().random());
+    create_key_file(&key_path, &key)?;
+    Ok((key, true))
+}
+
+impl Server {
+    /// Prepares the data directory (first start: creates it, the deployment key and the
+    /// database), loads the registry and binds every server port.
+    pub async fn start(opts: ServerOptions) -> Result<Server, ServerError> {
+        let (key, created_key) = prepare_data_dir(&opts.data_dir)?;
+        let db_path = opts.data_dir.join(DB_FILE);
+        let db = Db::open(&db_path).await?;
+        let records = db.load_clients().await?;
+        let connectors = db.count_connectors().await?;
+        let clients_loaded = records.len();
+        let mut registry = Registry::new(opts.offline_after_missed);
+        registry.load(records);
+
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let mut ctx = Context::new(vec![key.derive()]);
+        ctx.clock = clock.clone();
+        ctx.retry = opts.retry;
+        ctx.replay = opts.replay;
+
+        // Bind everything before spawning anything, so a port conflict leaves nothing behind.
+        let p = opts.ports;
+        let ip = opts.bind;
+        let request = bind_udp(ip, p.small_request, "server.small_request").await?;
+        let reply = bind_udp(ip, p.small_reply, "server.small_reply").await?;
+        let mut reserved = Vec::new();
+        for (port, name) in [
+            (p.large_fg_request, "server.large_fg_request"),
+            (p.large_fg_reply, "server.large_fg_reply"),
+            (p.large_bg_request, "server.large_bg_request"),
+            (p.large_bg_reply, "server.large_bg_reply"),
+            (p.adaptive, "server.adaptive"),
+        ] {
+            reserved.push(bind_udp(ip, port, name).await?);
+        }
+        let request_addr = request.local_addr().map_err(|source| BindError {
+            addr: SocketAddr::new(ip, p.small_request),
+            name: "server.small_request".into(),
+            source,
+        })?;
+
+        let (writer, writer_task) = db::Writer::spawn(db.clone());
+        let state = Arc::new(ServerState {
+            registry: Mutex::new(registry),
+            writer,
+            counters: ctx.counters.clone(),
+            clock,
+            started: Instant::now(),
+            connectors_total: AtomicU64::new(connectors),
+        });
+        let mut tasks = Vec::new();
+        let handler = Arc::new(handler::ServerHandler(state.clone()));
+        let serve_ctx = ctx.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = Responder::serve(request, serve_ctx, handler).await {
+                tracing::error!(error = %e, "server request port failed");
+            }
+        }));
+        for s in reserved {
+            tasks.push(tokio::spawn(serve_reserved(s, ctx.counters.clone())));
+        }
+        let requester = Requester::new(reply, ctx);
+        Ok(Server {
+            setup: Setup {
+                created_key,
+                key,
+                key_path: opts.data_dir.join(KEY_FILE),
+                db_path,
+                clients_loaded,
+            },
+            state,
+            requester,
+            request_addr,
+            tasks,
+            writer_task,
+            db,
+        })
+    }
+
+    /// Shared state (registry, counters), e.g. for the demo's table.
+    pub fn state(&self) -> &Arc<ServerState> {
+        &self.state
+    }
+
+    /// The bound request-port address.
+    pub fn request_addr(&self) -> SocketAddr {
+        self.request_addr
+    }
+
+    /// Stops serving, writes every pending heartbeat and closes the database.
+    pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        drop(self.requester);
+        // Nothing serves any more: after this flush the writer has nothing left to write.
+        self.state.writer.flush().await;
+        self.writer_task.abort();
+        let _ = self.writer_task.await;
+        self.db.close().await;
+    }
+}
