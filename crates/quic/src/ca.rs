@@ -380,6 +380,37 @@ mod tests {
         .unwrap();
     }
 
+    /// Registration replies carry the client certificate and the CA certificate
+    /// in one datagram of at most about 1100 bytes of payload: even with the
+    /// longest names both fit, with room for other fields.
+    #[test]
+    fn certificates_fit_in_a_registration_reply() {
+        let now = SystemTime::now();
+        let longest = "z".repeat(crate::identity::MAX_LABEL_LEN);
+        let ca = DeploymentCa::generate(dep(&longest), now, 20 * YEAR).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let client = ClientIdentity::load_or_generate(dir.path()).unwrap();
+        let cert = ca
+            .issue_client_cert(
+                &ClientName::new(longest.clone()).unwrap(),
+                &client.cert_request().unwrap(),
+                now,
+                YEAR,
+            )
+            .unwrap();
+        assert!(
+            cert.len() <= 450,
+            "client certificate of {} bytes",
+            cert.len()
+        );
+        assert!(
+            ca.certificate().len() <= 520,
+            "CA certificate of {} bytes",
+            ca.certificate().len()
+        );
+        assert!(cert.len() + ca.certificate().len() <= 1000);
+    }
+
     #[test]
     fn mismatched_ca_files_are_refused() {
         let now = SystemTime::now();

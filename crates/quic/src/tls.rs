@@ -5,7 +5,7 @@
 //! 1. the peer's chain verifies against the deployment CA certificate alone (no
 //!    system or web roots), with rustls' WebPKI verifiers and the ring provider;
 //! 2. the connecting side also checks the peer's certificate names the node it
-//!    meant to reach (the TLS server name, see [`Role::server_name`]);
+//!    meant to reach (the TLS server name, see [`Role::server_name`](crate::Role::server_name));
 //! 3. the peer's certificate names exactly one identity of the deployment;
 //! 4. neither that client nor that certificate serial is in the [`RevocationList`],
 //!    which the application updates at run time (checked at every handshake;

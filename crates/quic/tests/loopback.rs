@@ -788,3 +788,69 @@ async fn an_unreachable_peer_gives_an_error_not_a_hang() {
     .await
     .expect("test hung");
 }
+
+/// A congestion controller factory that counts the controllers it builds (and
+/// delegates to NewReno), standing in for LEDBAT++.
+#[derive(Debug, Default)]
+struct CountingFactory {
+    inner: Arc<quinn::congestion::NewRenoConfig>,
+    built: std::sync::atomic::AtomicUsize,
+}
+
+impl quinn::congestion::ControllerFactory for CountingFactory {
+    fn build(
+        self: Arc<Self>,
+        now: std::time::Instant,
+        current_mtu: u16,
+    ) -> Box<dyn quinn::congestion::Controller> {
+        self.built.fetch_add(1, Ordering::SeqCst);
+        self.inner.clone().build(now, current_mtu)
+    }
+}
+
+#[tokio::test]
+async fn background_endpoints_use_the_given_congestion_controller() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let factory = Arc::new(CountingFactory::default());
+        let background = Arc::new(transport_config(
+            &TransportSettings::default(),
+            &Congestion::Background(factory.clone()),
+        ));
+        let bind = |name: &str| {
+            ContentNode::bind(
+                any_port(),
+                &dep.client(name),
+                dep.trust(),
+                background.clone(),
+                ContentConfig::default(),
+            )
+            .unwrap()
+        };
+        let (parent, child) = (bind("aa01"), bind("bb02"));
+        let source = source_with_pieces();
+        let _serving = parent.serve(source.clone());
+        assert_eq!(factory.built.load(Ordering::SeqCst), 0);
+        let (conn, _) = child
+            .connect(
+                parent.endpoint().local_addr().unwrap(),
+                &client_role("aa01"),
+            )
+            .await
+            .unwrap();
+        let whole = PieceRequest {
+            content: CONTENT,
+            piece: 0,
+            offset: 0,
+            len: 0,
+        };
+        assert_eq!(
+            child.fetch(&conn, &whole).await.unwrap(),
+            source.pieces[&(CONTENT, 0)]
+        );
+        // One controller per connection end: the child's and the parent's.
+        assert_eq!(factory.built.load(Ordering::SeqCst), 2);
+    })
+    .await
+    .expect("test hung");
+}
