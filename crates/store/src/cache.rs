@@ -343,7 +343,8 @@ impl Cache<FsStorage> {
 }
 
 impl<S: Storage> Cache<S> {
-    /// Opens a cache on any storage backend.
+    /// Opens a cache on any storage backend. `now_ms` is only used to clamp recorded
+    /// last-use times that lie in the future; opening does not count as a use.
     pub fn with_storage(storage: S, cap: CacheCap, now_ms: u64) -> Result<Self, StoreError> {
         let cap = match cap {
             CacheCap::Bytes(b) => b,
@@ -371,7 +372,9 @@ impl<S: Storage> Cache<S> {
                 Some((entry, meta)) => {
                     let item = Item {
                         bytes: charged_bytes(&entry.map),
-                        last_access: meta.last_access,
+                        // A time in the future (the clock was stepped back) would keep
+                        // this content looking recent for ever; clamp it to now.
+                        last_access: meta.last_access.min(now_ms),
                         pinned: meta.pinned,
                     };
                     inner.ledger.insert(id, item);
@@ -396,7 +399,6 @@ impl<S: Storage> Cache<S> {
         for victim in inner.ledger.plan_shrink() {
             cache.evict(&mut inner, &victim)?;
         }
-        let _ = now_ms; // Loading does not count as a use.
         drop(inner);
         Ok(cache)
     }

@@ -313,7 +313,7 @@ impl PieceMap {
             progress,
         )
         .map_err(|e| match e {
-            HashFileError::Io { source, .. } => HashFileError::Io {
+            HashFileError::Read { source, .. } => HashFileError::Io {
                 path: path.to_owned(),
                 source,
             },
@@ -341,8 +341,8 @@ impl PieceMap {
         let threads = threads.clamp(1, (count as usize).max(1));
         let next = AtomicU64::new(0);
         let stop = AtomicBool::new(false);
-        let (tx, rx) = mpsc::channel::<Result<(u64, ChainingValue), io::Error>>();
-        let mut result: Result<(), io::Error> = Ok(());
+        let (tx, rx) = mpsc::channel::<Result<(u64, ChainingValue), (u64, io::Error)>>();
+        let mut result: Result<(), (u64, io::Error)> = Ok(());
         progress(0, size);
         std::thread::scope(|s| {
             for _ in 0..threads {
@@ -359,7 +359,9 @@ impl PieceMap {
                             return;
                         }
                         let buf = &mut buf[..piece_len(i)];
-                        let msg = read_at(i * p, buf).map(|()| (i, piece_hash(buf, i * p, single)));
+                        let msg = read_at(i * p, buf)
+                            .map(|()| (i, piece_hash(buf, i * p, single)))
+                            .map_err(|e| (i * p, e));
                         if tx.send(msg).is_err() {
                             return;
                         }
@@ -383,10 +385,7 @@ impl PieceMap {
                 }
             }
         });
-        result.map_err(|source| HashFileError::Io {
-            path: Default::default(),
-            source,
-        })?;
+        result.map_err(|(offset, source)| HashFileError::Read { offset, source })?;
         Ok(Self {
             id: root_of(&hashes),
             size,
@@ -560,8 +559,16 @@ pub enum HashFileError {
     /// Reading the file failed.
     #[error("cannot read {}: {source}", path.display())]
     Io {
-        /// The file being hashed (empty when hashing from a reader).
+        /// The file being hashed.
         path: std::path::PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Reading from a positioned reader failed.
+    #[error("cannot read the content at byte offset {offset}: {source}")]
+    Read {
+        /// Offset of the piece being read (bytes).
+        offset: u64,
         /// The underlying error.
         source: io::Error,
     },

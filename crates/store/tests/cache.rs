@@ -502,7 +502,7 @@ fn shrunken_cap_evicts_on_open_and_percent_cap_uses_disk_size() {
         }
         assert_eq!(cache.usage().entries, 3);
     }
-    let cache = Cache::with_storage(mem, CacheCap::PercentOfDisk(1), 0).unwrap();
+    let cache = Cache::with_storage(mem, CacheCap::PercentOfDisk(1), 300_000).unwrap();
     assert_eq!(cache.usage().entries, 1);
     assert!(cache.status(&contents[2].1.id()).is_some(), "newest kept");
 }
@@ -856,4 +856,27 @@ fn power_loss_before_data_sync_records_nothing() {
         vec![0]
     );
     assert!(cache.verify_content(&id).unwrap().corrupt.is_empty());
+}
+
+#[test]
+fn last_use_from_the_future_is_clamped_on_open() {
+    let (_, a) = content(2, 120);
+    let (_, b) = content(2, 121);
+    let (_, c) = content(2, 122);
+    let one = charge(&a);
+    let mem = MemStorage::new();
+    {
+        let cache = Cache::with_storage(mem.clone(), CacheCap::Bytes(2 * one), 0).unwrap();
+        // The clock was far ahead when `a` was used, then corrected.
+        cache.begin(a.clone(), 1_000_000_000_000).unwrap();
+        cache.begin(b.clone(), 5_000).unwrap();
+    }
+    let cache = Cache::with_storage(mem, CacheCap::Bytes(2 * one), 3_000).unwrap();
+    assert_eq!(cache.status(&a.id()).unwrap().last_access_ms, 3_000);
+    cache.begin(c.clone(), 6_000).unwrap();
+    assert!(
+        cache.status(&a.id()).is_none(),
+        "a is the least recently used after clamping"
+    );
+    assert!(cache.status(&b.id()).is_some());
 }
