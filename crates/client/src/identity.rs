@@ -1,0 +1,148 @@
+//! The client's identity and its claim on the data directory.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use branchline_wire::ClientId;
+use rand::Rng;
+
+/// File holding the client id.
+pub const ID_FILE: &str = "client-id";
+/// Lock file: one client per data directory.
+pub const LOCK_FILE: &str = "client.lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot use the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another Branchline client is already using the data directory {0}; give each client its own --data-dir"
+    )]
+    InUse(PathBuf),
+    #[error("{path} is corrupt ({reason}); delete it to enrol this machine as a new client")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// An exclusive `flock` on `DIR/client.lock`, released when dropped (or when the process
+/// dies, however it dies).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Creates `dir` (mode 0700) if needed and locks it.
+    pub fn acquire(dir: &Path) -> Result<DataDirLock, IdentityError> {
+        let err = |source| IdentityError::DataDir {
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(err)?;
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                IdentityError::InUse(dir.to_owned())
+            } else {
+                err(e)
+            });
+        }
+        Ok(DataDirLock { _file: file })
+    }
+}
+
+/// Reads the client id from `DIR/client-id`, creating a random one on first start.
+pub fn load_or_create(dir: &Path) -> Result<ClientId, IdentityError> {
+    let path = dir.join(ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            text.trim()
+                .parse()
+                .map_err(|e: branchline_wire::Invalid| IdentityError::Corrupt {
+                    path: path.clone(),
+                    reason: e.reason,
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = ClientId(rand::rng().random());
+            let err = |source| IdentityError::DataDir {
+                path: dir.to_owned(),
+                source,
+            };
+            // Write a temporary file, sync it, then rename: a crash leaves either no id
+            // or a whole one.
+            let tmp = dir.join(format!("{ID_FILE}.tmp"));
+            let mut f = File::create(&tmp).map_err(err)?;
+            writeln!(f, "{id}").map_err(err)?;
+            f.sync_all().map_err(err)?;
+            std::fs::rename(&tmp, &path).map_err(err)?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+            Ok(id)
+        }
+        Err(source) => Err(IdentityError::DataDir {
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bl-ident-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn id_is_created_once_and_kept() {
+        let d = tmp("keep");
+        let _lock = DataDirLock::acquire(&d).unwrap();
+        let a = load_or_create(&d).unwrap();
+        let b = load_or_create(&d).unwrap();
+        assert_eq!(a, b);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn corrupt_id_says_how_to_recover() {
+        let d = tmp("corrupt");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(ID_FILE), "not-an-id").unwrap();
+        let msg = load_or_create(&d).unwrap_err().to_string();
+        assert!(msg.contains("delete it"), "{msg}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn second_lock_is_refused_until_released() {
+        let d = tmp("lock");
+        let first = DataDirLock::acquire(&d).unwrap();
+        assert!(matches!(
+            DataDirLock::acquire(&d),
+            Err(IdentityError::InUse(_))
+        ));
+        drop(first);
+        DataDirLock::acquire(&d).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
