@@ -59,7 +59,7 @@ pub enum Error {
 
 impl Error {
     /// Wraps the last OS error with a description of the failed step.
-    pub(crate) fn last_os(what: impl Into<String>) -> Error {
+    pub fn last_os(what: impl Into<String>) -> Error {
         Error::Io {
             what: what.into(),
             source: std::io::Error::last_os_error(),
@@ -67,7 +67,7 @@ impl Error {
     }
 
     /// Wraps an I/O error with a description of the failed step.
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Error {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io {
             what: what.into(),
             source,

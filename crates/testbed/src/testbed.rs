@@ -209,6 +209,16 @@ impl RunState {
             .map_err(|e| Error::io(format!("running {argv:?} in host {host}"), e))
     }
 
+    /// Interface statistics of a host's `eth0` (what it sent and received).
+    pub fn host_if_stats(&self, host: &str) -> Result<IfStats> {
+        let ns = &self.host(host)?.netns;
+        let stats = netns::in_netns(ns, read_net_dev)??;
+        stats
+            .get("eth0")
+            .copied()
+            .ok_or_else(|| Error::Teardown(format!("eth0 of host {host} is gone")))
+    }
+
     /// Reads the WAN counters of every link, both directions.
     pub fn wan_counters(&self) -> Result<Vec<LinkCounters>> {
         let stats = netns::in_netns(&self.switch_netns, read_net_dev)??;
@@ -622,6 +632,11 @@ impl Testbed {
         F: FnOnce() -> T + Send + 'static,
     {
         netns::spawn_in_netns(&self.state.host(host)?.netns, f)
+    }
+
+    /// See [`RunState::host_if_stats`].
+    pub fn host_if_stats(&self, host: &str) -> Result<IfStats> {
+        self.state.host_if_stats(host)
     }
 
     /// Bytes and frames that crossed each WAN link, each direction.
