@@ -329,16 +329,43 @@ pub struct Cache<S: Storage = FsStorage> {
     storage: S,
     inner: Mutex<Inner>,
     metrics: CacheMetrics,
+    /// Exclusive lock on the cache directory (file-system caches only), released by the
+    /// kernel when the process exits, however it exits.
+    _dir_lock: Option<std::fs::File>,
 }
 
 impl Cache<FsStorage> {
     /// Opens (or creates) the cache in directory `dir`, resuming every partial download
     /// recorded there. A cache left by `kill -9` or power loss opens like any other.
+    ///
+    /// The directory is locked for as long as the cache is open; a second open (in this
+    /// or another process) fails with [`StoreError::InUse`].
     pub fn open(dir: &Path, cap: CacheCap, now_ms: u64) -> Result<Self, StoreError> {
         let storage = FsStorage::new(dir).map_err(|e| {
             StoreError::io(format!("creating the cache directory {}", dir.display()), e)
         })?;
-        Self::with_storage(storage, cap, now_ms)
+        let lock_path = dir.join("lock");
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::io(format!("opening {}", lock_path.display()), e))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::InUse(dir.display().to_string()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::io(
+                    format!("locking {}", lock_path.display()),
+                    e,
+                ));
+            }
+        }
+        let mut cache = Self::with_storage(storage, cap, now_ms)?;
+        cache._dir_lock = Some(lock_file);
+        Ok(cache)
     }
 }
 
@@ -361,6 +388,7 @@ impl<S: Storage> Cache<S> {
                 entries: HashMap::new(),
             }),
             metrics: CacheMetrics::default(),
+            _dir_lock: None,
         };
         let ids = cache
             .storage

@@ -64,6 +64,11 @@ pub enum StoreError {
         /// The piece index.
         index: u32,
     },
+    /// Another open cache (in this or another process) holds the directory.
+    #[error(
+        "the cache directory {0} is in use by another Branchline client; stop it or give this one its own data directory"
+    )]
+    InUse(String),
     /// The cap configuration is invalid.
     #[error("invalid cache cap: {0}")]
     BadCap(String),

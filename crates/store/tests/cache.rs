@@ -880,3 +880,14 @@ fn last_use_from_the_future_is_clamped_on_open() {
     );
     assert!(cache.status(&b.id()).is_some());
 }
+
+#[test]
+fn a_cache_directory_is_opened_by_one_cache_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Cache::open(dir.path(), CacheCap::Bytes(1 << 20), 0).unwrap();
+    let e = Cache::open(dir.path(), CacheCap::Bytes(1 << 20), 0).unwrap_err();
+    assert!(matches!(e, StoreError::InUse(_)), "{e}");
+    assert!(e.to_string().contains("in use"), "{e}");
+    drop(first);
+    Cache::open(dir.path(), CacheCap::Bytes(1 << 20), 0).unwrap();
+}
