@@ -410,7 +410,7 @@ impl<S: Storage> Cache<S> {
                         id,
                         Slot {
                             entry: Arc::new(entry),
-                            meta_written_at: meta.last_access,
+                            meta_written_at: item.last_access,
                         },
                     );
                 }

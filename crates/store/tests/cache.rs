@@ -864,21 +864,33 @@ fn last_use_from_the_future_is_clamped_on_open() {
     let (_, b) = content(2, 121);
     let (_, c) = content(2, 122);
     let one = charge(&a);
-    let mem = MemStorage::new();
-    {
+    let step = branchline_store::LRU_PERSIST_INTERVAL_MS;
+    let future = 1_000_000_000_000;
+    let setup = || {
+        let mem = MemStorage::new();
         let cache = Cache::with_storage(mem.clone(), CacheCap::Bytes(2 * one), 0).unwrap();
         // The clock was far ahead when `a` was used, then corrected.
-        cache.begin(a.clone(), 1_000_000_000_000).unwrap();
+        cache.begin(a.clone(), future).unwrap();
         cache.begin(b.clone(), 5_000).unwrap();
-    }
-    let cache = Cache::with_storage(mem, CacheCap::Bytes(2 * one), 3_000).unwrap();
+        mem
+    };
+
+    let cache = Cache::with_storage(setup(), CacheCap::Bytes(2 * one), 3_000).unwrap();
     assert_eq!(cache.status(&a.id()).unwrap().last_access_ms, 3_000);
     cache.begin(c.clone(), 6_000).unwrap();
     assert!(
         cache.status(&a.id()).is_none(),
-        "a is the least recently used after clamping"
+        "a is the oldest once clamped"
     );
     assert!(cache.status(&b.id()).is_some());
+
+    // Once clamped, later uses of `a` are written to disk again.
+    let mem = setup();
+    let cache = Cache::with_storage(mem.clone(), CacheCap::Bytes(2 * one), 3_000).unwrap();
+    cache.begin(a.clone(), 3_000 + step).unwrap();
+    drop(cache);
+    let cache = Cache::with_storage(mem, CacheCap::Bytes(2 * one), 3_000 + 5 * step).unwrap();
+    assert_eq!(cache.status(&a.id()).unwrap().last_access_ms, 3_000 + step);
 }
 
 #[test]
