@@ -273,10 +273,13 @@ mod tests {
             .install_certificate(cert.clone(), ca.certificate(), ca.deployment(), &role, now)
             .unwrap();
         assert_eq!(node.role, role);
-        let (loaded, loaded_ca) = client.load_certificate().unwrap().unwrap();
+        let (loaded, loaded_ca) = client.load_certificate(now).unwrap().unwrap();
         assert_eq!(loaded.certificate, cert);
         assert_eq!(loaded.role, role);
         assert_eq!(&loaded_ca, ca.certificate());
+        // Once expired, the stored certificate is refused: register again.
+        let err = client.load_certificate(now + 2 * YEAR).unwrap_err();
+        assert!(matches!(err, IdentityError::Untrusted { .. }), "{err}");
     }
 
     #[test]

@@ -153,16 +153,17 @@ pub enum Direction {
     Both,
 }
 
-/// Binds a quinn endpoint on `addr` for one use (`alpn`), presenting `identity`
-/// and trusting `trust`. Must be called inside a tokio runtime.
-pub fn bind(
-    addr: SocketAddr,
+type Configs = (Option<quinn::ServerConfig>, Option<quinn::ClientConfig>);
+
+/// Builds the quinn server and client configurations an endpoint of
+/// `direction` needs.
+fn configs(
     identity: &NodeIdentity,
     trust: &DeploymentTrust,
     alpn: &[u8],
     transport: Arc<TransportConfig>,
     direction: Direction,
-) -> Result<Endpoint, QuicError> {
+) -> Result<Configs, QuicError> {
     let server = match direction {
         Direction::Accept | Direction::Both => {
             let tls = tls::server_config(identity, trust, alpn)?;
@@ -174,6 +175,31 @@ pub fn bind(
         }
         Direction::Connect => None,
     };
+    let client = match direction {
+        Direction::Connect | Direction::Both => {
+            let tls = tls::client_config(identity, trust, alpn)?;
+            let crypto = QuicClientConfig::try_from(Arc::new(tls))
+                .map_err(|e| QuicError::Crypto(e.to_string()))?;
+            let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+            client.transport_config(transport);
+            Some(client)
+        }
+        Direction::Accept => None,
+    };
+    Ok((server, client))
+}
+
+/// Binds a quinn endpoint on `addr` for one use (`alpn`), presenting `identity`
+/// and trusting `trust`. Must be called inside a tokio runtime.
+pub fn bind(
+    addr: SocketAddr,
+    identity: &NodeIdentity,
+    trust: &DeploymentTrust,
+    alpn: &[u8],
+    transport: Arc<TransportConfig>,
+    direction: Direction,
+) -> Result<Endpoint, QuicError> {
+    let (server, client) = configs(identity, trust, alpn, transport, direction)?;
     let socket =
         std::net::UdpSocket::bind(addr).map_err(|source| QuicError::Bind { addr, source })?;
     let runtime = quinn::default_runtime().ok_or_else(|| QuicError::Bind {
@@ -182,15 +208,28 @@ pub fn bind(
     })?;
     let mut endpoint = Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
         .map_err(|source| QuicError::Bind { addr, source })?;
-    if direction != Direction::Accept {
-        let tls = tls::client_config(identity, trust, alpn)?;
-        let crypto = QuicClientConfig::try_from(Arc::new(tls))
-            .map_err(|e| QuicError::Crypto(e.to_string()))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        client.transport_config(transport);
+    if let Some(client) = client {
         endpoint.set_default_client_config(client);
     }
     Ok(endpoint)
+}
+
+/// Swaps the identity (e.g. a renewed certificate) or the transport settings of a
+/// bound endpoint. New connections use them; open connections keep theirs.
+pub fn reconfigure(
+    endpoint: &mut Endpoint,
+    identity: &NodeIdentity,
+    trust: &DeploymentTrust,
+    alpn: &[u8],
+    transport: Arc<TransportConfig>,
+    direction: Direction,
+) -> Result<(), QuicError> {
+    let (server, client) = configs(identity, trust, alpn, transport, direction)?;
+    endpoint.set_server_config(server);
+    if let Some(client) = client {
+        endpoint.set_default_client_config(client);
+    }
+    Ok(())
 }
 
 /// Reads the authenticated identity of the peer of an established connection.
@@ -226,7 +265,9 @@ pub async fn connect(
 
 /// Waits for the next incoming connection on `endpoint` that completes the
 /// handshake, and returns it with the peer's verified identity. Handshakes that
-/// fail (e.g. refused certificates) are logged and skipped. Returns
+/// fail (e.g. refused certificates) are logged and skipped. Handshakes complete
+/// one at a time here; servers use [`serve_streams`], which runs each in its own
+/// task. Returns
 /// [`QuicError::EndpointClosed`] once the endpoint is closed.
 pub async fn accept(
     endpoint: &Endpoint,
@@ -283,6 +324,12 @@ async fn serve_connection<F, Fut>(
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
+                    // Revocation also ends connections opened before it.
+                    if trust.revoked.is_revoked(&peer) {
+                        tracing::info!(%addr, peer = %peer.role, "closing the connection of a revoked peer");
+                        conn.close(CLOSE_REFUSED, b"revoked");
+                        break;
+                    }
                     streams.spawn(per_stream(peer.clone(), send, recv));
                 }
                 Err(e) => {

@@ -39,6 +39,9 @@ pub enum NameError {
         /// The rejected text.
         text: String,
     },
+    /// A deployment name must start with a letter.
+    #[error("deployment name {0:?} must start with a letter (a-z)")]
+    DeploymentStartsWithLetter(String),
     /// The certificate could not be parsed as X.509.
     #[error("peer certificate is not valid X.509: {0}")]
     BadCertificate(String),
@@ -81,8 +84,10 @@ fn check_label(what: &'static str, text: &str) -> Result<(), NameError> {
     }
 }
 
-/// The name of a deployment: one DNS label, e.g. `acme`. Short names keep
-/// certificates small (every certificate carries it twice: issuer and SAN).
+/// The name of a deployment: one DNS label starting with a letter, e.g. `acme`.
+/// It is the last label of every certificate name, and a last label must not
+/// look like a number (RFC 9849 section 6.1.7), hence the letter. Short names
+/// keep certificates small (every certificate carries it twice: issuer and SAN).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeploymentName(String);
 
@@ -91,6 +96,9 @@ impl DeploymentName {
     pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
         let name = name.into();
         check_label("deployment name", &name)?;
+        if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+            return Err(NameError::DeploymentStartsWithLetter(name));
+        }
         Ok(Self(name))
     }
 
@@ -242,6 +250,9 @@ mod tests {
         assert!(DeploymentName::new("acme-").is_err());
         assert!(DeploymentName::new("a.b").is_err());
         assert!(DeploymentName::new("a".repeat(64)).is_err());
+        assert!(DeploymentName::new("1234").is_err());
+        assert!(DeploymentName::new("0xab").is_err());
+        assert!(ClientName::new("1234").is_ok());
         assert!(ClientName::new("a".repeat(63)).is_ok());
     }
 
@@ -280,6 +291,18 @@ mod tests {
             let d = dep();
             let role = Role::Client(ClientName::new(name).unwrap());
             prop_assert_eq!(Role::from_dns_name(&role.dns_name(&d), &d), Some(role));
+        }
+
+        #[test]
+        fn every_valid_name_is_a_valid_tls_server_name(
+            dep in "[a-z0-9-]{1,63}",
+            client in "[a-z0-9-]{1,63}",
+        ) {
+            if let (Ok(d), Ok(c)) = (DeploymentName::new(dep), ClientName::new(client)) {
+                // server_name() would panic otherwise.
+                let _ = Role::Server.server_name(&d);
+                let _ = Role::Client(c).server_name(&d);
+            }
         }
 
         #[test]

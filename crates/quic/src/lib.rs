@@ -32,9 +32,9 @@
 //!   certificate (`s.<deployment>`); calling it at every start is fine.
 //! - **Revocation.** A [`RevocationList`] (clients by name, certificates by
 //!   serial) is shared between the application and the verifiers and checked at
-//!   every handshake. The server revokes; clients apply the list the server sends
-//!   them with [`RevocationList::replace`]. Connections already open are not cut:
-//!   the application closes those whose [`PeerIdentity`] is now revoked.
+//!   every handshake and at every new stream of an accepted connection. The
+//!   server revokes; clients apply the list the server sends them with
+//!   [`RevocationList::replace`].
 //!
 //! Measured sizes (`cargo run -p branchline-quic --example sizes`), DER bytes:
 //!
@@ -84,7 +84,10 @@
 //!   says; the same endpoint also accepts, to serve pieces to others.
 //!
 //! Port numbers come from the configuration crate; this crate takes socket
-//! addresses.
+//! addresses. A [`ConnectionPool`] keeps one connection per peer so handshakes
+//! are paid once; revoking a peer also ends its open connections (at its next
+//! request on the accepting side, at [`ConnectionPool::prune`] on the connecting
+//! side).
 //!
 //! # Framing
 //!
@@ -115,6 +118,7 @@ pub mod identity;
 pub mod large;
 pub mod node;
 pub mod piece_wire;
+pub mod pool;
 pub mod tls;
 
 pub use ca::DeploymentCa;
@@ -126,4 +130,5 @@ pub use identity::{ClientName, DeploymentName, NameError, PeerIdentity, Role};
 pub use large::{HandlerError, LargeConfig, LargeError, LargeMessaging, send_request};
 pub use node::{CertRequest, ClientIdentity, IdentityError, NodeIdentity};
 pub use piece_wire::PieceRequest;
+pub use pool::ConnectionPool;
 pub use tls::{DeploymentTrust, RevocationList, TlsError};

@@ -362,17 +362,7 @@ impl ClientIdentity {
         now: SystemTime,
     ) -> Result<NodeIdentity, IdentityError> {
         verify_certificate(&certificate, ca, deployment, role, now)?;
-        let ee = webpki::EndEntityCert::try_from(&certificate).map_err(|e| {
-            IdentityError::Untrusted {
-                expected: role.to_string(),
-                detail: e.to_string(),
-            }
-        })?;
-        if ee.subject_public_key_info().as_ref()
-            != rcgen::PublicKeyData::subject_public_key_info(&self.key).as_slice()
-        {
-            return Err(IdentityError::WrongKey);
-        }
+        self.check_key(&certificate, role)?;
         files::write_atomic(
             &self.dir.join(CLIENT_CA_FILE),
             cert_pem(ca).as_bytes(),
@@ -396,11 +386,32 @@ impl ClientIdentity {
         ))
     }
 
+    fn check_key(
+        &self,
+        certificate: &CertificateDer<'_>,
+        role: &Role,
+    ) -> Result<(), IdentityError> {
+        let ee =
+            webpki::EndEntityCert::try_from(certificate).map_err(|e| IdentityError::Untrusted {
+                expected: role.to_string(),
+                detail: e.to_string(),
+            })?;
+        if ee.subject_public_key_info().as_ref()
+            != rcgen::PublicKeyData::subject_public_key_info(&self.key).as_slice()
+        {
+            return Err(IdentityError::WrongKey);
+        }
+        Ok(())
+    }
+
     /// Loads the stored certificate, CA certificate and deployment name, as written
-    /// by [`ClientIdentity::install_certificate`]. Returns `Ok(None)` when the client
-    /// has not been issued a certificate yet.
+    /// by [`ClientIdentity::install_certificate`], and checks them again at `now`
+    /// (our key, chains to the CA, not expired). Returns `Ok(None)` when the client
+    /// has not been issued a certificate yet; an error (e.g. expired) means the
+    /// client should register again for a new certificate.
     pub fn load_certificate(
         &self,
+        now: SystemTime,
     ) -> Result<Option<(NodeIdentity, CertificateDer<'static>)>, IdentityError> {
         let cert_path = self.dir.join(CLIENT_CERT_FILE);
         if !cert_path.exists() {
@@ -411,6 +422,8 @@ impl ClientIdentity {
         let certificate = read_cert_pem(&cert_path)?;
         let ca = read_cert_pem(&self.dir.join(CLIENT_CA_FILE))?;
         let identity = PeerIdentity::from_certificate(&certificate, &deployment)?;
+        verify_certificate(&certificate, &ca, &deployment, &identity.role, now)?;
+        self.check_key(&certificate, &identity.role)?;
         Ok(Some((
             NodeIdentity::new(
                 deployment,
@@ -461,7 +474,7 @@ mod tests {
             a.cert_request().unwrap().public_key,
             b.cert_request().unwrap().public_key
         );
-        assert!(b.load_certificate().unwrap().is_none());
+        assert!(b.load_certificate(SystemTime::now()).unwrap().is_none());
     }
 
     #[test]

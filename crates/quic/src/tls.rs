@@ -8,9 +8,9 @@
 //!    meant to reach (the TLS server name, see [`Role::server_name`](crate::Role::server_name));
 //! 3. the peer's certificate names exactly one identity of the deployment;
 //! 4. neither that client nor that certificate serial is in the [`RevocationList`],
-//!    which the application updates at run time (checked at every handshake;
-//!    connections already open are not torn down: see
-//!    [`RevocationList::is_revoked`] to close them).
+//!    which the application updates at run time (checked at every handshake, and
+//!    by the serving loops at every new stream, so open connections of a revoked
+//!    peer end too).
 //!
 //! TLS 1.3 only (QUIC requires it). The client side does not send SNI: the name
 //! is still checked locally against the peer's certificate, but client names do

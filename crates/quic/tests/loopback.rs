@@ -854,3 +854,77 @@ async fn background_endpoints_use_the_given_congestion_controller() {
     .await
     .expect("test hung");
 }
+
+#[tokio::test]
+async fn the_pool_reuses_connections_and_drops_revoked_peers() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let a_trust = dep.trust();
+        let b_trust = dep.trust();
+        let a = ContentNode::bind(
+            any_port(),
+            &dep.client("aa01"),
+            a_trust.clone(),
+            fast_transport(),
+            ContentConfig::default(),
+        )
+        .unwrap();
+        let b = ContentNode::bind(
+            any_port(),
+            &dep.client("bb02"),
+            b_trust.clone(),
+            fast_transport(),
+            ContentConfig::default(),
+        )
+        .unwrap();
+        let _serving = a.serve(source_with_pieces());
+        let a_addr = a.endpoint().local_addr().unwrap();
+        let ra = client_role("aa01");
+        let pool = branchline_quic::ConnectionPool::new(b.endpoint().clone(), b_trust.clone());
+
+        let (c1, peer) = pool.get(a_addr, &ra).await.unwrap();
+        assert_eq!(peer.role, ra);
+        let (c2, _) = pool.get(a_addr, &ra).await.unwrap();
+        assert_eq!(
+            c1.stable_id(),
+            c2.stable_id(),
+            "second get reuses the connection"
+        );
+        assert_eq!(pool.len(), 1);
+
+        // A closed connection is replaced.
+        c1.close(0u32.into(), b"test");
+        let (c3, _) = pool.get(a_addr, &ra).await.unwrap();
+        assert_ne!(c3.stable_id(), c1.stable_id());
+        let whole = PieceRequest {
+            content: CONTENT,
+            piece: 1,
+            offset: 0,
+            len: 0,
+        };
+        assert!(b.fetch(&c3, &whole).await.is_ok());
+
+        // B revokes A: prune closes the pooled connection.
+        b_trust
+            .revoked
+            .revoke_client(ClientName::new("aa01").unwrap());
+        assert_eq!(pool.prune(), 1);
+        assert!(pool.is_empty());
+        assert!(c3.close_reason().is_some());
+        b_trust.revoked.replace([], []);
+
+        // A revokes B: B's open connection is closed at its next request.
+        let (c4, _) = pool.get(a_addr, &ra).await.unwrap();
+        assert!(b.fetch(&c4, &whole).await.is_ok());
+        a_trust
+            .revoked
+            .revoke_client(ClientName::new("bb02").unwrap());
+        let err = b.fetch(&c4, &whole).await.unwrap_err();
+        assert!(
+            matches!(err, ContentError::Transfer(LargeError::Connection(_))),
+            "{err}"
+        );
+    })
+    .await
+    .expect("test hung");
+}
