@@ -76,6 +76,30 @@
 //! simulators); time is passed in as Unix milliseconds, never read inside. `DESIGN.md`
 //! in this crate gives the on-disk layout and the crash-consistency argument.
 //!
+//! # Example
+//!
+//! ```
+//! use branchline_store::{Cache, CacheCap, MemStorage, PieceMap, PieceSize, WriteOutcome};
+//!
+//! // Publisher: id and piece map from the bytes (from a file: `PieceMap::from_file`).
+//! let content = vec![7u8; 100_000];
+//! let map = PieceMap::from_bytes(&content, PieceSize::new(16 * 1024)?)?;
+//! let (id, size, wire) = (map.id(), map.size(), map.encode());
+//!
+//! // Client: trust the map only against the catalogue's id and size.
+//! let map = PieceMap::decode(&wire, &id, size)?;
+//! let cache = Cache::with_storage(MemStorage::new(), CacheCap::Bytes(1 << 30), 0)?;
+//! cache.begin(map.clone(), 1_000)?;
+//! for i in cache.have(&id).unwrap().missing().collect::<Vec<_>>() {
+//!     let (off, len) = map.piece_range(i).unwrap();
+//!     let piece = &content[off as usize..(off + u64::from(len)) as usize];
+//!     cache.write_piece(&id, i, piece, 2_000)?; // verified before it is stored
+//! }
+//! assert!(cache.status(&id).unwrap().complete);
+//! assert!(cache.open_complete(&id, 3_000)?.is_some());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Cache methods block on disk I/O (each stored piece, or each batch of pieces stored
 //! with [`Cache::write_pieces`], costs two fsyncs). `Cache` is
 //! `Send + Sync`: share it in an `Arc` and, from async code, call it inside

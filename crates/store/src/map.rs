@@ -783,6 +783,19 @@ mod tests {
             prop_assert_eq!(map.verify_piece(i, &piece), Err(PieceError::HashMismatch { index: i }));
         }
 
+        /// For any size and piece size, the map's root is the standard BLAKE3 hash and
+        /// every piece verifies in place.
+        #[test]
+        fn root_is_blake3_for_any_size(len in 0usize..200_000, log2 in 14u8..=16, seed in any::<u8>()) {
+            let d = data(len, seed);
+            let map = PieceMap::from_bytes(&d, PieceSize::from_log2(log2).unwrap()).unwrap();
+            prop_assert_eq!(map.id(), ContentId::of_bytes(&d));
+            for i in 0..map.piece_count() {
+                let (off, l) = map.piece_range(i).unwrap();
+                prop_assert!(map.verify_piece(i, &d[off as usize..off as usize + l as usize]).is_ok());
+            }
+        }
+
         /// A piece presented under another index (same length) is caught.
         #[test]
         fn misplaced_piece_is_caught(n in 3usize..8) {
