@@ -220,7 +220,15 @@ impl Ledbat {
 
         match self.phase {
             Phase::SlowdownFreeze => {
-                if self.freeze_until.is_none_or(|t| now >= t) {
+                // Extension: the freeze exists to drain the queue and measure the base delay.
+                // Once a sample shows the queue empty, after at least one base RTT, that is
+                // done; holding on would leave the link idle for nothing.
+                let drained = self.config.idle_ramp
+                    && qd <= self.config.idle_delay
+                    && self.slowdown_started.is_some_and(|t| {
+                        now.saturating_duration_since(t) >= self.base.base().unwrap_or_default()
+                    });
+                if drained || self.freeze_until.is_none_or(|t| now >= t) {
                     self.freeze_until = None;
                     self.phase = Phase::SlowdownRamp;
                 }

@@ -38,7 +38,9 @@
 //!   a slowdown, which cannot overshoot the window held before it). The first sample with a
 //!   queue above `idle_delay` stops the ramp, and the ordinary LEDBAT++ decrease applies. The
 //!   yield is untouched: competing TCP always builds a queue, and a queue switches the ramp
-//!   off.
+//!   off. The same idea shortens a slowdown's frozen phase: it ends as soon as a sample shows
+//!   the queue drained (after at least one base RTT) instead of idling the link for the rest
+//!   of its two round trips.
 //! * **Random-loss tolerance.** A loss seen while the queueing delay is under
 //!   `random_loss_delay` (15 ms) cannot be a queue overflow at a bottleneck we are filling; it is
 //!   taken for random loss and costs 20 % of the window (as TCP Veno does) instead of half.
