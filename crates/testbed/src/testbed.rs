@@ -89,6 +89,35 @@ impl LinkCounters {
     }
 }
 
+/// State of a WAN link's bottleneck queue (the tbf qdisc) in one
+/// direction, as `tc -s qdisc` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// The office whose WAN link this is.
+    pub link: String,
+    /// Direction, seen from the office.
+    pub dir: Direction,
+    /// Bytes the shaper sent (frames, as the qdisc counts them).
+    pub sent_bytes: u64,
+    /// Frames dropped because the queue was full.
+    pub drops: u64,
+    /// Bytes waiting in the queue now.
+    pub backlog_bytes: u64,
+    /// Frames waiting in the queue now.
+    pub backlog_packets: u64,
+}
+
+/// Parses `tc -s -j qdisc show dev X` output: the root qdisc's counters.
+pub fn parse_tc_json(text: &str) -> Option<(u64, u64, u64, u64)> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let q = v
+        .as_array()?
+        .iter()
+        .find(|q| q.get("root").and_then(|r| r.as_bool()) == Some(true))?;
+    let n = |k: &str| q.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    Some((n("bytes"), n("drops"), n("backlog"), n("qlen")))
+}
+
 /// One host of a run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostState {
@@ -217,6 +246,43 @@ impl RunState {
             .get("eth0")
             .copied()
             .ok_or_else(|| Error::Teardown(format!("eth0 of host {host} is gone")))
+    }
+
+    /// Reads the bottleneck queues of every shaped WAN link, both
+    /// directions (drops and backlog show how full the queue runs).
+    pub fn queue_stats(&self) -> Result<Vec<QueueStats>> {
+        let mut out = Vec::new();
+        for (l, o) in self.links.iter().filter_map(|l| {
+            let o = self.topology.offices.iter().find(|o| o.name == l.office)?;
+            Some((l, o))
+        }) {
+            if o.wan.as_ref().and_then(|w| w.rate_mbit).is_none() {
+                continue;
+            }
+            for (ns, dev, dir) in [
+                (&self.router_netns, &l.router_if, Direction::Inbound),
+                (&self.switch_netns, &l.counter_if, Direction::Outbound),
+            ] {
+                let out_ = netns::run(
+                    std::process::Command::new("tc")
+                        .args(["-n", ns, "-s", "-j", "qdisc", "show", "dev", dev]),
+                )?;
+                let text = String::from_utf8_lossy(&out_.stdout);
+                let (sent_bytes, drops, backlog_bytes, backlog_packets) = parse_tc_json(&text)
+                    .ok_or_else(|| {
+                        Error::Teardown(format!("no root qdisc on {dev} in {ns}: {text}"))
+                    })?;
+                out.push(QueueStats {
+                    link: l.office.clone(),
+                    dir,
+                    sent_bytes,
+                    drops,
+                    backlog_bytes,
+                    backlog_packets,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Reads the WAN counters of every link, both directions.
@@ -500,10 +566,16 @@ impl Testbed {
         let mut snft = String::new();
         for (oi, o) in topo.offices.iter().enumerate() {
             let Some(w) = &o.wan else { continue };
+            // Offloads off where frames leave towards the WAN link: the
+            // shapers' interfaces then count every frame with its own headers
+            // (a 64 KiB GSO super-frame would count its headers once), and
+            // the relay gets wire-ready frames.
+            let (a, b) = (format!("o{oi}"), format!("wr{oi}"));
+            netns::in_netns(r, || crate::offload::disable_offloads(&a))??;
+            netns::in_netns(s, || crate::offload::disable_offloads(&b))??;
             if w.delay_ms > 0.0 {
-                let (a, b) = (format!("o{oi}"), format!("wb{oi}"));
-                netns::in_netns(r, || crate::offload::disable_offloads(&a))??;
-                netns::in_netns(s, || crate::offload::disable_offloads(&b))??;
+                let c = format!("wb{oi}");
+                netns::in_netns(s, || crate::offload::disable_offloads(&c))??;
             }
             if let (Some(rate), Some(limit), Some(burst)) =
                 (w.rate_bps(), w.queue_limit_bytes(), w.burst_bytes())
@@ -644,6 +716,11 @@ impl Testbed {
         self.state.wan_counters()
     }
 
+    /// See [`RunState::queue_stats`].
+    pub fn queue_stats(&self) -> Result<Vec<QueueStats>> {
+        self.state.queue_stats()
+    }
+
     /// Counters of the delay relays, by office.
     pub fn relay_stats(&self) -> Vec<(String, RelayStats)> {
         let relayed = self.state.links.iter().filter(|l| l.relayed);
@@ -721,6 +798,14 @@ mod tests {
         );
         assert_eq!(m["lo"], IfStats::default());
         assert!(parse_net_dev("garbage\n\nx: 1 2").is_empty());
+    }
+
+    #[test]
+    fn parses_tc_json() {
+        let t = r#"[{"kind":"tbf","handle":"8025:","root":true,"refcnt":3,"options":{"rate":2500000},"bytes":1234,"packets":3,"drops":7,"overlimits":0,"requeues":0,"backlog":3028,"qlen":2}]"#;
+        assert_eq!(parse_tc_json(t), Some((1234, 7, 3028, 2)));
+        assert_eq!(parse_tc_json("[]"), None);
+        assert_eq!(parse_tc_json("not json"), None);
     }
 
     #[test]

@@ -89,13 +89,17 @@ fn tcp_over_20mbit_link_and_counters_agree() {
     let topo = Topology::two_offices(&["server"], &["c1"], wan(Some(20.0), 0.0));
     let tb = Testbed::up(&topo).unwrap();
     let before = tb.wan_counters().unwrap();
+    let q_before = tb.queue_stats().unwrap();
     let opts = TcpOptions {
         until: Until::Bytes(6 << 20),
         warmup: Duration::from_millis(600),
+        congestion: Some("cubic".into()),
         ..Default::default()
     };
     let r = tcp_bulk(&tb, "server", "c1", &opts).unwrap();
     let after = tb.wan_counters().unwrap();
+    let q_after = tb.queue_stats().unwrap();
+    assert_eq!(r.congestion, "cubic");
     let delta = |dir| {
         LinkCounters::find(&after, "branch", dir).unwrap().bytes
             - LinkCounters::find(&before, "branch", dir).unwrap().bytes
@@ -120,6 +124,18 @@ fn tcp_over_20mbit_link_and_counters_agree() {
         err * 100.0
     );
     assert!(err < 0.02, "counter {inbound} vs {expected}");
+    // The bottleneck queue into the branch sent what the counter saw.
+    let q = |l: &[branchline_testbed::QueueStats]| {
+        l.iter()
+            .find(|q| q.dir == Direction::Inbound)
+            .unwrap()
+            .sent_bytes
+    };
+    let shaped = q(&q_after) - q(&q_before);
+    assert!(
+        shaped.abs_diff(inbound) < 20_000,
+        "qdisc sent {shaped}, counter {inbound}"
+    );
     // The ACK direction carries the sender's received segments.
     let outbound = delta(Direction::Outbound);
     let acks = u64::from(r.sender.segs_in) * r.sender.wire_header_bytes();
@@ -208,4 +224,66 @@ fn nothing_left_behind_after_a_failed_test() {
         !relays.iter().any(|r| r.starts_with(&prefix)),
         "relay left: {relays:?}"
     );
+}
+
+#[test]
+fn random_loss_drops_about_the_configured_share() {
+    if !require_root("random_loss_drops_about_the_configured_share") {
+        return;
+    }
+    let mut link = wan(Some(100.0), 0.0);
+    link.loss_percent = 10.0;
+    let topo = Topology::two_offices(&["server"], &["c1"], link);
+    let tb = Testbed::up(&topo).unwrap();
+    // Resolve addresses (ARP) first: its frames cross the lossy link too.
+    udp_rtt(&tb, "c1", "server", 7005, 5, Duration::from_millis(500)).unwrap();
+    let dst = std::net::SocketAddr::from((tb.host_addr("server").unwrap(), 7004));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let receiver = tb
+        .spawn_in("server", move || {
+            let s = std::net::UdpSocket::bind(("0.0.0.0", 7004)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut buf = [0u8; 64];
+            let mut got = 0u32;
+            while s.recv_from(&mut buf).is_ok() {
+                got += 1;
+                s.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+            }
+            got
+        })
+        .unwrap();
+    ready_rx.recv().unwrap();
+    const N: u32 = 4000;
+    tb.run_in("c1", move || {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        for i in 0..N {
+            s.send_to(&i.to_be_bytes(), dst).unwrap();
+            if i % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    })
+    .unwrap();
+    let got = receiver.join().unwrap().unwrap();
+    let lost = f64::from(N - got) / f64::from(N);
+    eprintln!(
+        "10 % loss configured: {got} of {N} arrived ({:.1} % lost)",
+        lost * 100.0
+    );
+    // Binomial(4000, 0.1): the standard deviation is 0.47 %; allow 5 of them.
+    assert!(
+        (0.075..=0.125).contains(&lost),
+        "lost {:.2} %",
+        lost * 100.0
+    );
+    let c = tb.wan_counters().unwrap();
+    let out = LinkCounters::find(&c, "branch", Direction::Outbound).unwrap();
+    // Lost frames are dropped before the counted interface.
+    assert!(
+        out.packets >= u64::from(got) && out.packets < u64::from(got) + 50,
+        "{out:?}"
+    );
+    tb.down().unwrap();
 }
