@@ -84,7 +84,8 @@ pub enum Status {
 pub struct Client {
     id: ClientId,
     status: watch::Receiver<Status>,
-    main: JoinHandle<ClientError>,
+    /// The registration loop; `None` once it has ended and been awaited.
+    main: Option<JoinHandle<ClientError>>,
     tasks: Vec<JoinHandle<()>>,
     _lock: identity::DataDirLock,
 }
@@ -163,7 +164,7 @@ impl Client {
         Ok(Client {
             id,
             status,
-            main,
+            main: Some(main),
             tasks,
             _lock: lock,
         })
@@ -193,7 +194,12 @@ impl Client {
 
     /// Runs until a fatal error (the only way the client stops by itself).
     pub async fn wait(&mut self) -> ClientError {
-        match (&mut self.main).await {
+        let Some(main) = self.main.as_mut() else {
+            return ClientError::Refused(RequestError::Closed("the client already stopped".into()));
+        };
+        let result = main.await;
+        self.main = None;
+        match result {
             Ok(e) => e,
             Err(e) => ClientError::Refused(RequestError::Closed(format!("client task ended: {e}"))),
         }
@@ -201,8 +207,10 @@ impl Client {
 
     /// Stops every task and releases the ports and the data directory.
     pub async fn shutdown(self) {
-        self.main.abort();
-        let _ = self.main.await;
+        if let Some(main) = self.main {
+            main.abort();
+            let _ = main.await;
+        }
         for t in self.tasks {
             t.abort();
             let _ = t.await;

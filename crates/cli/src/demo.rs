@@ -1,0 +1,199 @@
+//! `branchline demo`: the main job on one machine with embedded defaults. A server, a
+//! few clients and the connector each bind their own loopback address with the real
+//! port numbers, exactly as separate machines would, in one process.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use branchline_client::{Client, ClientOptions};
+use branchline_config::Config;
+use branchline_server::{Server, ServerOptions};
+use clap::Args;
+
+use crate::connector::{Connector, health_table};
+use crate::settings::{ConnectorOptions, policies, shutdown_signal};
+use crate::{Fail, exit};
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Number of clients.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=50))]
+    clients: u8,
+    /// First three octets of the loopback addresses to use (server .1, connector .2,
+    /// clients .11 and up).
+    #[arg(long, default_value = "127.77.0", value_name = "A.B.C")]
+    net: String,
+    /// Keep running (Ctrl-C to stop) instead of exiting after the report.
+    #[arg(long)]
+    keep_running: bool,
+    /// Data directory for the demo (default: a fresh temporary directory, removed at exit).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
+}
+
+fn addr(net: &str, last: u8) -> Result<IpAddr, Fail> {
+    let ip: Ipv4Addr = format!("{net}.{last}").parse().map_err(|_| {
+        Fail::new(
+            exit::USAGE,
+            format!("--net {net:?} is not three octets like 127.77.0"),
+        )
+    })?;
+    if !ip.is_loopback() {
+        return Err(Fail::new(
+            exit::USAGE,
+            "--net must be inside 127.0.0.0/8 (the demo stays on this machine)",
+        ));
+    }
+    Ok(ip.into())
+}
+
+/// Removes the demo's temporary directory however the demo ends.
+struct TempDir(Option<std::path::PathBuf>);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
+    let (retry, replay) = policies(config);
+    let (dir, _cleanup) = match &args.data_dir {
+        Some(d) => (d.clone(), TempDir(None)),
+        None => {
+            let d = std::env::temp_dir().join(format!("branchline-demo-{}", std::process::id()));
+            (d.clone(), TempDir(Some(d)))
+        }
+    };
+    let server_ip = addr(&args.net, 1)?;
+    println!(
+        "Branchline demo: 1 server, {} clients and the connector on {}.x",
+        args.clients, args.net
+    );
+    println!("(each binds its own loopback address with the real port numbers)\n");
+
+    let server = Server::start(ServerOptions {
+        data_dir: dir.join("server"),
+        bind: server_ip,
+        ports: config.ports.server,
+        offline_after_missed: config.server.offline_after_missed_heartbeats,
+        retry,
+        replay,
+    })
+    .await
+    .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;
+    println!(
+        "server     {}:{} up; deployment key created in {}",
+        server_ip,
+        config.ports.server.small_request,
+        server.setup.key_path.display()
+    );
+
+    let mut clients = Vec::new();
+    for i in 0..args.clients {
+        let ip = addr(&args.net, 11 + i)?;
+        let client = Client::start(ClientOptions {
+            server: server_ip,
+            server_ports: config.ports.server,
+            key: server.setup.key.clone(),
+            data_dir: dir.join(format!("client-{}", i + 1)),
+            bind: ip,
+            ports: config.ports.client,
+            heartbeat_interval: Duration::from_secs(1),
+            cache_size_bytes: config.client.cache_size_bytes,
+            hostname: Some(format!("demo-client-{}", i + 1)),
+            retry,
+            replay,
+        })
+        .await
+        .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;
+        clients.push(client);
+    }
+    for c in &mut clients {
+        tokio::time::timeout(Duration::from_secs(15), c.wait_registered())
+            .await
+            .map_err(|_| Fail::new(exit::FAILURE, "a demo client did not register within 15 s"))?
+            .map_err(|e| Fail::new(exit::FAILURE, e))?;
+    }
+    println!(
+        "clients    {} registered, heartbeating every second",
+        clients.len()
+    );
+    // Let two heartbeats go by so the report shows live clients, not just enrolments.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+
+    let connector = Connector::open(&ConnectorOptions {
+        server: (server_ip, config.ports.server.small_request).into(),
+        reply: (addr(&args.net, 2)?, config.ports.connector.reply).into(),
+        key: server.setup.key.clone(),
+        retry,
+        replay,
+    })
+    .await?;
+    let (_, _) = connector.activate().await?;
+    println!(
+        "connector  {}:{} activated\n",
+        addr(&args.net, 2)?,
+        config.ports.connector.reply
+    );
+
+    print_report(&server, &connector, server_ip, config).await?;
+
+    if args.keep_running {
+        println!("\nRunning; Ctrl-C to stop. Try, in another terminal:");
+        println!(
+            "  branchline connector --server {server_ip} --bind {} --key-file {} health",
+            addr(&args.net, 3)?,
+            server.setup.key_path.display()
+        );
+        shutdown_signal().await;
+    }
+    for c in clients {
+        c.shutdown().await;
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn print_report(
+    server: &Server,
+    connector: &Connector,
+    server_ip: IpAddr,
+    config: &Config,
+) -> Result<(), Fail> {
+    let state = server.state();
+    let now = state.clock.now_ms();
+    let records = state.registry.lock().expect("registry lock").snapshot();
+    println!(
+        "{:<15} {:<34} {:<13} {:<14} {:<8} {}",
+        "CLIENT", "ID", "ADDRESS", "SUBNET", "STATUS", "LAST HEARD"
+    );
+    for r in &records {
+        let online = state
+            .registry
+            .lock()
+            .expect("registry lock")
+            .is_online(r, now);
+        println!(
+            "{:<15} {:<34} {:<13} {:<14} {:<8} {:.1} s ago",
+            r.hostname,
+            r.id.to_string(),
+            r.addresses
+                .first()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            r.subnet.to_string(),
+            if online { "online" } else { "offline" },
+            now.saturating_sub(r.last_seen_ms) as f64 / 1000.0
+        );
+    }
+    println!();
+    let h = connector.health().await?;
+    print!(
+        "{}",
+        health_table((server_ip, config.ports.server.small_request).into(), &h)
+    );
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! `branchline`: the single binary. It only orchestrates: parse flags, merge them over the
+//! config file, start the library that does the work, and turn its errors into messages
+//! and exit codes.
+
+mod connector;
+mod demo;
+mod settings;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes, documented in README.md.
+pub mod exit {
+    /// Something failed (the message says what).
+    pub const FAILURE: u8 = 1;
+    /// Bad command line or configuration.
+    pub const USAGE: u8 = 2;
+    /// The deployment key does not match the server's.
+    pub const KEY_MISMATCH: u8 = 3;
+    /// The server did not answer before the deadline.
+    pub const UNREACHABLE: u8 = 4;
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+pub struct Fail {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Fail {
+    pub fn new(code: u8, message: impl Into<String>) -> Fail {
+        Fail {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<branchline_transport::RequestError> for Fail {
+    fn from(e: branchline_transport::RequestError) -> Fail {
+        use branchline_transport::RequestError as E;
+        let code = match &e {
+            E::KeyMismatch { .. } => exit::KEY_MISMATCH,
+            E::Timeout { .. } => exit::UNREACHABLE,
+            _ => exit::FAILURE,
+        };
+        Fail::new(code, e.to_string())
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "branchline",
+    version,
+    about = "Peer-to-peer content distribution for many offices"
+)]
+struct Cli {
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long, global = true, env = "BRANCHLINE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Move a port: NAME=VALUE, e.g. server.small_request=44323 (repeatable).
+    #[arg(long = "port", global = true, value_name = "NAME=VALUE")]
+    ports: Vec<String>,
+    /// Log filter (e.g. info, debug, branchline_transport=debug).
+    #[arg(long, global = true, env = "BRANCHLINE_LOG", value_name = "FILTER")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (metadata, registration, health).
+    Server(ServerArgs),
+    /// Run the client daemon on this device.
+    Client(ClientArgs),
+    /// Talk to the server as the connector (the admin's command line).
+    Connector(ConnectorArgs),
+    /// Run a server and a few clients on loopback addresses and show them registered.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Data directory (created on first start: database and deployment key).
+    #[arg(long, env = "BRANCHLINE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to bind every server port on.
+    #[arg(long, env = "BRANCHLINE_BIND", value_name = "IP")]
+    bind: Option<IpAddr>,
+    /// Heartbeat intervals a client may miss before it is shown offline.
+    #[arg(long, value_name = "N")]
+    offline_after: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    /// The server's address.
+    #[arg(long, env = "BRANCHLINE_SERVER", value_name = "IP")]
+    server: Option<IpAddr>,
+    /// File holding the deployment key (copy of the server's deployment.key).
+    #[arg(long, env = "BRANCHLINE_KEY_FILE", value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// Data directory (client id, cache).
+    #[arg(long, env = "BRANCHLINE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to bind every client port on.
+    #[arg(long, env = "BRANCHLINE_BIND", value_name = "IP")]
+    bind: Option<IpAddr>,
+    /// Seconds between heartbeats.
+    #[arg(long, value_name = "SECS")]
+    heartbeat_interval: Option<f64>,
+    /// Name to report instead of the host's name.
+    #[arg(long, value_name = "NAME")]
+    hostname: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ConnectorArgs {
+    /// The server's address.
+    #[arg(long, env = "BRANCHLINE_SERVER", value_name = "IP")]
+    server: Option<IpAddr>,
+    /// File holding the deployment key.
+    #[arg(long, env = "BRANCHLINE_KEY_FILE", value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// Address to bind the connector's reply port (34320) on.
+    #[arg(long, env = "BRANCHLINE_BIND", value_name = "IP")]
+    bind: Option<IpAddr>,
+    #[command(subcommand)]
+    action: connector::Action,
+}
+
+fn init_logging(filter: Option<&str>, default: &str) {
+    let filter = filter
+        .map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| default.to_owned());
+    let env = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(env)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, Fail> {
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b.enable_all().build()
+    };
+    rt.map_err(|e| {
+        Fail::new(
+            exit::FAILURE,
+            format!("cannot start the async runtime: {e}"),
+        )
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_log = match cli.command {
+        Command::Server(_) | Command::Client(_) => "info",
+        Command::Connector(_) | Command::Demo(_) => "warn",
+    };
+    init_logging(cli.log.as_deref(), default_log);
+    let result = (|| -> Result<(), Fail> {
+        let config = settings::load(cli.config.as_deref(), &cli.ports)?;
+        match cli.command {
+            Command::Server(args) => {
+                let (opts, threads) = settings::server(&config, args)?;
+                runtime(threads)?.block_on(settings::run_server(opts))
+            }
+            Command::Client(args) => {
+                let opts = settings::client(&config, args)?;
+                runtime(0)?.block_on(settings::run_client(opts))
+            }
+            Command::Connector(args) => {
+                let (opts, action) = settings::connector(&config, args)?;
+                runtime(1)?.block_on(connector::run(opts, action))
+            }
+            Command::Demo(args) => runtime(0)?.block_on(demo::run(&config, args)),
+        }
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

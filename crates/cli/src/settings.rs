@@ -1,0 +1,218 @@
+//! Merging flags over the config file, and running the server and client daemons.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use branchline_client::{Client, ClientError, ClientOptions};
+use branchline_config::Config;
+use branchline_server::{Server, ServerOptions};
+use branchline_transport::{ReplayConfig, RetryPolicy, read_key_file};
+
+use crate::{ClientArgs, ConnectorArgs, Fail, ServerArgs, exit};
+
+/// Reads the config file (or the defaults) and applies `--port` overrides.
+pub fn load(path: Option<&Path>, ports: &[String]) -> Result<Config, Fail> {
+    let mut config = Config::load(path).map_err(|e| Fail::new(exit::USAGE, e.to_string()))?;
+    for spec in ports {
+        config
+            .ports
+            .apply_override(spec)
+            .map_err(|e| Fail::new(exit::USAGE, e.to_string()))?;
+    }
+    config
+        .validate()
+        .map_err(|e| Fail::new(exit::USAGE, e.to_string()))?;
+    Ok(config)
+}
+
+/// Retry and replay policies from `[transport]`.
+pub fn policies(config: &Config) -> (RetryPolicy, ReplayConfig) {
+    let t = &config.transport;
+    let retry = RetryPolicy {
+        initial_timeout: Duration::from_secs_f64(t.initial_retry_s),
+        max_timeout: Duration::from_secs_f64(t.max_retry_s),
+        deadline: Duration::from_secs_f64(t.request_deadline_s),
+        ..RetryPolicy::default()
+    };
+    let replay = ReplayConfig {
+        window: Duration::from_secs_f64(t.replay_window_s),
+        ..ReplayConfig::default()
+    };
+    (retry, replay)
+}
+
+fn required<T>(v: Option<T>, flag: &str, key: &str) -> Result<T, Fail> {
+    v.ok_or_else(|| {
+        Fail::new(
+            exit::USAGE,
+            format!("{flag} is required (or set {key} in the config file)"),
+        )
+    })
+}
+
+pub fn server(config: &Config, args: ServerArgs) -> Result<(ServerOptions, usize), Fail> {
+    let c = &config.server;
+    let (retry, replay) = policies(config);
+    let opts = ServerOptions {
+        data_dir: required(
+            args.data_dir.or(c.data_dir.clone()),
+            "--data-dir",
+            "server.data_dir",
+        )?,
+        bind: args.bind.unwrap_or(c.bind),
+        ports: config.ports.server,
+        offline_after_missed: args
+            .offline_after
+            .unwrap_or(c.offline_after_missed_heartbeats)
+            .max(1),
+        retry,
+        replay,
+    };
+    Ok((opts, c.threads))
+}
+
+pub fn client(config: &Config, args: ClientArgs) -> Result<ClientOptions, Fail> {
+    let c = &config.client;
+    let (retry, replay) = policies(config);
+    let key_file: PathBuf = required(
+        args.key_file.or(c.key_file.clone()),
+        "--key-file",
+        "client.key_file",
+    )?;
+    let key = read_key_file(&key_file).map_err(|e| Fail::new(exit::USAGE, e.to_string()))?;
+    let interval = args.heartbeat_interval.unwrap_or(c.heartbeat_interval_s);
+    if !(0.1..=3600.0).contains(&interval) {
+        return Err(Fail::new(
+            exit::USAGE,
+            format!("--heartbeat-interval {interval} is outside 0.1..=3600 seconds"),
+        ));
+    }
+    Ok(ClientOptions {
+        server: required(args.server.or(c.server), "--server", "client.server")?,
+        server_ports: config.ports.server,
+        key,
+        data_dir: required(
+            args.data_dir.or(c.data_dir.clone()),
+            "--data-dir",
+            "client.data_dir",
+        )?,
+        bind: args.bind.unwrap_or(c.bind),
+        ports: config.ports.client,
+        heartbeat_interval: Duration::from_secs_f64(interval),
+        cache_size_bytes: c.cache_size_bytes,
+        hostname: args.hostname.or(c.hostname.clone()),
+        retry,
+        replay,
+    })
+}
+
+/// What the connector needs.
+pub struct ConnectorOptions {
+    pub server: std::net::SocketAddr,
+    pub reply: std::net::SocketAddr,
+    pub key: branchline_wire::DeploymentKey,
+    pub retry: RetryPolicy,
+    pub replay: ReplayConfig,
+}
+
+pub fn connector(
+    config: &Config,
+    args: ConnectorArgs,
+) -> Result<(ConnectorOptions, crate::connector::Action), Fail> {
+    let c = &config.connector;
+    let (retry, replay) = policies(config);
+    let key_file: PathBuf = required(
+        args.key_file.or(c.key_file.clone()),
+        "--key-file",
+        "connector.key_file",
+    )?;
+    let key = read_key_file(&key_file).map_err(|e| Fail::new(exit::USAGE, e.to_string()))?;
+    let server = required(args.server.or(c.server), "--server", "connector.server")?;
+    let bind = args.bind.unwrap_or(c.bind);
+    Ok((
+        ConnectorOptions {
+            server: (server, config.ports.server.small_request).into(),
+            reply: (bind, config.ports.connector.reply).into(),
+            key,
+            retry,
+            replay,
+        },
+        args.action,
+    ))
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+pub async fn run_server(opts: ServerOptions) -> Result<(), Fail> {
+    let bind = opts.bind;
+    let ports = opts.ports;
+    let data_dir = opts.data_dir.clone();
+    let server = Server::start(opts)
+        .await
+        .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;
+    let s = &server.setup;
+    if s.created_key {
+        println!("Branchline server: first start in {}", data_dir.display());
+        println!("  database: {}", s.db_path.display());
+        println!();
+        println!(
+            "Deployment key (shown once; kept in {}, mode 0600):",
+            s.key_path.display()
+        );
+        println!();
+        println!("  {}", s.key.to_text());
+        println!();
+        println!("Give clients and the connector a copy of that file (keep it secret), e.g.:");
+        println!(
+            "  branchline client --server <this host's IP> --key-file deployment.key --data-dir /var/lib/branchline"
+        );
+        println!(
+            "  branchline connector --server <this host's IP> --key-file deployment.key health"
+        );
+        println!();
+    }
+    tracing::info!(
+        %bind,
+        small_request = ports.small_request,
+        small_reply = ports.small_reply,
+        clients = s.clients_loaded,
+        db = %s.db_path.display(),
+        "server ready"
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: writing pending state");
+    server.shutdown().await;
+    Ok(())
+}
+
+pub async fn run_client(opts: ClientOptions) -> Result<(), Fail> {
+    let data_dir = opts.data_dir.clone();
+    let server = opts.server;
+    let mut client = Client::start(opts)
+        .await
+        .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;
+    tracing::info!(client = %client.id(), %server, data_dir = %data_dir.display(), "client started");
+    let outcome = tokio::select! {
+        e = client.wait() => Some(e),
+        _ = shutdown_signal() => None,
+    };
+    client.shutdown().await;
+    match outcome {
+        None => Ok(()),
+        Some(e @ ClientError::KeyMismatch(_)) => Err(Fail::new(exit::KEY_MISMATCH, e.to_string())),
+        Some(e) => Err(Fail::new(exit::FAILURE, e.to_string())),
+    }
+}
