@@ -167,8 +167,8 @@ async fn print_report(
     let now = state.clock.now_ms();
     let records = state.registry.lock().expect("registry lock").snapshot();
     println!(
-        "{:<15} {:<34} {:<13} {:<14} {:<8} {}",
-        "CLIENT", "ID", "ADDRESS", "SUBNET", "STATUS", "LAST HEARD"
+        "{:<15} {:<34} {:<13} {:<14} {:<8} LAST HEARD",
+        "CLIENT", "ID", "ADDRESS", "SUBNET", "STATUS"
     );
     for r in &records {
         let online = state
