@@ -21,7 +21,9 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream, TransportConfig};
 use thiserror::Error;
 use tokio::task::JoinHandle;
 
-use crate::endpoint::{self, Direction, QuicError};
+use crate::endpoint::{
+    self, AcceptTransports, Direction, EndpointConfigs, QuicError, TransportSelector,
+};
 use crate::identity::{PeerIdentity, Role};
 use crate::large::{
     LargeError, MAX_REASON_LEN, STREAM_ABANDONED, STREAM_BAD_FRAME, expect_end, read_exact,
@@ -280,26 +282,40 @@ async fn answer<S: PieceSource>(
     }
 }
 
-/// Serves pieces from `source` on `endpoint` until it is closed.
+/// Serves pieces from `source` on `endpoint` until it is closed. With
+/// `transports`, each connection gets the transport (congestion controller) its
+/// selector picks for the peer's address.
 pub fn serve<S: PieceSource>(
     endpoint: Endpoint,
     trust: DeploymentTrust,
     config: ContentConfig,
+    transports: Option<AcceptTransports>,
     source: Arc<S>,
 ) -> JoinHandle<()> {
     let max = config.max_piece_len;
-    endpoint::serve_streams(endpoint, trust, move |peer, send, recv| {
+    endpoint::serve_streams(endpoint, trust, transports, move |peer, send, recv| {
         answer(send, recv, peer, source.clone(), max)
     })
 }
 
 /// A node's content endpoint (34760 Foreground or 34750 Background): serves
 /// pieces to peers and fetches pieces from them, on the one port.
-#[derive(Debug)]
 pub struct ContentNode {
     endpoint: Endpoint,
     trust: DeploymentTrust,
     config: ContentConfig,
+    configs: EndpointConfigs,
+    selector: Option<TransportSelector>,
+}
+
+impl std::fmt::Debug for ContentNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContentNode")
+            .field("endpoint", &self.endpoint.local_addr().ok())
+            .field("config", &self.config)
+            .field("per_peer_transport", &self.selector.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ContentNode {
@@ -312,19 +328,29 @@ impl ContentNode {
         transport: Arc<TransportConfig>,
         config: ContentConfig,
     ) -> Result<Self, QuicError> {
-        let endpoint = endpoint::bind(
-            addr,
+        let configs = endpoint::configs(
             identity,
             &trust,
             crate::ALPN_CONTENT,
             transport,
             Direction::Both,
         )?;
+        let endpoint = endpoint::bind_with(addr, configs.clone())?;
         Ok(Self {
             endpoint,
             trust,
             config,
+            configs,
+            selector: None,
         })
+    }
+
+    /// Picks each connection's transport by peer address from now on (connections
+    /// made by [`ContentNode::connect`], and those accepted by serving loops
+    /// started afterwards), e.g. one LEDBAT++ factory per WAN link on the
+    /// Background port.
+    pub fn set_transport_selector(&mut self, selector: TransportSelector) {
+        self.selector = Some(selector);
     }
 
     /// The endpoint.
@@ -343,7 +369,17 @@ impl ContentNode {
         addr: SocketAddr,
         peer: &Role,
     ) -> Result<(Connection, PeerIdentity), QuicError> {
-        endpoint::connect(&self.endpoint, addr, peer, &self.trust).await
+        let chosen = self
+            .selector
+            .as_ref()
+            .and_then(|select| select(addr))
+            .and_then(|transport| self.configs.client_with(transport));
+        match chosen {
+            Some(config) => {
+                endpoint::connect_with(&self.endpoint, config, addr, peer, &self.trust).await
+            }
+            None => endpoint::connect(&self.endpoint, addr, peer, &self.trust).await,
+        }
     }
 
     /// Fetches one piece range over `conn`.
@@ -357,10 +393,15 @@ impl ContentNode {
 
     /// Starts serving pieces from `source`.
     pub fn serve<S: PieceSource>(&self, source: Arc<S>) -> JoinHandle<()> {
+        let transports = self.selector.clone().map(|select| AcceptTransports {
+            configs: self.configs.clone(),
+            select,
+        });
         serve(
             self.endpoint.clone(),
             self.trust.clone(),
             self.config.clone(),
+            transports,
             source,
         )
     }

@@ -153,17 +153,56 @@ pub enum Direction {
     Both,
 }
 
-type Configs = (Option<quinn::ServerConfig>, Option<quinn::ClientConfig>);
+/// Chooses the transport settings (notably the congestion controller) of one
+/// connection from the peer's address, e.g. one LEDBAT++ factory per WAN link so
+/// all Background connections over a link share its ceiling. `None` keeps the
+/// endpoint's default transport.
+pub type TransportSelector = Arc<dyn Fn(SocketAddr) -> Option<Arc<TransportConfig>> + Send + Sync>;
+
+/// The quinn configurations of an endpoint, kept so single connections can be
+/// given other transport settings ([`TransportSelector`]).
+#[derive(Clone)]
+pub struct EndpointConfigs {
+    /// Accepting side (None for a connect-only endpoint).
+    pub server: Option<quinn::ServerConfig>,
+    /// Connecting side (None for an accept-only endpoint).
+    pub client: Option<quinn::ClientConfig>,
+}
+
+impl std::fmt::Debug for EndpointConfigs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointConfigs")
+            .field("accepts", &self.server.is_some())
+            .field("connects", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl EndpointConfigs {
+    /// The server configuration with `transport` instead of the default.
+    pub fn server_with(&self, transport: Arc<TransportConfig>) -> Option<Arc<quinn::ServerConfig>> {
+        let mut server = self.server.clone()?;
+        server.transport_config(transport);
+        Some(Arc::new(server))
+    }
+
+    /// The client configuration with `transport` instead of the default.
+    pub fn client_with(&self, transport: Arc<TransportConfig>) -> Option<quinn::ClientConfig> {
+        let mut client = self.client.clone()?;
+        client.transport_config(transport);
+        Some(client)
+    }
+}
 
 /// Builds the quinn server and client configurations an endpoint of
 /// `direction` needs.
-fn configs(
+pub fn configs(
     identity: &NodeIdentity,
     trust: &DeploymentTrust,
     alpn: &[u8],
     transport: Arc<TransportConfig>,
     direction: Direction,
-) -> Result<Configs, QuicError> {
+) -> Result<EndpointConfigs, QuicError> {
     let server = match direction {
         Direction::Accept | Direction::Both => {
             let tls = tls::server_config(identity, trust, alpn)?;
@@ -186,7 +225,7 @@ fn configs(
         }
         Direction::Accept => None,
     };
-    Ok((server, client))
+    Ok(EndpointConfigs { server, client })
 }
 
 /// Binds a quinn endpoint on `addr` for one use (`alpn`), presenting `identity`
@@ -199,7 +238,12 @@ pub fn bind(
     transport: Arc<TransportConfig>,
     direction: Direction,
 ) -> Result<Endpoint, QuicError> {
-    let (server, client) = configs(identity, trust, alpn, transport, direction)?;
+    bind_with(addr, configs(identity, trust, alpn, transport, direction)?)
+}
+
+/// Binds a quinn endpoint on `addr` with prepared configurations.
+pub fn bind_with(addr: SocketAddr, configs: EndpointConfigs) -> Result<Endpoint, QuicError> {
+    let EndpointConfigs { server, client } = configs;
     let socket =
         std::net::UdpSocket::bind(addr).map_err(|source| QuicError::Bind { addr, source })?;
     let runtime = quinn::default_runtime().ok_or_else(|| QuicError::Bind {
@@ -224,7 +268,7 @@ pub fn reconfigure(
     transport: Arc<TransportConfig>,
     direction: Direction,
 ) -> Result<(), QuicError> {
-    let (server, client) = configs(identity, trust, alpn, transport, direction)?;
+    let EndpointConfigs { server, client } = configs(identity, trust, alpn, transport, direction)?;
     endpoint.set_server_config(server);
     if let Some(client) = client {
         endpoint.set_default_client_config(client);
@@ -263,6 +307,26 @@ pub async fn connect(
     Ok((conn, identity))
 }
 
+/// Like [`connect`], with an explicit client configuration (e.g. from
+/// [`EndpointConfigs::client_with`] for another congestion controller).
+pub async fn connect_with(
+    endpoint: &Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    peer: &Role,
+    trust: &DeploymentTrust,
+) -> Result<(Connection, PeerIdentity), QuicError> {
+    let name = peer.dns_name(&trust.deployment);
+    let connecting = endpoint
+        .connect_with(config, addr, &name)
+        .map_err(|source| QuicError::Connect { addr, source })?;
+    let conn = connecting
+        .await
+        .map_err(|source| QuicError::Connection { addr, source })?;
+    let identity = peer_identity(&conn, &trust.deployment)?;
+    Ok((conn, identity))
+}
+
 /// Waits for the next incoming connection on `endpoint` that completes the
 /// handshake, and returns it with the peer's verified identity. Handshakes that
 /// fail (e.g. refused certificates) are logged and skipped. Handshakes complete
@@ -288,8 +352,23 @@ pub async fn finish_accept(
     incoming: quinn::Incoming,
     trust: &DeploymentTrust,
 ) -> Result<(Connection, PeerIdentity), QuicError> {
+    finish_accept_with(incoming, None, trust).await
+}
+
+/// Completes the handshake of one incoming connection, with `config` instead of
+/// the endpoint's server configuration if given.
+pub async fn finish_accept_with(
+    incoming: quinn::Incoming,
+    config: Option<Arc<quinn::ServerConfig>>,
+    trust: &DeploymentTrust,
+) -> Result<(Connection, PeerIdentity), QuicError> {
     let addr = incoming.remote_address();
-    let conn = incoming
+    let connecting = match config {
+        Some(config) => incoming.accept_with(config),
+        None => incoming.accept(),
+    }
+    .map_err(|source| QuicError::Connection { addr, source })?;
+    let conn = connecting
         .await
         .map_err(|source| QuicError::Connection { addr, source })?;
     match peer_identity(&conn, &trust.deployment) {
@@ -305,6 +384,7 @@ pub async fn finish_accept(
 /// peer opens, until the connection ends, then lets streams in flight finish.
 async fn serve_connection<F, Fut>(
     incoming: quinn::Incoming,
+    config: Option<Arc<quinn::ServerConfig>>,
     trust: DeploymentTrust,
     per_stream: Arc<F>,
 ) where
@@ -312,7 +392,7 @@ async fn serve_connection<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let addr = incoming.remote_address();
-    let (conn, peer) = match finish_accept(incoming, &trust).await {
+    let (conn, peer) = match finish_accept_with(incoming, config, &trust).await {
         Ok(pair) => pair,
         Err(e) => {
             tracing::info!(%addr, error = %e, "refused an incoming QUIC connection");
@@ -343,13 +423,31 @@ async fn serve_connection<F, Fut>(
     while streams.join_next().await.is_some() {}
 }
 
+/// Per-connection transport choice for an accepting endpoint: its
+/// configurations and the selector.
+#[derive(Clone)]
+pub struct AcceptTransports {
+    /// The endpoint's configurations (the server side is used).
+    pub configs: EndpointConfigs,
+    /// Picks the transport for a peer address.
+    pub select: TransportSelector,
+}
+
+impl std::fmt::Debug for AcceptTransports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcceptTransports").finish_non_exhaustive()
+    }
+}
+
 /// Accepts connections on `endpoint` until it is closed, completing each
 /// handshake in its own task (a stalled handshake holds up no one else), and runs
 /// `per_stream` in a task for every bidirectional stream of every connection.
-/// Aborting the returned task aborts all of them.
+/// With `transports`, each connection gets the transport its selector picks for
+/// the peer's address. Aborting the returned task aborts all of them.
 pub fn serve_streams<F, Fut>(
     endpoint: Endpoint,
     trust: DeploymentTrust,
+    transports: Option<AcceptTransports>,
     per_stream: F,
 ) -> JoinHandle<()>
 where
@@ -363,7 +461,10 @@ where
             tokio::select! {
                 incoming = endpoint.accept() => match incoming {
                     Some(incoming) => {
-                        connections.spawn(serve_connection(incoming, trust.clone(), per_stream.clone()));
+                        let config = transports.as_ref().and_then(|t| {
+                            (t.select)(incoming.remote_address()).and_then(|tc| t.configs.server_with(tc))
+                        });
+                        connections.spawn(serve_connection(incoming, config, trust.clone(), per_stream.clone()));
                     }
                     None => break,
                 },

@@ -315,7 +315,7 @@ where
 {
     let handler = Arc::new(handler);
     let max_payload = config.max_payload;
-    endpoint::serve_streams(endpoint, trust, move |peer, send, recv| {
+    endpoint::serve_streams(endpoint, trust, None, move |peer, send, recv| {
         answer(send, recv, peer, handler.clone(), max_payload)
     })
 }

@@ -67,7 +67,11 @@
 //! [`ALPN_LARGE`] (`branchline/large/1`) for large messages and [`ALPN_CONTENT`]
 //! (`branchline/content/1`) for content. Foreground endpoints use quinn's Cubic;
 //! Background endpoints take any quinn `ControllerFactory` ([`Congestion`]), i.e.
-//! LEDBAT++ from the ledbat crate. Every connection has an idle timeout (default
+//! LEDBAT++ from the ledbat crate (build the transport with [`transport_config`]
+//! and pass it through the ledbat crate's `configure_background`). A content
+//! endpoint can also pick each connection's transport by peer address
+//! ([`ContentNode::set_transport_selector`]), so every WAN link gets its own
+//! LEDBAT++ factory on the one Background port. Every connection has an idle timeout (default
 //! 10 s, [`TransportSettings`]) with keep-alives (3 s), so a vanished peer is
 //! noticed and no wait is unbounded.
 //!

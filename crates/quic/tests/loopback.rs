@@ -82,8 +82,8 @@ fn client_role(name: &str) -> Role {
 
 fn fast_transport() -> Arc<TransportConfig> {
     let settings = TransportSettings {
-        idle_timeout: Duration::from_millis(1500),
-        keep_alive: Some(Duration::from_millis(300)),
+        idle_timeout: Duration::from_secs(3),
+        keep_alive: Some(Duration::from_millis(500)),
         ..TransportSettings::default()
     };
     Arc::new(transport_config(&settings, &Congestion::Foreground))
@@ -924,6 +924,83 @@ async fn the_pool_reuses_connections_and_drops_revoked_peers() {
             matches!(err, ContentError::Transfer(LargeError::Connection(_))),
             "{err}"
         );
+    })
+    .await
+    .expect("test hung");
+}
+
+#[tokio::test]
+async fn each_connection_can_get_its_own_congestion_controller() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let background = |f: &Arc<CountingFactory>| {
+            Arc::new(transport_config(
+                &TransportSettings::default(),
+                &Congestion::Background(f.clone()),
+            ))
+        };
+        let (parent_default, link, child_default) = (
+            Arc::new(CountingFactory::default()),
+            Arc::new(CountingFactory::default()),
+            Arc::new(CountingFactory::default()),
+        );
+        let mut parent = ContentNode::bind(
+            any_port(),
+            &dep.client("aa01"),
+            dep.trust(),
+            background(&parent_default),
+            ContentConfig::default(),
+        )
+        .unwrap();
+        let bind_child = |name: &str| {
+            ContentNode::bind(
+                any_port(),
+                &dep.client(name),
+                dep.trust(),
+                background(&child_default),
+                ContentConfig::default(),
+            )
+            .unwrap()
+        };
+        let (near, far) = (bind_child("bb02"), bind_child("cc03"));
+        // Only the far child is behind the WAN link with its own factory.
+        let far_addr = far.endpoint().local_addr().unwrap();
+        let link_transport = background(&link);
+        parent.set_transport_selector(Arc::new(move |addr| {
+            (addr == far_addr).then(|| link_transport.clone())
+        }));
+        let source = source_with_pieces();
+        let _serving = parent.serve(source.clone());
+        let parent_addr = parent.endpoint().local_addr().unwrap();
+        let whole = PieceRequest {
+            content: CONTENT,
+            piece: 1,
+            offset: 0,
+            len: 0,
+        };
+
+        let (conn, _) = far
+            .connect(parent_addr, &client_role("aa01"))
+            .await
+            .unwrap();
+        assert_eq!(
+            far.fetch(&conn, &whole).await.unwrap(),
+            source.pieces[&(CONTENT, 1)]
+        );
+        assert_eq!(link.built.load(Ordering::SeqCst), 1);
+        assert_eq!(parent_default.built.load(Ordering::SeqCst), 0);
+
+        let (conn, _) = near
+            .connect(parent_addr, &client_role("aa01"))
+            .await
+            .unwrap();
+        assert_eq!(
+            near.fetch(&conn, &whole).await.unwrap(),
+            source.pieces[&(CONTENT, 1)]
+        );
+        assert_eq!(link.built.load(Ordering::SeqCst), 1);
+        assert_eq!(parent_default.built.load(Ordering::SeqCst), 1);
+        assert_eq!(child_default.built.load(Ordering::SeqCst), 2);
     })
     .await
     .expect("test hung");
