@@ -1,0 +1,413 @@
+//! End-to-end tests with real `branchline` processes on loopback. Every process binds its
+//! own 127.x address with the seed's real port numbers; each test picks a random
+//! 127.X.Y.0/24 so tests (and test runs) never collide.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_branchline");
+
+/// A random /24 inside 127.0.0.0/8, as "127.X.Y".
+fn net() -> String {
+    let mut r = rand::rng();
+    format!(
+        "127.{}.{}",
+        r.random_range(100..=250u8),
+        r.random_range(1..=254u8)
+    )
+}
+
+/// A child process that is killed when the test ends, however it ends.
+struct Proc {
+    child: Child,
+    name: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(dir: &Path, name: &str, args: &[&str]) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .env("BRANCHLINE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child,
+            name: name.into(),
+            log,
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        format!(
+            "--- {} log ---\n{}",
+            self.name,
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run branchline")
+}
+
+struct Bed {
+    dir: tempfile::TempDir,
+    net: String,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        Bed {
+            dir: tempfile::tempdir().unwrap(),
+            net: net(),
+        }
+    }
+    fn ip(&self, last: u8) -> String {
+        format!("{}.{last}", self.net)
+    }
+    fn path(&self, p: &str) -> String {
+        self.dir.path().join(p).display().to_string()
+    }
+    fn server(&self) -> Proc {
+        Proc::spawn(
+            self.dir.path(),
+            "server",
+            &[
+                "server",
+                "--data-dir",
+                &self.path("server"),
+                "--bind",
+                &self.ip(1),
+                "--offline-after",
+                "3",
+            ],
+        )
+    }
+    fn client(&self, n: u8, key: &str) -> Proc {
+        Proc::spawn(
+            self.dir.path(),
+            &format!("client{n}"),
+            &[
+                "client",
+                "--server",
+                &self.ip(1),
+                "--key-file",
+                key,
+                "--data-dir",
+                &self.path(&format!("client{n}")),
+                "--bind",
+                &self.ip(10 + n),
+                "--heartbeat-interval",
+                "0.3",
+                "--hostname",
+                &format!("client-{n}"),
+            ],
+        )
+    }
+    fn connector(&self, key: &str, action: &[&str]) -> Output {
+        let mut args = vec![
+            "connector",
+            "--server",
+            &self.ip(1),
+            "--bind",
+            &self.ip(2),
+            "--key-file",
+            key,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(action.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&refs)
+    }
+    fn health(&self, key: &str) -> Option<Value> {
+        let out = self.connector(key, &["health", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).expect("health --json prints JSON"))
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails with `what` and the logs.
+fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    procs: &[&Proc],
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            let logs: Vec<String> = procs.iter().map(|p| p.log()).collect();
+            panic!(
+                "timed out after {limit:?} waiting for {what}\n{}",
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn online(h: &Value) -> (u64, u64) {
+    (
+        h["clients_online"].as_u64().unwrap(),
+        h["clients_total"].as_u64().unwrap(),
+    )
+}
+
+/// Sum of every drop reason except retransmitted duplicates.
+fn garbage_drops(h: &Value) -> u64 {
+    h["drops"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "duplicate")
+        .map(|(_, v)| v.as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn foundation_end_to_end() {
+    let bed = Bed::new();
+    let mut server = bed.server();
+    let key = bed.path("server/deployment.key");
+    wait_for(
+        "the server's key file",
+        Duration::from_secs(20),
+        &[&server],
+        || Path::new(&key).exists().then_some(()),
+    );
+    let h = wait_for(
+        "the server to answer health",
+        Duration::from_secs(20),
+        &[&server],
+        || bed.health(&key),
+    );
+    for k in [
+        "version",
+        "uptime_s",
+        "clients_total",
+        "clients_online",
+        "dropped_datagrams",
+    ] {
+        assert!(h.get(k).is_some(), "health --json lacks {k}: {h}");
+    }
+    assert_eq!(online(&h), (0, 0));
+
+    let out = bed.connector(&key, &["activate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("activated"));
+
+    let mut clients: Vec<Proc> = (1..=3).map(|n| bed.client(n, &key)).collect();
+    let all: Vec<&Proc> = std::iter::once(&server).chain(clients.iter()).collect();
+    wait_for("3 clients online", Duration::from_secs(30), &all, || {
+        bed.health(&key).filter(|h| online(h) == (3, 3))
+    });
+    drop(all);
+
+    // One client dies: the server shows it offline after 3 missed heartbeats.
+    clients[0].kill9();
+    let all: Vec<&Proc> = std::iter::once(&server).chain(clients.iter()).collect();
+    wait_for(
+        "2 of 3 clients online",
+        Duration::from_secs(30),
+        &all,
+        || bed.health(&key).filter(|h| online(h) == (2, 3)),
+    );
+    drop(all);
+
+    // The server is killed without warning and restarted: nothing enrolled is lost and
+    // the two live clients come back by themselves.
+    server.kill9();
+    let server = bed.server();
+    let all: Vec<&Proc> = std::iter::once(&server).chain(clients.iter()).collect();
+    let h = wait_for(
+        "2 clients back after the restart",
+        Duration::from_secs(40),
+        &all,
+        || bed.health(&key).filter(|h| online(h) == (2, 3)),
+    );
+    assert_eq!(h["connectors_total"].as_u64(), Some(1), "{h}");
+
+    // A wrong key is refused with the key message, not a time-out.
+    let wrong = bed.path("wrong.key");
+    std::fs::write(&wrong, format!("blk1_{}\n", "ab".repeat(32))).unwrap();
+    let out = bed.connector(&wrong, &["health"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("deployment key does not match"), "{err}");
+    let out = run(&[
+        "client",
+        "--server",
+        &bed.ip(1),
+        "--key-file",
+        &wrong,
+        "--data-dir",
+        &bed.path("client9"),
+        "--bind",
+        &bed.ip(19),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("deployment key does not match"));
+
+    // 10,000 random datagrams: every one is dropped and counted, the server stays healthy.
+    let before = bed.health(&key).unwrap();
+    flood(&bed, &key, 10_000);
+    let after = bed.health(&key).unwrap();
+    assert_eq!(
+        garbage_drops(&after) - garbage_drops(&before),
+        10_000,
+        "before {before}\nafter {after}"
+    );
+    assert_eq!(online(&after), (2, 3), "{after}");
+    assert_eq!(after["database"], "ok");
+    drop(all);
+}
+
+/// Sends `n` random datagrams to the server's request port: a third pure noise, a third
+/// with a valid header and an unknown key id, a third with a valid header and the right
+/// key id but a forged body. In batches of 50, each followed by a sealed Ping whose answer
+/// proves the batch was processed (loopback keeps order), so the kernel never drops any.
+fn flood(bed: &Bed, key_file: &str, n: usize) {
+    use branchline_transport::{Context, Requester};
+    use branchline_wire::{Body, msg::Ping};
+    let key = branchline_transport::read_key_file(Path::new(key_file)).unwrap();
+    let key_id = key.derive().id().0.to_be_bytes();
+    let server: SocketAddr = format!("{}:34323", bed.ip(1)).parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ip: IpAddr = bed.ip(3).parse().unwrap();
+        let noise = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
+        let req = Requester::new(
+            tokio::net::UdpSocket::bind((ip, 34320)).await.unwrap(),
+            Context::new(vec![key.derive()]),
+        );
+        let mut rng = rand::rng();
+        let mut sent = 0;
+        while sent < n {
+            for _ in 0..50.min(n - sent) {
+                let len = rng.random_range(0..1400usize);
+                let mut d: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                match sent % 3 {
+                    0 => {}
+                    kind => {
+                        d.resize(d.len().max(40), 0);
+                        d[..4].copy_from_slice(&[b'B', b'L', 1, 1]);
+                        let id = if kind == 1 {
+                            [0xde, 0xad, 0xbe, 0xef]
+                        } else {
+                            key_id
+                        };
+                        d[4..8].copy_from_slice(&id);
+                    }
+                }
+                noise.send_to(&d, server).await.unwrap();
+                sent += 1;
+            }
+            req.request(server, Body::Ping(Ping {}))
+                .await
+                .expect("server answers between batches");
+        }
+    });
+}
+
+#[test]
+fn broken_config_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[client]\nheartbeat_interval_s = \"often\"\n").unwrap();
+    let out = run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "server",
+        "--data-dir",
+        dir.path().join("d").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(cfg.to_str().unwrap()), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+    assert!(err.contains("client.heartbeat_interval_s"), "{err}");
+    assert!(
+        !dir.path().join("d").exists(),
+        "nothing created on a config error"
+    );
+}
+
+#[test]
+fn unreachable_server_is_a_clear_error_after_the_deadline() {
+    let bed = Bed::new();
+    let cfg = bed.path("fast.toml");
+    std::fs::write(&cfg, "[transport]\nrequest_deadline_s = 1.0\n").unwrap();
+    let key = bed.path("k.key");
+    std::fs::write(&key, format!("blk1_{}\n", "01".repeat(32))).unwrap();
+    let out = run(&[
+        "--config",
+        &cfg,
+        "connector",
+        "--server",
+        &bed.ip(1),
+        "--bind",
+        &bed.ip(2),
+        "--key-file",
+        &key,
+        "health",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no answer from"), "{err}");
+    assert!(err.contains("34323"), "{err}");
+}
+
+#[test]
+fn demo_shows_every_client_registered() {
+    let net = net();
+    let out = run(&["demo", "--clients", "3", "--net", &net]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("3 online / 3 enrolled"), "{stdout}");
+    for n in 1..=3 {
+        assert!(stdout.contains(&format!("demo-client-{n}")), "{stdout}");
+    }
+}
