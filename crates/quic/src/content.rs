@@ -411,3 +411,85 @@ impl ContentNode {
         self.endpoint.close(endpoint::CLOSE_DONE, b"shutting down");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::ClientName;
+
+    struct OnePiece;
+
+    impl PieceSource for OnePiece {
+        async fn read_piece(
+            &self,
+            _peer: &PeerIdentity,
+            content: &[u8; 32],
+            piece: u32,
+        ) -> Result<Bytes, PieceError> {
+            match (content[0], piece) {
+                (1, 0) => Ok(Bytes::from_static(b"0123456789")),
+                (1, 1) => Err(PieceError::Unavailable("disk busy".into())),
+                _ => Err(PieceError::NotFound),
+            }
+        }
+    }
+
+    fn peer() -> PeerIdentity {
+        PeerIdentity {
+            role: Role::Client(ClientName::new("x").unwrap()),
+            serial: vec![1],
+        }
+    }
+
+    fn req(content: u8, piece: u32, offset: u32, len: u32) -> [u8; REQUEST_LEN] {
+        PieceRequest {
+            content: [content; 32],
+            piece,
+            offset,
+            len,
+        }
+        .encode()
+    }
+
+    async fn answer_to(raw: &[u8], max: u32) -> (PieceStatus, Bytes) {
+        let (h, body) = respond(&OnePiece, &peer(), raw, max).await;
+        assert_eq!(h.len as usize, body.len());
+        (h.status, body)
+    }
+
+    #[tokio::test]
+    async fn responses_follow_the_request_and_the_source() {
+        assert_eq!(
+            answer_to(&req(1, 0, 0, 0), 100).await,
+            (PieceStatus::Ok, Bytes::from_static(b"0123456789"))
+        );
+        assert_eq!(
+            answer_to(&req(1, 0, 3, 4), 100).await,
+            (PieceStatus::Ok, Bytes::from_static(b"3456"))
+        );
+        assert_eq!(
+            answer_to(&req(1, 0, 8, 4), 100).await.0,
+            PieceStatus::BadRange
+        );
+        assert_eq!(
+            answer_to(&req(2, 0, 0, 0), 100).await.0,
+            PieceStatus::NotFound
+        );
+        let (status, reason) = answer_to(&req(1, 1, 0, 0), 100).await;
+        assert_eq!(status, PieceStatus::Unavailable);
+        assert_eq!(reason, Bytes::from_static(b"disk busy"));
+        // Over this node's limit: refused, not sent.
+        assert_eq!(
+            answer_to(&req(1, 0, 0, 0), 5).await.0,
+            PieceStatus::Unavailable
+        );
+        // Malformed requests.
+        assert_eq!(answer_to(&[1, 2, 3], 100).await.0, PieceStatus::BadRequest);
+        let mut bad_version = req(1, 0, 0, 0);
+        bad_version[0] = 9;
+        assert_eq!(
+            answer_to(&bad_version, 100).await.0,
+            PieceStatus::BadRequest
+        );
+    }
+}

@@ -39,6 +39,12 @@ pub const STREAM_BAD_FRAME: VarInt = VarInt::from_u32(1);
 pub const STREAM_ABANDONED: VarInt = VarInt::from_u32(2);
 
 /// Limits of large messages.
+///
+/// Memory: a request or response is held whole, so an accepting endpoint holds
+/// at most `max_concurrent_streams` ([`crate::TransportSettings`]) ×
+/// `max_payload` bytes of requests per connection. Piece maps are small (32 bytes
+/// per piece: 320 KiB for 10 GiB in 1 MiB pieces), so a server with many clients
+/// should set `max_payload` to a few MiB.
 #[derive(Debug, Clone)]
 pub struct LargeConfig {
     /// Largest request or response payload accepted or sent, in bytes.

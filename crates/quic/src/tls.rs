@@ -332,3 +332,71 @@ pub fn client_config(
     config.enable_sni = false;
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Role;
+    use std::time::{Duration, SystemTime};
+
+    fn client(name: &str, serial: u8) -> PeerIdentity {
+        PeerIdentity {
+            role: Role::Client(ClientName::new(name).unwrap()),
+            serial: vec![serial],
+        }
+    }
+
+    #[test]
+    fn revocation_by_client_and_by_serial() {
+        let list = RevocationList::new();
+        let shared = list.clone();
+        let (a1, a2, b) = (client("a", 1), client("a", 2), client("b", 3));
+        assert!(!list.is_revoked(&a1));
+        shared.revoke_client(ClientName::new("a").unwrap());
+        assert!(list.is_revoked(&a1) && list.is_revoked(&a2) && !list.is_revoked(&b));
+        list.reinstate_client(&ClientName::new("a").unwrap());
+        list.revoke_serial(&[1]);
+        assert!(list.is_revoked(&a1) && !list.is_revoked(&a2));
+        // The server is never revoked by name, only by serial.
+        let server = PeerIdentity {
+            role: Role::Server,
+            serial: vec![9],
+        };
+        list.replace([ClientName::new("b").unwrap()], [vec![9]]);
+        assert!(list.is_revoked(&server) && list.is_revoked(&b) && !list.is_revoked(&a1));
+        list.replace([], []);
+        assert!(!list.is_revoked(&server) && !list.is_revoked(&b));
+    }
+
+    #[test]
+    fn configs_refuse_another_deployments_trust() {
+        let now = SystemTime::now();
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let ca =
+            crate::DeploymentCa::generate(DeploymentName::new("acme").unwrap(), now, year).unwrap();
+        let other =
+            crate::DeploymentCa::generate(DeploymentName::new("beta").unwrap(), now, year).unwrap();
+        let id = ca.server_identity(now, year).unwrap();
+        let trust = DeploymentTrust::new(ca.deployment().clone(), ca.certificate().clone());
+        assert!(server_config(&id, &trust, b"x").is_ok());
+        assert!(client_config(&id, &trust, b"x").is_ok());
+        let wrong = DeploymentTrust::new(other.deployment().clone(), other.certificate().clone());
+        assert!(matches!(
+            server_config(&id, &wrong, b"x"),
+            Err(TlsError::DeploymentMismatch { .. })
+        ));
+        assert!(matches!(
+            client_config(&id, &wrong, b"x"),
+            Err(TlsError::DeploymentMismatch { .. })
+        ));
+        // A non-certificate as CA is refused clearly.
+        let garbage = DeploymentTrust::new(
+            ca.deployment().clone(),
+            CertificateDer::from(vec![1u8, 2, 3]),
+        );
+        assert!(matches!(
+            server_config(&id, &garbage, b"x"),
+            Err(TlsError::BadCa(_))
+        ));
+    }
+}
