@@ -27,7 +27,7 @@ use crate::endpoint::{
 use crate::identity::{PeerIdentity, Role};
 use crate::large::{
     LargeError, MAX_REASON_LEN, STREAM_ABANDONED, STREAM_BAD_FRAME, expect_end, read_exact,
-    read_payload,
+    read_payload, write_error,
 };
 use crate::node::NodeIdentity;
 use crate::piece_wire::{
@@ -137,7 +137,7 @@ pub async fn fetch_piece(
         let (mut send, mut recv) = conn.open_bi().await.map_err(LargeError::from)?;
         send.write_all(&request.encode())
             .await
-            .map_err(|e| LargeError::Stream(e.to_string()))?;
+            .map_err(write_error)?;
         send.finish()
             .map_err(|e| LargeError::Stream(e.to_string()))?;
         let mut header = [0u8; RESPONSE_HEADER_LEN];

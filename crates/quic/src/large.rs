@@ -118,7 +118,7 @@ fn read_error(e: quinn::ReadError) -> LargeError {
     }
 }
 
-fn write_error(e: quinn::WriteError) -> LargeError {
+pub(crate) fn write_error(e: quinn::WriteError) -> LargeError {
     match e {
         quinn::WriteError::Stopped(code) => LargeError::Aborted(code.into_inner()),
         quinn::WriteError::ConnectionLost(c) => LargeError::Connection(c),

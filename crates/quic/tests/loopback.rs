@@ -1005,3 +1005,50 @@ async fn each_connection_can_get_its_own_congestion_controller() {
     .await
     .expect("test hung");
 }
+
+/// A source that never finishes reading: a stuck disk.
+struct StuckSource;
+
+impl PieceSource for StuckSource {
+    async fn read_piece(
+        &self,
+        _peer: &PeerIdentity,
+        _content: &[u8; 32],
+        _piece: u32,
+    ) -> Result<Bytes, PieceError> {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Err(PieceError::NotFound)
+    }
+}
+
+#[tokio::test]
+async fn a_slow_peer_hits_the_piece_timeout_and_the_connection_stays_usable() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let a = content_node(&dep.client("aa01"), dep.trust());
+        let b = content_node(&dep.client("bb02"), dep.trust());
+        let _serving = a.serve(Arc::new(StuckSource));
+        let (conn, _) = b
+            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
+            .await
+            .unwrap();
+        let quick = ContentConfig {
+            piece_timeout: Duration::from_millis(200),
+            ..ContentConfig::default()
+        };
+        let req = PieceRequest {
+            content: CONTENT,
+            piece: 0,
+            offset: 0,
+            len: 0,
+        };
+        let err = branchline_quic::fetch_piece(&conn, &req, &quick)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ContentError::Timeout(_)), "{err}");
+        // The scheduler can still ask this peer for something else.
+        assert!(conn.close_reason().is_none());
+    })
+    .await
+    .expect("test hung");
+}
