@@ -176,6 +176,33 @@ impl DeploymentCa {
         })
     }
 
+    /// Loads the CA from `dir`, or, on first setup, creates one for `deployment`
+    /// and saves it there. A CA found in `dir` must be for `deployment`.
+    pub fn load_or_generate(
+        dir: &Path,
+        deployment: DeploymentName,
+        now: SystemTime,
+        validity: Duration,
+    ) -> Result<Self, IdentityError> {
+        if dir.join(CA_KEY_FILE).exists() {
+            let ca = Self::load(dir)?;
+            if ca.deployment != deployment {
+                return Err(IdentityError::Untrusted {
+                    expected: format!("CA of deployment {deployment}"),
+                    detail: format!(
+                        "{} holds the CA of deployment {}; point the server at the right directory",
+                        dir.display(),
+                        ca.deployment
+                    ),
+                });
+            }
+            return Ok(ca);
+        }
+        let ca = Self::generate(deployment, now, validity)?;
+        ca.save(dir)?;
+        Ok(ca)
+    }
+
     /// The deployment this CA serves.
     pub fn deployment(&self) -> &DeploymentName {
         &self.deployment
@@ -412,6 +439,17 @@ mod tests {
             ca.certificate().len()
         );
         assert!(cert.len() + ca.certificate().len() <= 1000);
+    }
+
+    #[test]
+    fn first_setup_creates_the_ca_and_later_starts_load_it() {
+        let now = SystemTime::now();
+        let dir = tempfile::tempdir().unwrap();
+        let first = DeploymentCa::load_or_generate(dir.path(), dep("acme"), now, YEAR).unwrap();
+        let again = DeploymentCa::load_or_generate(dir.path(), dep("acme"), now, YEAR).unwrap();
+        assert_eq!(first.certificate(), again.certificate());
+        let err = DeploymentCa::load_or_generate(dir.path(), dep("beta"), now, YEAR).unwrap_err();
+        assert!(err.to_string().contains("deployment acme"), "{err}");
     }
 
     #[test]

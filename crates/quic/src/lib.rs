@@ -136,3 +136,6 @@ pub use node::{CertRequest, ClientIdentity, IdentityError, NodeIdentity};
 pub use piece_wire::PieceRequest;
 pub use pool::ConnectionPool;
 pub use tls::{DeploymentTrust, RevocationList, TlsError};
+
+/// DER certificate bytes, as carried in registration replies.
+pub use rustls::pki_types::CertificateDer;
