@@ -127,6 +127,14 @@ impl ClientName {
         Ok(Self(name))
     }
 
+    /// The name of a client whose id is `id`: the id in lowercase hex, as
+    /// `branchline-wire`'s `ClientId` displays it (16 bytes give 32 characters).
+    /// Ids of 1 to 31 bytes fit a DNS label.
+    pub fn from_id(id: &[u8]) -> Result<Self, NameError> {
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        Self::new(hex)
+    }
+
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -253,6 +261,13 @@ mod tests {
         assert!(DeploymentName::new("1234").is_err());
         assert!(DeploymentName::new("0xab").is_err());
         assert!(ClientName::new("1234").is_ok());
+        assert_eq!(
+            ClientName::from_id(&[0x0f, 0xa0, 0x01]).unwrap().as_str(),
+            "0fa001"
+        );
+        assert_eq!(ClientName::from_id(&[0xab; 16]).unwrap().as_str().len(), 32);
+        assert!(ClientName::from_id(&[]).is_err());
+        assert!(ClientName::from_id(&[1; 32]).is_err());
         assert!(ClientName::new("a".repeat(63)).is_ok());
     }
 
