@@ -559,6 +559,13 @@ impl Testbed {
             ip_batch(Some(ns), lines)?;
         }
 
+        // Hosts send real frames, so their interface counters (e.g. what
+        // the origin sent) count every frame's headers, like the WAN
+        // counters do.
+        for hs in st.hosts.values() {
+            netns::in_netns(&hs.netns, || crate::offload::disable_offloads("eth0"))??;
+        }
+
         // Offloads, shapers and loss on the router side of each WAN link.
         let mut rtc = Vec::new();
         let mut stc = Vec::new();

@@ -489,6 +489,16 @@ wan = { rate_mbit = 20, queue_ms = 100, delay_ms = 20, loss_percent = 0.5 }
     }
 
     #[test]
+    fn shipped_topologies_parse() {
+        let two = Topology::from_toml(include_str!("../topologies/two-offices.toml")).unwrap();
+        assert_eq!(two.host_names().count(), 5);
+        let three = Topology::from_toml(include_str!("../topologies/three-offices.toml")).unwrap();
+        let west = three.offices[2].wan.as_ref().unwrap();
+        assert_eq!(west.queue_limit_bytes(), Some(64_000));
+        assert_eq!(west.loss_percent, 0.5);
+    }
+
+    #[test]
     fn subnet_arithmetic() {
         let s: Subnet = "198.18.4.0/22".parse().unwrap();
         assert_eq!(s.broadcast(), Ipv4Addr::new(198, 18, 7, 255));
