@@ -35,7 +35,11 @@ pub fn require_root(what: &str) -> bool {
     if is_root() {
         true
     } else {
-        eprintln!(
+        // Straight to the stderr handle, not eprintln!: the test harness
+        // captures the macros' output of passing tests, and a skip must
+        // never be silent.
+        let _ = writeln!(
+            std::io::stderr(),
             "skipping {what}: needs root for network namespaces (run the tests as root, as CI does)"
         );
         false
@@ -140,8 +144,30 @@ pub fn tc_batch(ns: &str, lines: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Finds an executable on `PATH`.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            std::fs::metadata(p)
+                .map(|m| {
+                    m.is_file()
+                        && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+                })
+                .unwrap_or(false)
+        })
+}
+
 /// Loads an nftables ruleset inside a namespace (`ip netns exec NS nft -f -`).
 pub fn nft_load(ns: &str, ruleset: &str) -> Result<()> {
+    if find_program("nft").is_none() {
+        return Err(Error::MissingProgram {
+            program: "nft".into(),
+            package: "nftables".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+    }
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, "nft", "-f", "-"]);
     run_with_input(&mut cmd, Some(ruleset))?;

@@ -808,6 +808,19 @@ mod tests {
     }
 
     #[test]
+    fn testbed_can_be_shared_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Testbed>();
+        send_sync::<RunState>();
+    }
+
+    #[test]
+    fn finds_programs_on_path() {
+        assert!(netns::find_program("sh").is_some());
+        assert!(netns::find_program("no-such-program-here").is_none());
+    }
+
+    #[test]
     fn parses_tc_json() {
         let t = r#"[{"kind":"tbf","handle":"8025:","root":true,"refcnt":3,"options":{"rate":2500000},"bytes":1234,"packets":3,"drops":7,"overlimits":0,"requeues":0,"backlog":3028,"qlen":2}]"#;
         assert_eq!(parse_tc_json(t), Some((1234, 7, 3028, 2)));

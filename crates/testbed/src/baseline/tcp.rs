@@ -42,7 +42,8 @@ pub struct TcpOptions {
     /// Congestion control for the sender (`cubic`, `bbr`, `reno`), or the
     /// namespace default (cubic) when `None`.
     pub congestion: Option<String>,
-    /// Receiver's listening port.
+    /// Receiver's listening port (default 5001); give concurrent flows to
+    /// the same receiving host different ports.
     pub port: u16,
     /// Leading time left out of [`TcpReport::steady_mbit`] (slow start).
     pub warmup: Duration,
