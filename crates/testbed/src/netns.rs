@@ -336,9 +336,24 @@ pub fn delete_netns(names: &[String]) -> Result<()> {
     }
 }
 
-/// Whether a process with this pid exists.
+/// Whether a process with this pid exists and has not exited (a zombie
+/// waiting to be reaped by its parent counts as gone).
 pub fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
     // SAFETY: signal 0 only checks for existence and permission.
     let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let exists = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if !exists {
+        return false;
+    }
+    // /proc/PID/stat: "pid (comm) S ..."; comm may contain spaces or ')'.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z" && state != "X"),
+        Err(_) => true,
+    }
 }

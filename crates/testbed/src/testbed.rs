@@ -815,6 +815,24 @@ mod tests {
     }
 
     #[test]
+    fn zombies_and_bad_pids_are_not_alive() {
+        assert!(netns::pid_alive(std::process::id() as i32));
+        assert!(!netns::pid_alive(0));
+        assert!(!netns::pid_alive(-5));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Wait until it has exited but is not yet reaped.
+        for _ in 0..200 {
+            if !netns::pid_alive(pid) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!netns::pid_alive(pid), "an exited, unreaped child is not alive");
+        child.wait().unwrap();
+    }
+
+    #[test]
     fn finds_programs_on_path() {
         assert!(netns::find_program("sh").is_some());
         assert!(netns::find_program("no-such-program-here").is_none());
