@@ -237,11 +237,14 @@ impl Ledbat {
                 if qd_s > 0.75 * target {
                     self.exit_slow_start(now);
                 } else if !app_limited {
-                    let growth = match (self.idle_ramp_active(now), self.phase) {
-                        // Back up to a window this path held moments ago: safe at full speed.
-                        (true, Phase::SlowdownRamp) => 1.0,
-                        (true, _) => self.config.idle_growth.max(self.gain()),
-                        (false, _) => self.gain(),
+                    let growth = if self.phase == Phase::SlowdownRamp && self.config.idle_ramp {
+                        // Extension: back up to a window this path held moments ago, at full
+                        // slow-start speed; the ¾-target exit above still stops it at a queue.
+                        1.0
+                    } else if self.idle_ramp_active(now) {
+                        self.config.idle_growth.max(self.gain())
+                    } else {
+                        self.gain()
                     };
                     self.cwnd += growth * bytes;
                     if self.cwnd >= self.ssthresh {

@@ -34,8 +34,9 @@
 //!
 //! * **Idle-link ramp.** When the queueing delay has stayed under `idle_delay` (6 ms) for
 //!   `idle_hold_rtts` (2) smoothed round trips, nobody else is queueing at the bottleneck, so
-//!   the window grows multiplicatively (× 1.5 per round trip; doubling while ramping back after
-//!   a slowdown, which cannot overshoot the window held before it). The first sample with a
+//!   the window grows multiplicatively (× 1.5 per round trip). The ramp back after a slowdown
+//!   runs at full slow-start speed (× 2 per round trip): it cannot overshoot the window held
+//!   before the slowdown, and the ¾-target exit still stops it at the first queue. The first sample with a
 //!   queue above `idle_delay` stops the ramp, and the ordinary LEDBAT++ decrease applies. The
 //!   yield is untouched: competing TCP always builds a queue, and a queue switches the ramp
 //!   off. The same idea shortens a slowdown's frozen phase: it ends as soon as a sample shows

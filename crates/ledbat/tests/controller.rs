@@ -260,6 +260,42 @@ fn slows_down_on_schedule() {
 }
 
 #[test]
+fn slowdown_freeze_ends_once_the_queue_is_drained() {
+    // (config, shortest and longest expected freeze) at a 40 ms path with no queue: the
+    // extension ends the freeze after one base RTT, the draft holds it two smoothed RTTs.
+    let cases = [
+        (LedbatConfig::default(), 40 * MS, 50 * MS),
+        (LedbatConfig::draft(), 80 * MS, 100 * MS),
+    ];
+    for (config, shortest, longest) in cases {
+        let mut d = Driver::new(config);
+        d.exit_slow_start(40 * MS);
+        d.log.clear();
+        // An ACK frame every 5 ms, as the packets still in flight keep coming back.
+        for _ in 0..200 {
+            d.now += 5 * MS;
+            d.c.on_ack_sample(d.now, d.now - 40 * MS, 2400);
+            d.c.end_acks(d.now, false);
+            d.log.push((d.now, d.c.stats().phase, d.c.window()));
+        }
+        let start = d
+            .log
+            .iter()
+            .position(|e| e.1 == Phase::SlowdownFreeze)
+            .expect("a slowdown");
+        let end = d.log[start..]
+            .iter()
+            .find(|e| e.1 != Phase::SlowdownFreeze)
+            .expect("the freeze ends");
+        let frozen = end.0 - d.log[start].0;
+        assert!(
+            frozen >= shortest && frozen <= longest,
+            "frozen for {frozen:?}, expected {shortest:?}..{longest:?}"
+        );
+    }
+}
+
+#[test]
 fn slowdown_ramp_returns_to_the_previous_window() {
     let mut d = Driver::new(LedbatConfig::default());
     d.settle(40 * MS);
