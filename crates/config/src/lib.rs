@@ -356,6 +356,16 @@ mod tests {
         assert!(msg.contains("client.small_request"), "{msg}");
     }
 
+    /// The example in docs/configuration.md lists every key with its default.
+    #[test]
+    fn documented_example_is_the_defaults() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let start = doc.find("```toml\n").expect("a toml block") + 8;
+        let end = start + doc[start..].find("```").expect("block end");
+        let c = parse(&doc[start..end]).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
     #[test]
     fn missing_file_is_a_clear_error() {
         let err = Config::load(Some(Path::new("/nonexistent/branchline.toml"))).unwrap_err();
