@@ -828,7 +828,10 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert!(!netns::pid_alive(pid), "an exited, unreaped child is not alive");
+        assert!(
+            !netns::pid_alive(pid),
+            "an exited, unreaped child is not alive"
+        );
         child.wait().unwrap();
     }
 
