@@ -4,7 +4,9 @@
 //! `up` stays in the foreground and keeps the test bed (and its delay
 //! relays) alive until Ctrl-C, SIGTERM or `branchline-testbed down`; it
 //! saves the run's names in `/run/branchline-testbed/RUN.json` so that
-//! `exec`, `counters` and `down` in other terminals find it.
+//! `exec`, `counters` and `down` in other terminals find it. At teardown it
+//! prints the final WAN counters and saves them as `RUN.final.json`, which
+//! `counters --run RUN` reads once the run is down.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -181,6 +183,9 @@ fn live_states() -> Vec<RunState> {
     };
     let mut v = Vec::new();
     for e in rd.flatten() {
+        if e.file_name().to_string_lossy().ends_with(".final.json") {
+            continue;
+        }
         let Ok(text) = std::fs::read_to_string(e.path()) else {
             continue;
         };
@@ -242,18 +247,44 @@ fn install_signal_teardown() {
         let mut sig: libc::c_int = 0;
         // SAFETY: waits on a valid, initialised set.
         unsafe { libc::sigwait(&set, &mut sig) };
-        let runs = teardown_all_live();
-        for r in &runs {
-            let _ = std::fs::remove_file(state_path(r));
-        }
-        if !runs.is_empty() {
+        for f in teardown_all_live() {
+            let _ = std::fs::remove_file(state_path(&f.state.run));
+            save_final(&f.state.run, &f.counters);
             eprintln!(
                 "branchline-testbed: signal {sig}: tore down {}",
-                runs.join(", ")
+                f.state.run
             );
+            print_counters(&f.counters);
         }
         std::process::exit(128 + sig);
     });
+}
+
+/// Saves a run's last counters so `counters --run RUN` works after it.
+fn save_final(run: &str, counters: &[branchline_testbed::LinkCounters]) {
+    let _ = std::fs::create_dir_all(STATE_DIR);
+    let json = serde_json::to_string_pretty(counters).expect("counters serialise");
+    let _ = std::fs::write(final_path(run), json);
+}
+
+fn final_path(run: &str) -> PathBuf {
+    PathBuf::from(STATE_DIR).join(format!("{run}.final.json"))
+}
+
+fn print_counters(c: &[branchline_testbed::LinkCounters]) {
+    println!(
+        "{:<12} {:<9} {:>14} {:>10}",
+        "link", "direction", "bytes", "frames"
+    );
+    for x in c {
+        println!(
+            "{:<12} {:<9} {:>14} {:>10}",
+            x.link,
+            x.dir.to_string(),
+            x.bytes,
+            x.packets
+        );
+    }
 }
 
 fn print_state(s: &RunState) {
@@ -297,8 +328,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if !tb.relays_running() {
                     eprintln!("a delay relay stopped; tearing down");
                     let run = tb.run_name().to_string();
-                    let r = tb.down();
+                    let r = tb.finish();
                     let _ = std::fs::remove_file(state_path(&run));
+                    save_final(&run, r.as_deref().unwrap_or_default());
                     r?;
                     return Ok(ExitCode::FAILURE);
                 }
@@ -316,24 +348,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ))
         }
         Cmd::Counters { run, json } => {
-            let st = pick_run(&run)?;
-            let c = st.wan_counters()?;
+            let c = match (pick_run(&run), &run) {
+                (Ok(st), _) => st.wan_counters()?,
+                // A run that is down: its last counters, saved at teardown.
+                (Err(e), Some(r)) => match std::fs::read_to_string(final_path(r)) {
+                    Ok(text) => serde_json::from_str(&text).map_err(|_| e)?,
+                    Err(_) => return Err(e),
+                },
+                (Err(e), None) => return Err(e),
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&c).expect("serialises"));
             } else {
-                println!(
-                    "{:<12} {:<9} {:>14} {:>10}",
-                    "link", "direction", "bytes", "frames"
-                );
-                for x in c {
-                    println!(
-                        "{:<12} {:<9} {:>14} {:>10}",
-                        x.link,
-                        x.dir.to_string(),
-                        x.bytes,
-                        x.packets
-                    );
-                }
+                print_counters(&c);
             }
             Ok(ExitCode::SUCCESS)
         }

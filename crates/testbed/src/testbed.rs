@@ -43,7 +43,7 @@ pub const PREFIX: &str = "bl";
 static RUN_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Runs of this process that are up, for [`teardown_all_live`].
-static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static LIVE: Mutex<Vec<RunState>> = Mutex::new(Vec::new());
 
 /// Which way frames crossed a WAN link, seen from the office.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -428,18 +428,30 @@ pub fn remove_run(run: &str) -> Result<usize> {
     Ok(names.len())
 }
 
+/// A run torn down by [`teardown_all_live`], with its last counters.
+#[derive(Clone, Debug)]
+pub struct FinalRun {
+    /// The run's state (names, topology).
+    pub state: RunState,
+    /// WAN counters read just before teardown (empty if unreadable).
+    pub counters: Vec<LinkCounters>,
+}
+
 /// Tears down every run of this process that is still up, as fast as
 /// possible: for signal handlers of programs that then exit (relay sockets
-/// close at exit). Returns the runs removed.
-pub fn teardown_all_live() -> Vec<String> {
-    let runs: Vec<String> = LIVE
+/// close at exit). Returns the runs removed, with their final counters.
+pub fn teardown_all_live() -> Vec<FinalRun> {
+    let runs: Vec<RunState> = LIVE
         .lock()
         .map(|mut l| std::mem::take(&mut *l))
         .unwrap_or_default();
-    for r in &runs {
-        let _ = remove_run(r);
-    }
-    runs
+    runs.into_iter()
+        .map(|state| {
+            let counters = state.wan_counters().unwrap_or_default();
+            let _ = remove_run(&state.run);
+            FinalRun { state, counters }
+        })
+        .collect()
 }
 
 impl Testbed {
@@ -453,9 +465,10 @@ impl Testbed {
         topo.validate()?;
         let _ = reap_stale();
         let run = new_run_name();
-        LIVE.lock().map(|mut l| l.push(run.clone())).ok();
+        let state = RunState::new(run, topo);
+        LIVE.lock().map(|mut l| l.push(state.clone())).ok();
         let mut tb = Testbed {
-            state: RunState::new(run, topo),
+            state,
             relays: Vec::new(),
             torn_down: false,
         };
@@ -748,6 +761,14 @@ impl Testbed {
         self.teardown()
     }
 
+    /// Reads the WAN counters one last time, then tears down like
+    /// [`Testbed::down`]; returns the counters.
+    pub fn finish(mut self) -> Result<Vec<LinkCounters>> {
+        let counters = self.wan_counters();
+        self.teardown()?;
+        counters
+    }
+
     fn teardown(&mut self) -> Result<()> {
         if self.torn_down {
             return Ok(());
@@ -764,7 +785,7 @@ impl Testbed {
             problems.push(e.to_string());
         }
         if let Ok(mut l) = LIVE.lock() {
-            l.retain(|r| r != &self.state.run);
+            l.retain(|r| r.run != self.state.run);
         }
         if problems.is_empty() {
             Ok(())

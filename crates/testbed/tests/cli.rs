@@ -119,6 +119,19 @@ fn cli_up_exec_counters_then_interrupt_tears_down() {
         run_netns(&run)
     );
     assert!(!PathBuf::from(format!("/run/branchline-testbed/{run}.json")).exists());
+    // The final counters stay readable after the run.
+    let out = Command::new(BIN)
+        .args(["counters", "--run", &run, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let _ = std::fs::remove_file(format!("/run/branchline-testbed/{run}.final.json"));
     let _ = std::fs::remove_file(topo);
 }
 
