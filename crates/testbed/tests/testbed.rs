@@ -287,3 +287,29 @@ fn random_loss_drops_about_the_configured_share() {
     );
     tb.down().unwrap();
 }
+
+#[test]
+fn leftovers_of_a_killed_process_are_reaped() {
+    if !require_root("leftovers_of_a_killed_process_are_reaped") {
+        return;
+    }
+    // A process that has exited stands for a test killed with SIGKILL,
+    // whose Drop never ran: its namespaces are still there.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    let dead = child.id();
+    let names = [format!("bl{dead}x0-router"), format!("bl{dead}x0-h-c1")];
+    for n in &names {
+        let st = std::process::Command::new("ip")
+            .args(["netns", "add", n])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    // Any new run (or `branchline-testbed down --stale`) removes them; a
+    // test running beside this one may get there first, which is fine.
+    branchline_testbed::reap_stale().unwrap();
+    for n in &names {
+        assert!(!netns::netns_exists(n), "{n} is still there");
+    }
+}
