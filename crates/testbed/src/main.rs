@@ -184,6 +184,16 @@ fn live_states() -> Vec<RunState> {
     let mut v = Vec::new();
     for e in rd.flatten() {
         if e.file_name().to_string_lossy().ends_with(".final.json") {
+            // Final counters are kept for a day.
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(24 * 3600));
+            if old {
+                let _ = std::fs::remove_file(e.path());
+            }
             continue;
         }
         let Ok(text) = std::fs::read_to_string(e.path()) else {

@@ -151,6 +151,7 @@ fn cli_down_stops_a_running_up() {
     let status = wait_exit(&mut up, Duration::from_secs(10));
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
     assert!(run_netns(&run).is_empty());
+    let _ = std::fs::remove_file(format!("/run/branchline-testbed/{run}.final.json"));
     let _ = std::fs::remove_file(topo);
 }
 
