@@ -18,7 +18,8 @@
 //!
 //! Run as root: `cargo bench -p branchline-ledbat --bench wan` (options after `--`:
 //! `--variant ledbat|draft|cubic` and `--tcp cubic|bbr`, both repeatable, `--alone S`,
-//! `--compete S`, `--after S`, `--timeline`). Without root it prints why it skips.
+//! `--compete S`, `--after S`, `--timeline`, `--repeat N`, `--loss PERCENT`; `--tcp none` runs
+//! Background alone). Without root it prints why it skips.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -81,6 +82,10 @@ struct Options {
     compete: Duration,
     after: Duration,
     timeline: bool,
+    /// Random loss on the WAN link, percent of frames each direction.
+    loss: f64,
+    /// Runs of each (controller, TCP) pair.
+    repeat: u32,
 }
 
 fn parse_args() -> Res<Options> {
@@ -91,6 +96,8 @@ fn parse_args() -> Res<Options> {
         compete: Duration::from_secs(10),
         after: Duration::from_secs(12),
         timeline: false,
+        loss: 0.0,
+        repeat: 1,
     };
     let mut args = std::env::args().skip(1);
     let secs = |v: Option<String>, what: &str| -> Res<Duration> {
@@ -115,13 +122,35 @@ fn parse_args() -> Res<Options> {
                 }
             },
             "--tcp" => match args.next() {
-                Some(cc) if cc == "cubic" || cc == "bbr" || cc == "reno" => o.tcps.push(cc),
-                other => return Err(format!("--tcp {other:?}: use cubic, bbr or reno").into()),
+                Some(cc) if ["cubic", "bbr", "reno", "none"].contains(&cc.as_str()) => {
+                    o.tcps.push(cc)
+                }
+                other => {
+                    return Err(format!("--tcp {other:?}: use cubic, bbr, reno or none").into());
+                }
             },
+            "--loss" => {
+                let v = args.next().ok_or("--loss needs a percentage")?;
+                o.loss = v
+                    .parse()
+                    .map_err(|_| format!("--loss: {v:?} is not a number"))?;
+                if !(0.0..=20.0).contains(&o.loss) {
+                    return Err("--loss: use 0 to 20 (percent)".into());
+                }
+            }
             "--alone" => o.alone = secs(args.next(), "--alone")?,
             "--compete" => o.compete = secs(args.next(), "--compete")?,
             "--after" => o.after = secs(args.next(), "--after")?,
             "--timeline" => o.timeline = true,
+            "--repeat" => {
+                let v = args.next().ok_or("--repeat needs a count")?;
+                o.repeat = v
+                    .parse()
+                    .map_err(|_| format!("--repeat: {v:?} is not a count"))?;
+                if !(1..=20).contains(&o.repeat) {
+                    return Err("--repeat: use 1 to 20".into());
+                }
+            }
             other => return Err(format!("unknown option {other:?}").into()),
         }
     }
@@ -204,6 +233,7 @@ fn run(opts: &Options) -> Res<()> {
             rate_mbit: Some(RATE_MBIT),
             queue_ms: Some(QUEUE_MS),
             delay_ms: DELAY_MS,
+            loss_percent: opts.loss,
             ..Default::default()
         },
     );
@@ -212,6 +242,12 @@ fn run(opts: &Options) -> Res<()> {
         "# WAN link: {RATE_MBIT} Mbit/s tbf, {QUEUE_MS} ms queue, {DELAY_MS} ms propagation each way \
          (sender in central, receiver in branch)"
     );
+    if opts.loss > 0.0 {
+        println!(
+            "# random loss on the WAN link: {} % of frames each way",
+            opts.loss
+        );
+    }
     println!(
         "# phases: Background alone {:.0} s, with TCP {:.0} s, after TCP {:.0} s; bins of {} ms",
         opts.alone.as_secs_f64(),
@@ -227,6 +263,10 @@ fn run(opts: &Options) -> Res<()> {
 
     let mut solo = Vec::new();
     for cc in &opts.tcps {
+        if cc == "none" {
+            solo.push((cc.clone(), 0.0));
+            continue;
+        }
         let (rate, qd) = tcp_solo(&tb, cc, base)?;
         println!(
             "# TCP {cc} solo: {:.2} Mbit/s goodput ({:.1} % of link), median queueing delay {:.1} ms",
@@ -240,8 +280,10 @@ fn run(opts: &Options) -> Res<()> {
     let mut summary = Vec::new();
     for &variant in &opts.variants {
         for (cc, solo_rate) in &solo {
-            let r = scenario(&tb, opts, variant, cc, *solo_rate, base)?;
-            summary.push(r);
+            for _ in 0..opts.repeat {
+                let r = scenario(&tb, opts, variant, cc, *solo_rate, base)?;
+                summary.push(r);
+            }
         }
     }
 
@@ -258,6 +300,20 @@ fn run(opts: &Options) -> Res<()> {
         "back to 80%"
     );
     for r in &summary {
+        if r.tcp == "none" {
+            println!(
+                "{:<24} {:<6} {:>9.1}% {:>7.1} ms {:>10} {:>10} {:>10} {:>11}",
+                r.variant.name(),
+                r.tcp,
+                r.alone_util * 100.0,
+                ms(r.alone_qd_median),
+                "-",
+                "-",
+                "-",
+                "-"
+            );
+            continue;
+        }
         println!(
             "{:<24} {:<6} {:>9.1}% {:>7.1} ms {:>10} {:>9.1}% {:>9.1}% {:>11}",
             r.variant.name(),
@@ -381,7 +437,12 @@ fn scenario(
     solo: f64,
     base: Duration,
 ) -> Res<Summary> {
-    let total = opts.alone + opts.compete + opts.after;
+    let with_tcp = cc != "none";
+    let total = if with_tcp {
+        opts.alone + opts.compete + opts.after
+    } else {
+        opts.alone
+    };
     let epoch = Instant::now() + Duration::from_millis(500);
     let deadline = epoch + total + Duration::from_secs(2);
     let receiver = SocketAddr::from((tb.host_addr("receiver")?, QUIC_PORT));
@@ -425,7 +486,7 @@ fn scenario(
             .map(|c| c.bytes)
             .ok_or("no inbound counter for the branch link")?;
         counters.push((t, inbound));
-        if t >= opts.alone && tcp.is_none() && t < opts.alone + opts.compete {
+        if with_tcp && t >= opts.alone && tcp.is_none() && t < opts.alone + opts.compete {
             tcp = Some(TcpRun::start(tb, cc, epoch, deadline)?);
         }
         if t >= opts.alone + opts.compete
@@ -437,7 +498,7 @@ fn scenario(
         next += BIN;
     }
     stop_all.store(true, Ordering::SeqCst);
-    let (cc_samples, _) = join(quic_tx)?;
+    let (cc_samples, conn_stats) = join(quic_tx)?;
     let quic_bins = join(quic_rx)?;
     let probes = join(probes)?;
     join(echo)?;
@@ -466,13 +527,13 @@ fn scenario(
 
     let tcp_start = index(opts.alone);
     let tcp_stop = index(opts.alone + opts.compete);
-    let tcp_to_90 = (tcp_start..tcp_stop)
+    let tcp_to_90 = (tcp_start..tcp_stop.min(index(total)))
         .find(|&i| tcp_bins.rate(i) >= 0.9 * solo)
         .map(|i| BIN * (i + 1 - tcp_start) as u32);
     let both_tcp = tcp_bins.sum(opts.alone, opts.alone + opts.compete) as f64;
     let both_quic = quic_bins.sum(opts.alone, opts.alone + opts.compete) as f64;
     let tcp_share = both_tcp / (both_tcp + both_quic).max(1.0);
-    let tcp_vs_solo = both_tcp / opts.compete.as_secs_f64() / solo;
+    let tcp_vs_solo = both_tcp / opts.compete.as_secs_f64() / solo.max(1.0);
     let end = index(total);
     let recovery_80 = (tcp_stop..end)
         .find(|&i| quic_bins.rate(i) * overhead >= 0.8 * LINK_BYTES)
@@ -494,23 +555,38 @@ fn scenario(
         ms(alone_qd_median),
         ms(alone_qd_p95),
     );
+    let reactions = match cc_samples.last() {
+        Some((_, Some(st), _)) => format!(
+            ", {} loss events taken as random, {} as congestion, {} slowdowns",
+            st.random_losses, st.congestion_losses, st.slowdowns
+        ),
+        _ => String::new(),
+    };
     println!(
-        "TCP {cc} started at {:.0} s: 90 % of solo ({:.2} Mbit/s) after {}; \
+        "Background sent {} packets, {} lost ({:.2} %){reactions}",
+        conn_stats.path.sent_packets,
+        conn_stats.path.lost_packets,
+        conn_stats.path.lost_packets as f64 / conn_stats.path.sent_packets.max(1) as f64 * 100.0,
+    );
+    if with_tcp {
+        println!(
+            "TCP {cc} started at {:.0} s: 90 % of solo ({:.2} Mbit/s) after {}; \
          TCP share while both run {:.1} % (TCP at {:.1} % of solo, Background {:.2} Mbit/s), \
          median queueing delay {:.1} ms",
-        opts.alone.as_secs_f64(),
-        solo * 0.9 * 8.0 / 1e6,
-        secs_or(tcp_to_90),
-        tcp_share * 100.0,
-        tcp_vs_solo * 100.0,
-        both_quic / opts.compete.as_secs_f64() * 8.0 / 1e6,
-        ms(qd_both),
-    );
-    println!(
-        "TCP stopped at {:.0} s: Background back to 80 % of the link after {}",
-        (opts.alone + opts.compete).as_secs_f64(),
-        secs_or(recovery_80),
-    );
+            opts.alone.as_secs_f64(),
+            solo * 0.9 * 8.0 / 1e6,
+            secs_or(tcp_to_90),
+            tcp_share * 100.0,
+            tcp_vs_solo * 100.0,
+            both_quic / opts.compete.as_secs_f64() * 8.0 / 1e6,
+            ms(qd_both),
+        );
+        println!(
+            "TCP stopped at {:.0} s: Background back to 80 % of the link after {}",
+            (opts.alone + opts.compete).as_secs_f64(),
+            secs_or(recovery_80),
+        );
+    }
     if opts.timeline {
         println!(
             "  t(s)  bg Mbit/s  tcp Mbit/s  link %  probe qd ms  cwnd kB  ledbat qd ms  phase"
