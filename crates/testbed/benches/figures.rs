@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use branchline_testbed::baseline::tcp::{TcpOptions, Until, tcp_bulk};
 use branchline_testbed::baseline::{DownloadOptions, bittorrent, http};
-use branchline_testbed::probe::udp_rtt;
+use branchline_testbed::probe::{icmp_rtt, udp_rtt};
 use branchline_testbed::{Testbed, Topology, WanLink, require_root};
 
 fn link(rate: f64, queue_ms: f64, delay_ms: f64) -> WanLink {
@@ -37,14 +37,19 @@ fn main() -> Result<(), branchline_testbed::Error> {
         link(100.0, 100.0, 25.0),
     ))?;
     // One exchange first: ARP crosses the relay too and would add a round trip.
-    udp_rtt(&tb, "c1", "server", 7101, 2, Duration::from_secs(1))?;
-    let r = udp_rtt(&tb, "c1", "server", 7100, 200, Duration::from_secs(1))?;
+    icmp_rtt(&tb, "c1", "server", 2, Duration::from_secs(1))?;
+    let icmp = icmp_rtt(&tb, "c1", "server", 200, Duration::from_secs(1))?;
+    let udp = udp_rtt(&tb, "c1", "server", 7100, 200, Duration::from_secs(1))?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "relay accuracy (25 ms each way, want 50 ms round trip): {} probes, min {:.2} ms, median {:.2} ms, max {:.2} ms",
-        r.answered,
-        r.min.as_secs_f64() * 1e3,
-        r.median.as_secs_f64() * 1e3,
-        r.max.as_secs_f64() * 1e3
+        "relay accuracy (25 ms each way, want 50 ms round trip): ICMP (kernel-stamped) min {:.2} median {:.2} max {:.2} ms; \
+         UDP echo between threads min {:.2} median {:.2} max {:.2} ms",
+        ms(icmp.min),
+        ms(icmp.median),
+        ms(icmp.max),
+        ms(udp.min),
+        ms(udp.median),
+        ms(udp.max)
     );
     tb.down()?;
 

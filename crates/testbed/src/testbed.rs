@@ -498,6 +498,10 @@ impl Testbed {
             ];
             if &ns == r {
                 sys.push(("net/ipv4/ip_forward", "1"));
+            } else {
+                // ICMP datagram ("ping") sockets for every group, as on
+                // most distributions: probe::icmp_rtt uses them.
+                sys.push(("net/ipv4/ping_group_range", "0 2147483647"));
             }
             netns::write_sysctls(&ns, &sys)?;
         }
