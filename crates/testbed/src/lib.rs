@@ -14,7 +14,7 @@
 //!   it is a **WAN link** with a token-bucket rate and queue (tbf) on the
 //!   router side in both directions, optional random loss (nftables
 //!   `numgen`) and optional propagation delay, added by a userspace
-//!   layer-2 [relay](relay) because the kernel has no netem;
+//!   layer-2 [`relay`] because the kernel has no netem;
 //! - **counters** of what crossed each WAN link in each direction are the
 //!   link's interface statistics ([`Testbed::wan_counters`]);
 //! - **teardown** always happens: [`Testbed::down`], `Drop` (also during a
@@ -24,8 +24,15 @@
 //!   by side.
 //!
 //! [`baseline`] holds the figures Branchline is compared with, measured on
-//! the same test bed: a TCP bulk transfer, every client downloading over
-//! HTTP from the origin, and a BitTorrent swarm.
+//! the same test bed: a TCP bulk transfer (also usable as a competing flow
+//! with a chosen congestion control), every client downloading over HTTP
+//! from the origin, and a BitTorrent swarm. [`probe`] measures round trips
+//! (kernel-stamped ICMP, or UDP between threads) and broadcast reach.
+//!
+//! Offloads (TSO, GSO, checksum) are off on the hosts and where frames
+//! head for a WAN link, so every interface counter counts real frames with
+//! their own headers and the relay only sees frames it can put back on a
+//! wire.
 //!
 //! Everything here needs root; tests call [`require_root`] and skip with a
 //! clear message without it.
