@@ -74,6 +74,8 @@ fn register(id: ClientId, n: usize) -> Body {
         version: "0.1.0".into(),
         heartbeat_interval_ms: 30_000,
         ports: None,
+        // No certificate: this measures the small-message path alone.
+        cert_request: Vec::new(),
     })
 }
 

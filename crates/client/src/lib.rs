@@ -9,9 +9,12 @@
 //!
 //! * [`identity`]: the client id file and the data-directory lock.
 //! * [`netinfo`]: host name, address, subnet and free space reported to the server.
+//! * [`services`]: once registered (and issued a certificate): the content cache served to
+//!   peers over QUIC, and large messages to the server.
 
 pub mod identity;
 pub mod netinfo;
+pub mod services;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -23,7 +26,7 @@ use branchline_transport::{
     BindError, Context, Handler, ReplayConfig, RequestError, Requester, Responder, Response,
     RetryPolicy, bind_udp, serve_reserved,
 };
-use branchline_wire::msg::{Ack, ErrorCode, ErrorReply, Heartbeat, Register};
+use branchline_wire::msg::{Ack, ErrorCode, ErrorReply, Heartbeat, Register, RegisterOk};
 use branchline_wire::validate::Ports;
 use branchline_wire::{Body, ClientId, DeploymentKey, SOFTWARE_VERSION};
 use rand::Rng;
@@ -31,6 +34,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use identity::IdentityError;
+pub use services::Services;
+
+use branchline_quic::{CertificateDer, ClientIdentity, ClientName, DeploymentName, Role};
+use branchline_store::{Cache, CacheCap, FsStorage};
 
 /// Everything needed to start a client.
 #[derive(Clone, Debug)]
@@ -61,6 +68,14 @@ pub enum ClientError {
     KeyMismatch(RequestError),
     #[error("the server refused this client's registration: {0}")]
     Refused(RequestError),
+    #[error("client identity (QUIC key) in {dir}: {message}")]
+    Quic { dir: PathBuf, message: String },
+    #[error("content cache in {dir}: {message}")]
+    Cache { dir: PathBuf, message: String },
+    #[error("the server issued a certificate this client cannot use: {0}")]
+    Certificate(String),
+    #[error("cannot start the QUIC services: {0}")]
+    Services(String),
 }
 
 /// The client's view of its registration, for status displays.
@@ -84,6 +99,8 @@ pub enum Status {
 pub struct Client {
     id: ClientId,
     status: watch::Receiver<Status>,
+    services: watch::Receiver<Option<Arc<Services>>>,
+    cache: Arc<Cache<FsStorage>>,
     /// The registration loop; `None` once it has ended and been awaited.
     main: Option<JoinHandle<ClientError>>,
     tasks: Vec<JoinHandle<()>>,
@@ -126,6 +143,28 @@ impl Client {
     pub async fn start(opts: ClientOptions) -> Result<Client, ClientError> {
         let lock = identity::DataDirLock::acquire(&opts.data_dir)?;
         let id = identity::load_or_create(&opts.data_dir)?;
+        let quic_dir = opts.data_dir.join("identity");
+        let quic_identity =
+            ClientIdentity::load_or_generate(&quic_dir).map_err(|e| ClientError::Quic {
+                dir: quic_dir.clone(),
+                message: e.to_string(),
+            })?;
+        let cache_dir = opts.data_dir.join("cache");
+        let cache = {
+            let dir = cache_dir.clone();
+            let cap = CacheCap::Bytes(opts.cache_size_bytes);
+            tokio::task::spawn_blocking(move || Cache::open(&dir, cap, services::now_ms()))
+                .await
+                .map_err(|e| ClientError::Cache {
+                    dir: cache_dir.clone(),
+                    message: e.to_string(),
+                })?
+                .map_err(|e| ClientError::Cache {
+                    dir: cache_dir.clone(),
+                    message: e.to_string(),
+                })?
+        };
+        let cache = Arc::new(cache);
 
         let mut ctx = Context::new(vec![opts.key.derive()]);
         ctx.retry = opts.retry;
@@ -136,16 +175,22 @@ impl Client {
         let reply = bind_udp(ip, p.small_reply, "client.small_reply").await?;
         let mut reserved = Vec::new();
         for (port, name) in [
-            (p.large_fg_request, "client.large_fg_request"),
-            (p.large_fg_reply, "client.large_fg_reply"),
             (p.large_bg_request, "client.large_bg_request"),
             (p.large_bg_reply, "client.large_bg_reply"),
             (p.broadcast, "client.broadcast"),
-            (p.content_fg, "client.content_fg"),
             (p.content_bg, "client.content_bg"),
             (p.adaptive, "client.adaptive"),
         ] {
             reserved.push(bind_udp(ip, port, name).await?);
+        }
+        // Held until the first certificate arrives; then QUIC takes these ports over.
+        let mut quic_ports = Vec::new();
+        for (port, name) in [
+            (p.large_fg_request, "client.large_fg_request"),
+            (p.large_fg_reply, "client.large_fg_reply"),
+            (p.content_fg, "client.content_fg"),
+        ] {
+            quic_ports.push(bind_udp(ip, port, name).await?);
         }
 
         let mut tasks = Vec::new();
@@ -158,12 +203,25 @@ impl Client {
         for s in reserved {
             tasks.push(tokio::spawn(serve_reserved(s, ctx.counters.clone())));
         }
+        let held: Vec<JoinHandle<()>> = quic_ports
+            .into_iter()
+            .map(|s| tokio::spawn(serve_reserved(s, ctx.counters.clone())))
+            .collect();
         let requester = Requester::new(reply, ctx);
         let (status_tx, status) = watch::channel(Status::Starting);
-        let main = tokio::spawn(run(opts, id, requester, status_tx));
+        let (services_tx, services) = watch::channel(None);
+        let quic = Quic {
+            identity: quic_identity,
+            held,
+            services: services_tx,
+            cache: cache.clone(),
+        };
+        let main = tokio::spawn(run(opts, id, requester, status_tx, quic));
         Ok(Client {
             id,
             status,
+            services,
+            cache,
             main: Some(main),
             tasks,
             _lock: lock,
@@ -176,6 +234,28 @@ impl Client {
 
     pub fn status(&self) -> Status {
         self.status.borrow().clone()
+    }
+
+    /// The QUIC services, once the client holds a certificate.
+    pub fn services(&self) -> Option<Arc<Services>> {
+        self.services.borrow().clone()
+    }
+
+    /// Waits for the QUIC services (they start after the first registration).
+    pub async fn wait_services(&mut self) -> Option<Arc<Services>> {
+        loop {
+            if let Some(s) = self.services.borrow_and_update().clone() {
+                return Some(s);
+            }
+            if self.services.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// The content cache.
+    pub fn cache(&self) -> &Arc<Cache<FsStorage>> {
+        &self.cache
     }
 
     /// Waits until the client is registered, or returns its fatal error.
@@ -226,11 +306,104 @@ fn registration_backoff(failures: u32) -> Duration {
     Duration::from_secs_f64(base * jitter)
 }
 
+/// The QUIC side's state inside the registration loop.
+struct Quic {
+    identity: ClientIdentity,
+    /// Reserved listeners on the QUIC ports, stopped when the services take the ports.
+    held: Vec<JoinHandle<()>>,
+    services: watch::Sender<Option<Arc<Services>>>,
+    cache: Arc<Cache<FsStorage>>,
+}
+
+impl Quic {
+    /// Installs the certificate from a registration reply and, the first time, starts the
+    /// QUIC services. Re-reports every cached content item to the server.
+    async fn on_registered(
+        &mut self,
+        ok: &RegisterOk,
+        id: ClientId,
+        opts: &ClientOptions,
+    ) -> Result<(), ClientError> {
+        if ok.client_cert.is_empty() {
+            return Err(ClientError::Certificate(
+                "the server sent no certificate".into(),
+            ));
+        }
+        let deployment = DeploymentName::new(ok.deployment.clone())
+            .map_err(|e| ClientError::Certificate(e.to_string()))?;
+        let name =
+            ClientName::from_id(&id.0).map_err(|e| ClientError::Certificate(e.to_string()))?;
+        let ca = CertificateDer::from(ok.ca_cert.clone());
+        let node = self
+            .identity
+            .install_certificate(
+                CertificateDer::from(ok.client_cert.clone()),
+                &ca,
+                &deployment,
+                &Role::Client(name),
+                std::time::SystemTime::now(),
+            )
+            .map_err(|e| ClientError::Certificate(e.to_string()))?;
+        if self.services.borrow().is_none() {
+            for h in self.held.drain(..) {
+                h.abort();
+                let _ = h.await;
+            }
+            let trust = services::trust_of(&node, ca.clone().into_owned());
+            let svc = Services::start(
+                opts.bind,
+                &opts.ports,
+                opts.server,
+                &opts.server_ports,
+                &node,
+                trust,
+                self.cache.clone(),
+            )
+            .map_err(ClientError::Services)?;
+            tracing::info!(
+                content_port = opts.ports.content_fg,
+                "QUIC services started"
+            );
+            let _ = self.services.send(Some(Arc::new(svc)));
+        }
+        let svc = self.services.borrow().clone();
+        if let Some(svc) = svc {
+            let cache = self.cache.clone();
+            tokio::spawn(async move { report_all(&svc, &cache).await });
+        }
+        Ok(())
+    }
+}
+
+/// Tells the server what this client holds of every cached content item (after a
+/// (re-)registration, so a restarted server learns it again).
+async fn report_all(svc: &Services, cache: &Cache<FsStorage>) {
+    for status in cache.list() {
+        let Some(have) = cache.have(&status.id) else {
+            continue;
+        };
+        let req = branchline_wire::large::Request::ReportHave(branchline_wire::large::ReportHave {
+            content_id: status.id.as_bytes().to_vec(),
+            have: if status.complete {
+                Vec::new()
+            } else {
+                have.as_bytes().to_vec()
+            },
+            complete: status.complete,
+            content_port: svc.content_port.into(),
+        });
+        if let Err(e) = svc.call(req).await {
+            tracing::debug!(content = %status.id, error = %e, "could not report cached content");
+        }
+    }
+}
+
 async fn run(
     opts: ClientOptions,
     id: ClientId,
     req: Requester,
     status: watch::Sender<Status>,
+    mut quic: Quic,
 ) -> ClientError {
     let server = SocketAddr::new(opts.server, opts.server_ports.small_request);
     let started = Instant::now();
@@ -268,11 +441,23 @@ async fn run(
             version: SOFTWARE_VERSION.into(),
             heartbeat_interval_ms: interval.as_millis().min(u32::MAX as u128) as u32,
             ports: Some(wire_ports(&opts.ports).to_wire()),
+            cert_request: match quic.identity.cert_request() {
+                Ok(r) => r.encode().to_vec(),
+                Err(e) => {
+                    return fail(ClientError::Quic {
+                        dir: quic.identity.dir().to_owned(),
+                        message: e.to_string(),
+                    });
+                }
+            },
         });
         match req.request(server, register).await {
             Ok(Body::RegisterOk(ok)) => {
                 failures = 0;
                 tracing::info!(client = %id, %server, new = ok.new_client, server_version = %ok.server_version, "registered");
+                if let Err(e) = quic.on_registered(&ok, id, &opts).await {
+                    return fail(e);
+                }
                 let _ = status.send(Status::Registered {
                     last_answer: Instant::now(),
                 });

@@ -24,11 +24,20 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlSafeStr};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::catalogue::Item;
 use crate::registry::ClientRecord;
+use branchline_store::{ContentId, PieceMap};
+use branchline_wire::validate::Meta;
 
 /// Migrations, embedded in the binary. Append only; never edit an applied one.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "clients", include_str!("../migrations/0001_clients.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "clients", include_str!("../migrations/0001_clients.sql")),
+    (
+        2,
+        "contents",
+        include_str!("../migrations/0002_contents.sql"),
+    ),
+];
 
 /// The schema version this build migrates to.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -154,6 +163,43 @@ impl Db {
         Ok(out)
     }
 
+    /// Every published content item, maps verified again on load.
+    pub async fn load_contents(&self) -> Result<Vec<Item>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, name, version, size, origin, piece_size, piece_map, published_ms FROM contents",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id_text: String = row.try_get("id")?;
+            let corrupt = |what: String| DbError::Corrupt {
+                path: self.path.clone(),
+                what,
+            };
+            let id = ContentId::from_str(&id_text)
+                .map_err(|e| corrupt(format!("content id {id_text:?}: {e}")))?;
+            let size = row.try_get::<i64, _>("size")? as u64;
+            let encoded: Vec<u8> = row.try_get("piece_map")?;
+            let map = PieceMap::decode(&encoded, &id, size)
+                .map_err(|e| corrupt(format!("piece map of {id}: {e}")))?;
+            out.push(Item {
+                meta: Meta {
+                    content_id: *id.as_bytes(),
+                    name: row.try_get("name")?,
+                    version: row.try_get("version")?,
+                    size,
+                    origin: row.try_get("origin")?,
+                    piece_size: row.try_get::<i64, _>("piece_size")? as u32,
+                },
+                map: Arc::new(map),
+                encoded_map: Arc::new(encoded),
+                published_ms: row.try_get::<i64, _>("published_ms")? as u64,
+            });
+        }
+        Ok(out)
+    }
+
     /// Number of connectors ever activated.
     pub async fn count_connectors(&self) -> Result<u64, DbError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM connectors")
@@ -222,6 +268,8 @@ enum Op {
     Client(Box<ClientRecord>, Done<()>),
     /// Record a connector; answer (first activation?) after commit.
     Connector(ConnectorRow, Done<bool>),
+    /// Insert a published content item; answer after commit.
+    Content(Box<Item>, Done<()>),
     /// Coalesced: latest last_seen and free space of a client.
     Touch {
         id: ClientId,
@@ -275,6 +323,21 @@ impl Writer {
     ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
         let (done, rx) = oneshot::channel();
         let sent = self.tx.send(Op::Client(Box::new(record), done)).is_ok();
+        async move {
+            if !sent {
+                return Err(WRITER_GONE.into());
+            }
+            rx.await.unwrap_or_else(|_| Err(WRITER_GONE.into()))
+        }
+    }
+
+    /// Stores a published content item; resolves once it is committed.
+    pub fn save_content(
+        &self,
+        item: Item,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        let (done, rx) = oneshot::channel();
+        let sent = self.tx.send(Op::Content(Box::new(item), done)).is_ok();
         async move {
             if !sent {
                 return Err(WRITER_GONE.into());
@@ -388,7 +451,7 @@ async fn commit(
             let mut firsts = firsts.iter();
             for op in ops {
                 match op {
-                    Op::Client(_, done) => {
+                    Op::Client(_, done) | Op::Content(_, done) => {
                         let _ = done.send(Ok(()));
                     }
                     Op::Connector(_, done) => {
@@ -404,7 +467,7 @@ async fn commit(
             tracing::error!(error = %msg, db = %db.path.display(), "database write failed");
             for op in ops {
                 match op {
-                    Op::Client(_, done) => {
+                    Op::Client(_, done) | Op::Content(_, done) => {
                         let _ = done.send(Err(msg.clone()));
                     }
                     Op::Connector(_, done) => {
@@ -479,6 +542,23 @@ async fn write_all(
                 .execute(&mut *tx)
                 .await?;
                 firsts.push(existed.is_none());
+            }
+            Op::Content(item, _) => {
+                let m = &item.meta;
+                sqlx::query(
+                    "INSERT OR IGNORE INTO contents (id, name, version, size, origin, piece_size, piece_map, published_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(ContentId::from_bytes(m.content_id).to_hex())
+                .bind(&m.name)
+                .bind(&m.version)
+                .bind(m.size as i64)
+                .bind(&m.origin)
+                .bind(m.piece_size as i64)
+                .bind(item.encoded_map.as_slice())
+                .bind(item.published_ms as i64)
+                .execute(&mut *tx)
+                .await?;
             }
             Op::Touch { .. } | Op::Flush(_) => {}
         }
@@ -572,6 +652,44 @@ mod tests {
         expected.cache_free_bytes = 800;
         assert_eq!(clients, vec![expected, record(2)]);
         assert_eq!(db.count_connectors().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn published_content_survives_reopen() {
+        use branchline_store::PieceSize;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let map = PieceMap::from_bytes(&data, PieceSize::new(16 * 1024).unwrap()).unwrap();
+        let item = Item {
+            meta: Meta {
+                content_id: *map.id().as_bytes(),
+                name: "app".into(),
+                version: "1".into(),
+                size: data.len() as u64,
+                origin: "/srv/app".into(),
+                piece_size: 16 * 1024,
+            },
+            encoded_map: Arc::new(map.encode()),
+            map: Arc::new(map),
+            published_ms: 42,
+        };
+        {
+            let db = Db::open(&path).await.unwrap();
+            let (w, task) = Writer::spawn(db.clone());
+            w.save_content(item.clone()).await.unwrap();
+            // Publishing the same bytes again is harmless.
+            w.save_content(item.clone()).await.unwrap();
+            drop(w);
+            task.await.unwrap();
+            db.close().await;
+        }
+        let db = Db::open(&path).await.unwrap();
+        let items = db.load_contents().await.unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].meta, item.meta);
+        assert_eq!(items[0].published_ms, 42);
+        assert_eq!(items[0].map.piece_count(), item.map.piece_count());
     }
 
     #[test]

@@ -8,15 +8,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use branchline_quic::{CertRequest, ClientName, DeploymentCa};
+use branchline_store::ContentId;
 use branchline_transport::{Clock, Counters, DropReason, Handler, Response};
 use branchline_wire::msg::{
-    Ack, ActivateOk, DropCount, ErrorCode, ErrorReply, Health, HeartbeatAck, RegisterOk,
+    Ack, ActivateOk, ContentList, ContentMeta, DropCount, ErrorCode, ErrorReply, Health,
+    HeartbeatAck, Published, RegisterOk,
 };
-use branchline_wire::validate::{MAX_HOSTNAME, MAX_VERSION, text_field};
-use branchline_wire::{Body, Invalid, SOFTWARE_VERSION};
+use branchline_wire::validate::{MAX_HOSTNAME, MAX_VERSION, content_id, text_field};
+use branchline_wire::{Body, ClientId, Invalid, SOFTWARE_VERSION};
 
+use crate::catalogue::{Begin, Catalogue, Item, PublishError};
 use crate::db::{ConnectorRow, SCHEMA_VERSION, Writer};
+use crate::locations::Locations;
 use crate::registry::{Registered, Registry};
+
+/// Validity of a client certificate; clients get a fresh one at every registration.
+pub const CLIENT_CERT_VALIDITY: std::time::Duration =
+    std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// State shared by the server's handlers.
 pub struct ServerState {
@@ -26,6 +35,10 @@ pub struct ServerState {
     pub clock: Arc<dyn Clock>,
     pub started: Instant,
     pub connectors_total: AtomicU64,
+    /// The deployment's certificate authority (issues client certificates).
+    pub ca: DeploymentCa,
+    pub catalogue: Mutex<Catalogue>,
+    pub locations: Mutex<Locations>,
 }
 
 impl ServerState {
@@ -55,6 +68,45 @@ impl ServerState {
         }
     }
 
+    /// The catalogue entry of `item` as sent on the wire.
+    pub fn meta_of(&self, item: &Item) -> ContentMeta {
+        let id = ContentId::from_bytes(item.meta.content_id);
+        ContentMeta {
+            content_id: item.meta.content_id.to_vec(),
+            name: item.meta.name.clone(),
+            version: item.meta.version.clone(),
+            size: item.meta.size,
+            origin: item.meta.origin.clone(),
+            piece_size: item.meta.piece_size,
+            published_ms: item.published_ms,
+            complete_holders: self
+                .locations
+                .lock()
+                .expect("locations lock")
+                .complete_holders(&id) as u32,
+        }
+    }
+
+    /// Issues a client certificate for a validated certificate request.
+    fn issue_cert(&self, client: &ClientId, request: &[u8]) -> Result<Vec<u8>, Invalid> {
+        let bad = |e: String| Invalid {
+            field: "cert_request",
+            reason: e,
+        };
+        let request = CertRequest::decode(request).map_err(|e| bad(e.to_string()))?;
+        let name = ClientName::from_id(&client.0).map_err(|e| bad(e.to_string()))?;
+        let cert = self
+            .ca
+            .issue_client_cert(
+                &name,
+                &request,
+                std::time::SystemTime::now(),
+                CLIENT_CERT_VALIDITY,
+            )
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(cert.to_vec())
+    }
+
     fn refuse(&self, e: Invalid) -> Response {
         self.counters.count(DropReason::Invalid);
         Response::Reply(error(
@@ -73,6 +125,15 @@ fn error(code: ErrorCode, detail: String, now_ms: u64) -> Body {
     })
 }
 
+fn publish_error(e: PublishError, now_ms: u64) -> Body {
+    let code = match e {
+        PublishError::TooManyUploads => ErrorCode::Unavailable,
+        PublishError::NoUpload(_) => ErrorCode::NotFound,
+        _ => ErrorCode::Invalid,
+    };
+    error(code, e.to_string(), now_ms)
+}
+
 /// The request-port handler.
 pub struct ServerHandler(pub Arc<ServerState>);
 
@@ -85,6 +146,21 @@ impl Handler for ServerHandler {
                 let reg = match r.validate() {
                     Ok(reg) => reg,
                     Err(e) => return s.refuse(e),
+                };
+                let client_cert = match &reg.cert_request {
+                    Some(req) => match s.issue_cert(&reg.client_id, req) {
+                        Ok(c) => c,
+                        Err(e) => return s.refuse(e),
+                    },
+                    None => Vec::new(),
+                };
+                let (ca_cert, deployment) = if client_cert.is_empty() {
+                    (Vec::new(), String::new())
+                } else {
+                    (
+                        s.ca.certificate().to_vec(),
+                        s.ca.deployment().as_str().to_owned(),
+                    )
                 };
                 let (what, record) = {
                     let mut registry = s.registry.lock().expect("registry lock");
@@ -103,6 +179,9 @@ impl Handler for ServerHandler {
                             server_version: SOFTWARE_VERSION.into(),
                             server_time_ms: now,
                             new_client: what == Registered::New,
+                            client_cert,
+                            ca_cert,
+                            deployment,
                         }),
                         Err(e) => error(
                             ErrorCode::Unavailable,
@@ -167,6 +246,109 @@ impl Handler for ServerHandler {
                 }))
             }
             Body::HealthRequest(_) => Response::Reply(Body::Health(s.health())),
+            Body::PublishBegin(b) => {
+                let meta = match b.meta.as_ref().map(|m| m.validate()) {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => return s.refuse(e),
+                    None => {
+                        return s.refuse(Invalid {
+                            field: "meta",
+                            reason: "missing".into(),
+                        });
+                    }
+                };
+                let id = meta.content_id;
+                let begun = s.catalogue.lock().expect("catalogue lock").begin(
+                    meta,
+                    b.map_len as usize,
+                    now,
+                );
+                match begun {
+                    Ok(begin) => Response::Reply(Body::Published(Published {
+                        content_id: id.to_vec(),
+                        new_content: false,
+                        needs_map: begin == Begin::NeedsMap,
+                    })),
+                    Err(e) => Response::Reply(publish_error(e, now)),
+                }
+            }
+            Body::PublishChunk(c) => {
+                let id = match content_id("content_id", &c.content_id) {
+                    Ok(id) => ContentId::from_bytes(id),
+                    Err(e) => return s.refuse(e),
+                };
+                let stored = s.catalogue.lock().expect("catalogue lock").chunk(
+                    &id,
+                    c.offset as usize,
+                    &c.data,
+                    now,
+                );
+                match stored {
+                    Ok(()) => Response::Reply(Body::Ack(Ack {})),
+                    Err(e) => Response::Reply(publish_error(e, now)),
+                }
+            }
+            Body::PublishCommit(c) => {
+                let id = match content_id("content_id", &c.content_id) {
+                    Ok(id) => ContentId::from_bytes(id),
+                    Err(e) => return s.refuse(e),
+                };
+                let committed = s.catalogue.lock().expect("catalogue lock").commit(&id, now);
+                match committed {
+                    Ok(None) => Response::Reply(Body::Published(Published {
+                        content_id: id.as_bytes().to_vec(),
+                        new_content: false,
+                        needs_map: false,
+                    })),
+                    Ok(Some(item)) => {
+                        tracing::info!(content = %id, name = %item.meta.name, version = %item.meta.version, size = item.meta.size, "content published");
+                        let saved = s.writer.save_content(item.clone());
+                        let state = s.clone();
+                        Response::Later(Box::pin(async move {
+                            match saved.await {
+                                Ok(()) => {
+                                    state.catalogue.lock().expect("catalogue lock").insert(item);
+                                    Body::Published(Published {
+                                        content_id: id.as_bytes().to_vec(),
+                                        new_content: true,
+                                        needs_map: false,
+                                    })
+                                }
+                                Err(e) => error(
+                                    ErrorCode::Unavailable,
+                                    format!(
+                                        "the server could not store the content ({e}); publish again"
+                                    ),
+                                    now,
+                                ),
+                            }
+                        }))
+                    }
+                    Err(e) => Response::Reply(publish_error(e, now)),
+                }
+            }
+            Body::ListContent(l) => {
+                let metas: Vec<ContentMeta> = {
+                    let cat = s.catalogue.lock().expect("catalogue lock");
+                    cat.list().into_iter().map(|i| s.meta_of(i)).collect()
+                };
+                let total = metas.len() as u32;
+                let mut page = ContentList {
+                    items: Vec::new(),
+                    total,
+                };
+                // As many items as fit in one datagram, with room for the envelope.
+                for m in metas.into_iter().skip(l.offset as usize) {
+                    page.items.push(m);
+                    if prost::Message::encoded_len(&page)
+                        > branchline_wire::frame::MAX_PLAINTEXT - 64
+                    {
+                        page.items.pop();
+                        break;
+                    }
+                }
+                Response::Reply(Body::ContentList(page))
+            }
             Body::Ping(_) => Response::Reply(Body::Ack(Ack {})),
             other => {
                 s.counters.count(DropReason::Unsupported);

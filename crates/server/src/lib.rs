@@ -8,10 +8,19 @@
 //!
 //! * [`registry`]: pure client bookkeeping (online/offline from missed heartbeats).
 //! * [`db`]: SQLite with embedded, versioned migrations and a batching writer.
-//! * [`handler`]: the request-port handlers.
+//! * [`handler`]: the request-port handlers (small messages).
+//! * [`catalogue`]: published content and piece-map uploads (pure).
+//! * [`locations`]: who holds what, who reads the origin (pure).
+//! * [`large`]: large-message handlers (QUIC on 34333): content, locate, have reports.
+//!
+//! The server is its deployment's certificate authority (`DATA_DIR/ca`): it issues each
+//! client a certificate at registration, which QUIC connections between peers require.
 
+pub mod catalogue;
 pub mod db;
 pub mod handler;
+pub mod large;
+pub mod locations;
 pub mod registry;
 
 use std::net::{IpAddr, SocketAddr};
@@ -22,6 +31,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use branchline_config::ServerPorts;
+use branchline_quic::{
+    Congestion, DeploymentCa, DeploymentName, DeploymentTrust, LargeConfig, LargeMessaging,
+    TransportSettings, transport_config,
+};
 use branchline_transport::{
     BindError, Clock, Context, KeyFileError, ReplayConfig, Requester, Responder, RetryPolicy,
     SystemClock, bind_udp, create_key_file, read_key_file, serve_reserved,
@@ -64,7 +77,23 @@ pub enum ServerError {
     Db(#[from] DbError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error("certificate authority in {dir}: {message}")]
+    Ca { dir: PathBuf, message: String },
+    #[error("cannot start QUIC on {addr} ({name}): {message}")]
+    Quic {
+        addr: SocketAddr,
+        name: &'static str,
+        message: String,
+    },
 }
+
+/// Name of every deployment's certificates (each deployment has its own CA; the name only
+/// scopes the certificates' DNS names).
+pub const DEPLOYMENT_NAME: &str = "branchline";
+/// Validity of the deployment CA.
+const CA_VALIDITY: std::time::Duration = std::time::Duration::from_secs(20 * 365 * 24 * 3600);
+/// Validity of the server's own certificate (a new one at every start).
+const SERVER_CERT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 /// What start-up found or created in the data directory.
 #[derive(Debug)]
@@ -87,6 +116,7 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
     writer_task: JoinHandle<()>,
     db: Db,
+    large: LargeMessaging,
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<(DeploymentKey, bool), ServerError> {
@@ -116,6 +146,24 @@ impl Server {
         let db = Db::open(&db_path).await?;
         let records = db.load_clients().await?;
         let connectors = db.count_connectors().await?;
+        let contents = db.load_contents().await?;
+        let ca_dir = opts.data_dir.join("ca");
+        let ca_err = |e: &dyn std::fmt::Display| ServerError::Ca {
+            dir: ca_dir.clone(),
+            message: e.to_string(),
+        };
+        let deployment = DeploymentName::new(DEPLOYMENT_NAME).map_err(|e| ca_err(&e))?;
+        let now = std::time::SystemTime::now();
+        let ca = DeploymentCa::load_or_generate(&ca_dir, deployment, now, CA_VALIDITY)
+            .map_err(|e| ca_err(&e))?;
+        let identity = ca
+            .server_identity(now, SERVER_CERT_VALIDITY)
+            .map_err(|e| ca_err(&e))?;
+        let trust = DeploymentTrust::new(ca.deployment().clone(), ca.certificate().clone());
+        let mut catalogue = catalogue::Catalogue::new();
+        for item in contents {
+            catalogue.load(item);
+        }
         let clients_loaded = records.len();
         let mut registry = Registry::new(opts.offline_after_missed);
         registry.load(records);
@@ -131,10 +179,29 @@ impl Server {
         let ip = opts.bind;
         let request = bind_udp(ip, p.small_request, "server.small_request").await?;
         let reply = bind_udp(ip, p.small_reply, "server.small_reply").await?;
+        let large_request = SocketAddr::new(ip, p.large_fg_request);
+        let large = LargeMessaging::bind(
+            large_request,
+            SocketAddr::new(ip, p.large_fg_reply),
+            &identity,
+            trust,
+            Arc::new(transport_config(
+                &TransportSettings::default(),
+                &Congestion::Foreground,
+            )),
+            LargeConfig {
+                // Requests are small (a locate, a have-set); replies carry piece maps.
+                max_payload: 16 << 20,
+                ..LargeConfig::default()
+            },
+        )
+        .map_err(|e| ServerError::Quic {
+            addr: large_request,
+            name: "server.large_fg_request / large_fg_reply",
+            message: e.to_string(),
+        })?;
         let mut reserved = Vec::new();
         for (port, name) in [
-            (p.large_fg_request, "server.large_fg_request"),
-            (p.large_fg_reply, "server.large_fg_reply"),
             (p.large_bg_request, "server.large_bg_request"),
             (p.large_bg_reply, "server.large_bg_reply"),
             (p.adaptive, "server.adaptive"),
@@ -155,8 +222,14 @@ impl Server {
             clock,
             started: Instant::now(),
             connectors_total: AtomicU64::new(connectors),
+            ca,
+            catalogue: Mutex::new(catalogue),
+            locations: Mutex::new(locations::Locations::new()),
         });
-        let mut tasks = Vec::new();
+        let large_state = state.clone();
+        let large_task =
+            large.serve(move |peer, bytes| large::handle(large_state.clone(), peer, bytes));
+        let mut tasks = vec![large_task];
         let handler = Arc::new(handler::ServerHandler(state.clone()));
         let serve_ctx = ctx.clone();
         tasks.push(tokio::spawn(async move {
@@ -182,6 +255,7 @@ impl Server {
             tasks,
             writer_task,
             db,
+            large,
         })
     }
 
@@ -197,6 +271,7 @@ impl Server {
 
     /// Stops serving, writes every pending heartbeat and closes the database.
     pub async fn shutdown(self) {
+        self.large.close();
         for t in &self.tasks {
             t.abort();
         }

@@ -148,6 +148,7 @@ mod tests {
             version: "0.1.0".into(),
             heartbeat_interval: Duration::from_millis(interval_ms),
             ports: None,
+            cert_request: None,
         }
     }
 

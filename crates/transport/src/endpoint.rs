@@ -331,7 +331,7 @@ pub enum RequestError {
 }
 
 enum Outcome {
-    Reply(Body),
+    Reply(Box<Body>),
     KeyMismatch(KeyId),
 }
 
@@ -425,7 +425,7 @@ impl Requester {
                         (id, Some(body)) => match t.by_id.remove(&id) {
                             Some(p) => {
                                 t.by_nonce.remove(&p.nonce);
-                                let _ = p.tx.send(Outcome::Reply(body));
+                                let _ = p.tx.send(Outcome::Reply(Box::new(body)));
                             }
                             None => counters.count(DropReason::Unsolicited),
                         },
@@ -530,27 +530,29 @@ impl Requester {
                 ours: ctx.keys[0].id(),
                 theirs,
             }),
-            Outcome::Reply(Body::Error(e)) => {
-                let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
-                Err(match code {
-                    ErrorCode::ClockSkew => RequestError::ClockSkew {
-                        to,
-                        skew_ms: envelope.sent_at_ms as i64 - e.receiver_time_ms as i64,
-                        window_s: ctx.replay.window.as_secs(),
-                    },
-                    ErrorCode::Unsupported => RequestError::Unsupported {
-                        to,
-                        kind,
-                        detail: e.detail,
-                    },
-                    code => RequestError::Refused {
-                        to,
-                        code,
-                        detail: e.detail,
-                    },
-                })
-            }
-            Outcome::Reply(body) => Ok(body),
+            Outcome::Reply(body) => match *body {
+                Body::Error(e) => {
+                    let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+                    Err(match code {
+                        ErrorCode::ClockSkew => RequestError::ClockSkew {
+                            to,
+                            skew_ms: envelope.sent_at_ms as i64 - e.receiver_time_ms as i64,
+                            window_s: ctx.replay.window.as_secs(),
+                        },
+                        ErrorCode::Unsupported => RequestError::Unsupported {
+                            to,
+                            kind,
+                            detail: e.detail,
+                        },
+                        code => RequestError::Refused {
+                            to,
+                            code,
+                            detail: e.detail,
+                        },
+                    })
+                }
+                other => Ok(other),
+            },
         }
     }
 }

@@ -9,12 +9,14 @@
 //! * [`key`]: the deployment key and what HKDF derives from it.
 //! * [`frame`]: datagram layout, sealing and opening.
 //! * [`msg`]: the message schema and its evolution rules.
+//! * [`large`]: the schema of large messages (QUIC), same rules.
 //! * [`validate`]: typed values that handlers act on.
 //!
 //! The protocol is written down for people in `docs/protocol.md`.
 
 pub mod frame;
 pub mod key;
+pub mod large;
 pub mod msg;
 pub mod validate;
 

@@ -59,6 +59,24 @@ pub enum Body {
     /// any -> any: reachability probe, answered with [`Ack`].
     #[prost(message, tag = "20")]
     Ping(Ping),
+    /// connector -> server: announce a content item; its piece map follows in chunks.
+    #[prost(message, tag = "21")]
+    PublishBegin(PublishBegin),
+    /// connector -> server: one chunk of the piece map, answered with [`Ack`].
+    #[prost(message, tag = "22")]
+    PublishChunk(PublishChunk),
+    /// connector -> server: the map is complete; verify and publish.
+    #[prost(message, tag = "23")]
+    PublishCommit(PublishCommit),
+    /// server -> connector: reply to [`PublishCommit`] (and to a repeated [`PublishBegin`]).
+    #[prost(message, tag = "24")]
+    Published(Published),
+    /// connector -> server: one page of the catalogue.
+    #[prost(message, tag = "25")]
+    ListContent(ListContent),
+    /// server -> connector: reply to [`ListContent`].
+    #[prost(message, tag = "26")]
+    ContentList(ContentList),
 }
 
 impl Body {
@@ -76,6 +94,12 @@ impl Body {
             Body::HealthRequest(_) => "HealthRequest",
             Body::Health(_) => "Health",
             Body::Ping(_) => "Ping",
+            Body::PublishBegin(_) => "PublishBegin",
+            Body::PublishChunk(_) => "PublishChunk",
+            Body::PublishCommit(_) => "PublishCommit",
+            Body::Published(_) => "Published",
+            Body::ListContent(_) => "ListContent",
+            Body::ContentList(_) => "ContentList",
         }
     }
 }
@@ -99,6 +123,8 @@ pub enum ErrorCode {
     ClockSkew = 3,
     /// The receiver is temporarily unable to serve (e.g. its database failed).
     Unavailable = 4,
+    /// The thing asked for does not exist (e.g. no such content).
+    NotFound = 5,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -166,6 +192,10 @@ pub struct Register {
     pub heartbeat_interval_ms: u32,
     #[prost(message, optional, tag = "9")]
     pub ports: Option<ClientPorts>,
+    /// The client's QUIC certificate request (97 bytes, see `branchline-quic`); empty
+    /// when the client wants no certificate.
+    #[prost(bytes = "vec", tag = "10")]
+    pub cert_request: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -178,6 +208,15 @@ pub struct RegisterOk {
     /// True when this registration created the record, false when it refreshed one.
     #[prost(bool, tag = "3")]
     pub new_client: bool,
+    /// The client's certificate (DER), issued for `Register.cert_request`.
+    #[prost(bytes = "vec", tag = "4")]
+    pub client_cert: Vec<u8>,
+    /// The deployment CA's certificate (DER).
+    #[prost(bytes = "vec", tag = "5")]
+    pub ca_cert: Vec<u8>,
+    /// The deployment's name, as in the certificates.
+    #[prost(string, tag = "6")]
+    pub deployment: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -250,4 +289,86 @@ pub struct Health {
     pub drops: Vec<DropCount>,
     #[prost(uint64, tag = "9")]
     pub connectors_total: u64,
+}
+
+/// A content item's catalogue entry.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContentMeta {
+    /// BLAKE3 hash of the whole file (32 bytes): the content's identity.
+    #[prost(bytes = "vec", tag = "1")]
+    pub content_id: Vec<u8>,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(string, tag = "3")]
+    pub version: String,
+    /// File size (bytes).
+    #[prost(uint64, tag = "4")]
+    pub size: u64,
+    /// Where the bytes can be read when no peer has them: an HTTP(S) URL or a file path.
+    #[prost(string, tag = "5")]
+    pub origin: String,
+    /// Piece size (bytes, a power of two).
+    #[prost(uint32, tag = "6")]
+    pub piece_size: u32,
+    /// When it was published (Unix ms); 0 in requests.
+    #[prost(uint64, tag = "7")]
+    pub published_ms: u64,
+    /// Clients holding the complete file (in listings; 0 elsewhere).
+    #[prost(uint32, tag = "8")]
+    pub complete_holders: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PublishBegin {
+    #[prost(message, optional, tag = "1")]
+    pub meta: Option<ContentMeta>,
+    /// Length of the encoded piece map that the chunks will carry (bytes).
+    #[prost(uint32, tag = "2")]
+    pub map_len: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PublishChunk {
+    #[prost(bytes = "vec", tag = "1")]
+    pub content_id: Vec<u8>,
+    /// Byte offset of `data` in the encoded piece map.
+    #[prost(uint32, tag = "2")]
+    pub offset: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PublishCommit {
+    #[prost(bytes = "vec", tag = "1")]
+    pub content_id: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Published {
+    #[prost(bytes = "vec", tag = "1")]
+    pub content_id: Vec<u8>,
+    /// False when the same bytes were already published (publishing is idempotent).
+    #[prost(bool, tag = "2")]
+    pub new_content: bool,
+    /// True when the server still needs the piece map chunks (reply to `PublishBegin`).
+    #[prost(bool, tag = "3")]
+    pub needs_map: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListContent {
+    /// Index of the first item wanted.
+    #[prost(uint32, tag = "1")]
+    pub offset: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContentList {
+    /// As many items from `offset` as fit in one datagram.
+    #[prost(message, repeated, tag = "1")]
+    pub items: Vec<ContentMeta>,
+    /// Items in the whole catalogue.
+    #[prost(uint32, tag = "2")]
+    pub total: u32,
 }

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::msg::{ClientPorts, Heartbeat, Register};
+use crate::msg::{ClientPorts, ContentMeta, Heartbeat, Register};
 
 /// Longest hostname accepted (bytes), as in DNS.
 pub const MAX_HOSTNAME: usize = 253;
@@ -213,6 +213,8 @@ pub struct Registration {
     pub heartbeat_interval: Duration,
     /// `None` when the client did not report ports (it uses the defaults).
     pub ports: Option<Ports>,
+    /// The QUIC certificate request, if the client sent one (checked by the CA).
+    pub cert_request: Option<Vec<u8>>,
 }
 
 fn check_text(field: &'static str, s: &str, max: usize) -> Result<String, Invalid> {
@@ -276,6 +278,10 @@ impl Register {
             ));
         }
         let ports = self.ports.as_ref().map(Ports::from_wire).transpose()?;
+        if self.cert_request.len() > 256 {
+            return Err(invalid("cert_request", "longer than 256 bytes"));
+        }
+        let cert_request = (!self.cert_request.is_empty()).then(|| self.cert_request.clone());
         Ok(Registration {
             client_id,
             hostname,
@@ -286,6 +292,7 @@ impl Register {
             version,
             heartbeat_interval,
             ports,
+            cert_request,
         })
     }
 }
@@ -304,6 +311,69 @@ impl Heartbeat {
             client_id: self.client_id.parse()?,
             cache_free_bytes: self.cache_free_bytes,
             uptime_s: self.uptime_s,
+        })
+    }
+}
+
+/// Longest content name accepted (bytes).
+pub const MAX_CONTENT_NAME: usize = 128;
+/// Longest origin accepted (bytes).
+pub const MAX_ORIGIN: usize = 512;
+
+/// A 32-byte content id from a bytes field.
+pub fn content_id(field: &'static str, bytes: &[u8]) -> Result<[u8; 32], Invalid> {
+    bytes.try_into().map_err(|_| {
+        invalid(
+            field,
+            format!("a content id is 32 bytes, got {}", bytes.len()),
+        )
+    })
+}
+
+/// A validated [`ContentMeta`] from a publisher.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub content_id: [u8; 32],
+    pub name: String,
+    pub version: String,
+    pub size: u64,
+    pub origin: String,
+    pub piece_size: u32,
+}
+
+impl ContentMeta {
+    pub fn validate(&self) -> Result<Meta, Invalid> {
+        let content_id = content_id("meta.content_id", &self.content_id)?;
+        let name = check_text("meta.name", &self.name, MAX_CONTENT_NAME)?;
+        if name.contains('@') {
+            return Err(invalid(
+                "meta.name",
+                "must not contain '@' (used for name@version)",
+            ));
+        }
+        let version = check_text("meta.version", &self.version, MAX_VERSION)?;
+        let origin = check_text("meta.origin", &self.origin, MAX_ORIGIN)?;
+        if self.size == 0 {
+            return Err(invalid("meta.size", "empty content cannot be published"));
+        }
+        if !self.piece_size.is_power_of_two()
+            || !(16 * 1024..=16 * 1024 * 1024).contains(&self.piece_size)
+        {
+            return Err(invalid(
+                "meta.piece_size",
+                format!(
+                    "{} is not a power of two from 16 KiB to 16 MiB",
+                    self.piece_size
+                ),
+            ));
+        }
+        Ok(Meta {
+            content_id,
+            name,
+            version,
+            size: self.size,
+            origin,
+            piece_size: self.piece_size,
         })
     }
 }
@@ -328,6 +398,7 @@ mod tests {
             version: "0.1.0".into(),
             heartbeat_interval_ms: 30_000,
             ports: None,
+            cert_request: vec![],
         }
     }
 

@@ -1,0 +1,206 @@
+//! What a client runs once it holds a certificate: its content cache served to peers over
+//! QUIC (Foreground, 34760), large messages to the server (from 34335 to the server's
+//! 34333), and connection pools to the server and to peers.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use branchline_config::{ClientPorts, ServerPorts};
+use branchline_quic::{
+    Congestion, ConnectionPool, ContentConfig, ContentNode, DeploymentTrust, LargeConfig,
+    LargeMessaging, NodeIdentity, PeerIdentity, PieceError, PieceSource, Role, TransportSettings,
+    transport_config,
+};
+use branchline_store::{Cache, ContentId, FsStorage, StoreError};
+use branchline_wire::large::{LargeRequest, LargeResponse, Request, Response};
+use branchline_wire::msg::ErrorCode;
+use bytes::Bytes;
+use prost::Message as _;
+use tokio::task::JoinHandle;
+
+/// Unix milliseconds now (the cache's clock).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A large exchange with the server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerCallError {
+    #[error("cannot reach the server over QUIC at {addr}: {message}")]
+    Connect { addr: SocketAddr, message: String },
+    #[error("large message to the server failed: {0}")]
+    Exchange(String),
+    #[error("the server's answer does not decode: {0}")]
+    Decode(String),
+    #[error("the server refused ({code:?}): {detail}")]
+    Refused { code: ErrorCode, detail: String },
+}
+
+/// Serves pieces from the cache. Every piece is verified again as it is read, so a piece
+/// corrupted on disk is never passed on (the cache forgets it and it is fetched again).
+pub struct CacheSource(pub Arc<Cache<FsStorage>>);
+
+impl PieceSource for CacheSource {
+    async fn read_piece(
+        &self,
+        _peer: &PeerIdentity,
+        content: &[u8; 32],
+        piece: u32,
+    ) -> Result<Bytes, PieceError> {
+        let cache = self.0.clone();
+        let id = ContentId::from_bytes(*content);
+        let read = tokio::task::spawn_blocking(move || cache.read_piece(&id, piece, now_ms()))
+            .await
+            .map_err(|e| PieceError::Unavailable(e.to_string()))?;
+        match read {
+            Ok(bytes) => Ok(Bytes::from(bytes)),
+            Err(StoreError::UnknownContent(_) | StoreError::PieceMissing { .. }) => {
+                Err(PieceError::NotFound)
+            }
+            Err(e @ StoreError::CorruptOnDisk { .. }) => {
+                tracing::error!(error = %e, "a cached piece failed verification; it will be fetched again");
+                Err(PieceError::NotFound)
+            }
+            Err(e) => Err(PieceError::Unavailable(e.to_string())),
+        }
+    }
+}
+
+/// The QUIC side of a client.
+pub struct Services {
+    pub cache: Arc<Cache<FsStorage>>,
+    pub content: ContentNode,
+    pub large: LargeMessaging,
+    pub server_pool: ConnectionPool,
+    pub peer_pool: ConnectionPool,
+    pub server_large: SocketAddr,
+    pub content_port: u16,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.content.close();
+        self.large.close();
+    }
+}
+
+/// The client's TLS trust: its own deployment's CA only.
+pub fn trust_of(
+    identity: &NodeIdentity,
+    ca: branchline_quic::CertificateDer<'static>,
+) -> DeploymentTrust {
+    DeploymentTrust::new(identity.deployment.clone(), ca)
+}
+
+impl Services {
+    /// Binds the content and large-message endpoints on `bind` and starts serving the cache.
+    pub fn start(
+        bind: IpAddr,
+        ports: &ClientPorts,
+        server: IpAddr,
+        server_ports: &ServerPorts,
+        identity: &NodeIdentity,
+        trust: DeploymentTrust,
+        cache: Arc<Cache<FsStorage>>,
+    ) -> Result<Services, String> {
+        let transport = Arc::new(transport_config(
+            &TransportSettings::default(),
+            &Congestion::Foreground,
+        ));
+        let content = ContentNode::bind(
+            SocketAddr::new(bind, ports.content_fg),
+            identity,
+            trust.clone(),
+            transport.clone(),
+            ContentConfig::default(),
+        )
+        .map_err(|e| format!("client.content_fg ({bind}:{}): {e}", ports.content_fg))?;
+        let large = LargeMessaging::bind(
+            SocketAddr::new(bind, ports.large_fg_request),
+            SocketAddr::new(bind, ports.large_fg_reply),
+            identity,
+            trust.clone(),
+            transport,
+            LargeConfig {
+                max_payload: 16 << 20,
+                ..LargeConfig::default()
+            },
+        )
+        .map_err(|e| {
+            format!(
+                "client.large_fg_request/large_fg_reply ({bind}:{}/{}): {e}",
+                ports.large_fg_request, ports.large_fg_reply
+            )
+        })?;
+        let serving = content.serve(Arc::new(CacheSource(cache.clone())));
+        // Nothing is served on the large-message request port yet; answer politely.
+        let large_serving = large.serve(|_peer, _bytes| async {
+            Err(branchline_quic::HandlerError(
+                "this client serves no large messages yet".into(),
+            ))
+        });
+        let server_pool = ConnectionPool::new(large.reply_endpoint().clone(), trust.clone());
+        let peer_pool = ConnectionPool::new(content.endpoint().clone(), trust);
+        Ok(Services {
+            cache,
+            content,
+            large,
+            server_pool,
+            peer_pool,
+            server_large: SocketAddr::new(server, server_ports.large_fg_request),
+            content_port: ports.content_fg,
+            tasks: vec![serving, large_serving],
+        })
+    }
+
+    /// One large request to the server, reconnecting once if the pooled connection died.
+    pub async fn call(&self, request: Request) -> Result<Response, ServerCallError> {
+        let bytes: Bytes = LargeRequest {
+            request: Some(request),
+        }
+        .encode_to_vec()
+        .into();
+        let mut last = String::new();
+        for _attempt in 0..2 {
+            let (conn, _) = self
+                .server_pool
+                .get(self.server_large, &Role::Server)
+                .await
+                .map_err(|e| ServerCallError::Connect {
+                    addr: self.server_large,
+                    message: e.to_string(),
+                })?;
+            match tokio::time::timeout(
+                Duration::from_secs(30),
+                self.large.request(&conn, bytes.clone()),
+            )
+            .await
+            {
+                Ok(Ok(reply)) => {
+                    let resp = LargeResponse::decode(reply)
+                        .map_err(|e| ServerCallError::Decode(e.to_string()))?;
+                    return match resp.response {
+                        Some(Response::Error(e)) => Err(ServerCallError::Refused {
+                            code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+                            detail: e.detail,
+                        }),
+                        Some(r) => Ok(r),
+                        None => Err(ServerCallError::Decode("empty response".into())),
+                    };
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "no answer within 30 s".into(),
+            }
+            self.server_pool.forget(self.server_large, &Role::Server);
+        }
+        Err(ServerCallError::Exchange(last))
+    }
+}

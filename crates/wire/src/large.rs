@@ -1,0 +1,160 @@
+//! Large-message schema: client <-> server exchanges over QUIC (server 34333/34331,
+//! `branchline-quic`'s large-message framing). Same protobuf evolution rules as
+//! [`crate::msg`]. The requester is identified by its QUIC certificate, never by a field.
+
+use crate::msg::{ContentMeta, ErrorCode};
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LargeRequest {
+    #[prost(oneof = "Request", tags = "1, 2, 3, 4")]
+    pub request: Option<Request>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Request {
+    /// Catalogue entry and piece map of a content item.
+    #[prost(message, tag = "1")]
+    GetContent(GetContent),
+    /// Where can I get this content? Answered with [`Locations`].
+    #[prost(message, tag = "2")]
+    Locate(Locate),
+    /// What the requester holds of a content item. Answered with `Ack`.
+    #[prost(message, tag = "3")]
+    ReportHave(ReportHave),
+    /// A peer sent a piece that failed verification. Answered with `Ack`.
+    #[prost(message, tag = "4")]
+    ReportBadPeer(ReportBadPeer),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LargeResponse {
+    #[prost(oneof = "Response", tags = "1, 2, 3, 4")]
+    pub response: Option<Response>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Response {
+    #[prost(message, tag = "1")]
+    Content(ContentInfo),
+    #[prost(message, tag = "2")]
+    Locations(Locations),
+    #[prost(message, tag = "3")]
+    Ack(crate::msg::Ack),
+    #[prost(message, tag = "4")]
+    Error(LargeError),
+}
+
+/// By id, or by name (and version; empty = the latest published).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetContent {
+    #[prost(bytes = "vec", tag = "1")]
+    pub content_id: Vec<u8>,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(string, tag = "3")]
+    pub version: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContentInfo {
+    #[prost(message, optional, tag = "1")]
+    pub meta: Option<ContentMeta>,
+    /// The encoded piece map (`branchline-store`'s format), verified by the server.
+    #[prost(bytes = "vec", tag = "2")]
+    pub piece_map: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Locate {
+    #[prost(bytes = "vec", tag = "1")]
+    pub content_id: Vec<u8>,
+}
+
+/// One peer that holds (part of) a content item.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PeerHolding {
+    #[prost(string, tag = "1")]
+    pub client_id: String,
+    /// IP address to reach the peer's content port on.
+    #[prost(string, tag = "2")]
+    pub address: String,
+    #[prost(uint32, tag = "3")]
+    pub content_port: u32,
+    #[prost(bool, tag = "4")]
+    pub complete: bool,
+    /// Bitfield of verified pieces (empty when `complete`).
+    #[prost(bytes = "vec", tag = "5")]
+    pub have: Vec<u8>,
+    #[prost(bool, tag = "6")]
+    pub same_subnet: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Locations {
+    /// Peers holding pieces, same subnet first.
+    #[prost(message, repeated, tag = "1")]
+    pub peers: Vec<PeerHolding>,
+    /// True when the requester is the one client that reads this content from the origin.
+    #[prost(bool, tag = "2")]
+    pub read_origin: bool,
+    /// The origin to read from (HTTP(S) URL or file path).
+    #[prost(string, tag = "3")]
+    pub origin: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReportHave {
+    #[prost(bytes = "vec", tag = "1")]
+    pub content_id: Vec<u8>,
+    /// Bitfield of verified pieces.
+    #[prost(bytes = "vec", tag = "2")]
+    pub have: Vec<u8>,
+    #[prost(bool, tag = "3")]
+    pub complete: bool,
+    /// The port this client serves content on (Foreground).
+    #[prost(uint32, tag = "4")]
+    pub content_port: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReportBadPeer {
+    #[prost(bytes = "vec", tag = "1")]
+    pub content_id: Vec<u8>,
+    #[prost(string, tag = "2")]
+    pub peer_id: String,
+    #[prost(string, tag = "3")]
+    pub reason: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LargeError {
+    #[prost(enumeration = "ErrorCode", tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use prost::Message as _;
+
+    #[test]
+    fn round_trip() {
+        let r = LargeRequest {
+            request: Some(Request::Locate(Locate {
+                content_id: vec![1; 32],
+            })),
+        };
+        assert_eq!(LargeRequest::decode(&r.encode_to_vec()[..]).unwrap(), r);
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = LargeRequest::decode(&data[..]);
+            let _ = LargeResponse::decode(&data[..]);
+        }
+    }
+}
