@@ -1,0 +1,129 @@
+//! Piece scheduling for one Branchline download: which piece to ask which source for,
+//! and what to do when a request succeeds, fails or runs late.
+//!
+//! # Model
+//!
+//! A content item is a file of `piece_count` fixed-size pieces, each verified against a
+//! BLAKE3 piece map by the caller before it is reported here. A client downloads it from
+//! several **sources** at once:
+//!
+//! * **peers** ([`SourceKind::Peer`]): other clients, which may hold only part of the
+//!   content and whose holdings grow while they download it themselves (the office's RVP
+//!   reading the origin or the parent office, and every client taking pieces from it);
+//! * **origins** ([`SourceKind::Origin`]): the HTTP(S) URL or file path, used only by the
+//!   one client the server assigns to read it.
+//!
+//! The [`Scheduler`] is a pure state machine in the style of `quinn-proto`: it does no
+//! I/O, never reads a clock and draws randomness only from [`SchedConfig::seed`]. The
+//! caller passes `now` into every call that depends on time, sends the requests it is
+//! handed, and reports every outcome:
+//!
+//! ```text
+//! add_source / set_source_pieces / source_has_piece / remove_source   (who holds what)
+//! next_request(source, now) -> Some(piece)        loop per source until None
+//! on_piece_received(source, piece, bytes, now)    -> Received { cancel, complete, .. }
+//! on_piece_failed(source, piece, failure, now)    -> Verdict::{Continue, Drop(..)}
+//! timeouts(now) / next_deadline()                 late requests, timer to arm
+//! ```
+//!
+//! # Policy, and why
+//!
+//! **Only pieces a source holds.** A request goes to a source only for a piece in its
+//! *effective* set: its last report ([`Have`]) minus pieces it recently answered "don't
+//! have" ([`Failure::Unavailable`]). Those stay off it for [`SchedConfig::holdoff`]
+//! (10 s): the server's view lags the peer's own, so the next one-second refresh would
+//! otherwise hand the same wrong answer straight back.
+//!
+//! **Each missing piece is requested once.** Outside endgame a piece in flight is never
+//! requested again, so no byte crosses the LAN twice.
+//!
+//! **Peers: rarest first.** A peer gets the missing, unrequested piece that the fewest
+//! active peers hold, ties broken at random. A piece only the RVP holds is fetched first,
+//! so it spreads through the office before the RVP is asked for it again by everyone;
+//! random tie-breaks (seeded differently per client) keep clients of one office from all
+//! fetching the same piece at the same moment, so they can trade with each other.
+//!
+//! **The origin: in order, and only what no peer holds.** An origin is asked only for
+//! pieces that no active peer holds, lowest index first. The first rule is what makes
+//! the origin serve each package once: whatever a peer has never costs origin traffic.
+//! The second gives the office a growing contiguous prefix, which downstream clients can
+//! fetch while the origin read goes on, and which suits HTTP range reads and read-ahead.
+//! The price is that an idle origin does not help a slow peer with pieces that peer
+//! holds; the timeouts and strikes below bound how long a stuck peer can hold them.
+//!
+//! **Adaptive windows.** Each source may have at most its *window* of requests
+//! outstanding. It starts at [`SchedConfig::initial_in_flight`] (2) and follows the
+//! source's measured rate: `window = clamp(ceil(rate × queue_horizon / piece_size),
+//! min_in_flight, max_in_flight)` (1..16, horizon 2 s), growing at most twofold per
+//! sample. So a source never holds more than about two seconds of work: a slow peer gets
+//! one piece at a time and a fast one a full pipe. Because the rate is measured while the
+//! pipe is full, a window limited by the round trip measures a rate that asks for a
+//! bigger window whenever the horizon exceeds one round trip plus one piece time.
+//!
+//! **Rates.** A source's rate (bytes/s) is an EWMA (weight 0.25) of samples taken while
+//! it has requests outstanding: bytes delivered over the time since the previous sample
+//! (or since its pipe became non-empty), pooled until a sample spans at least 20 ms.
+//! Idle time never counts against a source.
+//!
+//! **Deadlines.** A request is late when the source has delivered nothing for
+//! `k × piece_size × outstanding / rate` (k = 4), clamped to 2..120 s, counted from the
+//! later of its sending and the source's last delivery; 30 s while the rate is unknown.
+//! Counting from the last delivery means a deep pipe is not penalised for queueing, and
+//! a source that stops entirely shows all its requests late together.
+//! [`Scheduler::timeouts`] lists them; the caller cancels them and reports
+//! [`Failure::Timeout`]. The piece returns to the pool and is kept away from that source
+//! for the holdoff unless no one else holds it, so it moves to another source.
+//!
+//! **Strikes.** A timeout or transport failure is a strike; a delivery clears them; at
+//! [`SchedConfig::max_strikes`] (3) the source is dropped ([`DropReason::Strikes`]).
+//! Only one strike is counted per round: a failure of a request sent before the
+//! previous strike does not count, since a connection loss or stall fails every
+//! outstanding request at once, and that is one event, not sixteen. A timeout strike
+//! resets the window to its minimum and halves the rate estimate (like TCP after a
+//! retransmission timeout); a transport strike halves the window. Either way the source
+//! proves itself again on less work, and its window doubles back per good sample.
+//!
+//! **Bad pieces.** A piece that fails verification ([`Failure::BadPiece`]) bans the
+//! source for this content at once: a peer that lies once cannot be trusted with
+//! another piece. [`Verdict::Drop`] lists its requests to cancel and
+//! [`DropReason::report_to_server`] says to report it. A banned source cannot be added
+//! again.
+//!
+//! **Endgame.** When every missing piece that any active source holds is in flight, an
+//! idle source may duplicate a request (up to [`SchedConfig::endgame_max_copies`] = 2
+//! copies of one piece), choosing the piece with fewest copies and then the latest
+//! expected arrival, and only when it would likely deliver sooner than the copy already
+//! out (by its rate and queue). Otherwise the last pieces of a download wait on the
+//! slowest source. When one copy arrives, [`Received::cancel`] lists the others. An
+//! origin never duplicates a piece a peer holds.
+//!
+//! # Units
+//!
+//! Pieces are indices `0..piece_count`; sizes are bytes; rates bytes per second; time is
+//! [`std::time::Instant`] supplied by the caller (tests and the [`sim`] module use a fixed
+//! base plus virtual offsets).
+//!
+//! # Costs
+//!
+//! Memory is about 8 bytes per piece plus 2 bits per piece per source. Choosing a piece
+//! for a peer scans the source's holdings against the pool a 64-bit word at a time:
+//! O(pieces / 64 + candidates). Have-set refreshes touch only changed words.
+
+mod config;
+mod error;
+mod pieceset;
+mod rng;
+mod scheduler;
+pub mod sim;
+mod source;
+
+pub use config::{
+    SchedConfig, default_endgame_max_copies, default_holdoff, default_initial_in_flight,
+    default_initial_timeout, default_max_in_flight, default_max_strikes, default_max_timeout,
+    default_min_in_flight, default_min_rate_sample, default_min_timeout, default_queue_horizon,
+    default_rate_smoothing, default_timeout_factor,
+};
+pub use error::SchedError;
+pub use pieceset::PieceSet;
+pub use scheduler::{DropReason, Dropped, Failure, Progress, Received, Scheduler, Verdict};
+pub use source::{Have, SourceId, SourceKind, SourceState, SourceStats};

@@ -1,0 +1,891 @@
+//! The scheduler: which piece to request from which source, and what to do with outcomes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use crate::pieceset::bits;
+use crate::rng::SplitMix64;
+use crate::source::Source;
+use crate::{
+    Have, PieceSet, SchedConfig, SchedError, SourceId, SourceKind, SourceState, SourceStats,
+};
+
+/// How a request failed, as seen by the caller.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Failure {
+    /// The caller cancelled it because [`Scheduler::timeouts`] listed it.
+    Timeout,
+    /// The source answered that it does not have the piece after all.
+    Unavailable,
+    /// The stream or connection failed (reset, closed, I/O error) before a whole piece
+    /// arrived.
+    Transport,
+    /// The piece arrived but did not match the piece map (BLAKE3).
+    BadPiece,
+}
+
+/// What the caller must do after [`Scheduler::on_piece_failed`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Verdict {
+    /// Keep using the source; the piece went back to the pool (or is still requested
+    /// elsewhere).
+    Continue,
+    /// Stop using the source for this content.
+    Drop(Dropped),
+}
+
+/// A source the scheduler stopped using.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Dropped {
+    /// The source.
+    pub source: SourceId,
+    /// Why.
+    pub reason: DropReason,
+    /// Its other outstanding requests: cancel them (they are back in the pool already).
+    pub cancel: Vec<u32>,
+}
+
+/// Why a source was dropped.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DropReason {
+    /// It sent a piece that failed verification: banned for this content; report it to the
+    /// server.
+    BadPiece,
+    /// It reached [`SchedConfig::max_strikes`] consecutive timeouts or transport failures;
+    /// it may be added again later (for example when the server lists it again).
+    Strikes,
+}
+
+impl DropReason {
+    /// True if the server must hear about it (a bad piece is evidence of a faulty or
+    /// hostile client).
+    pub fn report_to_server(self) -> bool {
+        matches!(self, DropReason::BadPiece)
+    }
+}
+
+/// What the caller must do after [`Scheduler::on_piece_received`].
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Received {
+    /// True if the piece was missing until now (false: a duplicate or late copy).
+    pub new: bool,
+    /// True if every piece is now held.
+    pub complete: bool,
+    /// Other outstanding requests for this piece (endgame duplicates): cancel them. They are
+    /// already forgotten by the scheduler and do not count against those sources.
+    pub cancel: Vec<(SourceId, u32)>,
+}
+
+/// A snapshot of the whole download, for progress bars and reports.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Progress {
+    /// Pieces in the content.
+    pub pieces: u32,
+    /// Pieces held and verified.
+    pub have: u32,
+    /// Distinct pieces with at least one outstanding request.
+    pub in_flight_pieces: u32,
+    /// Outstanding requests (endgame duplicates counted once per source).
+    pub requests: u32,
+    /// Sources currently active ("sources" on a progress bar).
+    pub active_sources: u32,
+    /// Verified bytes received from all sources, duplicates included (bytes).
+    pub bytes_received: u64,
+    /// Bytes received for pieces already held (bytes).
+    pub wasted_bytes: u64,
+    /// True while in endgame (every missing piece that any source holds is requested).
+    pub endgame: bool,
+    /// Missing pieces that no active source holds: if nothing is in flight and this is
+    /// not zero, the download waits for more sources.
+    pub unobtainable: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum HoldKind {
+    /// "Don't have": the piece leaves the source's effective set (and availability).
+    Denied,
+    /// Timed out or failed: the source is asked for it only if no one else holds it.
+    Avoid,
+}
+
+/// The piece scheduler for one content item. See the crate docs for the policy.
+#[derive(Debug)]
+pub struct Scheduler {
+    cfg: SchedConfig,
+    piece_count: u32,
+    /// Pieces held and verified.
+    have: PieceSet,
+    /// Missing pieces with no outstanding request.
+    pool: PieceSet,
+    /// Outstanding requests: piece → sources asked (more than one only in endgame).
+    in_flight: BTreeMap<u32, Vec<SourceId>>,
+    /// Per piece: active peers whose effective set holds it.
+    peer_avail: Vec<u32>,
+    /// Per piece: active origins whose effective set holds it.
+    origin_avail: Vec<u32>,
+    sources: BTreeMap<SourceId, Source>,
+    /// Expiry queue of holds: (until, source, piece, kind).
+    holds: BTreeSet<(Instant, SourceId, u32, HoldKind)>,
+    rng: SplitMix64,
+    bytes_received: u64,
+    wasted_bytes: u64,
+}
+
+impl Scheduler {
+    /// A scheduler for content of `piece_count` pieces, of which `already_have` are held
+    /// and verified (for example from a partial download kept across a restart).
+    pub fn new(
+        piece_count: u32,
+        already_have: impl IntoIterator<Item = u32>,
+        config: SchedConfig,
+    ) -> Result<Self, SchedError> {
+        config.validate()?;
+        let have = PieceSet::from_pieces(piece_count, already_have)?;
+        let mut pool = PieceSet::new(piece_count);
+        for p in have.iter_absent() {
+            pool.insert(p);
+        }
+        Ok(Self {
+            rng: SplitMix64::new(config.seed),
+            cfg: config,
+            piece_count,
+            have,
+            pool,
+            in_flight: BTreeMap::new(),
+            peer_avail: vec![0; piece_count as usize],
+            origin_avail: vec![0; piece_count as usize],
+            sources: BTreeMap::new(),
+            holds: BTreeSet::new(),
+            bytes_received: 0,
+            wasted_bytes: 0,
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &SchedConfig {
+        &self.cfg
+    }
+
+    // ----- sources -------------------------------------------------------------------
+
+    /// Adds a source. A peer starts holding nothing (report its pieces with
+    /// [`Scheduler::set_source_pieces`]); an origin starts holding everything.
+    ///
+    /// Re-adding a source dropped for strikes reactivates it with a fresh window and
+    /// strike count (its counters are kept). A banned source is refused.
+    pub fn add_source(&mut self, id: SourceId, kind: SourceKind) -> Result<(), SchedError> {
+        let window = self.cfg.initial_in_flight;
+        match self.sources.get(&id).map(|s| s.state) {
+            Some(SourceState::Active) => return Err(SchedError::AlreadyAdded(id)),
+            Some(SourceState::Banned) => return Err(SchedError::Banned(id)),
+            Some(SourceState::Dropped) => {
+                let old = self.sources.remove(&id).expect("present");
+                let mut s = Source::new(kind, self.piece_count, window);
+                s.bytes_received = old.bytes_received;
+                s.pieces_received = old.pieces_received;
+                s.wasted_bytes = old.wasted_bytes;
+                s.timeouts = old.timeouts;
+                s.transport_failures = old.transport_failures;
+                s.unavailable = old.unavailable;
+                self.sources.insert(id, s);
+            }
+            None => {
+                self.sources
+                    .insert(id, Source::new(kind, self.piece_count, window));
+            }
+        }
+        let s = &self.sources[&id];
+        let empty = PieceSet::new(self.piece_count);
+        let avail = avail_of(&mut self.peer_avail, &mut self.origin_avail, s.kind);
+        apply_avail(avail, &empty, &s.effective);
+        Ok(())
+    }
+
+    /// Replaces what a source holds. Call it whenever a fresher report arrives (the
+    /// server's list, about every second, or the peer's own announcement). Pieces the
+    /// source recently refused stay refused until their hold expires.
+    ///
+    /// Reports for dropped or banned sources are ignored (`Ok`).
+    pub fn set_source_pieces(&mut self, id: SourceId, have: Have) -> Result<(), SchedError> {
+        let reported = match have {
+            Have::All => PieceSet::full(self.piece_count),
+            Have::Some(set) => {
+                if set.len() != self.piece_count {
+                    return Err(SchedError::HaveLength {
+                        expected: self.piece_count,
+                        got: set.len(),
+                    });
+                }
+                set
+            }
+        };
+        let s = self
+            .sources
+            .get_mut(&id)
+            .ok_or(SchedError::UnknownSource(id))?;
+        if !s.is_active() {
+            return Ok(());
+        }
+        let mut effective = reported.clone();
+        for &p in s.denied_until.keys() {
+            effective.remove(p);
+        }
+        let avail = avail_of(&mut self.peer_avail, &mut self.origin_avail, s.kind);
+        apply_avail(avail, &s.effective, &effective);
+        s.reported = reported;
+        s.effective = effective;
+        Ok(())
+    }
+
+    /// Records that a source now holds one more piece (a peer's "have" announcement).
+    pub fn source_has_piece(&mut self, id: SourceId, piece: u32) -> Result<(), SchedError> {
+        self.check_piece(piece)?;
+        let s = self
+            .sources
+            .get_mut(&id)
+            .ok_or(SchedError::UnknownSource(id))?;
+        if !s.is_active() {
+            return Ok(());
+        }
+        s.reported.insert(piece);
+        if !s.denied_until.contains_key(&piece) && s.effective.insert(piece) {
+            avail_of(&mut self.peer_avail, &mut self.origin_avail, s.kind)[piece as usize] += 1;
+        }
+        Ok(())
+    }
+
+    /// Forgets a source (it went away, or the caller closed it). Returns its outstanding
+    /// requests, which go back to the pool: cancel them. A banned source stays banned.
+    pub fn remove_source(&mut self, id: SourceId) -> Result<Vec<u32>, SchedError> {
+        let state = self
+            .sources
+            .get(&id)
+            .ok_or(SchedError::UnknownSource(id))?
+            .state;
+        match state {
+            SourceState::Banned => Ok(Vec::new()),
+            SourceState::Dropped => {
+                self.sources.remove(&id);
+                Ok(Vec::new())
+            }
+            SourceState::Active => {
+                let cancel = self.deactivate(id, SourceState::Dropped);
+                self.sources.remove(&id);
+                Ok(cancel)
+            }
+        }
+    }
+
+    // ----- requests ------------------------------------------------------------------
+
+    /// The piece to request from `source` now, or `None` if it should get nothing more
+    /// (window full, holds nothing useful, unknown or inactive). Call it in a loop until
+    /// `None` for every source whenever something changed (a piece arrived, a request
+    /// failed, a have-set grew, a source joined).
+    pub fn next_request(&mut self, source: SourceId, now: Instant) -> Option<u32> {
+        self.expire(now);
+        let s = self.sources.get(&source)?;
+        if !s.is_active() || s.in_flight.len() as u32 >= s.window {
+            return None;
+        }
+        let piece = self
+            .pick_fresh(source)
+            .or_else(|| self.pick_duplicate(source, now))?;
+        self.issue(source, piece, now);
+        Some(piece)
+    }
+
+    /// Outstanding requests past their deadline, as `(source, piece)`. The caller cancels
+    /// each and reports it with [`Failure::Timeout`]. A request's deadline is
+    /// `max(sent, source's last delivery) + clamp(k × piece_size × outstanding / rate,
+    /// min_timeout, max_timeout)`, or `sent + initial_timeout` while the rate is unknown.
+    pub fn timeouts(&self, now: Instant) -> Vec<(SourceId, u32)> {
+        let mut out = Vec::new();
+        for (&id, s) in &self.sources {
+            for (&p, &sent) in &s.in_flight {
+                if self.deadline(s, sent) <= now {
+                    out.push((id, p));
+                }
+            }
+        }
+        out
+    }
+
+    /// The earliest instant at which something times out or a hold expires: arm a timer
+    /// for it, then call [`Scheduler::timeouts`] and [`Scheduler::next_request`].
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let req = self
+            .sources
+            .values()
+            .flat_map(|s| s.in_flight.values().map(|&sent| self.deadline(s, sent)))
+            .min();
+        let hold = self.holds.first().map(|h| h.0);
+        match (req, hold) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ----- outcomes ------------------------------------------------------------------
+
+    /// A piece arrived from `source` and passed verification; `bytes` is its length. Also
+    /// accepted for requests already forgotten (a late copy after a timeout, or from a
+    /// removed source): verified data is never thrown away.
+    pub fn on_piece_received(
+        &mut self,
+        source: SourceId,
+        piece: u32,
+        bytes: u64,
+        now: Instant,
+    ) -> Result<Received, SchedError> {
+        self.check_piece(piece)?;
+        self.expire(now);
+        let had_request = self.forget_request(source, piece).is_some();
+        let was_new = !self.have.contains(piece);
+        self.bytes_received += bytes;
+        if !was_new {
+            self.wasted_bytes += bytes;
+        }
+        let cfg = &self.cfg;
+        if let Some(s) = self.sources.get_mut(&source) {
+            s.bytes_received += bytes;
+            s.pieces_received += 1;
+            if !was_new {
+                s.wasted_bytes += bytes;
+            }
+            s.last_progress = Some(now);
+            if had_request {
+                s.strikes = 0;
+                s.sample_bytes += bytes;
+                if let Some(mark) = s.sample_mark {
+                    let dt = now.saturating_duration_since(mark);
+                    if dt >= cfg.min_rate_sample {
+                        let sample = s.sample_bytes as f64 / dt.as_secs_f64();
+                        let rate = match s.rate {
+                            None => sample,
+                            Some(r) => r + cfg.rate_smoothing * (sample - r),
+                        };
+                        s.rate = Some(rate);
+                        s.sample_bytes = 0;
+                        s.sample_mark = Some(now);
+                        let target = window_for(cfg, rate);
+                        s.window = if target > s.window {
+                            target.min(s.window.saturating_mul(2))
+                        } else {
+                            target
+                        };
+                    }
+                }
+            }
+            if s.in_flight.is_empty() {
+                s.sample_mark = None;
+                s.sample_bytes = 0;
+            }
+        }
+        if !was_new {
+            return Ok(Received {
+                new: false,
+                complete: self.is_complete(),
+                cancel: Vec::new(),
+            });
+        }
+        self.have.insert(piece);
+        self.pool.remove(piece);
+        let mut cancel = Vec::new();
+        if let Some(others) = self.in_flight.remove(&piece) {
+            for o in others {
+                if let Some(s) = self.sources.get_mut(&o) {
+                    s.in_flight.remove(&piece);
+                    if s.in_flight.is_empty() {
+                        s.sample_mark = None;
+                        s.sample_bytes = 0;
+                    }
+                }
+                cancel.push((o, piece));
+            }
+        }
+        Ok(Received {
+            new: true,
+            complete: self.is_complete(),
+            cancel,
+        })
+    }
+
+    /// A request to `source` for `piece` failed. See [`Failure`] for the kinds and the
+    /// crate docs for the consequences. Failures of requests the scheduler already
+    /// forgot (cancelled duplicates, removed sources) are ignored, except that a bad piece
+    /// always bans and "don't have" always corrects the have-set.
+    pub fn on_piece_failed(
+        &mut self,
+        source: SourceId,
+        piece: u32,
+        failure: Failure,
+        now: Instant,
+    ) -> Result<Verdict, SchedError> {
+        self.check_piece(piece)?;
+        self.expire(now);
+        let sent = self.forget_request(source, piece);
+        let Some(s) = self.sources.get_mut(&source) else {
+            return Ok(Verdict::Continue);
+        };
+        if !s.is_active() {
+            return Ok(Verdict::Continue);
+        }
+        match failure {
+            Failure::BadPiece => {
+                s.bad_pieces += 1;
+                let cancel = self.deactivate(source, SourceState::Banned);
+                Ok(Verdict::Drop(Dropped {
+                    source,
+                    reason: DropReason::BadPiece,
+                    cancel,
+                }))
+            }
+            Failure::Unavailable => {
+                s.unavailable += 1;
+                self.hold(source, piece, now, HoldKind::Denied);
+                Ok(Verdict::Continue)
+            }
+            Failure::Timeout | Failure::Transport => {
+                let Some(sent) = sent else {
+                    return Ok(Verdict::Continue);
+                };
+                if failure == Failure::Timeout {
+                    s.timeouts += 1;
+                } else {
+                    s.transport_failures += 1;
+                }
+                // One strike per round: requests sent before the last penalty failed for
+                // the same reason as the one that earned it.
+                let strike = s.last_penalty.is_none_or(|lp| sent >= lp);
+                if strike {
+                    s.strikes += 1;
+                    s.last_penalty = Some(now);
+                    if failure == Failure::Timeout {
+                        // Nothing arrived for k times the expected time: like TCP after a
+                        // retransmission timeout, start again from the smallest window.
+                        s.window = self.cfg.min_in_flight;
+                        s.rate = s.rate.map(|r| r / 2.0);
+                    } else {
+                        s.window = (s.window / 2).max(self.cfg.min_in_flight);
+                    }
+                }
+                if s.in_flight.is_empty() {
+                    s.sample_mark = None;
+                    s.sample_bytes = 0;
+                }
+                let strikes = s.strikes;
+                self.hold(source, piece, now, HoldKind::Avoid);
+                if strikes >= self.cfg.max_strikes {
+                    let cancel = self.deactivate(source, SourceState::Dropped);
+                    return Ok(Verdict::Drop(Dropped {
+                        source,
+                        reason: DropReason::Strikes,
+                        cancel,
+                    }));
+                }
+                Ok(Verdict::Continue)
+            }
+        }
+    }
+
+    // ----- progress ------------------------------------------------------------------
+
+    /// Pieces in the content.
+    pub fn piece_count(&self) -> u32 {
+        self.piece_count
+    }
+
+    /// True once every piece is held.
+    pub fn is_complete(&self) -> bool {
+        self.have.is_full()
+    }
+
+    /// Pieces held and verified.
+    pub fn have_count(&self) -> u32 {
+        self.have.count()
+    }
+
+    /// True if `piece` is held.
+    pub fn has_piece(&self, piece: u32) -> bool {
+        self.have.contains(piece)
+    }
+
+    /// The held pieces.
+    pub fn have(&self) -> &PieceSet {
+        &self.have
+    }
+
+    /// Number of pieces still missing.
+    pub fn missing(&self) -> u32 {
+        self.piece_count - self.have.count()
+    }
+
+    /// The missing pieces, in increasing order.
+    pub fn missing_pieces(&self) -> impl Iterator<Item = u32> + '_ {
+        self.have.iter_absent()
+    }
+
+    /// Outstanding requests (a piece requested from two sources in endgame counts twice).
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.values().map(|v| v.len() as u32).sum()
+    }
+
+    /// Outstanding requests as `(source, piece)`, in piece order.
+    pub fn requests(&self) -> impl Iterator<Item = (SourceId, u32)> + '_ {
+        self.in_flight
+            .iter()
+            .flat_map(|(&p, v)| v.iter().map(move |&s| (s, p)))
+    }
+
+    /// True while every missing piece that some active source holds is requested, so idle
+    /// sources may duplicate requests.
+    pub fn in_endgame(&self) -> bool {
+        !self.is_complete() && !self.fresh_anywhere()
+    }
+
+    /// Missing pieces that no active source holds.
+    pub fn unobtainable(&self) -> u32 {
+        self.have
+            .iter_absent()
+            .filter(|&p| self.total_avail(p) == 0)
+            .count() as u32
+    }
+
+    /// Active sources.
+    pub fn active_sources(&self) -> u32 {
+        self.sources.values().filter(|s| s.is_active()).count() as u32
+    }
+
+    /// Counters of one source (also of dropped and banned ones until removed).
+    pub fn source_stats(&self, id: SourceId) -> Option<SourceStats> {
+        self.sources.get(&id).map(Source::stats)
+    }
+
+    /// Counters of every known source, in id order.
+    pub fn sources(&self) -> impl Iterator<Item = (SourceId, SourceStats)> + '_ {
+        self.sources.iter().map(|(&id, s)| (id, s.stats()))
+    }
+
+    /// True if `source` would be asked for `piece` at all: it is active, reports the
+    /// piece, and has not refused it recently.
+    pub fn source_offers(&self, source: SourceId, piece: u32) -> bool {
+        self.sources
+            .get(&source)
+            .is_some_and(|s| s.is_active() && s.effective.contains(piece))
+    }
+
+    /// A snapshot for progress bars and reports.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            pieces: self.piece_count,
+            have: self.have.count(),
+            in_flight_pieces: self.in_flight.len() as u32,
+            requests: self.in_flight(),
+            active_sources: self.active_sources(),
+            bytes_received: self.bytes_received,
+            wasted_bytes: self.wasted_bytes,
+            endgame: self.in_endgame(),
+            unobtainable: self.unobtainable(),
+        }
+    }
+
+    // ----- internals -----------------------------------------------------------------
+
+    fn check_piece(&self, piece: u32) -> Result<(), SchedError> {
+        if piece >= self.piece_count {
+            return Err(SchedError::PieceOutOfRange {
+                piece,
+                piece_count: self.piece_count,
+            });
+        }
+        Ok(())
+    }
+
+    fn total_avail(&self, p: u32) -> u32 {
+        self.peer_avail[p as usize] + self.origin_avail[p as usize]
+    }
+
+    /// Is there a missing, unrequested piece that some active source holds?
+    fn fresh_anywhere(&self) -> bool {
+        self.pool.iter().any(|p| self.total_avail(p) > 0)
+    }
+
+    /// A piece no one is asked for yet: the origin takes the lowest-numbered piece no peer
+    /// holds; a peer takes the rarest (fewest peers hold it), ties broken at random.
+    fn pick_fresh(&mut self, id: SourceId) -> Option<u32> {
+        let s = &self.sources[&id];
+        let origin = s.kind == SourceKind::Origin;
+        let avoided = |p: u32, total: u32| total > 1 && s.avoid_until.contains_key(&p);
+        let mut best: Option<(u32, u32)> = None; // (peers holding, piece)
+        let mut ties = 0u32;
+        for (i, (&pw, &ew)) in self
+            .pool
+            .words()
+            .iter()
+            .zip(s.effective.words())
+            .enumerate()
+        {
+            let w = pw & ew;
+            if w == 0 {
+                continue;
+            }
+            for b in bits(w) {
+                let p = i as u32 * 64 + b;
+                let peers = self.peer_avail[p as usize];
+                let total = peers + self.origin_avail[p as usize];
+                if avoided(p, total) {
+                    continue;
+                }
+                if origin {
+                    if peers == 0 {
+                        return Some(p);
+                    }
+                    continue;
+                }
+                match best {
+                    Some((r, _)) if peers > r => {}
+                    Some((r, _)) if peers == r => {
+                        ties += 1;
+                        if self.rng.below(ties) == 0 {
+                            best = Some((peers, p));
+                        }
+                    }
+                    _ => {
+                        best = Some((peers, p));
+                        ties = 1;
+                    }
+                }
+            }
+        }
+        best.map(|(_, p)| p)
+    }
+
+    /// In endgame, a piece already requested elsewhere that this source would likely
+    /// deliver sooner: fewest copies first, then the latest expected arrival.
+    fn pick_duplicate(&self, id: SourceId, now: Instant) -> Option<u32> {
+        if self.cfg.endgame_max_copies < 2 || self.fresh_anywhere() {
+            return None;
+        }
+        let s = &self.sources[&id];
+        let origin = s.kind == SourceKind::Origin;
+        let piece_size = self.cfg.piece_size as f64;
+        let mine = s.rate.filter(|&r| r > 0.0).map(|r| {
+            now + secs(
+                (s.in_flight.len() as f64 + 1.0) * piece_size / r,
+                self.cfg.max_timeout,
+            )
+        });
+        let mut best: Option<(usize, Instant, u32)> = None;
+        for (&p, holders) in &self.in_flight {
+            if holders.len() as u32 >= self.cfg.endgame_max_copies
+                || holders.contains(&id)
+                || !s.effective.contains(p)
+                || s.avoid_until.contains_key(&p)
+                || (origin && self.peer_avail[p as usize] > 0)
+            {
+                continue;
+            }
+            let existing = holders
+                .iter()
+                .map(|h| self.expected_arrival(h, p))
+                .min()
+                .expect("an in-flight piece has a holder");
+            if mine.is_some_and(|m| m >= existing) {
+                continue;
+            }
+            let better = match best {
+                None => true,
+                Some((c, e, _)) => holders.len() < c || (holders.len() == c && existing > e),
+            };
+            if better {
+                best = Some((holders.len(), existing, p));
+            }
+        }
+        best.map(|(_, _, p)| p)
+    }
+
+    /// When the request for `piece` on `h` should arrive, assuming the source serves its
+    /// requests in the order sent at its measured rate.
+    fn expected_arrival(&self, h: &SourceId, piece: u32) -> Instant {
+        let s = &self.sources[h];
+        let sent = s.in_flight[&piece];
+        match s.rate.filter(|&r| r > 0.0) {
+            Some(rate) => {
+                let rank = s.in_flight.values().filter(|&&t| t <= sent).count() as f64;
+                let start = s.last_progress.map_or(sent, |lp| lp.max(sent));
+                start
+                    + secs(
+                        rank * self.cfg.piece_size as f64 / rate,
+                        self.cfg.max_timeout,
+                    )
+            }
+            None => sent + self.cfg.initial_timeout,
+        }
+    }
+
+    fn deadline(&self, s: &Source, sent: Instant) -> Instant {
+        match s.rate.filter(|&r| r > 0.0) {
+            Some(rate) => {
+                let base = s.last_progress.map_or(sent, |lp| lp.max(sent));
+                let expect = self.cfg.timeout_factor
+                    * self.cfg.piece_size as f64
+                    * s.in_flight.len().max(1) as f64
+                    / rate;
+                let budget = secs(expect, self.cfg.max_timeout).max(self.cfg.min_timeout);
+                base + budget
+            }
+            None => sent + self.cfg.initial_timeout,
+        }
+    }
+
+    fn issue(&mut self, id: SourceId, piece: u32, now: Instant) {
+        self.pool.remove(piece);
+        self.in_flight.entry(piece).or_default().push(id);
+        let s = self
+            .sources
+            .get_mut(&id)
+            .expect("issuing to a known source");
+        if s.in_flight.is_empty() {
+            s.sample_mark = Some(now);
+            s.sample_bytes = 0;
+        }
+        s.in_flight.insert(piece, now);
+    }
+
+    /// Removes the request (source, piece) if outstanding; returns when it was sent. A
+    /// missing piece left with no request goes back to the pool.
+    fn forget_request(&mut self, id: SourceId, piece: u32) -> Option<Instant> {
+        let sent = self.sources.get_mut(&id)?.in_flight.remove(&piece)?;
+        if let Some(v) = self.in_flight.get_mut(&piece) {
+            v.retain(|&h| h != id);
+            if v.is_empty() {
+                self.in_flight.remove(&piece);
+                if !self.have.contains(piece) {
+                    self.pool.insert(piece);
+                }
+            }
+        }
+        Some(sent)
+    }
+
+    /// Takes a source out of service; returns its outstanding requests (now back in the
+    /// pool).
+    fn deactivate(&mut self, id: SourceId, state: SourceState) -> Vec<u32> {
+        let pieces: Vec<u32> = self.sources[&id].in_flight.keys().copied().collect();
+        for &p in &pieces {
+            self.forget_request(id, p);
+        }
+        let n = self.piece_count;
+        let s = self
+            .sources
+            .get_mut(&id)
+            .expect("deactivating a known source");
+        let avail = avail_of(&mut self.peer_avail, &mut self.origin_avail, s.kind);
+        let empty = PieceSet::new(n);
+        apply_avail(avail, &s.effective, &empty);
+        s.state = state;
+        s.reported = empty.clone();
+        s.effective = empty;
+        s.denied_until.clear();
+        s.avoid_until.clear();
+        s.sample_mark = None;
+        s.sample_bytes = 0;
+        s.rate = None;
+        s.window = 0;
+        self.holds.retain(|h| h.1 != id);
+        pieces
+    }
+
+    fn hold(&mut self, id: SourceId, piece: u32, now: Instant, kind: HoldKind) {
+        let until = now + self.cfg.holdoff;
+        let s = self
+            .sources
+            .get_mut(&id)
+            .expect("holding on a known source");
+        match kind {
+            HoldKind::Denied => {
+                s.denied_until.insert(piece, until);
+                if s.effective.remove(piece) {
+                    avail_of(&mut self.peer_avail, &mut self.origin_avail, s.kind)
+                        [piece as usize] -= 1;
+                }
+            }
+            HoldKind::Avoid => {
+                s.avoid_until.insert(piece, until);
+            }
+        }
+        self.holds.insert((until, id, piece, kind));
+    }
+
+    /// Lifts holds that have expired by `now`.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(until, id, piece, kind)) = self.holds.first() {
+            if until > now {
+                break;
+            }
+            self.holds.pop_first();
+            let Some(s) = self.sources.get_mut(&id) else {
+                continue;
+            };
+            let map = match kind {
+                HoldKind::Denied => &mut s.denied_until,
+                HoldKind::Avoid => &mut s.avoid_until,
+            };
+            // A newer hold on the same piece replaced this entry's expiry.
+            if map.get(&piece) != Some(&until) {
+                continue;
+            }
+            map.remove(&piece);
+            if kind == HoldKind::Denied
+                && s.is_active()
+                && s.reported.contains(piece)
+                && s.effective.insert(piece)
+            {
+                avail_of(&mut self.peer_avail, &mut self.origin_avail, s.kind)[piece as usize] += 1;
+            }
+        }
+    }
+}
+
+/// The window that queues `queue_horizon` worth of work at `rate` (bytes/s).
+fn window_for(cfg: &SchedConfig, rate: f64) -> u32 {
+    let w = (rate * cfg.queue_horizon.as_secs_f64() / cfg.piece_size as f64).ceil();
+    let w = if w.is_finite() && w > 0.0 {
+        w.min(f64::from(u32::MAX)) as u32
+    } else {
+        0
+    };
+    w.clamp(cfg.min_in_flight, cfg.max_in_flight)
+}
+
+/// Seconds as a duration, capped (guards against huge or non-finite values).
+fn secs(s: f64, cap: Duration) -> Duration {
+    if s.is_finite() && s >= 0.0 && s < cap.as_secs_f64() {
+        Duration::from_secs_f64(s)
+    } else {
+        cap
+    }
+}
+
+fn avail_of<'a>(peer: &'a mut [u32], origin: &'a mut [u32], kind: SourceKind) -> &'a mut [u32] {
+    match kind {
+        SourceKind::Peer => peer,
+        SourceKind::Origin => origin,
+    }
+}
+
+/// Adjusts per-piece counts from `old` to `new`, touching only changed words.
+fn apply_avail(avail: &mut [u32], old: &PieceSet, new: &PieceSet) {
+    for (i, (&o, &n)) in old.words().iter().zip(new.words()).enumerate() {
+        if o == n {
+            continue;
+        }
+        for b in bits(n & !o) {
+            avail[i * 64 + b as usize] += 1;
+        }
+        for b in bits(o & !n) {
+            avail[i * 64 + b as usize] -= 1;
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Sources (peers and origins), what they hold, and their per-source state.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Instant;
+
+use crate::PieceSet;
+
+/// The caller's name for one source of this content (for example an index into its peer
+/// table). The scheduler only compares ids; it never interprets them.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct SourceId(pub u64);
+
+impl fmt::Display for SourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// What kind of source this is; the kinds follow different piece-selection rules (see the
+/// crate docs).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SourceKind {
+    /// Another client (same office over Foreground, or the parent office over
+    /// Background). May hold only part of the content, and its holdings grow.
+    Peer,
+    /// The origin (HTTP range requests or a file path). Holds everything; read in order and
+    /// only for pieces no peer holds.
+    Origin,
+}
+
+/// What a source holds, as last reported.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Have {
+    /// Every piece (a seeding peer, or the origin).
+    All,
+    /// The pieces in the set; its length must equal the content's piece count.
+    Some(PieceSet),
+}
+
+/// Where a source stands in this download.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SourceState {
+    /// Gets requests.
+    Active,
+    /// Dropped after too many strikes; may be added again (a later
+    /// [`crate::Scheduler::add_source`] reactivates it).
+    Dropped,
+    /// Sent a bad piece: refused for the rest of this content, even if added again.
+    Banned,
+}
+
+/// Counters and estimates of one source, for progress displays and reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceStats {
+    /// Peer or origin.
+    pub kind: SourceKind,
+    /// Active, dropped or banned.
+    pub state: SourceState,
+    /// Verified bytes received from it, duplicates included (bytes).
+    pub bytes_received: u64,
+    /// Verified pieces received from it, duplicates included.
+    pub pieces_received: u64,
+    /// Bytes received for pieces already held (endgame duplicates, late arrivals).
+    pub wasted_bytes: u64,
+    /// Smoothed delivery rate (bytes/s); `None` until the first sample.
+    pub rate: Option<f64>,
+    /// Requests outstanding now.
+    pub in_flight: u32,
+    /// Requests it may have outstanding now (its adaptive window).
+    pub window: u32,
+    /// Consecutive strikes (timeouts and transport failures since the last delivery).
+    pub strikes: u32,
+    /// Requests that timed out, all time.
+    pub timeouts: u64,
+    /// Requests that failed in transport, all time.
+    pub transport_failures: u64,
+    /// Requests it answered with "don't have", all time.
+    pub unavailable: u64,
+    /// Bad pieces it sent (0 or 1: the first one bans it).
+    pub bad_pieces: u64,
+    /// Pieces it holds that the scheduler would request from it (reported minus refused).
+    pub pieces_held: u32,
+}
+
+/// Internal state of one source.
+#[derive(Debug)]
+pub(crate) struct Source {
+    pub(crate) kind: SourceKind,
+    pub(crate) state: SourceState,
+    /// Last reported holdings.
+    pub(crate) reported: PieceSet,
+    /// `reported` minus pieces under a "don't have" hold; counted in availability while
+    /// the source is active.
+    pub(crate) effective: PieceSet,
+    /// Pieces it said it does not have, until when.
+    pub(crate) denied_until: BTreeMap<u32, Instant>,
+    /// Pieces that timed out or failed on it, kept away from it until when (unless no one
+    /// else holds them).
+    pub(crate) avoid_until: BTreeMap<u32, Instant>,
+    /// Outstanding requests: piece → when sent.
+    pub(crate) in_flight: BTreeMap<u32, Instant>,
+    pub(crate) window: u32,
+    pub(crate) rate: Option<f64>,
+    /// Start of the current rate sample (set while requests are outstanding).
+    pub(crate) sample_mark: Option<Instant>,
+    pub(crate) sample_bytes: u64,
+    pub(crate) last_progress: Option<Instant>,
+    pub(crate) last_penalty: Option<Instant>,
+    pub(crate) strikes: u32,
+    pub(crate) bytes_received: u64,
+    pub(crate) pieces_received: u64,
+    pub(crate) wasted_bytes: u64,
+    pub(crate) timeouts: u64,
+    pub(crate) transport_failures: u64,
+    pub(crate) unavailable: u64,
+    pub(crate) bad_pieces: u64,
+}
+
+impl Source {
+    pub(crate) fn new(kind: SourceKind, piece_count: u32, window: u32) -> Self {
+        let reported = match kind {
+            SourceKind::Origin => PieceSet::full(piece_count),
+            SourceKind::Peer => PieceSet::new(piece_count),
+        };
+        Self {
+            kind,
+            state: SourceState::Active,
+            effective: reported.clone(),
+            reported,
+            denied_until: BTreeMap::new(),
+            avoid_until: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            window,
+            rate: None,
+            sample_mark: None,
+            sample_bytes: 0,
+            last_progress: None,
+            last_penalty: None,
+            strikes: 0,
+            bytes_received: 0,
+            pieces_received: 0,
+            wasted_bytes: 0,
+            timeouts: 0,
+            transport_failures: 0,
+            unavailable: 0,
+            bad_pieces: 0,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> SourceStats {
+        SourceStats {
+            kind: self.kind,
+            state: self.state,
+            bytes_received: self.bytes_received,
+            pieces_received: self.pieces_received,
+            wasted_bytes: self.wasted_bytes,
+            rate: self.rate,
+            in_flight: self.in_flight.len() as u32,
+            window: self.window,
+            strikes: self.strikes,
+            timeouts: self.timeouts,
+            transport_failures: self.transport_failures,
+            unavailable: self.unavailable,
+            bad_pieces: self.bad_pieces,
+            pieces_held: if self.state == SourceState::Active {
+                self.effective.count()
+            } else {
+                0
+            },
+        }
+    }
+
+    pub(crate) fn is_active(&self) -> bool {
+        self.state == SourceState::Active
+    }
+}

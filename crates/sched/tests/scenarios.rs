@@ -1,0 +1,600 @@
+//! Deterministic scenarios: each drives the scheduler by hand (or through the `sim`
+//! module's virtual time) and checks an outcome of the policy.
+
+use std::time::{Duration, Instant};
+
+use branchline_sched::sim::{self, Fault, SimConfig, SimHave, SimSource};
+use branchline_sched::{
+    DropReason, Failure, Have, PieceSet, SchedConfig, SchedError, Scheduler, SourceId, SourceKind,
+    SourceState, Verdict,
+};
+
+const PIECE: u64 = 1 << 20;
+
+fn cfg() -> SchedConfig {
+    SchedConfig {
+        seed: 7,
+        ..SchedConfig::new(PIECE)
+    }
+}
+
+fn set(n: u32, pieces: impl IntoIterator<Item = u32>) -> Have {
+    Have::Some(PieceSet::from_pieces(n, pieces).unwrap())
+}
+
+/// Requests everything the source will take now.
+fn drain(s: &mut Scheduler, id: SourceId, now: Instant) -> Vec<u32> {
+    std::iter::from_fn(|| s.next_request(id, now)).collect()
+}
+
+const A: SourceId = SourceId(1);
+const B: SourceId = SourceId(2);
+const O: SourceId = SourceId(9);
+
+#[test]
+fn only_pieces_the_source_holds_and_none_already_held() {
+    let t = Instant::now();
+    let mut s = Scheduler::new(10, [0, 1], cfg()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    assert_eq!(s.next_request(A, t), None, "a new peer holds nothing");
+    s.set_source_pieces(A, set(10, [0, 1, 5, 7])).unwrap();
+    let mut got = drain(&mut s, A, t);
+    got.sort();
+    assert_eq!(got, vec![5, 7]);
+    assert_eq!(s.in_flight(), 2);
+    assert_eq!(s.missing(), 8);
+}
+
+#[test]
+fn origin_only_gets_pieces_no_peer_holds_in_order() {
+    let t = Instant::now();
+    let n = 12;
+    let mut s = Scheduler::new(n, [], cfg()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.add_source(B, SourceKind::Peer).unwrap();
+    s.add_source(O, SourceKind::Origin).unwrap();
+    s.set_source_pieces(A, set(n, [0, 1, 2, 3])).unwrap();
+    s.set_source_pieces(B, set(n, [2, 3, 8, 9])).unwrap();
+    let mut origin = Vec::new();
+    let mut peers = Vec::new();
+    // Everyone takes what it may until the download completes; deliveries are instant.
+    while !s.is_complete() {
+        for id in [A, B, O] {
+            for p in drain(&mut s, id, t) {
+                if id == O {
+                    origin.push(p);
+                } else {
+                    peers.push(p);
+                }
+                s.on_piece_received(id, p, PIECE, t).unwrap();
+            }
+        }
+    }
+    assert_eq!(
+        origin,
+        vec![4, 5, 6, 7, 10, 11],
+        "origin reads only unheld pieces, in order"
+    );
+    peers.sort();
+    assert_eq!(peers, vec![0, 1, 2, 3, 8, 9]);
+}
+
+#[test]
+fn rarest_piece_first_among_peers() {
+    let t = Instant::now();
+    let n = 6;
+    let mut s = Scheduler::new(n, [], cfg()).unwrap();
+    for id in [A, B, SourceId(3)] {
+        s.add_source(id, SourceKind::Peer).unwrap();
+    }
+    s.set_source_pieces(A, Have::All).unwrap();
+    s.set_source_pieces(B, set(n, [0, 1, 2, 3, 4])).unwrap();
+    s.set_source_pieces(SourceId(3), set(n, [0, 1, 2, 3]))
+        .unwrap();
+    // Piece 5: one holder; piece 4: two; pieces 0..4: three.
+    assert_eq!(s.next_request(A, t), Some(5));
+    assert_eq!(s.next_request(A, t), Some(4));
+}
+
+#[test]
+fn bad_piece_bans_the_source_and_returns_its_requests() {
+    let t = Instant::now();
+    let mut s = Scheduler::new(8, [], cfg()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.add_source(B, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, Have::All).unwrap();
+    s.set_source_pieces(B, Have::All).unwrap();
+    let a = drain(&mut s, A, t);
+    assert_eq!(a.len(), 2);
+    let v = s.on_piece_failed(A, a[0], Failure::BadPiece, t).unwrap();
+    let Verdict::Drop(d) = v else {
+        panic!("a bad piece must drop the source, got {v:?}")
+    };
+    assert_eq!(d.source, A);
+    assert_eq!(d.reason, DropReason::BadPiece);
+    assert!(d.reason.report_to_server());
+    assert_eq!(d.cancel, vec![a[1]]);
+    assert_eq!(s.source_stats(A).unwrap().state, SourceState::Banned);
+    assert_eq!(s.next_request(A, t), None);
+    assert_eq!(
+        s.add_source(A, SourceKind::Peer),
+        Err(SchedError::Banned(A))
+    );
+    // Both pieces are back in the pool and go to B once it holds them.
+    s.set_source_pieces(B, set(8, a.iter().copied())).unwrap();
+    let mut b = drain(&mut s, B, t);
+    b.sort();
+    let mut want = a.clone();
+    want.sort();
+    assert_eq!(b, want);
+    assert_eq!(s.active_sources(), 1);
+}
+
+#[test]
+fn unavailable_piece_goes_elsewhere_and_does_not_stall() {
+    let t = Instant::now();
+    let n = 4;
+    let mut s = Scheduler::new(n, [], cfg()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.add_source(O, SourceKind::Origin).unwrap();
+    // A claims everything but has lost piece 2.
+    s.set_source_pieces(A, Have::All).unwrap();
+    assert_eq!(
+        s.next_request(O, t),
+        None,
+        "the origin waits while a peer holds all"
+    );
+    let mut now = t;
+    let mut refused = 0;
+    while !s.is_complete() {
+        for p in drain(&mut s, A, now) {
+            if p == 2 {
+                refused += 1;
+                assert_eq!(
+                    s.on_piece_failed(A, p, Failure::Unavailable, now).unwrap(),
+                    Verdict::Continue
+                );
+            } else {
+                s.on_piece_received(A, p, PIECE, now).unwrap();
+            }
+        }
+        for p in drain(&mut s, O, now) {
+            assert_eq!(p, 2, "the origin takes only the piece the peer refused");
+            s.on_piece_received(O, p, PIECE, now).unwrap();
+        }
+        // The server keeps listing the stale have-set every second.
+        s.set_source_pieces(A, Have::All).unwrap();
+        now += Duration::from_secs(1);
+        assert!(now < t + Duration::from_secs(5), "download stalled");
+    }
+    assert_eq!(
+        refused, 1,
+        "the refused piece is not asked of A again during the holdoff"
+    );
+    assert_eq!(s.source_stats(A).unwrap().unavailable, 1);
+}
+
+#[test]
+fn transport_strikes_drop_the_source_once_per_round() {
+    let t = Instant::now();
+    let mut s = Scheduler::new(100, [], cfg()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, Have::All).unwrap();
+    let mut now = t;
+    // A connection loss fails both outstanding requests: one strike, not two.
+    let round = drain(&mut s, A, now);
+    assert_eq!(round.len(), 2);
+    now += Duration::from_millis(10);
+    for &p in &round {
+        assert_eq!(
+            s.on_piece_failed(A, p, Failure::Transport, now).unwrap(),
+            Verdict::Continue
+        );
+    }
+    assert_eq!(s.source_stats(A).unwrap().strikes, 1);
+    // A delivery clears the strikes.
+    let p = s.next_request(A, now).unwrap();
+    s.on_piece_received(A, p, PIECE, now).unwrap();
+    assert_eq!(s.source_stats(A).unwrap().strikes, 0);
+    // Three separate failed rounds drop it.
+    let mut last = Verdict::Continue;
+    for _ in 0..3 {
+        now += Duration::from_millis(10);
+        let p = s.next_request(A, now).expect("still active");
+        now += Duration::from_millis(10);
+        last = s.on_piece_failed(A, p, Failure::Transport, now).unwrap();
+    }
+    let Verdict::Drop(d) = last else {
+        panic!("three strikes must drop, got {last:?}")
+    };
+    assert_eq!(d.reason, DropReason::Strikes);
+    assert!(!d.reason.report_to_server());
+    assert_eq!(s.source_stats(A).unwrap().state, SourceState::Dropped);
+    assert_eq!(s.in_flight(), 0);
+    // A dropped source may come back.
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, Have::All).unwrap();
+    assert!(s.next_request(A, now).is_some());
+    assert_eq!(s.source_stats(A).unwrap().transport_failures, 5);
+}
+
+#[test]
+fn never_more_in_flight_than_the_window() {
+    let t = Instant::now();
+    let c = cfg();
+    let mut s = Scheduler::new(1000, [], c.clone()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, Have::All).unwrap();
+    assert_eq!(drain(&mut s, A, t).len() as u32, c.initial_in_flight);
+    // A fast source (1 MiB every 5 ms = 200 MiB/s) grows to the maximum and no further.
+    let mut now = t;
+    let mut max_seen = 0;
+    for _ in 0..200 {
+        now += Duration::from_millis(5);
+        let out: Vec<u32> = s.requests().map(|(_, p)| p).collect();
+        s.on_piece_received(A, out[0], PIECE, now).unwrap();
+        drain(&mut s, A, now);
+        let st = s.source_stats(A).unwrap();
+        assert!(st.in_flight <= st.window);
+        max_seen = max_seen.max(st.in_flight);
+    }
+    assert_eq!(max_seen, c.max_in_flight);
+    // A slow source (1 MiB per 2 s = 0.5 MiB/s) ends up with a window of 1.
+    s.add_source(B, SourceKind::Peer).unwrap();
+    s.set_source_pieces(B, Have::All).unwrap();
+    for _ in 0..10 {
+        let mine: Vec<u32> = s.requests().filter(|r| r.0 == B).map(|r| r.1).collect();
+        let p = match mine.first() {
+            Some(&p) => p,
+            None => s.next_request(B, now).unwrap(),
+        };
+        now += Duration::from_secs(2);
+        s.on_piece_received(B, p, PIECE, now).unwrap();
+        drain(&mut s, B, now);
+    }
+    let st = s.source_stats(B).unwrap();
+    assert_eq!(st.window, 1);
+    assert!(st.in_flight <= 1);
+    let rate = st.rate.unwrap();
+    assert!(
+        (rate - PIECE as f64 / 2.0).abs() < PIECE as f64 * 0.05,
+        "rate {rate}"
+    );
+}
+
+#[test]
+fn slow_peer_times_out_and_its_piece_moves() {
+    let t = Instant::now();
+    let mut s = Scheduler::new(50, [], cfg()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.add_source(B, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, Have::All).unwrap();
+    s.set_source_pieces(B, Have::All).unwrap();
+    let mut now = t;
+    // Both deliver a piece per 100 ms for a while, so both have rates.
+    for _ in 0..5 {
+        for id in [A, B] {
+            drain(&mut s, id, now);
+        }
+        now += Duration::from_millis(100);
+        for id in [A, B] {
+            let p = s.requests().find(|r| r.0 == id).unwrap().1;
+            s.on_piece_received(id, p, PIECE, now).unwrap();
+        }
+    }
+    // A goes silent. Its requests become late first (its clock started at its last
+    // delivery); B keeps delivering.
+    drain(&mut s, A, now);
+    let stuck: Vec<u32> = s.requests().filter(|r| r.0 == A).map(|r| r.1).collect();
+    assert!(!stuck.is_empty());
+    let late = loop {
+        now += Duration::from_millis(100);
+        drain(&mut s, B, now);
+        let next = s.requests().find(|r| r.0 == B).map(|r| r.1);
+        if let Some(p) = next {
+            s.on_piece_received(B, p, PIECE, now).unwrap();
+        }
+        let late = s.timeouts(now);
+        if !late.is_empty() {
+            break late;
+        }
+        assert!(now < t + Duration::from_secs(30), "no timeout");
+    };
+    assert!(
+        late.iter().all(|r| r.0 == A),
+        "only the silent source is late: {late:?}"
+    );
+    for &(id, p) in &late {
+        s.on_piece_failed(id, p, Failure::Timeout, now).unwrap();
+    }
+    assert_eq!(
+        s.source_stats(A).unwrap().strikes,
+        1,
+        "one strike for one stalled round"
+    );
+    // The pieces go to B, not back to A.
+    let moved = drain(&mut s, B, now);
+    for &(_, p) in &late {
+        assert!(
+            moved.contains(&p) || s.requests().any(|r| r == (B, p)),
+            "piece {p} not moved"
+        );
+        assert!(!s.requests().any(|r| r == (A, p)));
+    }
+}
+
+#[test]
+fn endgame_duplicates_and_cancels() {
+    let t = Instant::now();
+    let mut s = Scheduler::new(4, [], cfg()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.add_source(B, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, Have::All).unwrap();
+    s.set_source_pieces(B, Have::All).unwrap();
+    let a = drain(&mut s, A, t);
+    let b = drain(&mut s, B, t);
+    assert_eq!(a.len() + b.len(), 4);
+    assert!(s.in_endgame());
+    // B delivers both quickly; A is stuck. B then duplicates A's pieces.
+    let mut now = t + Duration::from_millis(50);
+    for &p in &b {
+        s.on_piece_received(B, p, PIECE, now).unwrap();
+    }
+    let dup = drain(&mut s, B, now);
+    let mut sorted = dup.clone();
+    sorted.sort();
+    let mut want = a.clone();
+    want.sort();
+    assert_eq!(sorted, want, "B duplicates every piece still out on A");
+    assert_eq!(s.in_flight(), 4);
+    now += Duration::from_millis(50);
+    let r = s.on_piece_received(B, dup[0], PIECE, now).unwrap();
+    assert!(r.new);
+    assert_eq!(r.cancel, vec![(A, dup[0])]);
+    let r = s.on_piece_received(B, dup[1], PIECE, now).unwrap();
+    assert!(r.complete);
+    assert_eq!(r.cancel, vec![(A, dup[1])]);
+    assert_eq!(s.in_flight(), 0);
+    // A's copy arriving late is accepted but counted as waste.
+    let late = s.on_piece_received(A, dup[0], PIECE, now).unwrap();
+    assert!(!late.new);
+    assert_eq!(s.progress().wasted_bytes, PIECE);
+}
+
+#[test]
+fn no_duplicates_before_endgame() {
+    let t = Instant::now();
+    let mut s = Scheduler::new(10, [], cfg()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.add_source(B, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, Have::All).unwrap();
+    s.set_source_pieces(B, set(10, [0, 1])).unwrap();
+    let a = drain(&mut s, A, t);
+    // B holds only pieces already out on A... or takes what A left of 0 and 1.
+    let b = drain(&mut s, B, t);
+    for p in &b {
+        assert!(
+            !a.contains(p),
+            "piece {p} requested twice with fresh pieces left"
+        );
+    }
+    assert!(!s.in_endgame());
+}
+
+#[test]
+fn growing_have_sets_are_picked_up() {
+    let t = Instant::now();
+    let n = 6;
+    let mut s = Scheduler::new(n, [], cfg()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, set(n, [0])).unwrap();
+    assert_eq!(drain(&mut s, A, t), vec![0]);
+    s.on_piece_received(A, 0, PIECE, t).unwrap();
+    assert_eq!(s.next_request(A, t), None, "nothing more to take yet");
+    s.source_has_piece(A, 1).unwrap();
+    assert_eq!(drain(&mut s, A, t), vec![1]);
+    s.on_piece_received(A, 1, PIECE, t).unwrap();
+    s.set_source_pieces(A, set(n, 0..4)).unwrap();
+    let mut more = drain(&mut s, A, t);
+    more.sort();
+    assert_eq!(more, vec![2, 3]);
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let t = Instant::now();
+    assert!(matches!(
+        Scheduler::new(4, [4], cfg()),
+        Err(SchedError::PieceOutOfRange {
+            piece: 4,
+            piece_count: 4
+        })
+    ));
+    assert!(matches!(
+        Scheduler::new(4, [], SchedConfig::new(0)),
+        Err(SchedError::Config(_))
+    ));
+    let mut s = Scheduler::new(4, [], cfg()).unwrap();
+    assert_eq!(
+        s.set_source_pieces(A, Have::All),
+        Err(SchedError::UnknownSource(A))
+    );
+    s.add_source(A, SourceKind::Peer).unwrap();
+    assert_eq!(
+        s.add_source(A, SourceKind::Peer),
+        Err(SchedError::AlreadyAdded(A))
+    );
+    assert_eq!(
+        s.set_source_pieces(A, set(5, [0])),
+        Err(SchedError::HaveLength {
+            expected: 4,
+            got: 5
+        })
+    );
+    assert!(s.on_piece_received(A, 9, 1, t).is_err());
+    assert!(s.on_piece_failed(A, 9, Failure::Timeout, t).is_err());
+    assert!(s.source_has_piece(A, 4).is_err());
+    // Outcomes for requests never made change nothing.
+    assert_eq!(
+        s.on_piece_failed(A, 1, Failure::Timeout, t).unwrap(),
+        Verdict::Continue
+    );
+    assert_eq!(s.source_stats(A).unwrap().strikes, 0);
+    assert_eq!(
+        s.remove_source(SourceId(77)),
+        Err(SchedError::UnknownSource(SourceId(77)))
+    );
+}
+
+#[test]
+fn removing_a_source_returns_its_requests_to_the_pool() {
+    let t = Instant::now();
+    let mut s = Scheduler::new(4, [], cfg()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, Have::All).unwrap();
+    let a = drain(&mut s, A, t);
+    let mut cancel = s.remove_source(A).unwrap();
+    cancel.sort();
+    let mut want = a.clone();
+    want.sort();
+    assert_eq!(cancel, want);
+    assert_eq!(s.in_flight(), 0);
+    assert_eq!(s.active_sources(), 0);
+    assert_eq!(s.progress().unobtainable, 4);
+    s.add_source(B, SourceKind::Peer).unwrap();
+    s.set_source_pieces(B, Have::All).unwrap();
+    assert_eq!(drain(&mut s, B, t).len(), 2);
+}
+
+// ----- simulations (virtual time) -------------------------------------------------------
+
+fn sim_cfg(pieces: u32) -> SimConfig {
+    SimConfig {
+        piece_count: pieces,
+        sched: cfg(),
+        refresh: Duration::from_secs(1),
+        limit: Duration::from_secs(3600),
+    }
+}
+
+const MB: f64 = 1_000_000.0;
+const LAN: Duration = Duration::from_millis(2);
+
+#[test]
+fn six_peers_one_ten_times_slower_finish_near_ideal() {
+    let mut peers: Vec<SimSource> = (0..5).map(|_| SimSource::peer(20.0 * MB, LAN)).collect();
+    peers.push(SimSource::peer(2.0 * MB, LAN));
+    let c = sim_cfg(500);
+    let r = sim::run(&c, &peers);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    let done = r.completed.expect("completes");
+    let ideal = sim::ideal_time(c.piece_count, PIECE, &peers);
+    let ratio = done.as_secs_f64() / ideal.as_secs_f64();
+    assert!(
+        ratio <= 1.2,
+        "took {done:?}, ideal {ideal:?} (ratio {ratio:.3})"
+    );
+    let slow = r.sources[5].pieces;
+    let fast_min = r.sources[..5].iter().map(|s| s.pieces).min().unwrap();
+    assert!(
+        slow * 4 < fast_min,
+        "slow peer got {slow}, fast peers at least {fast_min}"
+    );
+}
+
+#[test]
+fn sim_origin_is_read_once_beside_partial_peers() {
+    let n = 200;
+    let half = PieceSet::from_pieces(n, 0..100).unwrap();
+    let rest = PieceSet::from_pieces(n, 50..150).unwrap();
+    let srcs = [
+        SimSource::peer(10.0 * MB, LAN).with_have(SimHave::Pieces(half)),
+        SimSource::peer(10.0 * MB, LAN).with_have(SimHave::Pieces(rest)),
+        SimSource::origin(50.0 * MB, Duration::from_millis(40)),
+    ];
+    let r = sim::run(&sim_cfg(n), &srcs);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert!(r.completed.is_some());
+    assert_eq!(
+        r.sources[2].pieces, 50,
+        "origin serves exactly the 50 pieces no peer holds"
+    );
+    assert_eq!(r.sources[0].pieces + r.sources[1].pieces, 150);
+}
+
+#[test]
+fn sim_downstream_of_a_growing_reader_completes_shortly_after_it() {
+    // The RVP gets a piece every 50 ms from the WAN; this client fetches from it and
+    // from another client that holds a lagging prefix.
+    let n = 100;
+    let interval = Duration::from_millis(50);
+    let srcs = [
+        SimSource::peer(50.0 * MB, LAN).with_have(SimHave::Growing {
+            start: Duration::ZERO,
+            interval,
+        }),
+        SimSource::peer(50.0 * MB, LAN).with_have(SimHave::Growing {
+            start: Duration::from_secs(1),
+            interval,
+        }),
+    ];
+    let r = sim::run(&sim_cfg(n), &srcs);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    let done = r.completed.expect("completes");
+    let last_appears = interval * (n - 1);
+    // The refresh is every second, so the last piece is seen at most one refresh late.
+    assert!(
+        done <= last_appears + Duration::from_millis(1100),
+        "done at {done:?}"
+    );
+}
+
+#[test]
+fn sim_silent_peer_is_dropped_and_download_completes() {
+    let srcs = [
+        SimSource::peer(20.0 * MB, LAN),
+        SimSource::peer(20.0 * MB, LAN).with_fault(Fault::StopsAt(Duration::from_millis(500))),
+        SimSource::peer(20.0 * MB, LAN),
+    ];
+    let r = sim::run(&sim_cfg(600), &srcs);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert!(r.completed.is_some());
+    assert!(r.timeouts > 0);
+    assert_eq!(r.sources[1].dropped, Some(DropReason::Strikes));
+}
+
+#[test]
+fn sim_bad_peer_is_banned_and_download_completes() {
+    let srcs = [
+        SimSource::peer(20.0 * MB, LAN).with_fault(Fault::BadPieceNth(3)),
+        SimSource::peer(20.0 * MB, LAN),
+    ];
+    let r = sim::run(&sim_cfg(100), &srcs);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert!(r.completed.is_some());
+    assert_eq!(r.sources[0].dropped, Some(DropReason::BadPiece));
+    assert_eq!(r.sources[0].pieces, 2);
+}
+
+#[test]
+fn sim_refusing_peer_does_not_stall() {
+    let n = 60;
+    let lost = PieceSet::from_pieces(n, 10..20).unwrap();
+    let mut holds = PieceSet::full(n);
+    for p in lost.iter() {
+        holds.remove(p);
+    }
+    let srcs = [
+        SimSource::peer(20.0 * MB, LAN)
+            .with_have(SimHave::Pieces(holds))
+            .with_fault(Fault::Refuses(lost)),
+        SimSource::origin(5.0 * MB, Duration::from_millis(40)),
+    ];
+    let r = sim::run(&sim_cfg(n), &srcs);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert!(r.completed.is_some());
+    assert_eq!(
+        r.sources[1].pieces, 10,
+        "the origin reads exactly the refused pieces"
+    );
+}
