@@ -249,7 +249,8 @@ fn run(opts: &Options) -> Res<()> {
         );
     }
     println!(
-        "# phases: Background alone {:.0} s, with TCP {:.0} s, after TCP {:.0} s; bins of {} ms",
+        "# phases (with a TCP flow): Background alone {:.0} s, with TCP {:.0} s, after TCP {:.0} s; \
+         bins of {} ms",
         opts.alone.as_secs_f64(),
         opts.compete.as_secs_f64(),
         opts.after.as_secs_f64(),

@@ -67,7 +67,7 @@ pub struct LedbatStats {
     pub queueing_delay: Option<Duration>,
     /// Smoothed RTT of the controller's own samples, if any.
     pub smoothed_rtt: Option<Duration>,
-    /// Whether the idle-link ramp is active.
+    /// Whether the idle-link ramp was active at the last ACK frame.
     pub idle_ramp_active: bool,
     /// Slowdowns started so far.
     pub slowdowns: u64,
@@ -154,6 +154,8 @@ pub struct Ledbat {
     recovery_start: Option<Instant>,
     /// Since when the queueing delay has stayed under `idle_delay`.
     idle_since: Option<Instant>,
+    /// Whether the idle-link ramp was active at the last ACK frame (for [`LedbatStats`]).
+    ramp_active: bool,
     /// When the running slowdown started and when its frozen phase ends.
     slowdown_started: Option<Instant>,
     freeze_until: Option<Instant>,
@@ -185,6 +187,7 @@ impl Ledbat {
             batch: Batch::default(),
             recovery_start: None,
             idle_since: None,
+            ramp_active: false,
             slowdown_started: None,
             freeze_until: None,
             next_slowdown: None,
@@ -214,6 +217,7 @@ impl Ledbat {
         self.take_sample(now, sample);
         let qd = self.queueing_delay().unwrap_or(Duration::ZERO);
         self.track_idle(now, qd);
+        self.ramp_active = self.idle_ramp_active(now);
         let bytes = batch.bytes as f64;
         let target = self.config.target.as_secs_f64();
         let qd_s = qd.as_secs_f64();
@@ -315,6 +319,7 @@ impl Ledbat {
         } else {
             self.congestion_losses += 1;
             self.idle_since = None;
+            self.ramp_active = false;
             self.cwnd /= 2.0;
         }
         if matches!(self.phase, Phase::SlowStart | Phase::SlowdownRamp) {
@@ -323,9 +328,10 @@ impl Ledbat {
         self.clamp();
     }
 
-    /// Congestion window (bytes).
+    /// Congestion window (bytes), within the link policy's current floor and ceiling.
     pub fn window_bytes(&self) -> u64 {
-        self.cwnd as u64
+        let (lo, hi) = self.bounds();
+        self.cwnd.clamp(lo, hi) as u64
     }
 
     /// A snapshot of the state.
@@ -341,9 +347,7 @@ impl Ledbat {
             base_delay: self.base.base(),
             queueing_delay: self.queueing_delay(),
             smoothed_rtt: self.srtt,
-            idle_ramp_active: self.config.idle_ramp
-                && self.idle_since.is_some()
-                && self.phase != Phase::SlowdownFreeze,
+            idle_ramp_active: self.ramp_active,
             slowdowns: self.slowdowns,
             congestion_losses: self.congestion_losses,
             random_losses: self.random_losses,
@@ -509,9 +513,8 @@ impl Controller for Ledbat {
 
     fn window(&self) -> u64 {
         // The ceiling and floor follow the link policy, which may have changed since the last
-        // event; apply them on read too.
-        let (lo, hi) = self.bounds();
-        self.cwnd.clamp(lo, hi) as u64
+        // event; `window_bytes` applies them on read too.
+        self.window_bytes()
     }
 
     fn metrics(&self) -> ControllerMetrics {

@@ -45,7 +45,7 @@
 //! * **Random-loss tolerance.** A loss seen while the queueing delay is under
 //!   `random_loss_delay` (15 ms) cannot be a queue overflow at a bottleneck we are filling; it is
 //!   taken for random loss and costs 20 % of the window (as TCP Veno does) instead of half.
-//!   Losses with a queue still halve. On a lossy WAN, halving at every loss collapses the window
+//!   Losses with a queue still halve, and so does an ECN congestion mark. On a lossy WAN, halving at every loss collapses the window
 //!   to a few packets; with the idle ramp, the tolerant controller keeps the link full.
 //!   Limitation: on a bottleneck whose buffer holds less than 15 ms, overflow losses look
 //!   random too, and the controller then competes about like Reno (AIMD with gain ≤ ⅓ and
