@@ -19,6 +19,23 @@ pub enum Action {
         #[arg(long)]
         json: bool,
     },
+    /// Hash a package locally and publish its metadata and piece map to the catalogue.
+    Publish(crate::publish::PublishArgs),
+    /// The content catalogue.
+    Content {
+        #[command(subcommand)]
+        command: ContentCommand,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ContentCommand {
+    /// List every published content item.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A connected connector: its requester on the reply port.
@@ -39,6 +56,11 @@ impl Connector {
             req: Requester::new(socket, ctx),
             server: opts.server,
         })
+    }
+
+    /// Sends one small message to the server and returns its answer.
+    pub async fn call(&self, body: Body) -> Result<Body, Fail> {
+        Ok(self.req.request(self.server, body).await?)
     }
 
     pub async fn activate(&self) -> Result<(String, bool), Fail> {
@@ -64,7 +86,7 @@ impl Connector {
     }
 }
 
-fn unexpected(asked: &str, got: &Body) -> Fail {
+pub fn unexpected(asked: &str, got: &Body) -> Fail {
     Fail::new(
         exit::FAILURE,
         format!(
@@ -138,6 +160,13 @@ pub async fn run(opts: ConnectorOptions, action: Action) -> Result<(), Fail> {
                 opts.server,
                 if first { " (first activation)" } else { "" }
             );
+        }
+        Action::Publish(args) => crate::publish::publish(c, args).await?,
+        Action::Content {
+            command: ContentCommand::List { json },
+        } => {
+            let items = crate::publish::list(&c).await?;
+            crate::publish::print_list(&items, json);
         }
         Action::Health { json } => {
             let h = c.health().await?;

@@ -4,6 +4,7 @@
 
 mod connector;
 mod demo;
+mod publish;
 mod settings;
 
 use std::net::IpAddr;

@@ -19,7 +19,10 @@ pub struct Envelope {
     /// For a reply or ack: the `msg_id` of the request. 0 for a request.
     #[prost(uint64, tag = "3")]
     pub in_reply_to: u64,
-    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20")]
+    #[prost(
+        oneof = "Body",
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26"
+    )]
     pub body: Option<Body>,
 }
 
