@@ -109,6 +109,7 @@
 //! for a peer scans the source's holdings against the pool a 64-bit word at a time:
 //! O(pieces / 64 + candidates). Have-set refreshes touch only changed words.
 
+mod avail;
 mod config;
 mod error;
 mod pieceset;

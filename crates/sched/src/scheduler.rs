@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::avail::Avail;
 use crate::pieceset::bits;
 use crate::rng::SplitMix64;
 use crate::source::Source;
@@ -119,10 +120,8 @@ pub struct Scheduler {
     pool: PieceSet,
     /// Outstanding requests: piece → sources asked (more than one only in endgame).
     in_flight: BTreeMap<u32, Vec<SourceId>>,
-    /// Per piece: active peers whose effective set holds it.
-    peer_avail: Vec<u32>,
-    /// Per piece: active origins whose effective set holds it.
-    origin_avail: Vec<u32>,
+    /// Per piece: active sources whose effective set holds it.
+    avail: Avail,
     sources: BTreeMap<SourceId, Source>,
     /// Expiry queue of holds: (until, source, piece, kind).
     holds: BTreeSet<(Instant, SourceId, u32, HoldKind)>,
@@ -152,8 +151,7 @@ impl Scheduler {
             have,
             pool,
             in_flight: BTreeMap::new(),
-            peer_avail: vec![0; piece_count as usize],
-            origin_avail: vec![0; piece_count as usize],
+            avail: Avail::new(piece_count),
             sources: BTreeMap::new(),
             holds: BTreeSet::new(),
             bytes_received: 0,
@@ -196,8 +194,7 @@ impl Scheduler {
         }
         let s = &self.sources[&id];
         let empty = PieceSet::new(self.piece_count);
-        let avail = avail_of(&mut self.peer_avail, &mut self.origin_avail, s.kind);
-        apply_avail(avail, &empty, &s.effective);
+        self.avail.apply(s.kind, &empty, &s.effective);
         Ok(())
     }
 
@@ -230,8 +227,7 @@ impl Scheduler {
         for &p in s.denied_until.keys() {
             effective.remove(p);
         }
-        let avail = avail_of(&mut self.peer_avail, &mut self.origin_avail, s.kind);
-        apply_avail(avail, &s.effective, &effective);
+        self.avail.apply(s.kind, &s.effective, &effective);
         s.reported = reported;
         s.effective = effective;
         Ok(())
@@ -249,7 +245,7 @@ impl Scheduler {
         }
         s.reported.insert(piece);
         if !s.denied_until.contains_key(&piece) && s.effective.insert(piece) {
-            avail_of(&mut self.peer_avail, &mut self.origin_avail, s.kind)[piece as usize] += 1;
+            self.avail.add(s.kind, piece);
         }
         Ok(())
     }
@@ -548,7 +544,7 @@ impl Scheduler {
     pub fn unobtainable(&self) -> u32 {
         self.have
             .iter_absent()
-            .filter(|&p| self.total_avail(p) == 0)
+            .filter(|&p| self.avail.total(p) == 0)
             .count() as u32
     }
 
@@ -602,13 +598,13 @@ impl Scheduler {
         Ok(())
     }
 
-    fn total_avail(&self, p: u32) -> u32 {
-        self.peer_avail[p as usize] + self.origin_avail[p as usize]
-    }
-
     /// Is there a missing, unrequested piece that some active source holds?
     fn fresh_anywhere(&self) -> bool {
-        self.pool.iter().any(|p| self.total_avail(p) > 0)
+        self.pool
+            .words()
+            .iter()
+            .zip(self.avail.any().words())
+            .any(|(&p, &a)| p & a != 0)
     }
 
     /// A piece no one is asked for yet: the origin takes the lowest-numbered piece no peer
@@ -632,8 +628,8 @@ impl Scheduler {
             }
             for b in bits(w) {
                 let p = i as u32 * 64 + b;
-                let peers = self.peer_avail[p as usize];
-                let total = peers + self.origin_avail[p as usize];
+                let peers = self.avail.peers(p);
+                let total = self.avail.total(p);
                 if avoided(p, total) {
                     continue;
                 }
@@ -682,7 +678,7 @@ impl Scheduler {
                 || holders.contains(&id)
                 || !s.effective.contains(p)
                 || s.avoid_until.contains_key(&p)
-                || (origin && self.peer_avail[p as usize] > 0)
+                || (origin && self.avail.peers(p) > 0)
             {
                 continue;
             }
@@ -781,9 +777,8 @@ impl Scheduler {
             .sources
             .get_mut(&id)
             .expect("deactivating a known source");
-        let avail = avail_of(&mut self.peer_avail, &mut self.origin_avail, s.kind);
         let empty = PieceSet::new(n);
-        apply_avail(avail, &s.effective, &empty);
+        self.avail.apply(s.kind, &s.effective, &empty);
         s.state = state;
         s.reported = empty.clone();
         s.effective = empty;
@@ -807,8 +802,7 @@ impl Scheduler {
             HoldKind::Denied => {
                 s.denied_until.insert(piece, until);
                 if s.effective.remove(piece) {
-                    avail_of(&mut self.peer_avail, &mut self.origin_avail, s.kind)
-                        [piece as usize] -= 1;
+                    self.avail.sub(s.kind, piece);
                 }
             }
             HoldKind::Avoid => {
@@ -842,7 +836,7 @@ impl Scheduler {
                 && s.reported.contains(piece)
                 && s.effective.insert(piece)
             {
-                avail_of(&mut self.peer_avail, &mut self.origin_avail, s.kind)[piece as usize] += 1;
+                self.avail.add(s.kind, piece);
             }
         }
     }
@@ -865,27 +859,5 @@ fn secs(s: f64, cap: Duration) -> Duration {
         Duration::from_secs_f64(s)
     } else {
         cap
-    }
-}
-
-fn avail_of<'a>(peer: &'a mut [u32], origin: &'a mut [u32], kind: SourceKind) -> &'a mut [u32] {
-    match kind {
-        SourceKind::Peer => peer,
-        SourceKind::Origin => origin,
-    }
-}
-
-/// Adjusts per-piece counts from `old` to `new`, touching only changed words.
-fn apply_avail(avail: &mut [u32], old: &PieceSet, new: &PieceSet) {
-    for (i, (&o, &n)) in old.words().iter().zip(new.words()).enumerate() {
-        if o == n {
-            continue;
-        }
-        for b in bits(n & !o) {
-            avail[i * 64 + b as usize] += 1;
-        }
-        for b in bits(o & !n) {
-            avail[i * 64 + b as usize] -= 1;
-        }
     }
 }
