@@ -21,8 +21,8 @@
 //!   than a silent full download.
 //! * File: `pread` on a file opened once, on tokio's blocking pool.
 //!
-//! Transient failures (connection refused/reset, timeouts, HTTP 408/429/5xx, a body
-//! that ends early) are retried with exponential backoff and jitter under a
+//! Transient failures (connection refused/reset, timeouts, DNS failures, malformed or
+//! cut-off responses, HTTP 408/429/5xx other than 501/505, a body that ends early) are retried with exponential backoff and jitter under a
 //! [`RetryPolicy`]; everything else is a typed [`OriginError`] whose message says what
 //! failed and what to do.
 //!

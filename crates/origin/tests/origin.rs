@@ -449,10 +449,21 @@ fn https_server(
     let listener = TcpListener::bind(LOOPBACK).unwrap();
     let addr = listener.local_addr().unwrap();
     let handle = std::thread::spawn(move || {
-        for _ in 0..conns {
-            let Ok((tcp, _)) = listener.accept() else {
-                return;
+        // Bounded in time as well as count: a missing client must not hang the test.
+        listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut served = 0;
+        while served < conns && std::time::Instant::now() < deadline {
+            let tcp = match listener.accept() {
+                Ok((tcp, _)) => tcp,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                Err(_) => return,
             };
+            served += 1;
+            tcp.set_nonblocking(false).unwrap();
             tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             tcp.set_write_timeout(Some(Duration::from_secs(10)))
                 .unwrap();
