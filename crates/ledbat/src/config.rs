@@ -106,6 +106,22 @@ pub const fn default_random_loss_reduction() -> f64 {
     0.2
 }
 
+/// Default for the competition-aware yield extension: on.
+pub const fn default_competition_yield() -> bool {
+    true
+}
+
+/// Default weight of the queueing delay others cause: 2, so the controller stops growing when
+/// others alone hold half the target (30 ms) in the queue.
+pub const fn default_others_weight() -> f64 {
+    2.0
+}
+
+/// Default window of the path-capacity estimate (maximum delivery rate): 10 s.
+pub const fn default_capacity_window() -> Duration {
+    Duration::from_secs(10)
+}
+
 /// Configuration of one LEDBAT++ controller family (usually: all Background connections that
 /// cross one WAN link).
 ///
@@ -160,6 +176,15 @@ pub struct LedbatConfig {
     /// Fraction of the window given up on a random loss. Default:
     /// [`default_random_loss_reduction`] (0.2).
     pub random_loss_reduction: f64,
+    /// Competition-aware yield extension: react to the queue other flows cause, weighted by
+    /// `others_weight`, as if it were the whole queueing delay. Default:
+    /// [`default_competition_yield`] (on).
+    pub competition_yield: bool,
+    /// Weight of the queueing delay attributed to other flows. Default:
+    /// [`default_others_weight`] (2).
+    pub others_weight: f64,
+    /// Window of the path-capacity estimate. Default: [`default_capacity_window`] (10 s).
+    pub capacity_window: Duration,
 }
 
 impl Default for LedbatConfig {
@@ -182,12 +207,16 @@ impl Default for LedbatConfig {
             loss_tolerance: default_loss_tolerance(),
             random_loss_delay: default_random_loss_delay(),
             random_loss_reduction: default_random_loss_reduction(),
+            competition_yield: default_competition_yield(),
+            others_weight: default_others_weight(),
+            capacity_window: default_capacity_window(),
         }
     }
 }
 
 impl LedbatConfig {
-    /// The draft algorithm alone: no idle-link ramp, and every loss halves the window.
+    /// The draft algorithm alone: no idle-link ramp, no competition-aware yield, and every
+    /// loss halves the window.
     ///
     /// Kept so the benchmark can show what the extensions buy; Branchline ships
     /// [`LedbatConfig::default`].
@@ -195,6 +224,7 @@ impl LedbatConfig {
         Self {
             idle_ramp: false,
             loss_tolerance: false,
+            competition_yield: false,
             ..Self::default()
         }
     }
@@ -269,6 +299,18 @@ impl LedbatConfig {
                 reason: "must be in (0, 0.5]",
             });
         }
+        if !(self.others_weight.is_finite() && (1.0..=10.0).contains(&self.others_weight)) {
+            return Err(ConfigError::Invalid {
+                field: "others_weight",
+                reason: "must be in [1, 10]",
+            });
+        }
+        if self.capacity_window.is_zero() {
+            return Err(ConfigError::Invalid {
+                field: "capacity_window",
+                reason: "must be greater than zero",
+            });
+        }
         Ok(())
     }
 }
@@ -286,7 +328,7 @@ mod tests {
         assert!(c.idle_ramp && c.loss_tolerance);
         let d = LedbatConfig::draft();
         d.validate().unwrap();
-        assert!(!d.idle_ramp && !d.loss_tolerance);
+        assert!(!d.idle_ramp && !d.loss_tolerance && !d.competition_yield);
     }
 
     #[test]

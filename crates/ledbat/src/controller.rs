@@ -22,7 +22,7 @@ use quinn_proto::RttEstimator;
 use quinn_proto::congestion::{Controller, ControllerFactory, ControllerMetrics};
 
 use crate::config::LedbatConfig;
-use crate::delay::{BaseDelayHistory, CurrentDelayFilter};
+use crate::delay::{BaseDelayHistory, CurrentDelayFilter, MaxRateFilter};
 use crate::policy::{LinkPolicy, Registration};
 
 /// RTT assumed for rate-to-window conversions before the first sample: quinn's default initial
@@ -69,6 +69,8 @@ pub struct LedbatStats {
     pub smoothed_rtt: Option<Duration>,
     /// Whether the idle-link ramp was active at the last ACK frame.
     pub idle_ramp_active: bool,
+    /// Queueing delay attributed to other flows at the last ACK frame.
+    pub others_delay: Duration,
     /// Slowdowns started so far.
     pub slowdowns: u64,
     /// Loss events handled as congestion (window halved).
@@ -154,8 +156,14 @@ pub struct Ledbat {
     recovery_start: Option<Instant>,
     /// Since when the queueing delay has stayed under `idle_delay`.
     idle_since: Option<Instant>,
-    /// Whether the idle-link ramp was active at the last ACK frame (for [`LedbatStats`]).
+    /// Whether the idle-link ramp was active at the last ACK frame.(for [`LedbatStats`]).
     ramp_active: bool,
+    /// Path capacity estimate: maximum delivery rate per round trip (bytes/s).
+    capacity: MaxRateFilter,
+    /// Current delivery-rate interval: start, bytes acknowledged, whether app-limited.
+    rate_interval: Option<(Instant, f64, bool)>,
+    /// Queueing delay attributed to other flows at the last ACK frame.
+    others_delay: Duration,
     /// When the running slowdown started and when its frozen phase ends.
     slowdown_started: Option<Instant>,
     freeze_until: Option<Instant>,
@@ -174,6 +182,7 @@ impl Ledbat {
     pub fn new(config: Arc<LedbatConfig>, link: Arc<LinkPolicy>, _now: Instant, mtu: u16) -> Self {
         let base = BaseDelayHistory::new(config.base_history_bucket, config.base_history_buckets);
         let current = CurrentDelayFilter::new(config.current_filter);
+        let config_capacity_window = config.capacity_window;
         let mut me = Self {
             cwnd: config.initial_window as f64,
             config,
@@ -188,6 +197,9 @@ impl Ledbat {
             recovery_start: None,
             idle_since: None,
             ramp_active: false,
+            capacity: MaxRateFilter::new(config_capacity_window),
+            rate_interval: None,
+            others_delay: Duration::ZERO,
             slowdown_started: None,
             freeze_until: None,
             next_slowdown: None,
@@ -215,12 +227,21 @@ impl Ledbat {
             return;
         };
         self.take_sample(now, sample);
+        self.measure_rate(now, batch.bytes as f64, app_limited);
         let qd = self.queueing_delay().unwrap_or(Duration::ZERO);
         self.track_idle(now, qd);
         self.ramp_active = self.idle_ramp_active(now);
         let bytes = batch.bytes as f64;
         let target = self.config.target.as_secs_f64();
-        let qd_s = qd.as_secs_f64();
+        // The delay the controller steers by: the queueing delay, or (extension) the delay
+        // other flows cause, weighted, if that is larger.
+        self.others_delay = self.others_delay_estimate(now, qd);
+        let qd_s = if self.config.competition_yield {
+            qd.as_secs_f64()
+                .max(self.config.others_weight * self.others_delay.as_secs_f64())
+        } else {
+            qd.as_secs_f64()
+        };
 
         match self.phase {
             Phase::SlowdownFreeze => {
@@ -348,6 +369,7 @@ impl Ledbat {
             queueing_delay: self.queueing_delay(),
             smoothed_rtt: self.srtt,
             idle_ramp_active: self.ramp_active,
+            others_delay: self.others_delay,
             slowdowns: self.slowdowns,
             congestion_losses: self.congestion_losses,
             random_losses: self.random_losses,
@@ -374,6 +396,43 @@ impl Ledbat {
             None => rtt,
             Some(s) => (s * 7 + rtt) / 8,
         });
+    }
+
+    /// Delivery rate per smoothed round trip, into the capacity estimate; intervals during
+    /// which the sender was app-limited say nothing about the path and are dropped.
+    fn measure_rate(&mut self, now: Instant, bytes: f64, app_limited: bool) {
+        let Some(srtt) = self.srtt else {
+            return;
+        };
+        let (start, acked, limited) = self.rate_interval.get_or_insert((now, 0.0, false));
+        *acked += bytes;
+        *limited |= app_limited;
+        let elapsed = now.saturating_duration_since(*start);
+        if elapsed >= srtt && !elapsed.is_zero() {
+            if !*limited {
+                let rate = *acked / elapsed.as_secs_f64();
+                self.capacity.push(now, rate);
+            }
+            self.rate_interval = Some((now, 0.0, false));
+        }
+    }
+
+    /// Queueing delay other flows cause: the measured queueing delay minus the part this
+    /// flow's own window explains at the estimated capacity, `(W − C·base) / C`.
+    fn others_delay_estimate(&mut self, now: Instant, qd: Duration) -> Duration {
+        let (Some(capacity), Some(base)) = (self.capacity.max(now), self.base.base()) else {
+            return Duration::ZERO;
+        };
+        if capacity <= 0.0 {
+            return Duration::ZERO;
+        }
+        let own = ((self.cwnd - capacity * base.as_secs_f64()) / capacity).max(0.0);
+        let others = qd.as_secs_f64() - own;
+        if others > 0.0 && others.is_finite() {
+            Duration::from_secs_f64(others.min(3600.0))
+        } else {
+            Duration::ZERO
+        }
     }
 
     fn track_idle(&mut self, now: Instant, qd: Duration) {

@@ -144,3 +144,70 @@ mod tests {
         assert_eq!(f.current(), Some(90 * MS));
     }
 }
+
+/// Windowed maximum of delivery-rate samples (bytes/s): the path capacity as this flow has
+/// seen it over the last `window`.
+#[derive(Debug, Clone)]
+pub struct MaxRateFilter {
+    window: Duration,
+    /// (time, rate), rates strictly decreasing from front to back (a monotonic queue).
+    samples: VecDeque<(Instant, f64)>,
+}
+
+impl MaxRateFilter {
+    /// A filter over the last `window`.
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            samples: VecDeque::new(),
+        }
+    }
+
+    /// Adds a rate sample (bytes/s) taken at `now`; non-finite or negative samples are ignored.
+    pub fn push(&mut self, now: Instant, rate: f64) {
+        if !(rate.is_finite() && rate >= 0.0) {
+            return;
+        }
+        while self.samples.back().is_some_and(|(_, r)| *r <= rate) {
+            self.samples.pop_back();
+        }
+        self.samples.push_back((now, rate));
+        self.expire(now);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > self.window)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// The largest sample within the window ending at `now`, or `None`.
+    pub fn max(&mut self, now: Instant) -> Option<f64> {
+        self.expire(now);
+        self.samples.front().map(|(_, r)| *r)
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[test]
+    fn max_rate_expires_with_the_window() {
+        let t0 = Instant::now();
+        let mut f = MaxRateFilter::new(Duration::from_secs(10));
+        assert_eq!(f.max(t0), None);
+        f.push(t0, 100.0);
+        f.push(t0 + Duration::from_secs(1), 50.0);
+        f.push(t0 + Duration::from_secs(2), 70.0);
+        assert_eq!(f.max(t0 + Duration::from_secs(2)), Some(100.0));
+        assert_eq!(f.max(t0 + Duration::from_secs(11)), Some(70.0));
+        assert_eq!(f.max(t0 + Duration::from_secs(13)), None);
+        f.push(t0 + Duration::from_secs(13), f64::NAN);
+        assert_eq!(f.max(t0 + Duration::from_secs(13)), None);
+    }
+}

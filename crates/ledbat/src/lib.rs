@@ -29,8 +29,8 @@
 //! Published experience with LEDBAT++ (e.g. Bagnulo & García-Martínez, *An experimental
 //! evaluation of LEDBAT++*, Computer Networks 2022) shows it cannot fill an idle link on its
 //! own and recovers slowly once competing traffic stops: with a 40 ms base delay the gain is ⅓,
-//! so regaining a 20 Mbit/s link after yielding takes ~200 round trips (~9 s). Two extensions,
-//! both on by default and both off in [`LedbatConfig::draft`]:
+//! so regaining a 20 Mbit/s link after yielding takes ~200 round trips (~9 s). Three
+//! extensions, all on by default and all off in [`LedbatConfig::draft`]:
 //!
 //! * **Idle-link ramp.** When the queueing delay has stayed under `idle_delay` (6 ms) for
 //!   `idle_hold_rtts` (2) smoothed round trips, nobody else is queueing at the bottleneck, so
@@ -42,6 +42,15 @@
 //!   off. The same idea shortens a slowdown's frozen phase: it ends as soon as a sample shows
 //!   the queue drained (after at least one base RTT) instead of idling the link for the rest
 //!   of its two round trips.
+//! * **Competition-aware yield.** A flow that keeps the queue below 60 ms (BBR does) never
+//!   pushes the draft over its target, so the draft keeps a share next to it. The controller
+//!   estimates the path capacity `C` as its largest delivery rate per round trip over the last
+//!   10 s, attributes `(W − C·base)/C` of the queue to its own window `W`, and steers by
+//!   `max(queueing delay, 2 × the rest)`: a queue built by others counts double, so it backs
+//!   off once others hold 30 ms. Alone, its window explains the whole queue and nothing
+//!   changes. An underestimated capacity (a link that got faster) makes it yield less, never
+//!   more, than the draft; an overestimated one (a link that got slower) makes it hold a
+//!   shorter queue until the 10 s estimate ages out.
 //! * **Random-loss tolerance.** A loss seen while the queueing delay is under
 //!   `random_loss_delay` (15 ms) cannot be a queue overflow at a bottleneck we are filling; it is
 //!   taken for random loss and costs 20 % of the window (as TCP Veno does) instead of half.

@@ -64,6 +64,15 @@ impl Driver {
         }
     }
 
+    /// One round trip over a bottleneck of `capacity` bytes/s with propagation RTT `base`, on
+    /// which other flows keep `others` of queue: the RTT is the base plus the queue this
+    /// window builds plus `others`, and a window is acknowledged per round trip.
+    fn round_on_link(&mut self, capacity: f64, base: Duration, others: Duration) {
+        let w = self.c.window() as f64;
+        let own = ((w - capacity * base.as_secs_f64()) / capacity).max(0.0);
+        self.round(base + Duration::from_secs_f64(own) + others);
+    }
+
     /// Round trips at `rtt` for `secs` seconds of synthetic time.
     fn run_for(&mut self, rtt: Duration, span: Duration) {
         let end = self.now + span;
@@ -165,7 +174,13 @@ fn congestion_avoidance_adds_gain_packets_per_round_trip_below_target() {
 
 #[test]
 fn backs_off_multiplicatively_when_delay_passes_target() {
-    let mut d = Driver::new(no_slowdowns(LedbatConfig::default()));
+    // The draft's proportional decrease, without the competition-aware extension (whose
+    // stronger reaction to a queue it did not build is tested below).
+    let config = LedbatConfig {
+        competition_yield: false,
+        ..LedbatConfig::default()
+    };
+    let mut d = Driver::new(no_slowdowns(config));
     d.settle(40 * MS);
     d.run_for(40 * MS, Duration::from_secs(1));
     let w0 = d.c.window() as f64;
@@ -509,4 +524,66 @@ fn quinn_interface_matches_state() {
     assert_eq!(c.metrics().congestion_window, 4800);
     let back = c.into_any().downcast::<Ledbat>().expect("a Ledbat");
     assert_eq!(back.stats().phase, Phase::SlowStart);
+}
+
+#[test]
+fn yields_to_a_competitor_that_keeps_the_queue_below_target() {
+    // A BBR-like competitor holds 40 ms of queue: below the 60 ms target, so the draft keeps
+    // a large window; the competition-aware extension sees the queue is not its own.
+    let mut windows = Vec::new();
+    for config in [LedbatConfig::default(), LedbatConfig::draft()] {
+        let mut d = Driver::new(no_slowdowns(config));
+        let end = d.now + Duration::from_secs(5);
+        while d.now < end {
+            d.round_on_link(LINK_RATE as f64, 40 * MS, Duration::ZERO);
+        }
+        let alone = d.c.window();
+        let end = d.now + Duration::from_secs(5);
+        while d.now < end {
+            d.round_on_link(LINK_RATE as f64, 40 * MS, 40 * MS);
+        }
+        windows.push((alone, d.c.window(), d.c.stats()));
+    }
+    let (alone, ext, stats) = windows[0];
+    let (draft_alone, draft, _) = windows[1];
+    assert!(
+        ext <= 2 * d_floor(&stats),
+        "extension window {ext} with a 40 ms competitor queue (alone {alone}): {stats:?}"
+    );
+    assert!(
+        draft >= 50_000,
+        "draft window {draft} (alone {draft_alone}) with a 40 ms competitor queue"
+    );
+}
+
+/// Floor window of a controller in the state `stats` describes (default floor, 1200-byte MTU).
+fn d_floor(stats: &branchline_ledbat::LedbatStats) -> u64 {
+    let rtt = stats.smoothed_rtt.unwrap().as_secs_f64();
+    (2 * u64::from(MTU)).max((LedbatConfig::default().floor as f64 * rtt) as u64)
+}
+
+#[test]
+fn alone_on_a_link_the_extension_holds_the_same_queue_as_the_draft() {
+    // No phantom competitor: alone, the window explains the whole queue.
+    let mut results = Vec::new();
+    for config in [LedbatConfig::default(), LedbatConfig::draft()] {
+        let config = LedbatConfig {
+            ceiling: Some(100 * LINK_RATE),
+            ..no_slowdowns(config)
+        };
+        let mut d = Driver::new(config);
+        let end = d.now + Duration::from_secs(20);
+        while d.now < end {
+            d.round_on_link(LINK_RATE as f64, 40 * MS, Duration::ZERO);
+        }
+        let s = d.c.stats();
+        assert!(s.others_delay < 5 * MS, "{s:?}");
+        results.push(s.queueing_delay.unwrap());
+    }
+    for qd in &results {
+        assert!(
+            *qd >= 50 * MS && *qd <= 66 * MS,
+            "queueing delay {qd:?} alone (extension, draft: {results:?})"
+        );
+    }
 }
