@@ -1,23 +1,35 @@
-//! How many active sources hold each piece.
+//! How many active sources hold each piece, and which missing pieces are unrequested.
 
 use crate::pieceset::bits;
 use crate::{PieceSet, SourceKind};
 
-/// Per-piece holder counts of active sources, split by kind, plus the set of pieces held
-/// by anyone (kept in step so "is any unrequested piece obtainable?" is a word scan).
+/// Per-piece holder counts of active sources (split by kind), the *pool* (missing pieces
+/// with no outstanding request), and two summaries kept in step with them:
+///
+/// * `any`: the pieces at least one active source holds, so "is any pool piece
+///   obtainable?" is a word scan;
+/// * `levels[a]`: how many pool pieces exactly `a` active peers hold, so a rarest-first
+///   search can stop at the first piece of the lowest level instead of scanning on.
 #[derive(Debug)]
-pub(crate) struct Avail {
+pub(crate) struct Pieces {
     peers: Vec<u32>,
     origins: Vec<u32>,
     any: PieceSet,
+    pool: PieceSet,
+    levels: Vec<u32>,
 }
 
-impl Avail {
-    pub(crate) fn new(piece_count: u32) -> Self {
+impl Pieces {
+    /// Nothing held by anyone; `pool` holds the missing pieces.
+    pub(crate) fn new(pool: PieceSet) -> Self {
+        let n = pool.len();
+        let levels = vec![pool.count()];
         Self {
-            peers: vec![0; piece_count as usize],
-            origins: vec![0; piece_count as usize],
-            any: PieceSet::new(piece_count),
+            peers: vec![0; n as usize],
+            origins: vec![0; n as usize],
+            any: PieceSet::new(n),
+            pool,
+            levels,
         }
     }
 
@@ -36,14 +48,60 @@ impl Avail {
         &self.any
     }
 
+    /// Missing pieces with no outstanding request.
+    pub(crate) fn pool(&self) -> &PieceSet {
+        &self.pool
+    }
+
+    /// The smallest number (at least 1) of peers holding some pool piece, if any.
+    pub(crate) fn rarest_level(&self) -> Option<u32> {
+        self.levels
+            .iter()
+            .enumerate()
+            .skip(1)
+            .find(|&(_, &c)| c > 0)
+            .map(|(a, _)| a as u32)
+    }
+
+    pub(crate) fn pool_insert(&mut self, p: u32) {
+        if self.pool.insert(p) {
+            self.level(self.peers[p as usize], 1);
+        }
+    }
+
+    pub(crate) fn pool_remove(&mut self, p: u32) {
+        if self.pool.remove(p) {
+            self.level(self.peers[p as usize], -1);
+        }
+    }
+
     pub(crate) fn add(&mut self, kind: SourceKind, p: u32) {
-        self.counts(kind)[p as usize] += 1;
+        let i = p as usize;
+        match kind {
+            SourceKind::Peer => {
+                if self.pool.contains(p) {
+                    self.level(self.peers[i], -1);
+                    self.level(self.peers[i] + 1, 1);
+                }
+                self.peers[i] += 1;
+            }
+            SourceKind::Origin => self.origins[i] += 1,
+        }
         self.any.insert(p);
     }
 
     pub(crate) fn sub(&mut self, kind: SourceKind, p: u32) {
-        let c = &mut self.counts(kind)[p as usize];
-        *c -= 1;
+        let i = p as usize;
+        match kind {
+            SourceKind::Peer => {
+                if self.pool.contains(p) {
+                    self.level(self.peers[i], -1);
+                    self.level(self.peers[i] - 1, 1);
+                }
+                self.peers[i] -= 1;
+            }
+            SourceKind::Origin => self.origins[i] -= 1,
+        }
         if self.total(p) == 0 {
             self.any.remove(p);
         }
@@ -65,10 +123,37 @@ impl Avail {
         }
     }
 
-    fn counts(&mut self, kind: SourceKind) -> &mut Vec<u32> {
-        match kind {
-            SourceKind::Peer => &mut self.peers,
-            SourceKind::Origin => &mut self.origins,
+    fn level(&mut self, a: u32, delta: i32) {
+        let a = a as usize;
+        if a >= self.levels.len() {
+            self.levels.resize(a + 1, 0);
         }
+        self.levels[a] = self.levels[a].wrapping_add_signed(delta);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_follow_pool_and_holders() {
+        let mut p = Pieces::new(PieceSet::full(4));
+        assert_eq!(p.rarest_level(), None);
+        p.add(SourceKind::Peer, 0);
+        p.add(SourceKind::Peer, 0);
+        p.add(SourceKind::Peer, 1);
+        assert_eq!(p.rarest_level(), Some(1));
+        p.pool_remove(1);
+        assert_eq!(p.rarest_level(), Some(2));
+        p.add(SourceKind::Origin, 2);
+        assert_eq!(p.rarest_level(), Some(2), "origins do not count as peers");
+        assert!(p.any().contains(2));
+        p.sub(SourceKind::Peer, 0);
+        assert_eq!(p.rarest_level(), Some(1));
+        p.pool_insert(1);
+        p.sub(SourceKind::Peer, 1);
+        assert_eq!(p.levels, vec![3, 1, 0]);
+        assert!(!p.any().contains(1));
     }
 }

@@ -177,6 +177,11 @@ impl PieceSet {
         &self.words
     }
 
+    /// Bits of the last word past `len` (always clear).
+    pub(crate) fn padding(&self) -> u32 {
+        self.words.len() as u32 * 64 - self.len
+    }
+
     fn clear_tail(&mut self) {
         let rem = self.len % 64;
         if rem != 0

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use crate::avail::Avail;
+use crate::avail::Pieces;
 use crate::pieceset::bits;
 use crate::rng::SplitMix64;
 use crate::source::Source;
@@ -94,7 +94,7 @@ pub struct Progress {
     pub bytes_received: u64,
     /// Bytes received for pieces already held (bytes).
     pub wasted_bytes: u64,
-    /// True while in endgame (every missing piece that any source holds is requested).
+    /// True while in endgame (every missing piece is requested).
     pub endgame: bool,
     /// Missing pieces that no active source holds: if nothing is in flight and this is
     /// not zero, the download waits for more sources.
@@ -116,12 +116,11 @@ pub struct Scheduler {
     piece_count: u32,
     /// Pieces held and verified.
     have: PieceSet,
-    /// Missing pieces with no outstanding request.
-    pool: PieceSet,
     /// Outstanding requests: piece → sources asked (more than one only in endgame).
     in_flight: BTreeMap<u32, Vec<SourceId>>,
-    /// Per piece: active sources whose effective set holds it.
-    avail: Avail,
+    /// Per piece: active sources whose effective set holds it; the pool of missing,
+    /// unrequested pieces.
+    avail: Pieces,
     sources: BTreeMap<SourceId, Source>,
     /// Expiry queue of holds: (until, source, piece, kind).
     holds: BTreeSet<(Instant, SourceId, u32, HoldKind)>,
@@ -144,14 +143,14 @@ impl Scheduler {
         for p in have.iter_absent() {
             pool.insert(p);
         }
+        let avail = Pieces::new(pool);
         Ok(Self {
             rng: SplitMix64::new(config.seed),
             cfg: config,
             piece_count,
             have,
-            pool,
             in_flight: BTreeMap::new(),
-            avail: Avail::new(piece_count),
+            avail,
             sources: BTreeMap::new(),
             holds: BTreeSet::new(),
             bytes_received: 0,
@@ -386,7 +385,7 @@ impl Scheduler {
             });
         }
         self.have.insert(piece);
-        self.pool.remove(piece);
+        self.avail.pool_remove(piece);
         let mut cancel = Vec::new();
         if let Some(others) = self.in_flight.remove(&piece) {
             for o in others {
@@ -534,18 +533,22 @@ impl Scheduler {
             .flat_map(|(&p, v)| v.iter().map(move |&s| (s, p)))
     }
 
-    /// True while every missing piece that some active source holds is requested, so idle
-    /// sources may duplicate requests.
+    /// True while every missing piece is requested, so idle sources may duplicate
+    /// requests.
     pub fn in_endgame(&self) -> bool {
-        !self.is_complete() && !self.fresh_anywhere()
+        !self.is_complete() && self.avail.pool().count() == 0
     }
 
     /// Missing pieces that no active source holds.
     pub fn unobtainable(&self) -> u32 {
+        let any = self.avail.any().words();
         self.have
-            .iter_absent()
-            .filter(|&p| self.avail.total(p) == 0)
-            .count() as u32
+            .words()
+            .iter()
+            .zip(any)
+            .map(|(&h, &a)| (!h & !a).count_ones())
+            .sum::<u32>()
+            - self.have.padding()
     }
 
     /// Active sources.
@@ -598,46 +601,43 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Is there a missing, unrequested piece that some active source holds?
-    fn fresh_anywhere(&self) -> bool {
-        self.pool
-            .words()
-            .iter()
-            .zip(self.avail.any().words())
-            .any(|(&p, &a)| p & a != 0)
-    }
-
     /// A piece no one is asked for yet: the origin takes the lowest-numbered piece no peer
-    /// holds; a peer takes the rarest (fewest peers hold it), ties broken at random.
+    /// holds; a peer takes the rarest (fewest peers hold it). A peer's scan starts at a
+    /// random word and stops at the first piece of the lowest level any pool piece has;
+    /// ties met before that are broken at random. So the choice among equally rare
+    /// pieces is random (clients of one office spread out) and the usual cost, when
+    /// every peer holds everything, is a handful of words.
     fn pick_fresh(&mut self, id: SourceId) -> Option<u32> {
         let s = &self.sources[&id];
-        let origin = s.kind == SourceKind::Origin;
-        let avoided = |p: u32, total: u32| total > 1 && s.avoid_until.contains_key(&p);
-        let mut best: Option<(u32, u32)> = None; // (peers holding, piece)
-        let mut ties = 0u32;
-        for (i, (&pw, &ew)) in self
-            .pool
-            .words()
-            .iter()
-            .zip(s.effective.words())
-            .enumerate()
-        {
-            let w = pw & ew;
-            if w == 0 {
-                continue;
-            }
-            for b in bits(w) {
-                let p = i as u32 * 64 + b;
-                let peers = self.avail.peers(p);
-                let total = self.avail.total(p);
-                if avoided(p, total) {
-                    continue;
-                }
-                if origin {
-                    if peers == 0 {
+        let avoided = |p: u32| s.avoid_until.contains_key(&p) && self.avail.total(p) > 1;
+        let pool = self.avail.pool().words();
+        let held = s.effective.words();
+        if s.kind == SourceKind::Origin {
+            for (i, (&pw, &ew)) in pool.iter().zip(held).enumerate() {
+                for b in bits(pw & ew) {
+                    let p = i as u32 * 64 + b;
+                    if self.avail.peers(p) == 0 && !avoided(p) {
                         return Some(p);
                     }
+                }
+            }
+            return None;
+        }
+        let floor = self.avail.rarest_level()?;
+        let words = pool.len();
+        let start = self.rng.below(words as u32) as usize;
+        let mut best: Option<(u32, u32)> = None; // (peers holding, piece)
+        let mut ties = 0u32;
+        for k in 0..words {
+            let i = (start + k) % words;
+            for b in bits(pool[i] & held[i]) {
+                let p = i as u32 * 64 + b;
+                if avoided(p) {
                     continue;
+                }
+                let peers = self.avail.peers(p);
+                if peers == floor {
+                    return Some(p);
                 }
                 match best {
                     Some((r, _)) if peers > r => {}
@@ -660,7 +660,7 @@ impl Scheduler {
     /// In endgame, a piece already requested elsewhere that this source would likely
     /// deliver sooner: fewest copies first, then the latest expected arrival.
     fn pick_duplicate(&self, id: SourceId, now: Instant) -> Option<u32> {
-        if self.cfg.endgame_max_copies < 2 || self.fresh_anywhere() {
+        if self.cfg.endgame_max_copies < 2 || !self.in_endgame() {
             return None;
         }
         let s = &self.sources[&id];
@@ -736,7 +736,7 @@ impl Scheduler {
     }
 
     fn issue(&mut self, id: SourceId, piece: u32, now: Instant) {
-        self.pool.remove(piece);
+        self.avail.pool_remove(piece);
         self.in_flight.entry(piece).or_default().push(id);
         let s = self
             .sources
@@ -758,7 +758,7 @@ impl Scheduler {
             if v.is_empty() {
                 self.in_flight.remove(&piece);
                 if !self.have.contains(piece) {
-                    self.pool.insert(piece);
+                    self.avail.pool_insert(piece);
                 }
             }
         }

@@ -1,0 +1,224 @@
+//! Scheduler benchmark: policy outcomes in the virtual-time simulator, and the CPU cost
+//! of scheduling decisions.
+//!
+//! Run with `cargo bench -p branchline-sched --bench sched`. It prints two tables:
+//!
+//! 1. per scenario: simulated completion time, the ideal (all bytes at the sum of the
+//!    source rates, or the scenario's own bound), their ratio, pieces per source, timeouts
+//!    and endgame duplicates. Virtual time: the numbers are the same on every machine.
+//! 2. per content size: wall-clock nanoseconds per piece for the whole request/receive
+//!    cycle (`next_request` + `on_piece_received`) with 8 peers holding everything, and
+//!    for the slow path where the rarest pieces are held by other peers only.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use branchline_sched::sim::{self, Fault, SimConfig, SimHave, SimSource};
+use branchline_sched::{Have, PieceSet, SchedConfig, Scheduler, SourceId, SourceKind};
+
+const PIECE: u64 = 1 << 20;
+const MB: f64 = 1_000_000.0;
+const LAN: Duration = Duration::from_millis(2);
+
+fn cfg(pieces: u32) -> SimConfig {
+    SimConfig {
+        piece_count: pieces,
+        sched: SchedConfig {
+            seed: 1,
+            ..SchedConfig::new(PIECE)
+        },
+        refresh: Duration::from_secs(1),
+        limit: Duration::from_secs(24 * 3600),
+    }
+}
+
+fn scenario(name: &str, pieces: u32, srcs: &[SimSource], ideal: Option<Duration>) {
+    let c = cfg(pieces);
+    let r = sim::run(&c, srcs);
+    let ideal = ideal.unwrap_or_else(|| sim::ideal_time(pieces, PIECE, srcs));
+    let per: Vec<String> = r.sources.iter().map(|s| s.pieces.to_string()).collect();
+    match r.completed {
+        Some(done) => println!(
+            "{name:<44} {:>9.2} {:>9.2} {:>6.3} {:>5} {:>5}  {}{}",
+            done.as_secs_f64(),
+            ideal.as_secs_f64(),
+            done.as_secs_f64() / ideal.as_secs_f64(),
+            r.timeouts,
+            r.duplicates,
+            per.join("/"),
+            if r.violations.is_empty() {
+                String::new()
+            } else {
+                format!("  VIOLATIONS: {:?}", r.violations)
+            }
+        ),
+        None => println!("{name:<44} did not complete: {r:?}"),
+    }
+}
+
+fn simulations() {
+    println!("simulated download (virtual time, 1 MiB pieces, LAN rtt 2 ms unless stated)");
+    println!(
+        "{:<44} {:>9} {:>9} {:>6} {:>5} {:>5}  pieces per source",
+        "scenario", "done (s)", "ideal (s)", "ratio", "tmo", "dup"
+    );
+    let equal: Vec<SimSource> = (0..6).map(|_| SimSource::peer(20.0 * MB, LAN)).collect();
+    scenario("6 equal peers, 20 MB/s each", 1000, &equal, None);
+
+    let mut one_slow: Vec<SimSource> = (0..5).map(|_| SimSource::peer(20.0 * MB, LAN)).collect();
+    one_slow.push(SimSource::peer(2.0 * MB, LAN));
+    scenario("6 peers, one 10x slower", 1000, &one_slow, None);
+
+    let mut one_dies: Vec<SimSource> = (0..5).map(|_| SimSource::peer(20.0 * MB, LAN)).collect();
+    one_dies
+        .push(SimSource::peer(20.0 * MB, LAN).with_fault(Fault::StopsAt(Duration::from_secs(5))));
+    let survivors = sim::ideal_time(1000, PIECE, &one_dies[..5]);
+    scenario(
+        "6 peers, one silent after 5 s (ideal: 5 only)",
+        1000,
+        &one_dies,
+        Some(survivors),
+    );
+
+    let mut liar: Vec<SimSource> = (0..3).map(|_| SimSource::peer(20.0 * MB, LAN)).collect();
+    liar.push(SimSource::peer(20.0 * MB, LAN).with_fault(Fault::BadPieceNth(10)));
+    let honest = sim::ideal_time(1000, PIECE, &liar[..3]);
+    scenario(
+        "4 peers, one sends a bad 10th piece (ideal: 3)",
+        1000,
+        &liar,
+        Some(honest),
+    );
+
+    let wan = [SimSource::peer(10.0 * MB, Duration::from_millis(100))];
+    scenario("1 peer over WAN, 10 MB/s, rtt 100 ms", 300, &wan, None);
+
+    let wan_slow = [SimSource::peer(1.0 * MB, Duration::from_millis(200))];
+    scenario("1 peer over WAN, 1 MB/s, rtt 200 ms", 60, &wan_slow, None);
+
+    // The office RVP reads the WAN at 10 MB/s; this client takes pieces from it and from
+    // two other clients that are a little behind.
+    let interval = Duration::from_secs_f64(PIECE as f64 / (10.0 * MB));
+    let rvp = |lag: u64| {
+        SimSource::peer(50.0 * MB, LAN).with_have(SimHave::Growing {
+            start: Duration::from_millis(lag),
+            interval,
+        })
+    };
+    let office = [rvp(0), rvp(500), rvp(1500)];
+    let wan_copy = interval * 500;
+    scenario(
+        "downstream of RVP at 10 MB/s (ideal: WAN copy)",
+        500,
+        &office,
+        Some(wan_copy),
+    );
+
+    // Two peers hold parts; the origin is read only for the rest.
+    let n = 1000;
+    let a = PieceSet::from_ranges(n, [0..400, 700..800]).unwrap();
+    let b = PieceSet::from_pieces(n, 300..600).unwrap();
+    let unheld = (0..n).filter(|&p| !a.contains(p) && !b.contains(p)).count();
+    let partial = [
+        SimSource::peer(20.0 * MB, LAN).with_have(SimHave::Pieces(a)),
+        SimSource::peer(20.0 * MB, LAN).with_have(SimHave::Pieces(b)),
+        SimSource::origin(40.0 * MB, Duration::from_millis(30)),
+    ];
+    // Bound: the first peer alone holds 400 pieces nobody else has (the origin may not
+    // take them), at 20 MB/s.
+    let exclusive = Duration::from_secs_f64(400.0 * PIECE as f64 / (20.0 * MB));
+    scenario(
+        &format!("2 partial peers + origin ({unheld} unheld; ideal: A)"),
+        n,
+        &partial,
+        Some(exclusive),
+    );
+}
+
+fn cpu(pieces: u32) {
+    let peers = 8;
+    let mut s = Scheduler::new(
+        pieces,
+        [],
+        SchedConfig {
+            seed: 3,
+            ..SchedConfig::new(PIECE)
+        },
+    )
+    .expect("valid");
+    for i in 0..peers {
+        s.add_source(SourceId(i), SourceKind::Peer).expect("fresh");
+        s.set_source_pieces(SourceId(i), Have::All).expect("sized");
+    }
+    let base = Instant::now();
+    let mut t = base;
+    let start = Instant::now();
+    let mut outstanding = Vec::new();
+    while !s.is_complete() {
+        for i in 0..peers {
+            while let Some(p) = s.next_request(SourceId(i), t) {
+                outstanding.push((SourceId(i), p));
+            }
+        }
+        t += Duration::from_millis(10);
+        for (src, p) in outstanding.drain(..) {
+            black_box(s.on_piece_received(src, p, PIECE, t).expect("in range"));
+        }
+    }
+    let spent = start.elapsed();
+    println!(
+        "{pieces:>8} pieces, {peers} peers: {:>8.0} ns per piece ({:.1} ms total)",
+        spent.as_nanos() as f64 / f64::from(pieces),
+        spent.as_secs_f64() * 1e3
+    );
+}
+
+/// The slow path: the rarest pieces are held by someone else, so every choice scans all
+/// of the asking peer's candidates. Peer B holds the first half, as does C; A holds all,
+/// so the second half is the rarest level and B never finds a piece of it.
+fn cpu_worst(pieces: u32) {
+    let mut s = Scheduler::new(
+        pieces,
+        [],
+        SchedConfig {
+            seed: 3,
+            ..SchedConfig::new(PIECE)
+        },
+    )
+    .expect("valid");
+    let half = PieceSet::from_pieces(pieces, 0..pieces / 2).expect("in range");
+    for (i, have) in [Have::All, Have::Some(half.clone()), Have::Some(half)]
+        .into_iter()
+        .enumerate()
+    {
+        s.add_source(SourceId(i as u64), SourceKind::Peer)
+            .expect("fresh");
+        s.set_source_pieces(SourceId(i as u64), have)
+            .expect("sized");
+    }
+    let b = SourceId(1);
+    let t = Instant::now();
+    let start = Instant::now();
+    let mut n = 0u32;
+    while let Some(p) = s.next_request(b, t) {
+        black_box(s.on_piece_received(b, p, PIECE, t).expect("in range"));
+        n += 1;
+    }
+    let spent = start.elapsed();
+    println!(
+        "{pieces:>8} pieces, rarest held elsewhere: {:>8.0} ns per piece ({n} pieces)",
+        spent.as_nanos() as f64 / f64::from(n.max(1)),
+    );
+}
+
+fn main() {
+    simulations();
+    println!();
+    println!("scheduling cost (wall clock; request + receive per piece, all peers hold all)");
+    for n in [1_000, 10_000, 100_000] {
+        cpu(n);
+    }
+    for n in [1_000, 10_000, 100_000] {
+        cpu_worst(n);
+    }
+}
