@@ -6,8 +6,9 @@ use crate::{PieceSet, SourceKind};
 /// Per-piece holder counts of active sources (split by kind), the *pool* (missing pieces
 /// with no outstanding request), and two summaries kept in step with them:
 ///
-/// * `any`: the pieces at least one active source holds, so "is any pool piece
-///   obtainable?" is a word scan;
+/// * `any` / `peer_any`: the pieces at least one active source / peer holds, so
+///   "missing pieces nobody holds" and "pool pieces no peer holds" (the origin's
+///   candidates) are word scans;
 /// * `levels[a]`: how many pool pieces exactly `a` active peers hold, so a rarest-first
 ///   search can stop at the first piece of the lowest level instead of scanning on.
 #[derive(Debug)]
@@ -15,6 +16,7 @@ pub(crate) struct Pieces {
     peers: Vec<u32>,
     origins: Vec<u32>,
     any: PieceSet,
+    peer_any: PieceSet,
     pool: PieceSet,
     levels: Vec<u32>,
 }
@@ -28,6 +30,7 @@ impl Pieces {
             peers: vec![0; n as usize],
             origins: vec![0; n as usize],
             any: PieceSet::new(n),
+            peer_any: PieceSet::new(n),
             pool,
             levels,
         }
@@ -46,6 +49,11 @@ impl Pieces {
     /// Pieces at least one active source holds.
     pub(crate) fn any(&self) -> &PieceSet {
         &self.any
+    }
+
+    /// Pieces at least one active peer holds.
+    pub(crate) fn peer_any(&self) -> &PieceSet {
+        &self.peer_any
     }
 
     /// Missing pieces with no outstanding request.
@@ -84,6 +92,7 @@ impl Pieces {
                     self.level(self.peers[i] + 1, 1);
                 }
                 self.peers[i] += 1;
+                self.peer_any.insert(p);
             }
             SourceKind::Origin => self.origins[i] += 1,
         }
@@ -99,6 +108,9 @@ impl Pieces {
                     self.level(self.peers[i] - 1, 1);
                 }
                 self.peers[i] -= 1;
+                if self.peers[i] == 0 {
+                    self.peer_any.remove(p);
+                }
             }
             SourceKind::Origin => self.origins[i] -= 1,
         }
@@ -155,5 +167,8 @@ mod tests {
         p.sub(SourceKind::Peer, 1);
         assert_eq!(p.levels, vec![3, 1, 0]);
         assert!(!p.any().contains(1));
+        assert!(!p.peer_any().contains(1));
+        assert!(p.peer_any().contains(0));
+        assert!(!p.peer_any().contains(2) && p.any().contains(2));
     }
 }

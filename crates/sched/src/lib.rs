@@ -26,6 +26,33 @@
 //! timeouts(now) / next_deadline()                 late requests, timer to arm
 //! ```
 //!
+//! A whole download against two peers, answered at once:
+//!
+//! ```
+//! use std::time::Instant;
+//! use branchline_sched::{Have, PieceSet, SchedConfig, Scheduler, SourceId, SourceKind};
+//!
+//! let mut s = Scheduler::new(8, [0], SchedConfig::new(1 << 20))?;
+//! let (a, b) = (SourceId(1), SourceId(2));
+//! s.add_source(a, SourceKind::Peer)?;
+//! s.add_source(b, SourceKind::Peer)?;
+//! s.set_source_pieces(a, Have::All)?;
+//! s.set_source_pieces(b, Have::Some(PieceSet::from_ranges(8, [0..4])?))?;
+//! let now = Instant::now();
+//! while !s.is_complete() {
+//!     for id in [a, b] {
+//!         while let Some(piece) = s.next_request(id, now) {
+//!             // ... send the request, verify the answer against the piece map ...
+//!             let done = s.on_piece_received(id, piece, 1 << 20, now)?;
+//!             assert!(done.cancel.is_empty());
+//!         }
+//!     }
+//! }
+//! assert_eq!(s.source_stats(a).unwrap().pieces_received
+//!     + s.source_stats(b).unwrap().pieces_received, 7);
+//! # Ok::<(), branchline_sched::SchedError>(())
+//! ```
+//!
 //! # Policy, and why
 //!
 //! **Only pieces a source holds.** A request goes to a source only for a piece in its

@@ -354,7 +354,7 @@ impl Scheduler {
                 s.sample_bytes += bytes;
                 if let Some(mark) = s.sample_mark {
                     let dt = now.saturating_duration_since(mark);
-                    if dt >= cfg.min_rate_sample {
+                    if dt >= cfg.min_rate_sample && !dt.is_zero() {
                         let sample = s.sample_bytes as f64 / dt.as_secs_f64();
                         let rate = match s.rate {
                             None => sample,
@@ -613,10 +613,11 @@ impl Scheduler {
         let pool = self.avail.pool().words();
         let held = s.effective.words();
         if s.kind == SourceKind::Origin {
-            for (i, (&pw, &ew)) in pool.iter().zip(held).enumerate() {
-                for b in bits(pw & ew) {
+            let peer_held = self.avail.peer_any().words();
+            for (i, ((&pw, &ew), &hw)) in pool.iter().zip(held).zip(peer_held).enumerate() {
+                for b in bits(pw & ew & !hw) {
                     let p = i as u32 * 64 + b;
-                    if self.avail.peers(p) == 0 && !avoided(p) {
+                    if !avoided(p) {
                         return Some(p);
                     }
                 }
