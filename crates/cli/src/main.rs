@@ -4,6 +4,7 @@
 
 mod connector;
 mod demo;
+mod get;
 mod publish;
 mod settings;
 
@@ -81,6 +82,8 @@ enum Command {
     Client(ClientArgs),
     /// Talk to the server as the connector (the admin's command line).
     Connector(ConnectorArgs),
+    /// Get a content item through the local client daemon and print its path.
+    Get(get::GetArgs),
     /// Run a server and a few clients on loopback addresses and show them registered.
     Demo(demo::DemoArgs),
 }
@@ -173,7 +176,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_log = match cli.command {
         Command::Server(_) | Command::Client(_) => "info",
-        Command::Connector(_) | Command::Demo(_) => "warn",
+        Command::Connector(_) | Command::Demo(_) | Command::Get(_) => "warn",
     };
     init_logging(cli.log.as_deref(), default_log);
     let result = (|| -> Result<(), Fail> {
@@ -190,6 +193,9 @@ fn main() -> ExitCode {
             Command::Connector(args) => {
                 let (opts, action) = settings::connector(&config, args)?;
                 runtime(1)?.block_on(connector::run(opts, action))
+            }
+            Command::Get(args) => {
+                runtime(1)?.block_on(get::run(args, config.client.data_dir.clone()))
             }
             Command::Demo(args) => runtime(0)?.block_on(demo::run(&config, args)),
         }

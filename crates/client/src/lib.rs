@@ -11,8 +11,12 @@
 //! * [`netinfo`]: host name, address, subnet and free space reported to the server.
 //! * [`services`]: once registered (and issued a certificate): the content cache served to
 //!   peers over QUIC, and large messages to the server.
+//! * [`download`]: fetching a content item from peers and (when assigned) the origin.
+//! * [`local`]: the Unix-socket API `branchline get` talks to.
 
+pub mod download;
 pub mod identity;
+pub mod local;
 pub mod netinfo;
 pub mod services;
 
@@ -216,6 +220,14 @@ impl Client {
             services: services_tx,
             cache: cache.clone(),
         };
+        let listener = local::bind(&opts.data_dir).map_err(|e| {
+            ClientError::Services(format!(
+                "cannot create the local socket {}: {e}",
+                opts.data_dir.join(local::SOCKET).display()
+            ))
+        })?;
+        let seed = u64::from_le_bytes(id.0[..8].try_into().expect("8 bytes"));
+        tasks.push(tokio::spawn(local::serve(listener, services.clone(), seed)));
         let main = tokio::spawn(run(opts, id, requester, status_tx, quic));
         Ok(Client {
             id,

@@ -1,0 +1,177 @@
+//! Shared helpers for the end-to-end tests: real `branchline` processes on loopback.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_branchline");
+
+/// A random /24 inside 127.0.0.0/8, as "127.X.Y".
+pub fn net() -> String {
+    let mut r = rand::rng();
+    format!(
+        "127.{}.{}",
+        r.random_range(100..=250u8),
+        r.random_range(1..=254u8)
+    )
+}
+
+/// A child process that is killed when the test ends, however it ends.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(dir: &Path, name: &str, args: &[&str]) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .env("BRANCHLINE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child,
+            name: name.into(),
+            log,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        format!(
+            "--- {} log ---\n{}",
+            self.name,
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run branchline")
+}
+
+pub struct Bed {
+    pub dir: tempfile::TempDir,
+    pub net: String,
+}
+
+impl Bed {
+    pub fn new() -> Bed {
+        Bed {
+            dir: tempfile::tempdir().unwrap(),
+            net: net(),
+        }
+    }
+    pub fn ip(&self, last: u8) -> String {
+        format!("{}.{last}", self.net)
+    }
+    pub fn path(&self, p: &str) -> String {
+        self.dir.path().join(p).display().to_string()
+    }
+    pub fn server(&self) -> Proc {
+        Proc::spawn(
+            self.dir.path(),
+            "server",
+            &[
+                "server",
+                "--data-dir",
+                &self.path("server"),
+                "--bind",
+                &self.ip(1),
+                "--offline-after",
+                "3",
+            ],
+        )
+    }
+    pub fn client(&self, n: u8, key: &str) -> Proc {
+        Proc::spawn(
+            self.dir.path(),
+            &format!("client{n}"),
+            &[
+                "client",
+                "--server",
+                &self.ip(1),
+                "--key-file",
+                key,
+                "--data-dir",
+                &self.path(&format!("client{n}")),
+                "--bind",
+                &self.ip(10 + n),
+                "--heartbeat-interval",
+                "0.3",
+                "--hostname",
+                &format!("client-{n}"),
+            ],
+        )
+    }
+    pub fn connector(&self, key: &str, action: &[&str]) -> Output {
+        let mut args = vec![
+            "connector",
+            "--server",
+            &self.ip(1),
+            "--bind",
+            &self.ip(2),
+            "--key-file",
+            key,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(action.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&refs)
+    }
+    pub fn health(&self, key: &str) -> Option<Value> {
+        let out = self.connector(key, &["health", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).expect("health --json prints JSON"))
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails with `what` and the logs.
+pub fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    procs: &[&Proc],
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            let logs: Vec<String> = procs.iter().map(|p| p.log()).collect();
+            panic!(
+                "timed out after {limit:?} waiting for {what}\n{}",
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

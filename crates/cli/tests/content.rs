@@ -1,0 +1,294 @@
+//! Content on one LAN, end to end: a server, 6 clients and an HTTP origin that counts the
+//! bytes it serves, all real processes (the origin runs in this test) on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use branchline_client::local::{LocalReply, LocalRequest};
+use branchline_origin::testserver::CountingServer;
+use rand::RngCore;
+use serde_json::Value;
+
+mod common;
+
+use common::*;
+
+/// The HTTP origin, running on its own runtime thread for the whole test.
+struct Origin {
+    rt: tokio::runtime::Runtime,
+    server: Arc<CountingServer>,
+}
+
+impl Origin {
+    fn start(ip: &str) -> Origin {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = format!("{ip}:0").parse().unwrap();
+        let server = rt
+            .block_on(CountingServer::start(
+                addr,
+                Vec::<(String, bytes::Bytes)>::new(),
+            ))
+            .unwrap();
+        Origin {
+            rt,
+            server: Arc::new(server),
+        }
+    }
+    fn add(&self, name: &str, data: &[u8]) -> String {
+        let _g = self.rt.enter();
+        self.server
+            .set_file(name, bytes::Bytes::copy_from_slice(data));
+        self.server.url(name)
+    }
+}
+
+fn random_file(path: &Path, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand::rng().fill_bytes(&mut data);
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+fn publish(bed: &Bed, key: &str, file: &Path, name: &str, origin: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "publish",
+        file.to_str().unwrap(),
+        "--name",
+        name,
+        "--origin",
+        origin,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = bed.connector(key, &args);
+    assert!(
+        out.status.success(),
+        "publish: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["content_id"].as_str().unwrap().to_owned()
+}
+
+fn get_proc(bed: &Bed, n: u8, content: &str, out: &Path) -> Child {
+    Command::new(BIN)
+        .args([
+            "get",
+            content,
+            "--json",
+            "--data-dir",
+            &bed.path(&format!("client{n}")),
+        ])
+        .args(["--out", out.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a `get` process (bounded), returns its JSON answer.
+fn finish(child: Child, what: &str, procs: &[&Proc]) -> Value {
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        let logs: Vec<String> = procs.iter().map(|p| p.log()).collect();
+        panic!(
+            "{what} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            logs.join("\n")
+        );
+    }
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn wait_registered(bed: &Bed, key: &str, n: u64, procs: &[&Proc]) {
+    wait_for(
+        &format!("{n} clients online"),
+        Duration::from_secs(30),
+        procs,
+        || {
+            bed.health(key)
+                .filter(|h| h["clients_online"].as_u64() == Some(n))
+        },
+    );
+    // The QUIC services start right after registration.
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn content_on_one_lan() {
+    let bed = Bed::new();
+    let server = bed.server();
+    let key = bed.path("server/deployment.key");
+    wait_for("the server", Duration::from_secs(20), &[&server], || {
+        bed.health(&key)
+    });
+    let origin = Origin::start(&bed.ip(5));
+
+    // A 64 MiB package behind the HTTP origin, published by the connector.
+    const SIZE: usize = 64 << 20;
+    let src = PathBuf::from(bed.path("pkg.bin"));
+    let data = random_file(&src, SIZE);
+    let url = origin.add("pkg.bin", &data);
+    let id = publish(&bed, &key, &src, "pkg", &url, &["--version", "1"]);
+    assert_eq!(
+        origin.server.bytes_served(),
+        0,
+        "publishing reads the local file, not the origin"
+    );
+
+    let clients: Vec<Proc> = (1..=6).map(|n| bed.client(n, &key)).collect();
+    let mut all: Vec<&Proc> = vec![&server];
+    all.extend(clients.iter());
+    wait_registered(&bed, &key, 6, &all);
+
+    // All six ask at once; one reads the origin, the others take pieces as they arrive.
+    let outs: Vec<PathBuf> = (1..=6)
+        .map(|n| PathBuf::from(bed.path(&format!("out{n}"))))
+        .collect();
+    let gets: Vec<Child> = (1..=6u8)
+        .map(|n| get_proc(&bed, n, "pkg@1", &outs[n as usize - 1]))
+        .collect();
+    let mut from_peers = 0;
+    for (i, g) in gets.into_iter().enumerate() {
+        let v = finish(g, &format!("get on client {}", i + 1), &all);
+        assert_eq!(v["content_id"], id.as_str());
+        assert_eq!(v["size"].as_u64(), Some(SIZE as u64));
+        from_peers += v["from_peers"].as_u64().unwrap();
+    }
+    for (i, out) in outs.iter().enumerate() {
+        let got = std::fs::read(out).unwrap();
+        assert!(
+            got == data,
+            "client {} output differs from the source",
+            i + 1
+        );
+    }
+    let served = origin.server.bytes_served_for("pkg.bin");
+    assert!(
+        served as f64 <= 1.05 * SIZE as f64,
+        "origin served {served} bytes for a {SIZE}-byte package"
+    );
+    assert!(
+        from_peers >= 5 * SIZE as u64 * 95 / 100,
+        "most bytes came from peers: {from_peers}"
+    );
+
+    // The catalogue now shows six complete copies.
+    let out = bed.connector(&key, &["content", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["complete_holders"].as_u64(), Some(6), "{list}");
+
+    // Corrupt every piece of clients 1-5's cached copies on disk: a seventh client still
+    // gets a correct file (from client 6 or the origin), and nobody passes a bad piece on.
+    for n in 1..=5 {
+        let f = PathBuf::from(bed.path(&format!("client{n}/cache/v1/{id}/data")));
+        let mut bytes = std::fs::read(&f).unwrap();
+        for i in (0..bytes.len()).step_by(64 * 1024) {
+            bytes[i] ^= 0xff;
+        }
+        std::fs::write(&f, bytes).unwrap();
+    }
+    let seventh = bed.client(7, &key);
+    let mut all2 = all.clone();
+    all2.push(&seventh);
+    wait_registered(&bed, &key, 7, &all2);
+    let out7 = PathBuf::from(bed.path("out7"));
+    let v = finish(get_proc(&bed, 7, &id, &out7), "get on client 7", &all2);
+    assert_eq!(v["size"].as_u64(), Some(SIZE as u64));
+    assert!(
+        std::fs::read(&out7).unwrap() == data,
+        "client 7 output differs"
+    );
+    let server_log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(
+        !server_log.contains("bad piece"),
+        "a corrupted cache passed a bad piece on:\n{server_log}"
+    );
+    drop(all2);
+    drop(seventh);
+    drop(all);
+    drop(clients);
+    drop(server);
+}
+
+/// Reads local-API progress lines until `have_bytes` reaches `at_least`; returns it.
+fn watch_progress(sock: &Path, content: &str, at_least: u64, limit: Duration) -> u64 {
+    use std::io::{BufRead, BufReader, Write};
+    let deadline = Instant::now() + limit;
+    let mut s = loop {
+        match std::os::unix::net::UnixStream::connect(sock) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("cannot connect to {}: {e}", sock.display()),
+        }
+    };
+    let mut req = serde_json::to_vec(&LocalRequest {
+        get: content.into(),
+    })
+    .unwrap();
+    req.push(b'\n');
+    s.write_all(&req).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
+    for line in BufReader::new(s).lines() {
+        match serde_json::from_str::<LocalReply>(&line.unwrap()).unwrap() {
+            LocalReply::Progress(p) if p.have_bytes >= at_least => return p.have_bytes,
+            LocalReply::Progress(_) => {}
+            other => panic!("finished before it could be interrupted: {other:?}"),
+        }
+    }
+    panic!("the progress stream ended");
+}
+
+#[test]
+fn killed_client_resumes_without_fetching_verified_pieces_again() {
+    let bed = Bed::new();
+    let server = bed.server();
+    let key = bed.path("server/deployment.key");
+    wait_for("the server", Duration::from_secs(20), &[&server], || {
+        bed.health(&key)
+    });
+    let origin = Origin::start(&bed.ip(5));
+    // Small pieces make a long enough download to interrupt on any machine.
+    const SIZE: usize = 48 << 20;
+    let src = PathBuf::from(bed.path("pkg.bin"));
+    let data = random_file(&src, SIZE);
+    let url = origin.add("pkg.bin", &data);
+    let id = publish(&bed, &key, &src, "big", &url, &["--piece-size", "16384"]);
+
+    let mut client = bed.client(1, &key);
+    wait_registered(&bed, &key, 1, &[&server, &client]);
+    let sock = PathBuf::from(bed.path("client1/client.sock"));
+    let had = watch_progress(&sock, &id, SIZE as u64 / 5, Duration::from_secs(120));
+    client.kill9();
+    assert!(had < SIZE as u64, "interrupted before the end");
+
+    let client = bed.client(1, &key);
+    wait_registered(&bed, &key, 1, &[&server, &client]);
+    let out = PathBuf::from(bed.path("out"));
+    let v = finish(
+        get_proc(&bed, 1, &id, &out),
+        "get after restart",
+        &[&server, &client],
+    );
+    assert!(std::fs::read(&out).unwrap() == data);
+    let fetched = v["from_peers"].as_u64().unwrap() + v["from_origin"].as_u64().unwrap();
+    assert!(
+        fetched <= SIZE as u64 - had,
+        "after restart fetched {fetched} bytes, but {had} of {SIZE} were already verified"
+    );
+    let served = origin.server.bytes_served_for("pkg.bin");
+    assert!(
+        served as f64 <= 1.05 * SIZE as f64,
+        "origin served {served}"
+    );
+}

@@ -1,0 +1,672 @@
+//! Downloading one content item into the cache: the I/O shell around
+//! `branchline-sched`'s scheduler.
+//!
+//! 1. Ask the server for the catalogue entry and piece map (verified against the id).
+//! 2. Start (or resume) the item in the cache: verified pieces already there are kept.
+//! 3. Every second, ask the server where the pieces are: peers (with what they hold) and
+//!    whether this client is the one that reads the origin. Feed that to the scheduler.
+//! 4. Fetch what the scheduler hands out: pieces from peers over QUIC (Foreground,
+//!    34760), from the origin by HTTP range or file read. Every piece is verified against
+//!    the piece map before it is written; a peer that sends a bad piece is dropped for this
+//!    content and reported to the server.
+//! 5. Report what this client holds as it grows (so others fetch from it while it is
+//!    still downloading), and once more when complete.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use branchline_origin::Origin;
+use branchline_quic::{ClientName, ContentError, PieceRequest, Role, fetch_piece};
+use branchline_sched::{
+    Failure, Have, PieceSet, SchedConfig, Scheduler, SourceId, SourceKind, Verdict,
+};
+use branchline_store::{ContentId, PieceMap, StoreError, WriteOutcome};
+use branchline_wire::large::{GetContent, Locate, ReportBadPeer, ReportHave, Request, Response};
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinSet};
+
+use crate::services::{ServerCallError, Services, now_ms};
+
+/// How often the server is asked where the pieces are.
+const LOCATE_EVERY: Duration = Duration::from_secs(1);
+/// How often a growing have-set is reported.
+const REPORT_EVERY: Duration = Duration::from_millis(300);
+/// A download with no new piece for this long fails (no source has what is missing).
+const STALL_LIMIT: Duration = Duration::from_secs(120);
+/// Wait before retrying after the disk filled up.
+const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
+
+/// What to download: a content id, or `name[@version]` (latest version when omitted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Id(ContentId),
+    Name {
+        name: String,
+        version: Option<String>,
+    },
+}
+
+impl FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) {
+            return ContentId::from_str(s)
+                .map(Target::Id)
+                .map_err(|e| e.to_string());
+        }
+        let (name, version) = match s.split_once('@') {
+            Some((n, v)) => (n, Some(v.to_owned())),
+            None => (s, None),
+        };
+        if name.is_empty() || version.as_deref() == Some("") {
+            return Err(format!(
+                "{s:?} is neither a content id (64 hex digits) nor name[@version]"
+            ));
+        }
+        Ok(Target::Name {
+            name: name.to_owned(),
+            version,
+        })
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Id(id) => write!(f, "{id}"),
+            Target::Name {
+                name,
+                version: None,
+            } => write!(f, "{name}"),
+            Target::Name {
+                name,
+                version: Some(v),
+            } => write!(f, "{name}@{v}"),
+        }
+    }
+}
+
+/// Progress of a download, for `branchline get`'s progress bar.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct DownloadProgress {
+    pub content_id: String,
+    pub name: String,
+    pub size: u64,
+    /// Verified bytes in the cache.
+    pub have_bytes: u64,
+    pub pieces: u32,
+    pub have_pieces: u32,
+    /// Sources delivering now (peers and the origin).
+    pub sources: u32,
+    /// True while this client reads the origin.
+    pub reading_origin: bool,
+    /// Set while the download waits (e.g. "disk full").
+    pub paused: Option<String>,
+}
+
+/// A finished download.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Downloaded {
+    pub content_id: String,
+    pub size: u64,
+    /// The verified file in the cache (do not modify it).
+    pub path: PathBuf,
+    /// Bytes fetched from peers and from the origin by this download.
+    pub from_peers: u64,
+    pub from_origin: u64,
+}
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("{0}")]
+    Server(#[from] ServerCallError),
+    #[error("the server's piece map for {id} does not match the content id: {message}")]
+    BadMap { id: String, message: String },
+    #[error("the server sent an unexpected answer to {0}")]
+    Unexpected(&'static str),
+    #[error("content cache: {0}")]
+    Store(#[from] StoreError),
+    #[error("the origin {origin} cannot be read: {message}")]
+    Origin { origin: String, message: String },
+    #[error(
+        "no progress for {secs} s: no peer holds the missing pieces and this client may not read the origin"
+    )]
+    Stalled { secs: u64 },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+enum SourceInfo {
+    Peer { client: String, addr: SocketAddr },
+    Origin(Origin),
+}
+
+struct Fetched {
+    source: SourceId,
+    piece: u32,
+    result: Result<Bytes, Failure>,
+}
+
+/// Downloads `target` into the cache, publishing progress on `progress`.
+pub async fn download(
+    svc: Arc<Services>,
+    target: Target,
+    seed: u64,
+    progress: watch::Sender<DownloadProgress>,
+) -> Result<Downloaded, DownloadError> {
+    let (content_id, name, version) = match &target {
+        Target::Id(id) => (id.as_bytes().to_vec(), String::new(), String::new()),
+        Target::Name { name, version } => (
+            Vec::new(),
+            name.clone(),
+            version.clone().unwrap_or_default(),
+        ),
+    };
+    let info = match svc
+        .call(Request::GetContent(GetContent {
+            content_id,
+            name,
+            version,
+        }))
+        .await?
+    {
+        Response::Content(c) => c,
+        _ => return Err(DownloadError::Unexpected("GetContent")),
+    };
+    let meta = info.meta.ok_or(DownloadError::Unexpected("GetContent"))?;
+    let id = ContentId::from_bytes(
+        meta.content_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| DownloadError::Unexpected("GetContent"))?,
+    );
+    let map =
+        PieceMap::decode(&info.piece_map, &id, meta.size).map_err(|e| DownloadError::BadMap {
+            id: id.to_hex(),
+            message: e.to_string(),
+        })?;
+    let map = Arc::new(map);
+    let cache = svc.cache.clone();
+    let status = {
+        let (cache, map) = (cache.clone(), (*map).clone());
+        tokio::task::spawn_blocking(move || cache.begin(map, now_ms()))
+            .await
+            .map_err(|e| DownloadError::Internal(e.to_string()))??
+    };
+    let mut dl = Download {
+        svc: svc.clone(),
+        id,
+        map: map.clone(),
+        origin_text: meta.origin.clone(),
+        progress,
+        sources: HashMap::new(),
+        peers: HashMap::new(),
+        next_source: 1,
+        origin_source: None,
+        in_flight: HashMap::new(),
+        from_peers: 0,
+        from_origin: 0,
+        have_dirty: false,
+    };
+    dl.progress.send_modify(|p| {
+        p.content_id = id.to_hex();
+        p.name = format!("{}@{}", meta.name, meta.version);
+        p.size = meta.size;
+        p.pieces = map.piece_count();
+    });
+    if !status.complete {
+        let have: Vec<u32> = cache
+            .have(&id)
+            .map(|b| b.present().collect())
+            .unwrap_or_default();
+        let mut config = SchedConfig::new(u64::from(map.piece_size().bytes()));
+        config.seed = seed;
+        let sched = Scheduler::new(map.piece_count(), have, config)
+            .map_err(|e| DownloadError::Internal(e.to_string()))?;
+        dl.run(sched).await?;
+    }
+    dl.report_have(true).await;
+    let complete = {
+        let cache = cache.clone();
+        tokio::task::spawn_blocking(move || cache.open_complete(&id, now_ms()))
+            .await
+            .map_err(|e| DownloadError::Internal(e.to_string()))??
+    };
+    let complete = complete.ok_or_else(|| {
+        DownloadError::Internal("the cache does not hold the finished file".into())
+    })?;
+    let path = complete
+        .path
+        .ok_or_else(|| DownloadError::Internal("the cache has no file path".into()))?;
+    Ok(Downloaded {
+        content_id: id.to_hex(),
+        size: complete.size,
+        path,
+        from_peers: dl.from_peers,
+        from_origin: dl.from_origin,
+    })
+}
+
+struct Download {
+    svc: Arc<Services>,
+    id: ContentId,
+    map: Arc<PieceMap>,
+    origin_text: String,
+    progress: watch::Sender<DownloadProgress>,
+    sources: HashMap<SourceId, SourceInfo>,
+    /// Peer client id -> source.
+    peers: HashMap<String, SourceId>,
+    next_source: u64,
+    origin_source: Option<SourceId>,
+    in_flight: HashMap<(SourceId, u32), AbortHandle>,
+    from_peers: u64,
+    from_origin: u64,
+    have_dirty: bool,
+}
+
+impl Download {
+    fn new_source(&mut self, info: SourceInfo) -> SourceId {
+        let id = SourceId(self.next_source);
+        self.next_source += 1;
+        self.sources.insert(id, info);
+        id
+    }
+
+    async fn run(&mut self, mut sched: Scheduler) -> Result<(), DownloadError> {
+        let mut tasks: JoinSet<Fetched> = JoinSet::new();
+        let mut next_locate = Instant::now();
+        let mut next_report = Instant::now() + REPORT_EVERY;
+        let mut last_progress = Instant::now();
+        let mut paused_until: Option<Instant> = None;
+        while !sched.is_complete() {
+            let now = Instant::now();
+            if now >= next_locate {
+                if let Err(e) = self.locate(&mut sched, now).await {
+                    tracing::warn!(content = %self.id, error = %e, "locate failed; retrying");
+                }
+                next_locate = Instant::now() + LOCATE_EVERY;
+            }
+            if now >= next_report && self.have_dirty {
+                self.report_have(false).await;
+                next_report = Instant::now() + REPORT_EVERY;
+            }
+            if paused_until.is_some_and(|t| now >= t) {
+                paused_until = None;
+                self.progress.send_modify(|p| p.paused = None);
+            }
+            for (source, piece) in sched.timeouts(now) {
+                if let Some(h) = self.in_flight.remove(&(source, piece)) {
+                    h.abort();
+                }
+                self.apply_verdict(&mut sched, source, piece, Failure::Timeout, now)
+                    .await;
+            }
+            if paused_until.is_none() {
+                self.issue(&mut sched, &mut tasks, now);
+            }
+            let p = sched.progress();
+            self.progress.send_modify(|d| {
+                d.have_pieces = p.have;
+                d.sources = p.active_sources;
+                d.have_bytes = (0..self.map.piece_count())
+                    .filter(|i| sched.has_piece(*i))
+                    .filter_map(|i| self.map.piece_range(i))
+                    .map(|(_, len)| u64::from(len))
+                    .sum();
+                d.reading_origin = self.origin_source.is_some();
+            });
+            if last_progress.elapsed() > STALL_LIMIT {
+                return Err(DownloadError::Stalled {
+                    secs: STALL_LIMIT.as_secs(),
+                });
+            }
+            let wake = [
+                Some(next_locate),
+                Some(next_report),
+                sched.next_deadline(),
+                paused_until,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + LOCATE_EVERY);
+            tokio::select! {
+                joined = tasks.join_next(), if !tasks.is_empty() => {
+                    let Some(joined) = joined else { continue };
+                    let Ok(fetched) = joined else { continue }; // aborted (cancelled) fetch
+                    self.in_flight.remove(&(fetched.source, fetched.piece));
+                    let now = Instant::now();
+                    match fetched.result {
+                        Ok(bytes) => match self.store(&mut sched, fetched.source, fetched.piece, bytes, now).await {
+                            Ok(true) => last_progress = Instant::now(),
+                            Ok(false) => {}
+                            Err(StoreError::DiskFull { .. }) => {
+                                tracing::warn!(content = %self.id, "disk full: download paused");
+                                self.progress.send_modify(|p| p.paused = Some("disk full".into()));
+                                paused_until = Some(Instant::now() + DISK_FULL_RETRY);
+                                // Nothing wrong with the source: give the piece back.
+                                self.apply_verdict(&mut sched, fetched.source, fetched.piece, Failure::Unavailable, now).await;
+                                last_progress = Instant::now();
+                            }
+                            Err(e) => return Err(e.into()),
+                        },
+                        Err(failure) => self.apply_verdict(&mut sched, fetched.source, fetched.piece, failure, now).await,
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+        // Anything still in flight is a duplicate of a piece we now hold.
+        tasks.abort_all();
+        Ok(())
+    }
+
+    /// Starts every request the scheduler hands out.
+    fn issue(&mut self, sched: &mut Scheduler, tasks: &mut JoinSet<Fetched>, now: Instant) {
+        let ids: Vec<SourceId> = self.sources.keys().copied().collect();
+        for source in ids {
+            while let Some(piece) = sched.next_request(source, now) {
+                let Some((offset, len)) = self.map.piece_range(piece) else {
+                    break;
+                };
+                let handle = match &self.sources[&source] {
+                    SourceInfo::Peer { client, addr } => {
+                        let (svc, client, addr, id) =
+                            (self.svc.clone(), client.clone(), *addr, self.id);
+                        tasks.spawn(async move {
+                            let result = fetch_from_peer(&svc, &client, addr, id, piece).await;
+                            Fetched {
+                                source,
+                                piece,
+                                result,
+                            }
+                        })
+                    }
+                    SourceInfo::Origin(origin) => {
+                        let origin = origin.clone();
+                        tasks.spawn(async move {
+                            let result =
+                                origin
+                                    .read_range(offset, u64::from(len))
+                                    .await
+                                    .map_err(|e| {
+                                        tracing::warn!(error = %e, piece, "origin read failed");
+                                        Failure::Transport
+                                    });
+                            Fetched {
+                                source,
+                                piece,
+                                result,
+                            }
+                        })
+                    }
+                };
+                self.in_flight.insert((source, piece), handle);
+            }
+        }
+    }
+
+    /// Verifies and stores a piece. Ok(true) when it was new.
+    async fn store(
+        &mut self,
+        sched: &mut Scheduler,
+        source: SourceId,
+        piece: u32,
+        bytes: Bytes,
+        now: Instant,
+    ) -> Result<bool, StoreError> {
+        let len = bytes.len() as u64;
+        let (cache, id) = (self.svc.cache.clone(), self.id);
+        let written =
+            tokio::task::spawn_blocking(move || cache.write_piece(&id, piece, &bytes, now_ms()))
+                .await
+                .map_err(|e| StoreError::InUse(format!("writer task failed: {e}")))?;
+        match written {
+            Ok(outcome) => {
+                match self.sources.get(&source) {
+                    Some(SourceInfo::Origin(_)) => self.from_origin += len,
+                    Some(SourceInfo::Peer { .. }) => self.from_peers += len,
+                    None => {}
+                }
+                let received = sched
+                    .on_piece_received(source, piece, len, now)
+                    .map_err(|e| StoreError::InUse(e.to_string()))?;
+                for (s, p) in received.cancel {
+                    if let Some(h) = self.in_flight.remove(&(s, p)) {
+                        h.abort();
+                    }
+                }
+                let new = matches!(outcome, WriteOutcome::Stored { .. });
+                self.have_dirty |= new;
+                Ok(new)
+            }
+            Err(StoreError::BadPiece { .. }) => {
+                self.apply_verdict(sched, source, piece, Failure::BadPiece, now)
+                    .await;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn apply_verdict(
+        &mut self,
+        sched: &mut Scheduler,
+        source: SourceId,
+        piece: u32,
+        failure: Failure,
+        now: Instant,
+    ) {
+        let verdict = match sched.on_piece_failed(source, piece, failure, now) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "scheduler refused an outcome");
+                return;
+            }
+        };
+        let Verdict::Drop(dropped) = verdict else {
+            return;
+        };
+        for p in &dropped.cancel {
+            if let Some(h) = self.in_flight.remove(&(source, *p)) {
+                h.abort();
+            }
+        }
+        let Some(SourceInfo::Peer { client, .. }) = self.sources.get(&source) else {
+            if self.origin_source == Some(source) {
+                tracing::warn!(content = %self.id, "the origin keeps failing; it will be tried again");
+                self.sources.remove(&source);
+                self.origin_source = None;
+            }
+            return;
+        };
+        let client = client.clone();
+        tracing::warn!(content = %self.id, peer = %client, reason = ?dropped.reason, "peer dropped for this content");
+        if dropped.reason.report_to_server() {
+            let report = Request::ReportBadPeer(ReportBadPeer {
+                content_id: self.id.as_bytes().to_vec(),
+                peer_id: client.clone(),
+                reason: format!("piece {piece} failed BLAKE3 verification"),
+            });
+            if let Err(e) = self.svc.call(report).await {
+                tracing::warn!(error = %e, "could not report the bad peer");
+            }
+        }
+        if let Some(SourceInfo::Peer { addr, .. }) = self.sources.get(&source)
+            && let Ok(name) = ClientName::new(client.clone())
+        {
+            self.svc.peer_pool.forget(*addr, &Role::Client(name));
+        }
+    }
+
+    /// Asks the server where the pieces are and updates the scheduler's sources.
+    async fn locate(&mut self, sched: &mut Scheduler, _now: Instant) -> Result<(), DownloadError> {
+        let located = match self
+            .svc
+            .call(Request::Locate(Locate {
+                content_id: self.id.as_bytes().to_vec(),
+            }))
+            .await?
+        {
+            Response::Locations(l) => l,
+            _ => return Err(DownloadError::Unexpected("Locate")),
+        };
+        let pieces = self.map.piece_count();
+        for peer in located.peers {
+            let Ok(ip) = peer.address.parse::<IpAddr>() else {
+                continue;
+            };
+            let Ok(port) = u16::try_from(peer.content_port) else {
+                continue;
+            };
+            let have = if peer.complete {
+                Have::All
+            } else {
+                match PieceSet::from_lsb_bytes(pieces, &peer.have) {
+                    Ok(s) => Have::Some(s),
+                    Err(_) => continue,
+                }
+            };
+            let source = match self.peers.get(&peer.client_id) {
+                Some(s) => *s,
+                None => {
+                    let s = self.new_source(SourceInfo::Peer {
+                        client: peer.client_id.clone(),
+                        addr: SocketAddr::new(ip, port),
+                    });
+                    self.peers.insert(peer.client_id.clone(), s);
+                    s
+                }
+            };
+            // A dropped source comes back when the server lists it again; a banned one
+            // is refused by the scheduler.
+            if sched.add_source(source, SourceKind::Peer).is_ok()
+                || sched.source_stats(source).is_some()
+            {
+                let _ = sched.set_source_pieces(source, have);
+            }
+        }
+        match (located.read_origin, self.origin_source) {
+            (true, None) => {
+                let origin_text = if located.origin.is_empty() {
+                    self.origin_text.clone()
+                } else {
+                    located.origin.clone()
+                };
+                let origin = Origin::parse(&origin_text).map_err(|e| DownloadError::Origin {
+                    origin: origin_text.clone(),
+                    message: e.to_string(),
+                })?;
+                let s = self.new_source(SourceInfo::Origin(origin));
+                sched
+                    .add_source(s, SourceKind::Origin)
+                    .map_err(|e| DownloadError::Internal(e.to_string()))?;
+                let _ = sched.set_source_pieces(s, Have::All);
+                self.origin_source = Some(s);
+                tracing::info!(content = %self.id, origin = %origin_text, "reading from the origin");
+            }
+            (false, Some(s)) => {
+                // Another client reads the origin now (or a complete copy exists).
+                for p in sched.remove_source(s).unwrap_or_default() {
+                    if let Some(h) = self.in_flight.remove(&(s, p)) {
+                        h.abort();
+                    }
+                }
+                self.sources.remove(&s);
+                self.origin_source = None;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Tells the server what this client holds now.
+    async fn report_have(&mut self, force: bool) {
+        if !self.have_dirty && !force {
+            return;
+        }
+        let Some(have) = self.svc.cache.have(&self.id) else {
+            return;
+        };
+        let complete = have.is_complete();
+        let report = Request::ReportHave(ReportHave {
+            content_id: self.id.as_bytes().to_vec(),
+            have: if complete {
+                Vec::new()
+            } else {
+                have.as_bytes().to_vec()
+            },
+            complete,
+            content_port: self.svc.content_port.into(),
+        });
+        match self.svc.call(report).await {
+            Ok(_) => self.have_dirty = false,
+            Err(e) => tracing::debug!(error = %e, "have report failed; will retry"),
+        }
+    }
+}
+
+async fn fetch_from_peer(
+    svc: &Services,
+    client: &str,
+    addr: SocketAddr,
+    id: ContentId,
+    piece: u32,
+) -> Result<Bytes, Failure> {
+    let name = ClientName::new(client.to_owned()).map_err(|_| Failure::Transport)?;
+    let role = Role::Client(name);
+    let (conn, _) = svc.peer_pool.get(addr, &role).await.map_err(|e| {
+        tracing::debug!(peer = %client, %addr, error = %e, "cannot connect to peer");
+        Failure::Transport
+    })?;
+    let request = PieceRequest {
+        content: *id.as_bytes(),
+        piece,
+        offset: 0,
+        len: 0,
+    };
+    match fetch_piece(&conn, &request, svc.content.config()).await {
+        Ok(bytes) => Ok(bytes),
+        Err(ContentError::NotFound) => Err(Failure::Unavailable),
+        Err(e) => {
+            tracing::debug!(peer = %client, piece, error = %e, "piece fetch failed");
+            Err(Failure::Transport)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        let hex = "ab".repeat(32);
+        assert!(matches!(hex.parse::<Target>(), Ok(Target::Id(_))));
+        assert_eq!(
+            "app@1.2".parse::<Target>(),
+            Ok(Target::Name {
+                name: "app".into(),
+                version: Some("1.2".into())
+            })
+        );
+        assert_eq!(
+            "app".parse::<Target>(),
+            Ok(Target::Name {
+                name: "app".into(),
+                version: None
+            })
+        );
+        assert!("@1".parse::<Target>().is_err());
+        assert!("app@".parse::<Target>().is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! The local API: how `branchline get` (the installer's entry point) asks the client
+//! daemon for content. A Unix socket in the data directory (`client.sock`, mode 0600),
+//! never a network port.
+//!
+//! Protocol: the caller writes one JSON line, `{"get": "<id or name[@version]>"}`; the
+//! daemon answers with JSON lines: `{"progress": {...}}` while it works (at most 5 a
+//! second), then exactly one of `{"done": {...}}` or `{"error": "..."}`.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::download::{DownloadProgress, Downloaded, Target, download};
+use crate::services::Services;
+
+/// Socket file name inside the data directory.
+pub const SOCKET: &str = "client.sock";
+
+/// A request on the local socket.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LocalRequest {
+    pub get: String,
+}
+
+/// One line of the answer.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalReply {
+    Progress(ProgressLine),
+    Done(DoneLine),
+    Error(String),
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Clone, Default)]
+pub struct ProgressLine {
+    pub content_id: String,
+    pub name: String,
+    pub size: u64,
+    pub have_bytes: u64,
+    pub sources: u32,
+    pub reading_origin: bool,
+    pub paused: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Clone)]
+pub struct DoneLine {
+    pub content_id: String,
+    pub size: u64,
+    pub path: PathBuf,
+    pub from_peers: u64,
+    pub from_origin: u64,
+}
+
+impl From<&DownloadProgress> for ProgressLine {
+    fn from(p: &DownloadProgress) -> Self {
+        ProgressLine {
+            content_id: p.content_id.clone(),
+            name: p.name.clone(),
+            size: p.size,
+            have_bytes: p.have_bytes,
+            sources: p.sources,
+            reading_origin: p.reading_origin,
+            paused: p.paused.clone(),
+        }
+    }
+}
+
+impl From<Downloaded> for DoneLine {
+    fn from(d: Downloaded) -> Self {
+        DoneLine {
+            content_id: d.content_id,
+            size: d.size,
+            path: d.path,
+            from_peers: d.from_peers,
+            from_origin: d.from_origin,
+        }
+    }
+}
+
+/// Binds the socket (replacing a stale one left by a killed daemon; the data-dir lock
+/// guarantees no live daemon owns it).
+pub fn bind(data_dir: &Path) -> std::io::Result<UnixListener> {
+    let path = data_dir.join(SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// One download per content item at a time: later requests for the same item wait.
+type Locks = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
+
+/// Serves the socket until the task is aborted.
+pub async fn serve(
+    listener: UnixListener,
+    services: watch::Receiver<Option<Arc<Services>>>,
+    seed: u64,
+) {
+    let locks: Locks = Arc::default();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let (services, locks) = (services.clone(), locks.clone());
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, services, locks, seed).await {
+                tracing::debug!(error = %e, "local API connection ended");
+            }
+        });
+    }
+}
+
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &LocalReply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+async fn handle(
+    stream: UnixStream,
+    mut services: watch::Receiver<Option<Arc<Services>>>,
+    locks: Locks,
+    seed: u64,
+) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r.take(64 * 1024)).lines();
+    let Some(line) = lines.next_line().await? else {
+        return Ok(());
+    };
+    let request: LocalRequest = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => return send(&mut w, &LocalReply::Error(format!("bad request: {e}"))).await,
+    };
+    let target: Target = match request.get.parse() {
+        Ok(t) => t,
+        Err(e) => return send(&mut w, &LocalReply::Error(e)).await,
+    };
+    // The services start after the first registration with the server.
+    let svc = loop {
+        if let Some(s) = services.borrow_and_update().clone() {
+            break s;
+        }
+        send(
+            &mut w,
+            &LocalReply::Progress(ProgressLine {
+                paused: Some("waiting for the server to register this client".into()),
+                ..ProgressLine::default()
+            }),
+        )
+        .await?;
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), services.changed()).await {
+            return send(
+                &mut w,
+                &LocalReply::Error("the client is shutting down".into()),
+            )
+            .await;
+        }
+    };
+    let lock = locks
+        .lock()
+        .expect("locks")
+        .entry(target.to_string())
+        .or_default()
+        .clone();
+    let _guard = lock.lock().await;
+    let (tx, mut rx) = watch::channel(DownloadProgress::default());
+    let mut job = tokio::spawn(download(svc, target, seed, tx));
+    loop {
+        tokio::select! {
+            done = &mut job => {
+                let reply = match done {
+                    Ok(Ok(d)) => LocalReply::Done(d.into()),
+                    Ok(Err(e)) => LocalReply::Error(e.to_string()),
+                    Err(e) => LocalReply::Error(format!("download task failed: {e}")),
+                };
+                return send(&mut w, &reply).await;
+            }
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let line = LocalReply::Progress(ProgressLine::from(&*rx.borrow_and_update()));
+                if send(&mut w, &line).await.is_err() {
+                    // The caller went away; the download goes on and its pieces stay cached.
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
