@@ -94,7 +94,9 @@
 //!
 //! **Deadlines.** A request is late when the source has delivered nothing for
 //! `k × piece_size × outstanding / rate` (k = 4), clamped to 2..120 s, counted from the
-//! later of its sending and the source's last delivery; 30 s while the rate is unknown.
+//! later of its sending and the source's last delivery, but at most 120 s after its
+//! sending (so one stuck request cannot hide behind a source that keeps delivering
+//! others); 30 s while the rate is unknown.
 //! Counting from the last delivery means a deep pipe is not penalised for queueing, and
 //! a source that stops entirely shows all its requests late together.
 //! [`Scheduler::timeouts`] lists them; the caller cancels them and reports
@@ -120,7 +122,8 @@
 //! request (up to [`SchedConfig::endgame_max_copies`] = 2
 //! copies of one piece), choosing the piece with fewest copies and then the latest
 //! expected arrival, and only when it would likely deliver sooner than the copy already
-//! out (by its rate and queue). Otherwise the last pieces of a download wait on the
+//! out (by its rate and queue; a copy already overdue is presumed stuck until its
+//! deadline). Otherwise the last pieces of a download wait on the
 //! slowest source. When one copy arrives, [`Received::cancel`] lists the others. An
 //! origin never duplicates a piece a peer holds. Endgame waits for *every* missing piece
 //! to be in flight, not merely every obtainable one: a client fed by a growing RVP has

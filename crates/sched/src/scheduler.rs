@@ -293,7 +293,8 @@ impl Scheduler {
     /// Outstanding requests past their deadline, as `(source, piece)`. The caller cancels
     /// each and reports it with [`Failure::Timeout`]. A request's deadline is
     /// `max(sent, source's last delivery) + clamp(k × piece_size × outstanding / rate,
-    /// min_timeout, max_timeout)`, or `sent + initial_timeout` while the rate is unknown.
+    /// min_timeout, max_timeout)`, at most `sent + max_timeout`; or `sent +
+    /// initial_timeout` while the rate is unknown.
     pub fn timeouts(&self, now: Instant) -> Vec<(SourceId, u32)> {
         let mut out = Vec::new();
         for (&id, s) in &self.sources {
@@ -685,7 +686,7 @@ impl Scheduler {
             }
             let existing = holders
                 .iter()
-                .map(|h| self.expected_arrival(h, p))
+                .map(|h| self.expected_arrival(h, p, now))
                 .min()
                 .expect("an in-flight piece has a holder");
             if mine.is_some_and(|m| m >= existing) {
@@ -703,24 +704,35 @@ impl Scheduler {
     }
 
     /// When the request for `piece` on `h` should arrive, assuming the source serves its
-    /// requests in the order sent at its measured rate.
-    fn expected_arrival(&self, h: &SourceId, piece: u32) -> Instant {
+    /// requests in the order sent at its measured rate. A request already overdue by that
+    /// estimate is presumed stuck and expected at its deadline, so endgame copies go
+    /// first to pieces held up by stalled sources.
+    fn expected_arrival(&self, h: &SourceId, piece: u32, now: Instant) -> Instant {
         let s = &self.sources[h];
         let sent = s.in_flight[&piece];
         match s.rate.filter(|&r| r > 0.0) {
             Some(rate) => {
                 let rank = s.in_flight.values().filter(|&&t| t <= sent).count() as f64;
                 let start = s.last_progress.map_or(sent, |lp| lp.max(sent));
-                start
+                let eta = start
                     + secs(
                         rank * self.cfg.piece_size as f64 / rate,
                         self.cfg.max_timeout,
-                    )
+                    );
+                if eta < now {
+                    self.deadline(s, sent)
+                } else {
+                    eta
+                }
             }
             None => sent + self.cfg.initial_timeout,
         }
     }
 
+    /// When the request sent at `sent` to `s` counts as late: `k × piece_size ×
+    /// outstanding / rate` (clamped) after the later of its sending and the source's last
+    /// delivery, but never more than `max_timeout` after its sending, so one stuck
+    /// request cannot hide behind a source that keeps delivering others.
     fn deadline(&self, s: &Source, sent: Instant) -> Instant {
         match s.rate.filter(|&r| r > 0.0) {
             Some(rate) => {
@@ -730,7 +742,7 @@ impl Scheduler {
                     * s.in_flight.len().max(1) as f64
                     / rate;
                 let budget = secs(expect, self.cfg.max_timeout).max(self.cfg.min_timeout);
-                base + budget
+                (base + budget).min(sent + self.cfg.max_timeout)
             }
             None => sent + self.cfg.initial_timeout,
         }

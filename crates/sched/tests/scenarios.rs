@@ -598,3 +598,79 @@ fn sim_refusing_peer_does_not_stall() {
         "the origin reads exactly the refused pieces"
     );
 }
+
+#[test]
+fn a_stuck_request_times_out_even_while_its_source_delivers_others() {
+    let t = Instant::now();
+    let c = SchedConfig {
+        max_timeout: Duration::from_secs(10),
+        ..cfg()
+    };
+    let mut s = Scheduler::new(1000, [], c).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, Have::All).unwrap();
+    let stuck = s.next_request(A, t).unwrap();
+    let mut now = t;
+    // Every other piece arrives promptly, one per 100 ms.
+    while now < t + Duration::from_secs(10) {
+        assert!(
+            s.timeouts(now).is_empty(),
+            "nothing is late at {:?}",
+            now - t
+        );
+        drain(&mut s, A, now);
+        now += Duration::from_millis(100);
+        let next = s.requests().find(|&(_, p)| p != stuck).map(|r| r.1);
+        s.on_piece_received(A, next.unwrap(), PIECE, now).unwrap();
+    }
+    assert_eq!(s.timeouts(now), vec![(A, stuck)]);
+}
+
+#[test]
+fn endgame_copies_a_piece_stuck_on_a_fast_source() {
+    let t = Instant::now();
+    let mut s = Scheduler::new(40, [], cfg()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.add_source(B, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, Have::All).unwrap();
+    s.set_source_pieces(B, Have::All).unwrap();
+    let mut now = t;
+    // Both deliver a piece per 50 ms until the pool is empty...
+    while !s.in_endgame() {
+        for id in [A, B] {
+            drain(&mut s, id, now);
+        }
+        now += Duration::from_millis(50);
+        for id in [A, B] {
+            let p = s.requests().find(|r| r.0 == id).map(|r| r.1);
+            if let Some(p) = p
+                && !s.in_endgame()
+            {
+                s.on_piece_received(id, p, PIECE, now).unwrap();
+            }
+        }
+    }
+    // ...then A stalls with its pieces while B finishes its own. A's estimate says its
+    // pieces are due soon; once they are overdue, B copies them.
+    let on_a: Vec<u32> = s.requests().filter(|r| r.0 == A).map(|r| r.1).collect();
+    assert!(!on_a.is_empty());
+    for (_, p) in s.requests().filter(|r| r.0 == B).collect::<Vec<_>>() {
+        s.on_piece_received(B, p, PIECE, now).unwrap();
+    }
+    // A second after A's last delivery all its pieces are overdue by its estimate (at
+    // most 16 × 50 ms after that delivery) but none is late (deadlines are at least 2 s).
+    now += Duration::from_secs(1);
+    assert!(
+        s.timeouts(now).is_empty(),
+        "A is not late yet, only overdue"
+    );
+    let copies = drain(&mut s, B, now);
+    assert!(!copies.is_empty(), "B copies A's overdue pieces");
+    for p in &copies {
+        assert!(on_a.contains(p));
+    }
+    for p in copies {
+        let r = s.on_piece_received(B, p, PIECE, now).unwrap();
+        assert_eq!(r.cancel, vec![(A, p)]);
+    }
+}
