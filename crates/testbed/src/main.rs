@@ -8,6 +8,7 @@
 //! prints the final WAN counters and saves them as `RUN.final.json`, which
 //! `counters --run RUN` reads once the run is down.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -237,9 +238,9 @@ fn pick_run(run: &Option<String>) -> Result<RunState> {
     }
 }
 
-/// Blocks SIGINT, SIGTERM and SIGHUP in every thread and handles them on
-/// one: tear down every run of this process, then exit. Children started
-/// with std::process get a clean signal mask.
+/// Blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT in every thread and handles
+/// them on one: tear down every run of this process, then exit. (Children
+/// inherit the blocked mask; the test bed kills its children with SIGKILL.)
 fn install_signal_teardown() {
     // SAFETY: sigset manipulation on a local set; pthread_sigmask affects
     // only this (main) thread, before any other thread exists, so every
@@ -247,7 +248,7 @@ fn install_signal_teardown() {
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
             libc::sigaddset(&mut set, s);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -257,15 +258,21 @@ fn install_signal_teardown() {
         let mut sig: libc::c_int = 0;
         // SAFETY: waits on a valid, initialised set.
         unsafe { libc::sigwait(&set, &mut sig) };
-        for f in teardown_all_live() {
-            let _ = std::fs::remove_file(state_path(&f.state.run));
-            save_final(&f.state.run, &f.counters);
-            eprintln!(
-                "branchline-testbed: signal {sig}: tore down {}",
-                f.state.run
-            );
-            print_counters(&f.counters);
-        }
+        let runs = teardown_all_live();
+        // Reporting must not keep the process from exiting (stdout may be a
+        // closed pipe by now).
+        let _ = std::panic::catch_unwind(|| {
+            for f in &runs {
+                let _ = std::fs::remove_file(state_path(&f.state.run));
+                save_final(&f.state.run, &f.counters);
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "branchline-testbed: signal {sig}: tore down {}",
+                    f.state.run
+                );
+                print_counters(&f.counters);
+            }
+        });
         std::process::exit(128 + sig);
     });
 }
@@ -282,18 +289,40 @@ fn final_path(run: &str) -> PathBuf {
 }
 
 fn print_counters(c: &[branchline_testbed::LinkCounters]) {
-    println!(
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "{:<12} {:<9} {:>14} {:>10}",
         "link", "direction", "bytes", "frames"
     );
     for x in c {
-        println!(
+        let _ = writeln!(
+            out,
             "{:<12} {:<9} {:>14} {:>10}",
             x.link,
             x.dir.to_string(),
             x.bytes,
             x.packets
         );
+    }
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// For `exec`, like system(3): Ctrl-C and Ctrl-\ reach the command in the
+/// host (a handler, unlike SIG_IGN, is reset to the default across exec),
+/// while this process keeps waiting for it and passes its status on.
+fn pass_interrupts_to_child() {
+    for sig in [libc::SIGINT, libc::SIGQUIT] {
+        // SAFETY: installs a handler that does nothing (async-signal-safe);
+        // sigaction is plain data, zeroed then filled in.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = ignore_signal as *const () as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
     }
 }
 
@@ -323,6 +352,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Up { topology } => {
             let topo = Topology::from_file(&topology)?;
+            // Tear down when whoever started us goes away (a test that
+            // died, a closed terminal): SIGTERM, handled like Ctrl-C.
+            // SAFETY: prctl with an integer argument; getppid cannot fail.
+            unsafe {
+                let parent = libc::getppid();
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+                if libc::getppid() != parent {
+                    libc::raise(libc::SIGTERM);
+                }
+            }
             let tb = Testbed::up(&topo)?;
             std::fs::create_dir_all(STATE_DIR)
                 .map_err(|e| Error::io(format!("creating {STATE_DIR}"), e))?;
@@ -334,7 +373,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "ready: `branchline-testbed exec HOST -- CMD`, `counters`, `down`; Ctrl-C tears down"
             );
             loop {
-                std::thread::sleep(Duration::from_secs(1));
+                std::thread::sleep(Duration::from_millis(500));
+                if !netns::netns_exists(&tb.state().router_netns) {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "run {} was removed from outside; exiting",
+                        tb.run_name()
+                    );
+                    let _ = std::fs::remove_file(state_path(tb.run_name()));
+                    return Ok(ExitCode::FAILURE);
+                }
                 if !tb.relays_running() {
                     eprintln!("a delay relay stopped; tearing down");
                     let run = tb.run_name().to_string();
@@ -353,9 +401,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .args(&command[1..])
                 .status()
                 .map_err(|e| Error::io(format!("running {command:?} in {host}"), e))?;
-            Ok(ExitCode::from(
-                status.code().unwrap_or(1).clamp(0, 255) as u8
-            ))
+            // Like a shell: a command killed by signal N exits 128 + N.
+            let code = status.code().unwrap_or_else(|| {
+                128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+            });
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
         Cmd::Counters { run, json } => {
             let c = match (pick_run(&run), &run) {
@@ -527,7 +577,11 @@ fn main() -> ExitCode {
         eprintln!("branchline-testbed: {}", Error::NotRoot);
         return ExitCode::from(2);
     }
-    install_signal_teardown();
+    if matches!(cli.cmd, Cmd::Exec { .. }) {
+        pass_interrupts_to_child();
+    } else {
+        install_signal_teardown();
+    }
     match run(cli) {
         Ok(c) => c,
         Err(e) => {

@@ -2,6 +2,7 @@
 //! background, `exec`, `counters`, and teardown by SIGINT and by `down`.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,8 +30,21 @@ fn topo_file(tag: &str) -> PathBuf {
     p
 }
 
+/// Kills `up` (SIGTERM: it tears down) if a test fails while it runs.
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `up` and returns it with its run name once it printed "ready".
-fn start_up(topo: &PathBuf) -> (Child, String) {
+fn start_up(topo: &PathBuf) -> (Up, String) {
     let mut up = Command::new(BIN)
         .arg("up")
         .arg(topo)
@@ -48,7 +62,7 @@ fn start_up(topo: &PathBuf) -> (Child, String) {
     }
     // Keep draining stdout so `up` never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (up, run)
+    (Up(up), run)
 }
 
 fn run_netns(run: &str) -> Vec<String> {
@@ -97,6 +111,26 @@ fn cli_up_exec_counters_then_interrupt_tears_down() {
         .unwrap();
     assert_eq!(st.code(), Some(3), "exec passes the exit code through");
 
+    // Ctrl-C at a terminal reaches the whole foreground process group: the
+    // command in the host stops, `exec` passes that on and the run stays up.
+    let mut ex = Command::new(BIN)
+        .args(["exec", "--run", &run, "c1", "--", "sleep", "30"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Signal only once the command runs in the host.
+    let host_ns = format!("{run}-h-c1");
+    let end = Instant::now() + Duration::from_secs(10);
+    while netns::netns_pids(&host_ns).is_empty() {
+        assert!(Instant::now() < end, "sleep never started in c1");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signalling the process group we just created.
+    unsafe { libc::kill(-(ex.id() as i32), libc::SIGINT) };
+    let st = wait_exit(&mut ex, Duration::from_secs(5));
+    assert_eq!(st.code(), Some(128 + libc::SIGINT));
+    assert_eq!(run_netns(&run).len(), 6);
+
     let out = Command::new(BIN)
         .args(["counters", "--run", &run, "--json"])
         .output()
@@ -110,8 +144,8 @@ fn cli_up_exec_counters_then_interrupt_tears_down() {
     );
 
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(up.id() as i32, libc::SIGINT) };
-    let status = wait_exit(&mut up, Duration::from_secs(10));
+    unsafe { libc::kill(up.0.id() as i32, libc::SIGINT) };
+    let status = wait_exit(&mut up.0, Duration::from_secs(10));
     assert_eq!(status.code(), Some(128 + libc::SIGINT), "{status:?}");
     assert!(
         run_netns(&run).is_empty(),
@@ -148,7 +182,7 @@ fn cli_down_stops_a_running_up() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let status = wait_exit(&mut up, Duration::from_secs(10));
+    let status = wait_exit(&mut up.0, Duration::from_secs(10));
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
     assert!(run_netns(&run).is_empty());
     let _ = std::fs::remove_file(format!("/run/branchline-testbed/{run}.final.json"));
