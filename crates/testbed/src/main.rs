@@ -38,7 +38,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Bring a topology up and keep it up until interrupted (Ctrl-C,
-    /// SIGTERM) or `down`.
+    /// SIGTERM, SIGHUP), `down`, or until the process that started it exits
+    /// (the parent's thread, for multi-threaded parents).
     Up {
         /// Topology file (TOML).
         topology: PathBuf,
