@@ -140,7 +140,52 @@ fn hash(path: &Path, piece_size: PieceSize, quiet: bool) -> Result<PieceMap, Fai
     Ok(map)
 }
 
+/// What a publish did.
+pub struct Outcome {
+    pub id: branchline_store::ContentId,
+    pub meta: ContentMeta,
+    /// False when the same bytes were already published.
+    pub new_content: bool,
+}
+
+/// `connector publish`: publishes and prints the content id (or JSON).
 pub async fn publish(c: Connector, args: PublishArgs) -> Result<(), Fail> {
+    let json = args.json;
+    let o = publish_outcome(Arc::new(c), &args).await?;
+    let (id, meta, new_content) = (o.id, o.meta, o.new_content);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "content_id": id.to_hex(),
+                "name": meta.name,
+                "version": meta.version,
+                "size": meta.size,
+                "origin": meta.origin,
+                "piece_size": meta.piece_size,
+                "new": new_content,
+            })
+        );
+    } else {
+        println!("{}", id.to_hex());
+        eprintln!(
+            "{} {}@{} ({} bytes, origin {})",
+            if new_content {
+                "published"
+            } else {
+                "already published:"
+            },
+            meta.name,
+            meta.version,
+            meta.size,
+            meta.origin
+        );
+    }
+    Ok(())
+}
+
+/// Hashes, uploads the metadata and piece map, commits. Quiet when `args.json`.
+pub async fn publish_outcome(c: Arc<Connector>, args: &PublishArgs) -> Result<Outcome, Fail> {
     let piece_size = PieceSize::new(args.piece_size)
         .map_err(|e| Fail::new(exit::USAGE, format!("--piece-size: {e}")))?;
     let is_url = args.source.starts_with("http://") || args.source.starts_with("https://");
@@ -193,7 +238,6 @@ pub async fn publish(c: Connector, args: PublishArgs) -> Result<(), Fail> {
     };
     let mut new_content = false;
     if needs_map {
-        let c = Arc::new(c);
         let pb = bar(encoded.len() as u64, "uploading piece map", quiet);
         let mut set = JoinSet::new();
         let mut offsets = (0..encoded.len()).step_by(CHUNK);
@@ -236,35 +280,11 @@ pub async fn publish(c: Connector, args: PublishArgs) -> Result<(), Fail> {
             other => return Err(crate::connector::unexpected("PublishCommit", &other)),
         }
     }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "content_id": id.to_hex(),
-                "name": meta.name,
-                "version": meta.version,
-                "size": meta.size,
-                "origin": meta.origin,
-                "piece_size": meta.piece_size,
-                "new": new_content,
-            })
-        );
-    } else {
-        println!("{}", id.to_hex());
-        eprintln!(
-            "{} {}@{} ({} bytes, origin {})",
-            if new_content {
-                "published"
-            } else {
-                "already published:"
-            },
-            meta.name,
-            meta.version,
-            meta.size,
-            meta.origin
-        );
-    }
-    Ok(())
+    Ok(Outcome {
+        id,
+        meta,
+        new_content,
+    })
 }
 
 /// The whole catalogue, page by page.

@@ -36,6 +36,8 @@ use crate::services::{ServerCallError, Services, now_ms};
 
 /// How often the server is asked where the pieces are.
 const LOCATE_EVERY: Duration = Duration::from_secs(1);
+/// ...and while nothing can be requested (waiting for peers to get pieces).
+const LOCATE_IDLE: Duration = Duration::from_millis(250);
 /// How often a growing have-set is reported.
 const REPORT_EVERY: Duration = Duration::from_millis(300);
 /// A download with no new piece for this long fails (no source has what is missing).
@@ -294,6 +296,9 @@ impl Download {
                     tracing::warn!(content = %self.id, error = %e, "locate failed; retrying");
                 }
                 next_locate = Instant::now() + LOCATE_EVERY;
+            }
+            if tasks.is_empty() && next_locate > now + LOCATE_IDLE {
+                next_locate = now + LOCATE_IDLE;
             }
             if now >= next_report && self.have_dirty {
                 self.report_have(false).await;
