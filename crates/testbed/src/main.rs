@@ -16,7 +16,7 @@ use std::time::Duration;
 use branchline_testbed::baseline::tcp::{TcpOptions, Until, tcp_bulk};
 use branchline_testbed::baseline::{DownloadOptions, bittorrent, http};
 use branchline_testbed::{
-    Error, Result, RunState, Testbed, Topology, WanLink, netns, reap_stale, remove_run,
+    Direction, Error, Result, RunState, Testbed, Topology, WanLink, netns, reap_stale, remove_run,
     teardown_all_live,
 };
 use clap::{Parser, Subcommand};
@@ -332,13 +332,19 @@ fn print_state(s: &RunState) {
     for o in &s.topology.offices {
         let link = match &o.wan {
             None => "LAN link to the router".to_string(),
-            Some(w) => format!(
-                "WAN {} Mbit/s, queue {} bytes, delay {} ms, loss {} %",
-                w.rate_mbit.map_or("unshaped".into(), |r| r.to_string()),
-                w.queue_limit_bytes().map_or("-".into(), |q| q.to_string()),
-                w.delay_ms,
-                w.loss_percent
-            ),
+            Some(w) => {
+                let dir = |d: Direction| match (w.rate_bps_dir(d), w.queue_limit_bytes_dir(d)) {
+                    (Some(r), Some(q)) => format!("{} Mbit/s, queue {q} bytes", r as f64 / 1e6),
+                    _ => "unshaped".to_string(),
+                };
+                format!(
+                    "WAN in {}, out {}, delay {} ms, loss {} %",
+                    dir(Direction::Inbound),
+                    dir(Direction::Outbound),
+                    w.delay_ms,
+                    w.loss_percent
+                )
+            }
         };
         println!("  office {} {} ({link})", o.name, o.subnet);
         for h in &o.hosts {

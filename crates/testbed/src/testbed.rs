@@ -252,17 +252,17 @@ impl RunState {
     /// directions (drops and backlog show how full the queue runs).
     pub fn queue_stats(&self) -> Result<Vec<QueueStats>> {
         let mut out = Vec::new();
-        for (l, o) in self.links.iter().filter_map(|l| {
+        for (l, w) in self.links.iter().filter_map(|l| {
             let o = self.topology.offices.iter().find(|o| o.name == l.office)?;
-            Some((l, o))
+            Some((l, o.wan.as_ref()?))
         }) {
-            if o.wan.as_ref().and_then(|w| w.rate_mbit).is_none() {
-                continue;
-            }
             for (ns, dev, dir) in [
                 (&self.router_netns, &l.router_if, Direction::Inbound),
                 (&self.switch_netns, &l.counter_if, Direction::Outbound),
             ] {
+                if w.rate_bps_dir(dir).is_none() {
+                    continue;
+                }
                 let out_ = netns::run(
                     std::process::Command::new("tc")
                         .args(["-n", ns, "-s", "-j", "qdisc", "show", "dev", dev]),
@@ -601,17 +601,16 @@ impl Testbed {
                 let c = format!("wb{oi}");
                 netns::in_netns(s, || crate::offload::disable_offloads(&c))??;
             }
-            if let (Some(rate), Some(limit), Some(burst)) =
-                (w.rate_bps(), w.queue_limit_bytes(), w.burst_bytes())
-            {
-                let q = |dev: String| {
-                    format!(
-                        "qdisc add dev {dev} root tbf rate {rate}bit burst {burst} limit {limit}"
-                    )
-                };
-                rtc.push(q(format!("o{oi}")));
-                stc.push(q(format!("wr{oi}")));
-            }
+            let tbf = |dev: String, dir: Direction| {
+                let rate = w.rate_bps_dir(dir)?;
+                let limit = w.queue_limit_bytes_dir(dir)?;
+                let burst = w.burst_bytes_dir(dir)?;
+                Some(format!(
+                    "qdisc add dev {dev} root tbf rate {rate}bit burst {burst} limit {limit}"
+                ))
+            };
+            rtc.extend(tbf(format!("o{oi}"), Direction::Inbound));
+            stc.extend(tbf(format!("wr{oi}"), Direction::Outbound));
             if w.loss_percent > 0.0 {
                 // numgen over 1,000,000 gives loss in steps of 0.0001 %.
                 let thresh = (w.loss_percent * 10_000.0).round() as u64;

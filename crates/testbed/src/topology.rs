@@ -35,6 +35,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::testbed::Direction;
 
 /// The only address range the test bed hands out: 198.18.0.0/15.
 pub const BENCHMARK_RANGE: Subnet = Subnet {
@@ -80,11 +81,16 @@ pub struct Office {
 #[serde(deny_unknown_fields)]
 pub struct WanLink {
     /// Rate in megabits per second (10^6 bit/s) of Ethernet frames, each
-    /// direction. `None` leaves the link unshaped.
+    /// direction (inbound only when `rate_out_mbit` is set). `None` leaves
+    /// the link unshaped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_mbit: Option<f64>,
-    /// Queue size in milliseconds of transmission at `rate_mbit`; the
-    /// bottleneck queue holds `rate * queue_ms` bytes. Default 100 ms.
+    /// Rate of the outbound direction (office to router) in Mbit/s, for an
+    /// asymmetric link such as 100 down / 20 up. Default: `rate_mbit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_out_mbit: Option<f64>,
+    /// Queue size in milliseconds of transmission at the direction's rate;
+    /// each bottleneck queue holds `rate * queue_ms` bytes. Default 100 ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_ms: Option<f64>,
     /// Queue size in bytes; overrides `queue_ms` when set.
@@ -103,14 +109,29 @@ pub struct WanLink {
 pub const DEFAULT_QUEUE_MS: f64 = 100.0;
 
 impl WanLink {
-    /// Rate in bits per second, if shaped.
+    /// Inbound rate in bits per second, if shaped.
     pub fn rate_bps(&self) -> Option<u64> {
-        self.rate_mbit.map(|m| (m * 1_000_000.0).round() as u64)
+        self.rate_bps_dir(Direction::Inbound)
     }
 
-    /// Bottleneck queue size in bytes, if shaped (never below two frames).
+    /// Rate in bits per second of one direction, if shaped.
+    pub fn rate_bps_dir(&self, dir: Direction) -> Option<u64> {
+        let mbit = match dir {
+            Direction::Inbound => self.rate_mbit,
+            Direction::Outbound => self.rate_out_mbit.or(self.rate_mbit),
+        };
+        mbit.map(|m| (m * 1_000_000.0).round() as u64)
+    }
+
+    /// Inbound bottleneck queue size in bytes, if shaped.
     pub fn queue_limit_bytes(&self) -> Option<u64> {
-        let rate = self.rate_bps()?;
+        self.queue_limit_bytes_dir(Direction::Inbound)
+    }
+
+    /// Bottleneck queue size in bytes of one direction, if shaped (never
+    /// below two frames).
+    pub fn queue_limit_bytes_dir(&self, dir: Direction) -> Option<u64> {
+        let rate = self.rate_bps_dir(dir)?;
         let bytes = match self.queue_bytes {
             Some(b) => b,
             None => {
@@ -121,11 +142,11 @@ impl WanLink {
         Some(bytes.max(2 * 1514))
     }
 
-    /// Token-bucket burst in bytes for the rate: 2 ms worth, at least two
-    /// full frames, so that the shaper is smooth at low rates and does not
-    /// starve at high ones.
-    pub fn burst_bytes(&self) -> Option<u64> {
-        let rate = self.rate_bps()?;
+    /// Token-bucket burst in bytes for a direction's rate: 2 ms worth, at
+    /// least two full frames, so that the shaper is smooth at low rates and
+    /// does not starve at high ones.
+    pub fn burst_bytes_dir(&self, dir: Direction) -> Option<u64> {
+        let rate = self.rate_bps_dir(dir)?;
         Some(((rate / 8) / 500).max(2 * 1514))
     }
 
@@ -136,12 +157,15 @@ impl WanLink {
 
     fn validate(&self, office: &str) -> Result<()> {
         let bad = |what: String| Err(Error::Topology(format!("office {office:?}: wan: {what}")));
-        if let Some(r) = self.rate_mbit
-            && !(r.is_finite() && (0.01..=10_000.0).contains(&r))
-        {
-            return bad(format!(
-                "rate_mbit = {r} is out of range; use 0.01 to 10000"
-            ));
+        for (name, rate) in [
+            ("rate_mbit", self.rate_mbit),
+            ("rate_out_mbit", self.rate_out_mbit),
+        ] {
+            if let Some(r) = rate
+                && !(r.is_finite() && (0.01..=10_000.0).contains(&r))
+            {
+                return bad(format!("{name} = {r} is out of range; use 0.01 to 10000"));
+            }
         }
         if let Some(q) = self.queue_ms
             && !(q.is_finite() && (0.0..=10_000.0).contains(&q))
@@ -153,7 +177,10 @@ impl WanLink {
         {
             return bad(format!("queue_bytes = {q} is above 1 GiB"));
         }
-        if (self.queue_ms.is_some() || self.queue_bytes.is_some()) && self.rate_mbit.is_none() {
+        if (self.queue_ms.is_some() || self.queue_bytes.is_some())
+            && self.rate_mbit.is_none()
+            && self.rate_out_mbit.is_none()
+        {
             return bad("a queue size needs rate_mbit (the queue is the shaper's)".into());
         }
         if !(self.delay_ms.is_finite() && (0.0..=10_000.0).contains(&self.delay_ms)) {
@@ -450,6 +477,22 @@ wan = { rate_mbit = 20, queue_ms = 100, delay_ms = 20, loss_percent = 0.5 }
         let w = t.offices[1].wan.as_ref().unwrap();
         assert_eq!(w.rate_bps(), Some(20_000_000));
         assert_eq!(w.queue_limit_bytes(), Some(250_000));
+        assert_eq!(w.rate_bps_dir(Direction::Outbound), Some(20_000_000));
+        let asym = Topology::from_toml(
+            &EXAMPLE.replace("rate_mbit = 20,", "rate_mbit = 20, rate_out_mbit = 4,"),
+        )
+        .unwrap();
+        let a = asym.offices[1].wan.as_ref().unwrap();
+        assert_eq!(a.rate_bps_dir(Direction::Inbound), Some(20_000_000));
+        assert_eq!(a.rate_bps_dir(Direction::Outbound), Some(4_000_000));
+        assert_eq!(a.queue_limit_bytes_dir(Direction::Outbound), Some(50_000));
+        assert_eq!(a.burst_bytes_dir(Direction::Outbound), Some(3028));
+        assert!(
+            Topology::from_toml(
+                &EXAMPLE.replace("rate_mbit = 20,", "rate_mbit = 20, rate_out_mbit = 0,")
+            )
+            .is_err()
+        );
         assert_eq!(w.delay(), std::time::Duration::from_millis(20));
         assert_eq!(t.host_addr("nobody"), None);
     }

@@ -323,3 +323,36 @@ fn leftovers_of_a_killed_process_are_reaped() {
         assert!(!netns::netns_exists(n), "{n} is still there");
     }
 }
+
+#[test]
+fn asymmetric_link_shapes_each_direction_at_its_rate() {
+    if !require_root("asymmetric_link_shapes_each_direction_at_its_rate") {
+        return;
+    }
+    let mut link = wan(Some(40.0), 0.0);
+    link.rate_out_mbit = Some(8.0);
+    let topo = Topology::two_offices(&["server"], &["c1"], link);
+    let tb = Testbed::up(&topo).unwrap();
+    let opts = |port| TcpOptions {
+        until: Until::Bytes(2 << 20),
+        warmup: Duration::from_millis(500),
+        congestion: Some("cubic".into()),
+        port,
+    };
+    let up = tcp_bulk(&tb, "c1", "server", &opts(5002)).unwrap();
+    let down = tcp_bulk(&tb, "server", "c1", &opts(5003)).unwrap();
+    eprintln!(
+        "asymmetric 40/8 Mbit/s: out {:.2}, in {:.2} Mbit/s",
+        up.steady_mbit, down.steady_mbit
+    );
+    // 8 Mbit/s of frames carry about 7.65 Mbit/s of TCP payload.
+    assert!(
+        (7.0..=8.0).contains(&up.steady_mbit),
+        "outbound {:.2}",
+        up.steady_mbit
+    );
+    assert!(down.steady_mbit > 20.0, "inbound {:.2}", down.steady_mbit);
+    let q = tb.queue_stats().unwrap();
+    assert_eq!(q.len(), 2);
+    tb.down().unwrap();
+}
