@@ -590,7 +590,7 @@ fn scenario(
     }
     if opts.timeline {
         println!(
-            "  t(s)  bg Mbit/s  tcp Mbit/s  link %  probe qd ms  cwnd kB  ledbat qd ms  phase"
+            "  t(s)  bg Mbit/s  tcp Mbit/s  link %  probe qd ms  cwnd kB  ledbat qd ms  others ms  phase"
         );
         let per_sec = (Duration::from_secs(1).as_nanos() / BIN.as_nanos()) as usize;
         for s in 0..total.as_secs() as usize {
@@ -607,23 +607,25 @@ fn scenario(
                 .iter()
                 .rev()
                 .find(|(t, _, _)| *t <= from + Duration::from_secs(1));
-            let (cwnd, lqd, phase) = match cc_at {
+            let (cwnd, lqd, others, phase) = match cc_at {
                 Some((_, Some(st), _)) => (
                     st.window,
                     st.queueing_delay.map(ms).unwrap_or(0.0),
+                    ms(st.others_delay),
                     format!("{:?}", st.phase),
                 ),
-                Some((_, None, cwnd)) => (*cwnd, 0.0, "-".into()),
-                None => (0, 0.0, "-".into()),
+                Some((_, None, cwnd)) => (*cwnd, 0.0, 0.0, "-".into()),
+                None => (0, 0.0, 0.0, "-".into()),
             };
             println!(
-                "  {s:>4}  {:>9.2}  {:>10.2}  {:>6.1}  {:>11.1}  {:>7.1}  {:>12.1}  {phase}",
+                "  {s:>4}  {:>9.2}  {:>10.2}  {:>6.1}  {:>11.1}  {:>7.1}  {:>12.1}  {:>9.1}  {phase}",
                 bg as f64 * 8.0 / 1e6,
                 tc as f64 * 8.0 / 1e6,
                 li as f64 / LINK_BYTES * 100.0,
                 ms(qd),
                 cwnd as f64 / 1000.0,
                 lqd,
+                others,
             );
         }
     }

@@ -15,6 +15,7 @@
 //! base-delay history and the current-delay filter (see [`crate::delay`]).
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -162,8 +163,13 @@ pub struct Ledbat {
     capacity: MaxRateFilter,
     /// Current delivery-rate interval: start, bytes acknowledged, whether app-limited.
     rate_interval: Option<(Instant, f64, bool)>,
-    /// Queueing delay attributed to other flows at the last ACK frame.
+    /// Queueing delay attributed to other flows at the last ACK frame: the minimum of the raw
+    /// estimates over the last smoothed RTT, so a burst of our own (a ramp, a pacing hiccup)
+    /// is not taken for a competitor.
     others_delay: Duration,
+    /// Raw estimates of the last smoothed RTT, increasing from front to back (monotonic queue
+    /// for the windowed minimum).
+    others_recent: VecDeque<(Instant, Duration)>,
     /// When the running slowdown started and when its frozen phase ends.
     slowdown_started: Option<Instant>,
     freeze_until: Option<Instant>,
@@ -200,6 +206,7 @@ impl Ledbat {
             capacity: MaxRateFilter::new(config_capacity_window),
             rate_interval: None,
             others_delay: Duration::ZERO,
+            others_recent: VecDeque::new(),
             slowdown_started: None,
             freeze_until: None,
             next_slowdown: None,
@@ -235,12 +242,13 @@ impl Ledbat {
         let target = self.config.target.as_secs_f64();
         // The delay the controller steers by: the queueing delay, or (extension) the delay
         // other flows cause, weighted, if that is larger.
-        self.others_delay = self.others_delay_estimate(now, qd);
+        let raw_others = self.others_delay_estimate(now, qd);
+        self.others_delay = self.filter_others(now, raw_others);
+        let qd_raw = qd.as_secs_f64();
         let qd_s = if self.config.competition_yield {
-            qd.as_secs_f64()
-                .max(self.config.others_weight * self.others_delay.as_secs_f64())
+            qd_raw.max(self.config.others_weight * self.others_delay.as_secs_f64())
         } else {
-            qd.as_secs_f64()
+            qd_raw
         };
 
         match self.phase {
@@ -259,7 +267,9 @@ impl Ledbat {
                 }
             }
             Phase::SlowStart | Phase::SlowdownRamp => {
-                if qd_s > 0.75 * target {
+                // Slow start ends on the plain queueing delay (draft §4.2): while the window
+                // grows from nothing, "our" share of the queue is not yet meaningful.
+                if qd_raw > 0.75 * target {
                     self.exit_slow_start(now);
                 } else if !app_limited {
                     let growth = if self.phase == Phase::SlowdownRamp && self.config.idle_ramp {
@@ -433,6 +443,23 @@ impl Ledbat {
         } else {
             Duration::ZERO
         }
+    }
+
+    /// Minimum of the raw others-delay estimates over the last smoothed RTT.
+    fn filter_others(&mut self, now: Instant, raw: Duration) -> Duration {
+        let span = self.srtt.unwrap_or(INITIAL_RTT);
+        while self.others_recent.back().is_some_and(|(_, d)| *d >= raw) {
+            self.others_recent.pop_back();
+        }
+        self.others_recent.push_back((now, raw));
+        while self
+            .others_recent
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > span)
+        {
+            self.others_recent.pop_front();
+        }
+        self.others_recent.front().map_or(raw, |(_, d)| *d)
     }
 
     fn track_idle(&mut self, now: Instant, qd: Duration) {

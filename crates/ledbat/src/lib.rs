@@ -46,8 +46,10 @@
 //!   pushes the draft over its target, so the draft keeps a share next to it. The controller
 //!   estimates the path capacity `C` as its largest delivery rate per round trip over the last
 //!   10 s, attributes `(W − C·base)/C` of the queue to its own window `W`, and steers by
-//!   `max(queueing delay, 2 × the rest)`: a queue built by others counts double, so it backs
-//!   off once others hold 30 ms. Alone, its window explains the whole queue and nothing
+//!   `max(queueing delay, 2 × the rest)`, the rest taken as its minimum over the last smoothed
+//!   RTT so that a burst of its own is not mistaken for a competitor: a queue built by others
+//!   counts double, so it backs off once others hold 30 ms. Slow start and the ramp after a
+//!   slowdown still end on the plain queueing delay. Alone, its window explains the whole queue and nothing
 //!   changes. An underestimated capacity (a link that got faster) makes it yield less, never
 //!   more, than the draft; an overestimated one (a link that got slower) makes it hold a
 //!   shorter queue until the 10 s estimate ages out.

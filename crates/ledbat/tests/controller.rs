@@ -587,3 +587,24 @@ fn alone_on_a_link_the_extension_holds_the_same_queue_as_the_draft() {
         );
     }
 }
+
+#[test]
+fn a_short_burst_of_queue_is_not_taken_for_a_competitor() {
+    let mut d = Driver::new(no_slowdowns(LedbatConfig {
+        ceiling: Some(100 * LINK_RATE),
+        ..LedbatConfig::default()
+    }));
+    let end = d.now + Duration::from_secs(10);
+    while d.now < end {
+        d.round_on_link(LINK_RATE as f64, 40 * MS, Duration::ZERO);
+    }
+    let w = d.c.window();
+    // Three ACK frames see 30 ms of extra queue (a burst), then the path is as before.
+    for _ in 0..3 {
+        d.now += MS;
+        d.c.on_ack_sample(d.now, d.now - 130 * MS, 2400);
+        d.c.end_acks(d.now, false);
+        assert!(d.c.stats().others_delay < 5 * MS, "{:?}", d.c.stats());
+    }
+    assert!(d.c.window() as f64 >= 0.95 * w as f64);
+}
