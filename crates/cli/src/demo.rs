@@ -108,7 +108,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
             bind: ip,
             ports: config.ports.client,
             heartbeat_interval: Duration::from_secs(1),
-            cache_size_bytes: config.client.cache_size_bytes,
+            cache_cap: crate::settings::cache_cap(config)?,
             hostname: Some(format!("demo-client-{}", i + 1)),
             retry,
             replay,

@@ -121,6 +121,9 @@ pub struct ClientArgs {
     /// Name to report instead of the host's name.
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
+    /// Cache cap: bytes ("20GiB") or a share of the disk ("25%").
+    #[arg(long, value_name = "SIZE")]
+    cache_size: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -25,6 +25,16 @@ pub fn load(path: Option<&Path>, ports: &[String]) -> Result<Config, Fail> {
     Ok(config)
 }
 
+/// The client cache cap from `client.cache_size`.
+pub fn cache_cap(config: &Config) -> Result<branchline_store::CacheCap, Fail> {
+    config.client.cache_size.parse().map_err(|e| {
+        Fail::new(
+            exit::USAGE,
+            format!("invalid setting client.cache_size: {e}"),
+        )
+    })
+}
+
 /// Retry and replay policies from `[transport]`.
 pub fn policies(config: &Config) -> (RetryPolicy, ReplayConfig) {
     let t = &config.transport;
@@ -99,7 +109,12 @@ pub fn client(config: &Config, args: ClientArgs) -> Result<ClientOptions, Fail> 
         bind: args.bind.unwrap_or(c.bind),
         ports: config.ports.client,
         heartbeat_interval: Duration::from_secs_f64(interval),
-        cache_size_bytes: c.cache_size_bytes,
+        cache_cap: match args.cache_size {
+            Some(s) => s
+                .parse()
+                .map_err(|e| Fail::new(exit::USAGE, format!("--cache-size: {e}")))?,
+            None => cache_cap(config)?,
+        },
         hostname: args.hostname.or(c.hostname.clone()),
         retry,
         replay,

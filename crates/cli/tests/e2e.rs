@@ -207,6 +207,29 @@ fn broken_config_names_file_line_and_key() {
 }
 
 #[test]
+fn bad_cache_size_is_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[client]\ncache_size = \"lots\"\n").unwrap();
+    let key = dir.path().join("k.key");
+    std::fs::write(&key, format!("blk1_{}\n", "01".repeat(32))).unwrap();
+    let out = run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "client",
+        "--server",
+        "127.0.0.1",
+        "--key-file",
+        key.to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("d").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("client.cache_size"), "{err}");
+}
+
+#[test]
 fn unreachable_server_is_a_clear_error_after_the_deadline() {
     let bed = Bed::new();
     let cfg = bed.path("fast.toml");

@@ -54,7 +54,8 @@ pub struct ClientOptions {
     pub bind: IpAddr,
     pub ports: ClientPorts,
     pub heartbeat_interval: Duration,
-    pub cache_size_bytes: u64,
+    /// Cache cap (bytes or a share of the disk).
+    pub cache_cap: CacheCap,
     /// Reported name; the host's name when `None`.
     pub hostname: Option<String>,
     pub retry: RetryPolicy,
@@ -156,7 +157,7 @@ impl Client {
         let cache_dir = opts.data_dir.join("cache");
         let cache = {
             let dir = cache_dir.clone();
-            let cap = CacheCap::Bytes(opts.cache_size_bytes);
+            let cap = opts.cache_cap;
             tokio::task::spawn_blocking(move || Cache::open(&dir, cap, services::now_ms()))
                 .await
                 .map_err(|e| ClientError::Cache {
@@ -431,10 +432,15 @@ async fn run(
             .min(interval.max(Duration::from_secs(1))),
         ..opts.retry
     };
+    // Room left under the cap, and never more than the disk has.
+    let cache = quic.cache.clone();
+    let cache_size = cache.usage().cap;
     let cache_free = || {
+        let u = cache.usage();
+        let room = u.cap.saturating_sub(u.used);
         netinfo::free_space(&opts.data_dir)
-            .unwrap_or(opts.cache_size_bytes)
-            .min(opts.cache_size_bytes)
+            .unwrap_or(room)
+            .min(room)
     };
     let fail = |e: ClientError| {
         let _ = status.send(Status::Failed(e.to_string()));
@@ -448,7 +454,7 @@ async fn run(
             hostname: hostname.clone(),
             addresses: vec![address.to_string()],
             subnet: subnet.to_string(),
-            cache_size_bytes: opts.cache_size_bytes,
+            cache_size_bytes: cache_size,
             cache_free_bytes: cache_free(),
             version: SOFTWARE_VERSION.into(),
             heartbeat_interval_ms: interval.as_millis().min(u32::MAX as u128) as u32,

@@ -59,8 +59,9 @@ pub struct ClientConfig {
     pub bind: IpAddr,
     /// Seconds between heartbeats. Default 30.
     pub heartbeat_interval_s: f64,
-    /// Cache cap in bytes. Default 10 GiB.
-    pub cache_size_bytes: u64,
+    /// Cache cap: bytes (`"20GiB"`, `"500MB"`, `"1073741824"`) or a share of the disk
+    /// holding the data directory (`"25%"`). Default `"10GiB"`.
+    pub cache_size: String,
     /// Name reported to the server. Default: the host's name.
     pub hostname: Option<String>,
 }
@@ -73,7 +74,7 @@ impl Default for ClientConfig {
             data_dir: None,
             bind: any(),
             heartbeat_interval_s: 30.0,
-            cache_size_bytes: 10 << 30,
+            cache_size: "10GiB".into(),
             hostname: None,
         }
     }
