@@ -245,8 +245,10 @@ fn random_loss_drops_about_the_configured_share() {
     link.loss_percent = 10.0;
     let topo = Topology::two_offices(&["server"], &["c1"], link);
     let tb = Testbed::up(&topo).unwrap();
-    // Resolve addresses (ARP) first: its frames cross the lossy link too.
-    udp_rtt(&tb, "c1", "server", 7005, 5, Duration::from_millis(500)).unwrap();
+    // Resolve addresses (ARP) first: its frames cross the lossy link too,
+    // and a lost ARP request is only retried after a second.
+    let warm = icmp_rtt(&tb, "c1", "server", 10, Duration::from_millis(300)).unwrap();
+    assert!(warm.answered >= 1);
     let dst = std::net::SocketAddr::from((tb.host_addr("server").unwrap(), 7004));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let receiver = tb
@@ -310,11 +312,17 @@ fn leftovers_of_a_killed_process_are_reaped() {
     let dead = child.id();
     let names = [format!("bl{dead}x0-router"), format!("bl{dead}x0-h-c1")];
     for n in &names {
-        let st = std::process::Command::new("ip")
-            .args(["netns", "add", n])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        // Another test process's Testbed::up may reap the fake leftover
+        // while `ip netns add` is still creating it; try again then.
+        let made = (0..5).any(|_| {
+            std::process::Command::new("ip")
+                .args(["netns", "add", n])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        });
+        assert!(made, "could not create {n}");
     }
     // Any new run (or `branchline-testbed down --stale`) removes them; a
     // test running beside this one may get there first, which is fine.
