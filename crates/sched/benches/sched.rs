@@ -6,7 +6,11 @@
 //! 1. per scenario: simulated completion time, the ideal (all bytes at the sum of the
 //!    source rates, or the scenario's own bound), their ratio, pieces per source, timeouts
 //!    and endgame duplicates. Virtual time: the numbers are the same on every machine.
-//! 2. per content size: wall-clock nanoseconds per piece for the whole request/receive
+//! 2. per office: a whole office in virtual time (the RVP reads the origin, every
+//!    client fetches from every other): the WAN copy time, when the last client
+//!    finished, their ratio, pieces the origin served (must equal the piece count), copies
+//!    of each piece the RVP uploaded, and wasted (duplicate) pieces.
+//! 3. per content size: wall-clock nanoseconds per piece for the whole request/receive
 //!    cycle (`next_request` + `on_piece_received`) with 8 peers holding everything, and
 //!    for the slow path where the rarest pieces are held by other peers only.
 
@@ -137,6 +141,69 @@ fn simulations() {
     );
 }
 
+fn office(clients: u32, pieces: u32, lan: f64, horizon: Duration) {
+    let c = sim::OfficeConfig {
+        clients,
+        piece_count: pieces,
+        sched: SchedConfig {
+            seed: 1,
+            queue_horizon: horizon,
+            ..SchedConfig::new(PIECE)
+        },
+        origin_rate: 10.0 * MB,
+        origin_rtt: Duration::from_millis(40),
+        lan_rate: lan,
+        lan_rtt: LAN,
+        refresh: Duration::from_secs(1),
+        limit: Duration::from_secs(24 * 3600),
+    };
+    let r = sim::run_office(&c);
+    let wan = sim::wan_copy_time(&c);
+    let last = r.last_completion();
+    println!(
+        "{clients:>7} {pieces:>6} {:>6.0} {:>7.1} {:>8.2} {:>8} {:>7.3} {:>6} {:>9.2} {:>6}{}",
+        lan / MB,
+        horizon.as_secs_f64(),
+        wan.as_secs_f64(),
+        last.map_or("never".into(), |l| format!("{:.2}", l.as_secs_f64())),
+        last.map_or(f64::NAN, |l| l.as_secs_f64() / wan.as_secs_f64()),
+        r.origin_pieces,
+        r.uploaded[0] as f64 / f64::from(pieces),
+        r.wasted_bytes / PIECE,
+        if r.violations.is_empty() {
+            String::new()
+        } else {
+            format!("  VIOLATIONS: {:?}", r.violations)
+        }
+    );
+}
+
+fn offices() {
+    println!(
+        "office: RVP reads the origin at 10 MB/s (rtt 40 ms); every client uploads at the LAN rate; have-sets refresh every 1 s"
+    );
+    println!(
+        "{:>7} {:>6} {:>6} {:>7} {:>8} {:>8} {:>7} {:>6} {:>9} {:>6}",
+        "clients",
+        "pieces",
+        "LAN",
+        "horizon",
+        "WAN (s)",
+        "last (s)",
+        "ratio",
+        "origin",
+        "RVP sends",
+        "wasted"
+    );
+    let h = SchedConfig::new(PIECE).queue_horizon;
+    for (clients, lan) in [(8, 50.0), (8, 20.0), (8, 12.0), (20, 20.0), (40, 20.0)] {
+        office(clients, 1000, lan * MB, h);
+    }
+    for horizon in [1000, 2000] {
+        office(8, 1000, 20.0 * MB, Duration::from_millis(horizon));
+    }
+}
+
 fn cpu(pieces: u32) {
     let peers = 8;
     let mut s = Scheduler::new(
@@ -215,6 +282,8 @@ fn cpu_worst(pieces: u32) {
 
 fn main() {
     simulations();
+    println!();
+    offices();
     println!();
     println!("scheduling cost (wall clock; request + receive per piece, all peers hold all)");
     for n in [1_000, 10_000, 100_000] {

@@ -15,9 +15,13 @@ pub const fn default_initial_in_flight() -> u32 {
     2
 }
 
-/// Default floor of the per-source request window: 1.
+/// Default floor of the per-source request window: 2.
+///
+/// With one request outstanding a source idles for a whole round trip between pieces;
+/// with two, the next request is already there when a piece leaves. For a slow WAN
+/// source (1 MiB pieces at 1 MB/s, 200 ms round trip) that is 100 % instead of 83 %.
 pub const fn default_min_in_flight() -> u32 {
-    1
+    2
 }
 
 /// Default ceiling of the per-source request window: 16 requests.
@@ -28,11 +32,17 @@ pub const fn default_max_in_flight() -> u32 {
     16
 }
 
-/// Default queue horizon: 2 s. A source's window is sized to what it delivers in this
-/// long at its measured rate (`rate × horizon / piece_size`), so a slow source only ever
-/// holds about two seconds of work.
+/// Default queue horizon: 500 ms. A source's window is sized to what it delivers in this
+/// long at its measured rate (`rate × horizon / piece_size`), so a source only ever holds
+/// about half a second of work (or the floor of 2 requests).
+///
+/// Short queues matter most at an office's RVP, whose upload every other client shares:
+/// a piece queued there for long is often a piece some other client could have served
+/// by the time the RVP gets to it. In the office simulation (8 clients, WAN 10 MB/s, LAN
+/// 20 MB/s per client, 1,000 pieces of 1 MiB) the last client finished 5.9 s after the
+/// WAN copy with 500 ms, 15.6 s with 1 s, and 30.6 s with 2 s.
 pub const fn default_queue_horizon() -> Duration {
-    Duration::from_secs(2)
+    Duration::from_millis(500)
 }
 
 /// Default EWMA weight of the newest throughput sample: 0.25.

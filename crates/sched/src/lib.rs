@@ -81,11 +81,14 @@
 //! **Adaptive windows.** Each source may have at most its *window* of requests
 //! outstanding. It starts at [`SchedConfig::initial_in_flight`] (2) and follows the
 //! source's measured rate: `window = clamp(ceil(rate × queue_horizon / piece_size),
-//! min_in_flight, max_in_flight)` (1..16, horizon 2 s), growing at most twofold per
-//! sample. So a source never holds more than about two seconds of work: a slow peer gets
-//! one piece at a time and a fast one a full pipe. Because the rate is measured while the
-//! pipe is full, a window limited by the round trip measures a rate that asks for a
-//! bigger window whenever the horizon exceeds one round trip plus one piece time.
+//! min_in_flight, max_in_flight)` (2..16, horizon 500 ms), growing at most twofold per
+//! sample. So a source never holds more than about half a second of work (or two
+//! requests): a slow peer gets two pieces at a time and a fast one a full pipe. Short
+//! queues keep pieces from waiting at a busy RVP that other clients could serve by then
+//! (see [`default_queue_horizon`] for the measured effect). Because the rate is
+//! measured while the pipe is full, a window limited by the round trip measures a rate
+//! that asks for a bigger window whenever the horizon exceeds one round trip plus one
+//! piece time; the floor of two covers slower links.
 //!
 //! **Rates.** A source's rate (bytes/s) is an EWMA (weight 0.25) of samples taken while
 //! it has requests outstanding: bytes delivered over the time since the previous sample

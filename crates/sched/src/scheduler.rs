@@ -101,6 +101,9 @@ pub struct Progress {
     pub unobtainable: u32,
 }
 
+/// How many equally rare pieces a peer's choice is drawn from (see `pick_fresh`).
+const TIE_SAMPLE: u32 = 32;
+
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum HoldKind {
     /// "Don't have": the piece leaves the source's effective set (and availability).
@@ -603,11 +606,13 @@ impl Scheduler {
     }
 
     /// A piece no one is asked for yet: the origin takes the lowest-numbered piece no peer
-    /// holds; a peer takes the rarest (fewest peers hold it). A peer's scan starts at a
-    /// random word and stops at the first piece of the lowest level any pool piece has;
-    /// ties met before that are broken at random. So the choice among equally rare
-    /// pieces is random (clients of one office spread out) and the usual cost, when
-    /// every peer holds everything, is a handful of words.
+    /// holds; a peer takes the rarest (fewest peers hold it), chosen uniformly at random
+    /// among the first [`TIE_SAMPLE`] pieces of that rarity met in a scan that starts at
+    /// a random word. The scan stops there once the rarity is the lowest any pool piece
+    /// has, so the usual cost, when every peer holds everything, is a handful of words;
+    /// and clients of one office choosing among the same fresh pieces of their RVP pick
+    /// different ones, which they then trade with each other instead of all taking
+    /// every piece from the RVP.
     fn pick_fresh(&mut self, id: SourceId) -> Option<u32> {
         let s = &self.sources[&id];
         let avoided = |p: u32| s.avoid_until.contains_key(&p) && self.avail.total(p) > 1;
@@ -630,7 +635,7 @@ impl Scheduler {
         let start = self.rng.below(words as u32) as usize;
         let mut best: Option<(u32, u32)> = None; // (peers holding, piece)
         let mut ties = 0u32;
-        for k in 0..words {
+        'scan: for k in 0..words {
             let i = (start + k) % words;
             for b in bits(pool[i] & held[i]) {
                 let p = i as u32 * 64 + b;
@@ -638,11 +643,8 @@ impl Scheduler {
                     continue;
                 }
                 let peers = self.avail.peers(p);
-                if peers == floor {
-                    return Some(p);
-                }
                 match best {
-                    Some((r, _)) if peers > r => {}
+                    Some((r, _)) if peers > r => continue,
                     Some((r, _)) if peers == r => {
                         ties += 1;
                         if self.rng.below(ties) == 0 {
@@ -653,6 +655,9 @@ impl Scheduler {
                         best = Some((peers, p));
                         ties = 1;
                     }
+                }
+                if peers == floor && ties >= TIE_SAMPLE {
+                    break 'scan;
                 }
             }
         }

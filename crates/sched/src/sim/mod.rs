@@ -11,6 +11,13 @@
 //! round trip after it is served. A cancelled request that is already being served still
 //! occupies the source until done (its bytes are thrown away), as with a stream reset that
 //! arrives late.
+//!
+//! [`run_office`] simulates a whole office instead: one client reading the origin and
+//! every client fetching from every other, each with its own scheduler.
+
+mod office;
+
+pub use office::{OfficeConfig, OfficeReport, run_office, wan_copy_time};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
