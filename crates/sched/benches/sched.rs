@@ -231,7 +231,7 @@ fn cpu(pieces: u32) {
         }
         t += Duration::from_millis(10);
         for (src, p) in outstanding.drain(..) {
-            black_box(s.on_piece_received(src, p, PIECE, t).expect("in range"));
+            let _ = black_box(s.on_piece_received(src, p, PIECE, t).expect("in range"));
         }
     }
     let spent = start.elapsed();
@@ -270,7 +270,7 @@ fn cpu_worst(pieces: u32) {
     let start = Instant::now();
     let mut n = 0u32;
     while let Some(p) = s.next_request(b, t) {
-        black_box(s.on_piece_received(b, p, PIECE, t).expect("in range"));
+        let _ = black_box(s.on_piece_received(b, p, PIECE, t).expect("in range"));
         n += 1;
     }
     let spent = start.elapsed();

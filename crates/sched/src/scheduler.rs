@@ -27,6 +27,7 @@ pub enum Failure {
 
 /// What the caller must do after [`Scheduler::on_piece_failed`].
 #[derive(Clone, PartialEq, Eq, Debug)]
+#[must_use = "a dropped source's other requests must be cancelled, and a bad piece reported"]
 pub enum Verdict {
     /// Keep using the source; the piece went back to the pool (or is still requested
     /// elsewhere).
@@ -67,6 +68,7 @@ impl DropReason {
 
 /// What the caller must do after [`Scheduler::on_piece_received`].
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
+#[must_use = "duplicate requests listed in `cancel` must be cancelled"]
 pub struct Received {
     /// True if the piece was missing until now (false: a duplicate or late copy).
     pub new: bool,

@@ -127,7 +127,7 @@ fn check_and_send(
 fn truthful_answer(s: &mut Scheduler, m: &mut Model, src: SourceId, p: u32, now: Instant) {
     let i = src.0 as usize;
     if m.truth[i].contains(p) {
-        s.on_piece_received(src, p, PIECE, now).unwrap();
+        let _ = s.on_piece_received(src, p, PIECE, now).unwrap();
     } else {
         let v = s
             .on_piece_failed(src, p, Failure::Unavailable, now)

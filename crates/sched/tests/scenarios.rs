@@ -66,7 +66,7 @@ fn origin_only_gets_pieces_no_peer_holds_in_order() {
                 } else {
                     peers.push(p);
                 }
-                s.on_piece_received(id, p, PIECE, t).unwrap();
+                let _ = s.on_piece_received(id, p, PIECE, t).unwrap();
             }
         }
     }
@@ -155,12 +155,12 @@ fn unavailable_piece_goes_elsewhere_and_does_not_stall() {
                     Verdict::Continue
                 );
             } else {
-                s.on_piece_received(A, p, PIECE, now).unwrap();
+                let _ = s.on_piece_received(A, p, PIECE, now).unwrap();
             }
         }
         for p in drain(&mut s, O, now) {
             assert_eq!(p, 2, "the origin takes only the piece the peer refused");
-            s.on_piece_received(O, p, PIECE, now).unwrap();
+            let _ = s.on_piece_received(O, p, PIECE, now).unwrap();
         }
         // The server keeps listing the stale have-set every second.
         s.set_source_pieces(A, Have::All).unwrap();
@@ -194,7 +194,7 @@ fn transport_strikes_drop_the_source_once_per_round() {
     assert_eq!(s.source_stats(A).unwrap().strikes, 1);
     // A delivery clears the strikes.
     let p = s.next_request(A, now).unwrap();
-    s.on_piece_received(A, p, PIECE, now).unwrap();
+    let _ = s.on_piece_received(A, p, PIECE, now).unwrap();
     assert_eq!(s.source_stats(A).unwrap().strikes, 0);
     // Three separate failed rounds drop it.
     let mut last = Verdict::Continue;
@@ -232,7 +232,7 @@ fn never_more_in_flight_than_the_window() {
     for _ in 0..200 {
         now += Duration::from_millis(5);
         let out: Vec<u32> = s.requests().map(|(_, p)| p).collect();
-        s.on_piece_received(A, out[0], PIECE, now).unwrap();
+        let _ = s.on_piece_received(A, out[0], PIECE, now).unwrap();
         drain(&mut s, A, now);
         let st = s.source_stats(A).unwrap();
         assert!(st.in_flight <= st.window);
@@ -249,7 +249,7 @@ fn never_more_in_flight_than_the_window() {
             None => s.next_request(B, now).unwrap(),
         };
         now += Duration::from_secs(2);
-        s.on_piece_received(B, p, PIECE, now).unwrap();
+        let _ = s.on_piece_received(B, p, PIECE, now).unwrap();
         drain(&mut s, B, now);
     }
     let st = s.source_stats(B).unwrap();
@@ -279,7 +279,7 @@ fn slow_peer_times_out_and_its_piece_moves() {
         now += Duration::from_millis(100);
         for id in [A, B] {
             let p = s.requests().find(|r| r.0 == id).unwrap().1;
-            s.on_piece_received(id, p, PIECE, now).unwrap();
+            let _ = s.on_piece_received(id, p, PIECE, now).unwrap();
         }
     }
     // A goes silent. Its requests become late first (its clock started at its last
@@ -292,7 +292,7 @@ fn slow_peer_times_out_and_its_piece_moves() {
         drain(&mut s, B, now);
         let next = s.requests().find(|r| r.0 == B).map(|r| r.1);
         if let Some(p) = next {
-            s.on_piece_received(B, p, PIECE, now).unwrap();
+            let _ = s.on_piece_received(B, p, PIECE, now).unwrap();
         }
         let late = s.timeouts(now);
         if !late.is_empty() {
@@ -305,7 +305,7 @@ fn slow_peer_times_out_and_its_piece_moves() {
         "only the silent source is late: {late:?}"
     );
     for &(id, p) in &late {
-        s.on_piece_failed(id, p, Failure::Timeout, now).unwrap();
+        let _ = s.on_piece_failed(id, p, Failure::Timeout, now).unwrap();
     }
     assert_eq!(
         s.source_stats(A).unwrap().strikes,
@@ -325,7 +325,8 @@ fn slow_peer_times_out_and_its_piece_moves() {
         }
         now += Duration::from_millis(100);
         let next = s.requests().find(|r| r.0 == B).map(|r| r.1);
-        s.on_piece_received(B, next.expect("B has work"), PIECE, now)
+        let _ = s
+            .on_piece_received(B, next.expect("B has work"), PIECE, now)
             .unwrap();
         assert!(
             now < t + Duration::from_secs(30),
@@ -349,7 +350,7 @@ fn endgame_duplicates_and_cancels() {
     // B delivers both quickly; A is stuck. B then duplicates A's pieces.
     let mut now = t + Duration::from_millis(50);
     for &p in &b {
-        s.on_piece_received(B, p, PIECE, now).unwrap();
+        let _ = s.on_piece_received(B, p, PIECE, now).unwrap();
     }
     let dup = drain(&mut s, B, now);
     let mut sorted = dup.clone();
@@ -400,11 +401,11 @@ fn growing_have_sets_are_picked_up() {
     s.add_source(A, SourceKind::Peer).unwrap();
     s.set_source_pieces(A, set(n, [0])).unwrap();
     assert_eq!(drain(&mut s, A, t), vec![0]);
-    s.on_piece_received(A, 0, PIECE, t).unwrap();
+    let _ = s.on_piece_received(A, 0, PIECE, t).unwrap();
     assert_eq!(s.next_request(A, t), None, "nothing more to take yet");
     s.source_has_piece(A, 1).unwrap();
     assert_eq!(drain(&mut s, A, t), vec![1]);
-    s.on_piece_received(A, 1, PIECE, t).unwrap();
+    let _ = s.on_piece_received(A, 1, PIECE, t).unwrap();
     s.set_source_pieces(A, set(n, 0..4)).unwrap();
     let mut more = drain(&mut s, A, t);
     more.sort();
@@ -632,7 +633,7 @@ fn a_stuck_request_times_out_even_while_its_source_delivers_others() {
         drain(&mut s, A, now);
         now += Duration::from_millis(100);
         let next = s.requests().find(|&(_, p)| p != stuck).map(|r| r.1);
-        s.on_piece_received(A, next.unwrap(), PIECE, now).unwrap();
+        let _ = s.on_piece_received(A, next.unwrap(), PIECE, now).unwrap();
     }
     assert_eq!(s.timeouts(now), vec![(A, stuck)]);
 }
@@ -657,7 +658,7 @@ fn endgame_copies_a_piece_stuck_on_a_fast_source() {
             if let Some(p) = p
                 && !s.in_endgame()
             {
-                s.on_piece_received(id, p, PIECE, now).unwrap();
+                let _ = s.on_piece_received(id, p, PIECE, now).unwrap();
             }
         }
     }
@@ -666,7 +667,7 @@ fn endgame_copies_a_piece_stuck_on_a_fast_source() {
     let on_a: Vec<u32> = s.requests().filter(|r| r.0 == A).map(|r| r.1).collect();
     assert!(!on_a.is_empty());
     for (_, p) in s.requests().filter(|r| r.0 == B).collect::<Vec<_>>() {
-        s.on_piece_received(B, p, PIECE, now).unwrap();
+        let _ = s.on_piece_received(B, p, PIECE, now).unwrap();
     }
     // A second after A's last delivery all its pieces are overdue by its estimate (at
     // most 16 × 50 ms after that delivery) but none is late (deadlines are at least 2 s).
@@ -715,4 +716,10 @@ fn office_reads_the_origin_once_and_finishes_soon_after_the_wan_copy() {
     );
     let others: u64 = r.uploaded[1..].iter().sum();
     assert!(others > r.uploaded[0], "clients trade: {:?}", r.uploaded);
+}
+
+#[test]
+fn scheduler_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Scheduler>();
 }
