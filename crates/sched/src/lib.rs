@@ -115,6 +115,13 @@
 //! retransmission timeout); a transport strike halves the window. Either way the source
 //! proves itself again on less work, and its window doubles back per good sample.
 //!
+//! **Busy and local failures.** A source that holds a piece but cannot serve it now
+//! ([`Failure::Busy`], e.g. an RVP limiting how many clients it serves at once) earns no
+//! strike: its window halves and the piece goes to another holder first. A failure on
+//! this side ([`Failure::Local`], e.g. our disk is full) only returns the piece to the
+//! pool. Neither may cost a source its place in the download, since neither says
+//! anything bad about it.
+//!
 //! **Bad pieces.** A piece that fails verification ([`Failure::BadPiece`]) bans the
 //! source for this content at once: a peer that lies once cannot be trusted with
 //! another piece. [`Verdict::Drop`] lists its requests to cancel and

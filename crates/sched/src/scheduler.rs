@@ -23,6 +23,13 @@ pub enum Failure {
     Transport,
     /// The piece arrived but did not match the piece map (BLAKE3).
     BadPiece,
+    /// The source holds the piece but cannot serve it now (overloaded, disk busy): the
+    /// piece goes elsewhere if anyone else holds it, the source's window halves, and
+    /// it earns no strike.
+    Busy,
+    /// The failure was on this side (our disk is full, we are shutting down): the
+    /// piece simply goes back to the pool and the source is not judged at all.
+    Local,
 }
 
 /// What the caller must do after [`Scheduler::on_piece_failed`].
@@ -189,6 +196,7 @@ impl Scheduler {
                 s.timeouts = old.timeouts;
                 s.transport_failures = old.transport_failures;
                 s.unavailable = old.unavailable;
+                s.busy = old.busy;
                 self.sources.insert(id, s);
             }
             None => {
@@ -416,6 +424,18 @@ impl Scheduler {
     /// crate docs for the consequences. Failures of requests the scheduler already
     /// forgot (cancelled duplicates, removed sources) are ignored, except that a bad piece
     /// always bans and "don't have" always corrects the have-set.
+    ///
+    /// | failure | piece | source |
+    /// |---|---|---|
+    /// | `Timeout` | back to the pool, elsewhere first | strike; window to minimum; rate halved |
+    /// | `Transport` | back to the pool, elsewhere first | strike; window halved |
+    /// | `Unavailable` | back to the pool; not asked of this source for the holdoff | none |
+    /// | `Busy` | back to the pool, elsewhere first | window halved |
+    /// | `Local` | back to the pool | none |
+    /// | `BadPiece` | back to the pool | banned: [`Verdict::Drop`] |
+    ///
+    /// Strikes count once per round (see the crate docs); at `max_strikes` the source is
+    /// dropped: [`Verdict::Drop`].
     pub fn on_piece_failed(
         &mut self,
         source: SourceId,
@@ -445,6 +465,16 @@ impl Scheduler {
             Failure::Unavailable => {
                 s.unavailable += 1;
                 self.hold(source, piece, now, HoldKind::Denied);
+                Ok(Verdict::Continue)
+            }
+            Failure::Local => Ok(Verdict::Continue),
+            Failure::Busy => {
+                if sent.is_none() {
+                    return Ok(Verdict::Continue);
+                }
+                s.busy += 1;
+                s.window = (s.window / 2).max(self.cfg.min_in_flight);
+                self.hold(source, piece, now, HoldKind::Avoid);
                 Ok(Verdict::Continue)
             }
             Failure::Timeout | Failure::Transport => {

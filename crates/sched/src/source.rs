@@ -77,6 +77,8 @@ pub struct SourceStats {
     pub transport_failures: u64,
     /// Requests it answered with "don't have", all time.
     pub unavailable: u64,
+    /// Requests it answered with "busy", all time.
+    pub busy: u64,
     /// Bad pieces it sent (0 or 1: the first one bans it).
     pub bad_pieces: u64,
     /// Pieces it holds that the scheduler would request from it (reported minus refused).
@@ -114,6 +116,7 @@ pub(crate) struct Source {
     pub(crate) timeouts: u64,
     pub(crate) transport_failures: u64,
     pub(crate) unavailable: u64,
+    pub(crate) busy: u64,
     pub(crate) bad_pieces: u64,
 }
 
@@ -144,6 +147,7 @@ impl Source {
             timeouts: 0,
             transport_failures: 0,
             unavailable: 0,
+            busy: 0,
             bad_pieces: 0,
         }
     }
@@ -162,6 +166,7 @@ impl Source {
             timeouts: self.timeouts,
             transport_failures: self.transport_failures,
             unavailable: self.unavailable,
+            busy: self.busy,
             bad_pieces: self.bad_pieces,
             pieces_held: if self.state == SourceState::Active {
                 self.effective.count()

@@ -40,6 +40,8 @@ fn failure() -> impl Strategy<Value = Failure> {
         4 => Just(Failure::Timeout),
         4 => Just(Failure::Transport),
         4 => Just(Failure::Unavailable),
+        2 => Just(Failure::Busy),
+        2 => Just(Failure::Local),
         1 => Just(Failure::BadPiece),
     ]
 }

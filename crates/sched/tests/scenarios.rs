@@ -723,3 +723,40 @@ fn scheduler_can_move_between_threads() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Scheduler>();
 }
+
+#[test]
+fn busy_and_local_failures_earn_no_strike() {
+    let t = Instant::now();
+    let mut s = Scheduler::new(2, [], cfg()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.add_source(B, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, Have::All).unwrap();
+    let a = drain(&mut s, A, t);
+    assert_eq!(a.len(), 2);
+    // Busy: the piece goes to B, which holds it, and A is not asked for it again.
+    s.set_source_pieces(B, set(2, [a[0]])).unwrap();
+    for _ in 0..5 {
+        let v = s.on_piece_failed(A, a[0], Failure::Busy, t).unwrap();
+        assert_eq!(v, Verdict::Continue);
+        assert_eq!(
+            s.next_request(A, t),
+            None,
+            "busy piece goes elsewhere first"
+        );
+        assert_eq!(s.next_request(B, t), Some(a[0]));
+        let v = s.on_piece_failed(B, a[0], Failure::Local, t).unwrap();
+        assert_eq!(v, Verdict::Continue);
+        // Local: B is not judged and may be asked again at once.
+        assert_eq!(s.next_request(B, t), Some(a[0]));
+        let _ = s.remove_source(B).unwrap();
+        s.add_source(B, SourceKind::Peer).unwrap();
+        s.set_source_pieces(B, set(2, [a[0]])).unwrap();
+        // Back on A for the next round.
+        assert_eq!(s.next_request(A, t + Duration::from_secs(11)), Some(a[0]));
+    }
+    let st = s.source_stats(A).unwrap();
+    assert_eq!(st.strikes, 0);
+    assert_eq!(st.busy, 5);
+    assert_eq!(st.state, SourceState::Active);
+    assert_eq!(s.source_stats(B).unwrap().strikes, 0);
+}
