@@ -34,6 +34,9 @@ const INITIAL_RTT: Duration = Duration::from_millis(333);
 /// bandwidth-delay product, so the arithmetic stays finite.
 const MAX_WINDOW: f64 = (1u64 << 30) as f64;
 
+/// Shortest interval over which a delivery rate is measured for the capacity estimate: 250 ms.
+const MIN_RATE_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Largest divisor of the dynamic gain (draft §4.3: `GAIN = 1 / min(16, ceil(2·TARGET/base))`).
 const MAX_GAIN_DIVISOR: f64 = 16.0;
 
@@ -408,17 +411,20 @@ impl Ledbat {
         });
     }
 
-    /// Delivery rate per smoothed round trip, into the capacity estimate; intervals during
-    /// which the sender was app-limited say nothing about the path and are dropped.
+    /// Delivery rate over intervals of two smoothed round trips (at least
+    /// [`MIN_RATE_INTERVAL`]), into the capacity estimate; intervals during which the sender
+    /// was app-limited say nothing about the path and are dropped. Long intervals keep a late
+    /// burst of ACK processing (a busy sender) from inflating the estimate much.
     fn measure_rate(&mut self, now: Instant, bytes: f64, app_limited: bool) {
         let Some(srtt) = self.srtt else {
             return;
         };
+        let span = (srtt * 2).max(MIN_RATE_INTERVAL);
         let (start, acked, limited) = self.rate_interval.get_or_insert((now, 0.0, false));
         *acked += bytes;
         *limited |= app_limited;
         let elapsed = now.saturating_duration_since(*start);
-        if elapsed >= srtt && !elapsed.is_zero() {
+        if elapsed >= span {
             if !*limited {
                 let rate = *acked / elapsed.as_secs_f64();
                 self.capacity.push(now, rate);

@@ -44,8 +44,8 @@
 //!   of its two round trips.
 //! * **Competition-aware yield.** A flow that keeps the queue below 60 ms (BBR does) never
 //!   pushes the draft over its target, so the draft keeps a share next to it. The controller
-//!   estimates the path capacity `C` as its largest delivery rate per round trip over the last
-//!   10 s, attributes `(W − C·base)/C` of the queue to its own window `W`, and steers by
+//!   estimates the path capacity `C` as its largest delivery rate (measured over two round
+//!   trips, at least 250 ms) in the last 10 s, attributes `(W − C·base)/C` of the queue to its own window `W`, and steers by
 //!   `max(queueing delay, 2 × the rest)`, the rest taken as its minimum over the last smoothed
 //!   RTT so that a burst of its own is not mistaken for a competitor: a queue built by others
 //!   counts double, so it backs off once others hold 30 ms. Slow start and the ramp after a
