@@ -180,10 +180,7 @@ impl Client {
         let reply = bind_udp(ip, p.small_reply, "client.small_reply").await?;
         let mut reserved = Vec::new();
         for (port, name) in [
-            (p.large_bg_request, "client.large_bg_request"),
-            (p.large_bg_reply, "client.large_bg_reply"),
             (p.broadcast, "client.broadcast"),
-            (p.content_bg, "client.content_bg"),
             (p.adaptive, "client.adaptive"),
         ] {
             reserved.push(bind_udp(ip, port, name).await?);
@@ -194,6 +191,9 @@ impl Client {
             (p.large_fg_request, "client.large_fg_request"),
             (p.large_fg_reply, "client.large_fg_reply"),
             (p.content_fg, "client.content_fg"),
+            (p.large_bg_request, "client.large_bg_request"),
+            (p.large_bg_reply, "client.large_bg_reply"),
+            (p.content_bg, "client.content_bg"),
         ] {
             quic_ports.push(bind_udp(ip, port, name).await?);
         }

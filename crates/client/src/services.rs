@@ -73,8 +73,14 @@ impl PieceSource for CacheSource {
 /// The QUIC side of a client.
 pub struct Services {
     pub cache: Arc<Cache<FsStorage>>,
+    /// Foreground content (34760): same office.
     pub content: ContentNode,
+    /// Background content (34750, LEDBAT++): served to child offices.
+    pub content_bg: ContentNode,
+    /// Foreground large messages (34337 accepts, 34335 connects).
     pub large: LargeMessaging,
+    /// Background large messages (34345 accepts, 34343 connects, LEDBAT++).
+    pub large_bg: LargeMessaging,
     pub server_pool: ConnectionPool,
     pub peer_pool: ConnectionPool,
     pub server_large: SocketAddr,
@@ -88,7 +94,9 @@ impl Drop for Services {
             t.abort();
         }
         self.content.close();
+        self.content_bg.close();
         self.large.close();
+        self.large_bg.close();
     }
 }
 
@@ -140,24 +148,65 @@ impl Services {
                 ports.large_fg_request, ports.large_fg_reply
             )
         })?;
-        let serving = content.serve(Arc::new(CacheSource(cache.clone())));
-        // Nothing is served on the large-message request port yet; answer politely.
-        let large_serving = large.serve(|_peer, _bytes| async {
+        // Background: LEDBAT++ on every Background port, so transfers to other offices
+        // yield to any other traffic on the WAN link.
+        let ledbat = Arc::new(
+            branchline_ledbat::LedbatFactory::new(branchline_ledbat::LedbatConfig::default())
+                .map_err(|e| format!("LEDBAT++ configuration: {e}"))?,
+        );
+        let background = Arc::new(branchline_quic::background_transport(
+            &TransportSettings::default(),
+            ledbat,
+        ));
+        let content_bg = ContentNode::bind(
+            SocketAddr::new(bind, ports.content_bg),
+            identity,
+            trust.clone(),
+            background.clone(),
+            ContentConfig::default(),
+        )
+        .map_err(|e| format!("client.content_bg ({bind}:{}): {e}", ports.content_bg))?;
+        let large_bg = LargeMessaging::bind(
+            SocketAddr::new(bind, ports.large_bg_request),
+            SocketAddr::new(bind, ports.large_bg_reply),
+            identity,
+            trust.clone(),
+            background,
+            LargeConfig {
+                max_payload: 16 << 20,
+                ..LargeConfig::default()
+            },
+        )
+        .map_err(|e| {
+            format!(
+                "client.large_bg_request/large_bg_reply ({bind}:{}/{}): {e}",
+                ports.large_bg_request, ports.large_bg_reply
+            )
+        })?;
+        let source = Arc::new(CacheSource(cache.clone()));
+        let serving = content.serve(source.clone());
+        let serving_bg = content_bg.serve(source);
+        // No client-to-client large message exists yet; answer politely.
+        let no_large = |_peer, _bytes| async {
             Err(branchline_quic::HandlerError(
                 "this client serves no large messages yet".into(),
             ))
-        });
+        };
+        let large_serving = large.serve(no_large);
+        let large_bg_serving = large_bg.serve(no_large);
         let server_pool = ConnectionPool::new(large.reply_endpoint().clone(), trust.clone());
         let peer_pool = ConnectionPool::new(content.endpoint().clone(), trust);
         Ok(Services {
             cache,
             content,
+            content_bg,
             large,
+            large_bg,
             server_pool,
             peer_pool,
             server_large: SocketAddr::new(server, server_ports.large_fg_request),
             content_port: ports.content_fg,
-            tasks: vec![serving, large_serving],
+            tasks: vec![serving, serving_bg, large_serving, large_bg_serving],
         })
     }
 

@@ -142,6 +142,19 @@ pub fn transport_config(settings: &TransportSettings, congestion: &Congestion) -
     t
 }
 
+/// The transport of every Background port (34341/34339, 34345/34343, 34750): LEDBAT++
+/// controllers from `factory` (one factory per WAN link shares that link's ceiling) and
+/// prompt ACKs requested from the peer, so queueing delay is measured without the peer's
+/// ACK delay (see `branchline-ledbat`).
+pub fn background_transport(
+    settings: &TransportSettings,
+    factory: Arc<branchline_ledbat::LedbatFactory>,
+) -> TransportConfig {
+    let mut t = transport_config(settings, &Congestion::Background(factory.clone()));
+    branchline_ledbat::configure_background(&mut t, factory);
+    t
+}
+
 /// Whether an endpoint accepts connections, makes them, or both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {

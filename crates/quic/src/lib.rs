@@ -128,7 +128,8 @@ pub mod tls;
 pub use ca::DeploymentCa;
 pub use content::{ContentConfig, ContentError, ContentNode, PieceError, PieceSource, fetch_piece};
 pub use endpoint::{
-    ALPN_CONTENT, ALPN_LARGE, Congestion, Direction, QuicError, TransportSettings, transport_config,
+    ALPN_CONTENT, ALPN_LARGE, Congestion, Direction, QuicError, TransportSettings,
+    background_transport, transport_config,
 };
 pub use identity::{ClientName, DeploymentName, NameError, PeerIdentity, Role};
 pub use large::{HandlerError, LargeConfig, LargeError, LargeMessaging, send_request};

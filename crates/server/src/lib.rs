@@ -117,6 +117,7 @@ pub struct Server {
     writer_task: JoinHandle<()>,
     db: Db,
     large: LargeMessaging,
+    large_bg: LargeMessaging,
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<(DeploymentKey, bool), ServerError> {
@@ -200,12 +201,33 @@ impl Server {
             name: "server.large_fg_request / large_fg_reply",
             message: e.to_string(),
         })?;
+        // Background (LEDBAT++) large messages, for clients in child offices.
+        let large_bg_request = SocketAddr::new(ip, p.large_bg_request);
+        let ledbat = Arc::new(
+            branchline_ledbat::LedbatFactory::new(branchline_ledbat::LedbatConfig::default())
+                .expect("LEDBAT++ defaults are valid"),
+        );
+        let large_bg = LargeMessaging::bind(
+            large_bg_request,
+            SocketAddr::new(ip, p.large_bg_reply),
+            &identity,
+            DeploymentTrust::new(ca.deployment().clone(), ca.certificate().clone()),
+            Arc::new(branchline_quic::background_transport(
+                &TransportSettings::default(),
+                ledbat,
+            )),
+            LargeConfig {
+                max_payload: 16 << 20,
+                ..LargeConfig::default()
+            },
+        )
+        .map_err(|e| ServerError::Quic {
+            addr: large_bg_request,
+            name: "server.large_bg_request / large_bg_reply",
+            message: e.to_string(),
+        })?;
         let mut reserved = Vec::new();
-        for (port, name) in [
-            (p.large_bg_request, "server.large_bg_request"),
-            (p.large_bg_reply, "server.large_bg_reply"),
-            (p.adaptive, "server.adaptive"),
-        ] {
+        for (port, name) in [(p.adaptive, "server.adaptive")] {
             reserved.push(bind_udp(ip, port, name).await?);
         }
         let request_addr = request.local_addr().map_err(|source| BindError {
@@ -229,7 +251,10 @@ impl Server {
         let large_state = state.clone();
         let large_task =
             large.serve(move |peer, bytes| large::handle(large_state.clone(), peer, bytes));
-        let mut tasks = vec![large_task];
+        let large_state = state.clone();
+        let large_bg_task =
+            large_bg.serve(move |peer, bytes| large::handle(large_state.clone(), peer, bytes));
+        let mut tasks = vec![large_task, large_bg_task];
         let handler = Arc::new(handler::ServerHandler(state.clone()));
         let serve_ctx = ctx.clone();
         tasks.push(tokio::spawn(async move {
@@ -256,6 +281,7 @@ impl Server {
             writer_task,
             db,
             large,
+            large_bg,
         })
     }
 
@@ -272,6 +298,7 @@ impl Server {
     /// Stops serving, writes every pending heartbeat and closes the database.
     pub async fn shutdown(self) {
         self.large.close();
+        self.large_bg.close();
         for t in &self.tasks {
             t.abort();
         }
