@@ -359,7 +359,7 @@ impl Download {
                                 self.progress.send_modify(|p| p.paused = Some("disk full".into()));
                                 paused_until = Some(Instant::now() + DISK_FULL_RETRY);
                                 // Nothing wrong with the source: give the piece back.
-                                self.apply_verdict(&mut sched, fetched.source, fetched.piece, Failure::Unavailable, now).await;
+                                self.apply_verdict(&mut sched, fetched.source, fetched.piece, Failure::Local, now).await;
                                 last_progress = Instant::now();
                             }
                             Err(e) => return Err(e.into()),
@@ -642,6 +642,8 @@ async fn fetch_from_peer(
     match fetch_piece(&conn, &request, svc.content.config()).await {
         Ok(bytes) => Ok(bytes),
         Err(ContentError::NotFound) => Err(Failure::Unavailable),
+        // Holds it but cannot serve now: no strike against a healthy peer.
+        Err(ContentError::Unavailable(_)) => Err(Failure::Busy),
         Err(e) => {
             tracing::debug!(peer = %client, piece, error = %e, "piece fetch failed");
             Err(Failure::Transport)
