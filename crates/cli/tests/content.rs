@@ -121,8 +121,17 @@ fn wait_registered(bed: &Bed, key: &str, n: u64, procs: &[&Proc]) {
     std::thread::sleep(Duration::from_millis(300));
 }
 
-#[test]
-fn content_on_one_lan() {
+/// A server, an HTTP origin and one published package of `size` random bytes.
+struct Lan {
+    bed: Bed,
+    server: Proc,
+    key: String,
+    origin: Origin,
+    data: Vec<u8>,
+    id: String,
+}
+
+fn lan(size: usize, name: &str, publish_args: &[&str]) -> Lan {
     let bed = Bed::new();
     let server = bed.server();
     let key = bed.path("server/deployment.key");
@@ -130,13 +139,32 @@ fn content_on_one_lan() {
         bed.health(&key)
     });
     let origin = Origin::start(&bed.ip(5));
+    let src = PathBuf::from(bed.path("pkg.bin"));
+    let data = random_file(&src, size);
+    let url = origin.add("pkg.bin", &data);
+    let id = publish(&bed, &key, &src, name, &url, publish_args);
+    Lan {
+        bed,
+        server,
+        key,
+        origin,
+        data,
+        id,
+    }
+}
 
+#[test]
+fn content_on_one_lan() {
     // A 64 MiB package behind the HTTP origin, published by the connector.
     const SIZE: usize = 64 << 20;
-    let src = PathBuf::from(bed.path("pkg.bin"));
-    let data = random_file(&src, SIZE);
-    let url = origin.add("pkg.bin", &data);
-    let id = publish(&bed, &key, &src, "pkg", &url, &["--version", "1"]);
+    let Lan {
+        bed,
+        server,
+        key,
+        origin,
+        data,
+        id,
+    } = lan(SIZE, "pkg", &["--version", "1"]);
     assert_eq!(
         origin.server.bytes_served(),
         0,
@@ -251,19 +279,16 @@ fn watch_progress(sock: &Path, content: &str, at_least: u64, limit: Duration) ->
 
 #[test]
 fn killed_client_resumes_without_fetching_verified_pieces_again() {
-    let bed = Bed::new();
-    let server = bed.server();
-    let key = bed.path("server/deployment.key");
-    wait_for("the server", Duration::from_secs(20), &[&server], || {
-        bed.health(&key)
-    });
-    let origin = Origin::start(&bed.ip(5));
     // Small pieces make a long enough download to interrupt on any machine.
     const SIZE: usize = 48 << 20;
-    let src = PathBuf::from(bed.path("pkg.bin"));
-    let data = random_file(&src, SIZE);
-    let url = origin.add("pkg.bin", &data);
-    let id = publish(&bed, &key, &src, "big", &url, &["--piece-size", "16384"]);
+    let Lan {
+        bed,
+        server,
+        key,
+        origin,
+        data,
+        id,
+    } = lan(SIZE, "big", &["--piece-size", "16384"]);
 
     let mut client = bed.client(1, &key);
     wait_registered(&bed, &key, 1, &[&server, &client]);
