@@ -315,6 +315,11 @@ fn main() {
         "aggregate delivered to the {n} clients: {:.0} MiB/s (on one machine every client shares its cores, so the single-transfer rates do not add up the way the bound assumes)",
         nf * f / took
     );
+    println!(
+        "shared-disk floor on this machine: N*F / (TCP copy rate, which ends in fsync) = {:.2} s; ratio {:.2}",
+        nf * f / tcp,
+        took / (nf * f / tcp)
+    );
     let served = origin.bytes_served_for("swarm.bin");
     println!(
         "origin bytes / package size: {:.3} (served {served} bytes; the clients report {from_origin} from the origin)",
