@@ -234,6 +234,17 @@ fn content_on_one_lan() {
         std::fs::read(&out7).unwrap() == data,
         "client 7 output differs"
     );
+    // The corrupted clients that were asked for a piece stop claiming a complete copy.
+    wait_for(
+        "corrupted copies to be withdrawn",
+        Duration::from_secs(30),
+        &all2,
+        || {
+            let out = bed.connector(&key, &["content", "list", "--json"]);
+            let list: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (list[0]["complete_holders"].as_u64()? < 7).then_some(())
+        },
+    );
     let server_log = std::fs::read_to_string(&server.log).unwrap();
     assert!(
         !server_log.contains("bad piece"),

@@ -382,17 +382,19 @@ impl Quic {
         let svc = self.services.borrow().clone();
         if let Some(svc) = svc {
             let cache = self.cache.clone();
-            tokio::spawn(async move { report_all(&svc, &cache).await });
+            let ids: Vec<_> = cache.list().into_iter().map(|s| s.id).collect();
+            tokio::spawn(async move { report(&svc, &cache, ids).await });
         }
         Ok(())
     }
 }
 
-/// Tells the server what this client holds of every cached content item (after a
-/// (re-)registration, so a restarted server learns it again).
-async fn report_all(svc: &Services, cache: &Cache<FsStorage>) {
-    for status in cache.list() {
-        let Some(have) = cache.have(&status.id) else {
+/// Tells the server what this client holds of the content items `ids`: all of them after a
+/// (re-)registration, so a restarted server learns it again; those found corrupted while
+/// serving, after a heartbeat, so the server stops offering what is gone.
+async fn report(svc: &Services, cache: &Cache<FsStorage>, ids: Vec<branchline_store::ContentId>) {
+    for id in ids {
+        let (Some(status), Some(have)) = (cache.status(&id), cache.have(&id)) else {
             continue;
         };
         let req = branchline_wire::large::Request::ReportHave(branchline_wire::large::ReportHave {
@@ -524,6 +526,17 @@ async fn run(
                     let _ = status.send(Status::Registered {
                         last_answer: Instant::now(),
                     });
+                    let svc = quic.services.borrow().clone();
+                    if let Some(svc) = svc {
+                        let ids: Vec<_> =
+                            std::mem::take(&mut *svc.corrupted.lock().expect("corrupted lock"))
+                                .into_iter()
+                                .collect();
+                        if !ids.is_empty() {
+                            let cache = quic.cache.clone();
+                            tokio::spawn(async move { report(&svc, &cache, ids).await });
+                        }
+                    }
                 }
                 Ok(Body::HeartbeatAck(_)) => {
                     tracing::info!(

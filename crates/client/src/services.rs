@@ -2,8 +2,9 @@
 //! QUIC (Foreground, 34760), large messages to the server (from 34335 to the server's
 //! 34333), and connection pools to the server and to peers.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use branchline_config::{ClientPorts, ServerPorts};
@@ -42,7 +43,11 @@ pub enum ServerCallError {
 
 /// Serves pieces from the cache. Every piece is verified again as it is read, so a piece
 /// corrupted on disk is never passed on (the cache forgets it and it is fetched again).
-pub struct CacheSource(pub Arc<Cache<FsStorage>>);
+pub struct CacheSource {
+    pub cache: Arc<Cache<FsStorage>>,
+    /// Content in which a corrupted piece was found since the last have report.
+    pub corrupted: Arc<Mutex<HashSet<ContentId>>>,
+}
 
 impl PieceSource for CacheSource {
     async fn read_piece(
@@ -51,7 +56,7 @@ impl PieceSource for CacheSource {
         content: &[u8; 32],
         piece: u32,
     ) -> Result<Bytes, PieceError> {
-        let cache = self.0.clone();
+        let cache = self.cache.clone();
         let id = ContentId::from_bytes(*content);
         let read = tokio::task::spawn_blocking(move || cache.read_piece(&id, piece, now_ms()))
             .await
@@ -63,6 +68,8 @@ impl PieceSource for CacheSource {
             }
             Err(e @ StoreError::CorruptOnDisk { .. }) => {
                 tracing::error!(error = %e, "a cached piece failed verification; it will be fetched again");
+                // The server must stop offering this piece here: report at the next heartbeat.
+                self.corrupted.lock().expect("corrupted lock").insert(id);
                 Err(PieceError::NotFound)
             }
             Err(e) => Err(PieceError::Unavailable(e.to_string())),
@@ -85,6 +92,8 @@ pub struct Services {
     pub peer_pool: ConnectionPool,
     pub server_large: SocketAddr,
     pub content_port: u16,
+    /// Content found corrupted while serving; reported to the server with the heartbeat.
+    pub corrupted: Arc<Mutex<HashSet<ContentId>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -183,7 +192,11 @@ impl Services {
                 ports.large_bg_request, ports.large_bg_reply
             )
         })?;
-        let source = Arc::new(CacheSource(cache.clone()));
+        let corrupted = Arc::new(Mutex::new(HashSet::new()));
+        let source = Arc::new(CacheSource {
+            cache: cache.clone(),
+            corrupted: corrupted.clone(),
+        });
         let serving = content.serve(source.clone());
         let serving_bg = content_bg.serve(source);
         // No client-to-client large message exists yet; answer politely.
@@ -206,6 +219,7 @@ impl Services {
             peer_pool,
             server_large: SocketAddr::new(server, server_ports.large_fg_request),
             content_port: ports.content_fg,
+            corrupted,
             tasks: vec![serving, serving_bg, large_serving, large_bg_serving],
         })
     }
