@@ -60,7 +60,8 @@
 //!   to a few packets; with the idle ramp, the tolerant controller keeps the link full.
 //!   Limitation: on a bottleneck whose buffer holds less than 15 ms, overflow losses look
 //!   random too, and the controller then competes about like Reno (AIMD with gain ≤ ⅓ and
-//!   decrease 0.8), rather than yielding.
+//!   decrease 0.8), rather than yielding; a policer that drops without queueing looks the same.
+//!   Use the link's rate ceiling ([`LinkPolicy`]) on such links.
 //!
 //! # Ceiling and floor
 //!
