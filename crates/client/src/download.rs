@@ -25,7 +25,7 @@ use branchline_quic::{ClientName, ContentError, PieceRequest, Role, fetch_piece}
 use branchline_sched::{
     Failure, Have, PieceSet, SchedConfig, Scheduler, SourceId, SourceKind, Verdict,
 };
-use branchline_store::{ContentId, PieceMap, StoreError, WriteOutcome};
+use branchline_store::{ContentId, PieceMap, StoreError};
 use branchline_wire::large::{GetContent, Locate, ReportBadPeer, ReportHave, Request, Response};
 use bytes::Bytes;
 use serde::Serialize;
@@ -42,6 +42,8 @@ const LOCATE_IDLE: Duration = Duration::from_millis(250);
 const REPORT_EVERY: Duration = Duration::from_millis(300);
 /// A download with no new piece for this long fails (no source has what is missing).
 const STALL_LIMIT: Duration = Duration::from_secs(120);
+/// Most pieces written in one group commit.
+const MAX_BATCH: usize = 16;
 /// Wait before retrying after the disk filled up.
 const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
 
@@ -346,25 +348,40 @@ impl Download {
             .unwrap_or(now + LOCATE_EVERY);
             tokio::select! {
                 joined = tasks.join_next(), if !tasks.is_empty() => {
-                    let Some(joined) = joined else { continue };
-                    let Ok(fetched) = joined else { continue }; // aborted (cancelled) fetch
-                    self.in_flight.remove(&(fetched.source, fetched.piece));
-                    let now = Instant::now();
-                    match fetched.result {
-                        Ok(bytes) => match self.store(&mut sched, fetched.source, fetched.piece, bytes, now).await {
-                            Ok(true) => last_progress = Instant::now(),
-                            Ok(false) => {}
-                            Err(StoreError::DiskFull { .. }) => {
-                                tracing::warn!(content = %self.id, "disk full: download paused");
-                                self.progress.send_modify(|p| p.paused = Some("disk full".into()));
-                                paused_until = Some(Instant::now() + DISK_FULL_RETRY);
-                                // Nothing wrong with the source: give the piece back.
-                                self.apply_verdict(&mut sched, fetched.source, fetched.piece, Failure::Local, now).await;
-                                last_progress = Instant::now();
+                    // Group commit: this result and every other one already finished go to
+                    // the cache in one batch (one data fsync and one bitfield fsync).
+                    let mut batch = Vec::new();
+                    let mut next = joined;
+                    while let Some(joined) = next {
+                        if let Ok(fetched) = joined {
+                            self.in_flight.remove(&(fetched.source, fetched.piece));
+                            match fetched.result {
+                                Ok(bytes) => batch.push((fetched.source, fetched.piece, bytes)),
+                                Err(failure) => {
+                                    self.apply_verdict(&mut sched, fetched.source, fetched.piece, failure, Instant::now()).await
+                                }
                             }
-                            Err(e) => return Err(e.into()),
-                        },
-                        Err(failure) => self.apply_verdict(&mut sched, fetched.source, fetched.piece, failure, now).await,
+                        } // else: an aborted (cancelled) fetch
+                        next = if batch.len() < MAX_BATCH { tasks.try_join_next() } else { None };
+                    }
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let pieces: Vec<(SourceId, u32)> = batch.iter().map(|(s, p, _)| (*s, *p)).collect();
+                    match self.store(&mut sched, batch, Instant::now()).await {
+                        Ok(true) => last_progress = Instant::now(),
+                        Ok(false) => {}
+                        Err(StoreError::DiskFull { .. }) => {
+                            tracing::warn!(content = %self.id, "disk full: download paused");
+                            self.progress.send_modify(|p| p.paused = Some("disk full".into()));
+                            paused_until = Some(Instant::now() + DISK_FULL_RETRY);
+                            // Nothing wrong with the sources: give the pieces back.
+                            for (source, piece) in pieces {
+                                self.apply_verdict(&mut sched, source, piece, Failure::Local, Instant::now()).await;
+                            }
+                            last_progress = Instant::now();
+                        }
+                        Err(e) => return Err(e.into()),
                     }
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {}
@@ -420,47 +437,61 @@ impl Download {
         }
     }
 
-    /// Verifies and stores a piece. Ok(true) when it was new.
+    /// Verifies and stores a batch of pieces with one group commit. Ok(true) when at
+    /// least one was new. A piece that fails verification drops (and reports) its source.
     async fn store(
         &mut self,
         sched: &mut Scheduler,
-        source: SourceId,
-        piece: u32,
-        bytes: Bytes,
+        batch: Vec<(SourceId, u32, Bytes)>,
         now: Instant,
     ) -> Result<bool, StoreError> {
-        let len = bytes.len() as u64;
-        let (cache, id) = (self.svc.cache.clone(), self.id);
-        let written =
-            tokio::task::spawn_blocking(move || cache.write_piece(&id, piece, &bytes, now_ms()))
-                .await
-                .map_err(|e| StoreError::InUse(format!("writer task failed: {e}")))?;
-        match written {
-            Ok(outcome) => {
-                match self.sources.get(&source) {
-                    Some(SourceInfo::Origin(_)) => self.from_origin += len,
-                    Some(SourceInfo::Peer { .. }) => self.from_peers += len,
-                    None => {}
-                }
-                let received = sched
-                    .on_piece_received(source, piece, len, now)
-                    .map_err(|e| StoreError::InUse(e.to_string()))?;
-                for (s, p) in received.cancel {
-                    if let Some(h) = self.in_flight.remove(&(s, p)) {
-                        h.abort();
-                    }
-                }
-                let new = matches!(outcome, WriteOutcome::Stored { .. });
-                self.have_dirty |= new;
-                Ok(new)
+        // Endgame can deliver two copies of one piece in one batch: write the first, check
+        // the others in memory.
+        let mut first: Vec<(u32, Bytes)> = Vec::new();
+        for (_, piece, bytes) in &batch {
+            if !first.iter().any(|(p, _)| p == piece) {
+                first.push((*piece, bytes.clone()));
             }
-            Err(StoreError::BadPiece { .. }) => {
+        }
+        let (cache, id) = (self.svc.cache.clone(), self.id);
+        let written = tokio::task::spawn_blocking(move || {
+            let refs: Vec<(u32, &[u8])> = first.iter().map(|(p, b)| (*p, &b[..])).collect();
+            cache.write_pieces(&id, &refs, now_ms())
+        })
+        .await
+        .map_err(|e| StoreError::InUse(format!("writer task failed: {e}")))??;
+        let bad: Vec<u32> = written.bad.iter().map(|(p, _)| *p).collect();
+        let mut written_once: Vec<u32> = Vec::new();
+        for (source, piece, bytes) in batch {
+            let good = if written_once.contains(&piece) {
+                self.map.verify_piece(piece, &bytes).is_ok()
+            } else {
+                written_once.push(piece);
+                !bad.contains(&piece)
+            };
+            if !good {
                 self.apply_verdict(sched, source, piece, Failure::BadPiece, now)
                     .await;
-                Ok(false)
+                continue;
             }
-            Err(e) => Err(e),
+            let len = bytes.len() as u64;
+            match self.sources.get(&source) {
+                Some(SourceInfo::Origin(_)) => self.from_origin += len,
+                Some(SourceInfo::Peer { .. }) => self.from_peers += len,
+                None => {}
+            }
+            let received = sched
+                .on_piece_received(source, piece, len, now)
+                .map_err(|e| StoreError::InUse(e.to_string()))?;
+            for (s, p) in received.cancel {
+                if let Some(h) = self.in_flight.remove(&(s, p)) {
+                    h.abort();
+                }
+            }
         }
+        let new = !written.stored.is_empty();
+        self.have_dirty |= new;
+        Ok(new)
     }
 
     async fn apply_verdict(
