@@ -324,11 +324,15 @@ impl Download {
             self.progress.send_modify(|d| {
                 d.have_pieces = p.have;
                 d.sources = p.active_sources;
-                d.have_bytes = (0..self.map.piece_count())
-                    .filter(|i| sched.has_piece(*i))
-                    .filter_map(|i| self.map.piece_range(i))
-                    .map(|(_, len)| u64::from(len))
-                    .sum();
+                // Every piece is full-size but the last.
+                let full = u64::from(self.map.piece_size().bytes());
+                let last = self.map.piece_count().saturating_sub(1);
+                let last_short = self
+                    .map
+                    .piece_range(last)
+                    .map_or(0, |(_, len)| full - u64::from(len));
+                d.have_bytes =
+                    u64::from(p.have) * full - if sched.has_piece(last) { last_short } else { 0 };
                 d.reading_origin = self.origin_source.is_some();
             });
             if last_progress.elapsed() > STALL_LIMIT {
