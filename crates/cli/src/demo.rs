@@ -87,6 +87,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
         offline_after_missed: config.server.offline_after_missed_heartbeats,
         retry,
         replay,
+        background: crate::settings::background(config),
     })
     .await
     .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;
@@ -112,6 +113,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
             hostname: Some(format!("demo-client-{}", i + 1)),
             retry,
             replay,
+            background: crate::settings::background(config),
         })
         .await
         .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;

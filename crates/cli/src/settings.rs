@@ -25,6 +25,16 @@ pub fn load(path: Option<&Path>, ports: &[String]) -> Result<Config, Fail> {
     Ok(config)
 }
 
+/// LEDBAT++ settings from `[background]`.
+pub fn background(config: &Config) -> branchline_ledbat::LedbatConfig {
+    let b = &config.background;
+    branchline_ledbat::LedbatConfig {
+        ceiling: (b.ceiling_bytes_per_s != 0).then_some(b.ceiling_bytes_per_s),
+        floor: b.floor_bytes_per_s,
+        ..branchline_ledbat::LedbatConfig::default()
+    }
+}
+
 /// The client cache cap from `client.cache_size`.
 pub fn cache_cap(config: &Config) -> Result<branchline_store::CacheCap, Fail> {
     config.client.cache_size.parse().map_err(|e| {
@@ -77,6 +87,7 @@ pub fn server(config: &Config, args: ServerArgs) -> Result<(ServerOptions, usize
             .max(1),
         retry,
         replay,
+        background: background(config),
     };
     Ok((opts, c.threads))
 }
@@ -118,6 +129,7 @@ pub fn client(config: &Config, args: ClientArgs) -> Result<ClientOptions, Fail> 
         hostname: args.hostname.or(c.hostname.clone()),
         retry,
         replay,
+        background: background(config),
     })
 }
 

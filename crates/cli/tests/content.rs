@@ -171,6 +171,28 @@ fn content_on_one_lan() {
         "publishing reads the local file, not the origin"
     );
 
+    // Publishing the same bytes again is idempotent: same id, nothing new.
+    let out = bed.connector(
+        &key,
+        &[
+            "publish",
+            &bed.path("pkg.bin"),
+            "--name",
+            "pkg",
+            "--version",
+            "1",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["content_id"], id.as_str());
+    assert_eq!(again["new"], false);
+
     let clients: Vec<Proc> = (1..=6).map(|n| bed.client(n, &key)).collect();
     let mut all: Vec<&Proc> = vec![&server];
     all.extend(clients.iter());

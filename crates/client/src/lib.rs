@@ -56,6 +56,8 @@ pub struct ClientOptions {
     pub heartbeat_interval: Duration,
     /// Cache cap (bytes or a share of the disk).
     pub cache_cap: CacheCap,
+    /// LEDBAT++ settings of the Background ports (ceiling, floor).
+    pub background: branchline_ledbat::LedbatConfig,
     /// Reported name; the host's name when `None`.
     pub hostname: Option<String>,
     pub retry: RetryPolicy,
@@ -363,16 +365,8 @@ impl Quic {
                 let _ = h.await;
             }
             let trust = services::trust_of(&node, ca.clone().into_owned());
-            let svc = Services::start(
-                opts.bind,
-                &opts.ports,
-                opts.server,
-                &opts.server_ports,
-                &node,
-                trust,
-                self.cache.clone(),
-            )
-            .map_err(ClientError::Services)?;
+            let svc = Services::start(opts, &node, trust, self.cache.clone())
+                .map_err(ClientError::Services)?;
             tracing::info!(
                 content_port = opts.ports.content_fg,
                 "QUIC services started"

@@ -3,11 +3,10 @@
 //! 34333), and connection pools to the server and to peers.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use branchline_config::{ClientPorts, ServerPorts};
 use branchline_quic::{
     Congestion, ConnectionPool, ContentConfig, ContentNode, DeploymentTrust, LargeConfig,
     LargeMessaging, NodeIdentity, PeerIdentity, PieceError, PieceSource, Role, TransportSettings,
@@ -118,16 +117,17 @@ pub fn trust_of(
 }
 
 impl Services {
-    /// Binds the content and large-message endpoints on `bind` and starts serving the cache.
+    /// Binds the content and large-message endpoints on the client's bind address and
+    /// ports (`opts`) and starts serving the cache.
     pub fn start(
-        bind: IpAddr,
-        ports: &ClientPorts,
-        server: IpAddr,
-        server_ports: &ServerPorts,
+        opts: &crate::ClientOptions,
         identity: &NodeIdentity,
         trust: DeploymentTrust,
         cache: Arc<Cache<FsStorage>>,
     ) -> Result<Services, String> {
+        let (bind, ports, server, server_ports) =
+            (opts.bind, &opts.ports, opts.server, &opts.server_ports);
+        let background = opts.background.clone();
         let transport = Arc::new(transport_config(
             &TransportSettings::default(),
             &Congestion::Foreground,
@@ -160,7 +160,7 @@ impl Services {
         // Background: LEDBAT++ on every Background port, so transfers to other offices
         // yield to any other traffic on the WAN link.
         let ledbat = Arc::new(
-            branchline_ledbat::LedbatFactory::new(branchline_ledbat::LedbatConfig::default())
+            branchline_ledbat::LedbatFactory::new(background)
                 .map_err(|e| format!("LEDBAT++ configuration: {e}"))?,
         );
         let background = Arc::new(branchline_quic::background_transport(

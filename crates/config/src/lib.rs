@@ -133,6 +133,27 @@ impl Default for TransportConfig {
     }
 }
 
+/// Background transfers (`[background]`): LEDBAT++ on every Background port.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackgroundConfig {
+    /// Ceiling for all of this node's Background transfers together (bytes/s); 0 = none,
+    /// LEDBAT++ alone decides. Default 0.
+    pub ceiling_bytes_per_s: u64,
+    /// Floor per Background connection (bytes/s), so a transfer never starves for ever.
+    /// Default 8000.
+    pub floor_bytes_per_s: u64,
+}
+
+impl Default for BackgroundConfig {
+    fn default() -> Self {
+        BackgroundConfig {
+            ceiling_bytes_per_s: 0,
+            floor_bytes_per_s: 8000,
+        }
+    }
+}
+
 /// Every setting.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -142,6 +163,7 @@ pub struct Config {
     pub client: ClientConfig,
     pub connector: ConnectorConfig,
     pub transport: TransportConfig,
+    pub background: BackgroundConfig,
 }
 
 /// A configuration that cannot be used.
@@ -237,6 +259,16 @@ impl Config {
                 message: format!(
                     "{} is outside 0.1..=3600 seconds",
                     self.client.heartbeat_interval_s
+                ),
+            });
+        }
+        let b = &self.background;
+        if b.ceiling_bytes_per_s != 0 && b.ceiling_bytes_per_s < b.floor_bytes_per_s {
+            return Err(ConfigError::Invalid {
+                key: "background.ceiling_bytes_per_s".into(),
+                message: format!(
+                    "{} is below background.floor_bytes_per_s ({})",
+                    b.ceiling_bytes_per_s, b.floor_bytes_per_s
                 ),
             });
         }
@@ -365,6 +397,16 @@ mod tests {
         let end = start + doc[start..].find("```").expect("block end");
         let c = parse(&doc[start..end]).unwrap();
         assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn background_ceiling_below_floor_is_refused() {
+        let msg = parse("[background]\nceiling_bytes_per_s = 1000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("background.ceiling_bytes_per_s"), "{msg}");
+        let c = parse("[background]\nceiling_bytes_per_s = 2500000\n").unwrap();
+        assert_eq!(c.background.ceiling_bytes_per_s, 2_500_000);
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub struct ServerOptions {
     pub offline_after_missed: u32,
     pub retry: RetryPolicy,
     pub replay: ReplayConfig,
+    /// LEDBAT++ settings of the Background ports (ceiling, floor).
+    pub background: branchline_ledbat::LedbatConfig,
 }
 
 /// Why the server could not start.
@@ -204,8 +206,13 @@ impl Server {
         // Background (LEDBAT++) large messages, for clients in child offices.
         let large_bg_request = SocketAddr::new(ip, p.large_bg_request);
         let ledbat = Arc::new(
-            branchline_ledbat::LedbatFactory::new(branchline_ledbat::LedbatConfig::default())
-                .expect("LEDBAT++ defaults are valid"),
+            branchline_ledbat::LedbatFactory::new(opts.background.clone()).map_err(|e| {
+                ServerError::Quic {
+                    addr: large_bg_request,
+                    name: "background (LEDBAT++) settings",
+                    message: e.to_string(),
+                }
+            })?,
         );
         let large_bg = LargeMessaging::bind(
             large_bg_request,
