@@ -88,6 +88,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
         retry,
         replay,
         background: crate::settings::background(config),
+        content_cache: None,
     })
     .await
     .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;

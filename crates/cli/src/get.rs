@@ -134,6 +134,7 @@ pub async fn run(args: GetArgs, config_data_dir: Option<PathBuf>) -> Result<(), 
                             "path": path,
                             "from_peers": d.from_peers,
                             "from_origin": d.from_origin,
+                            "from_server": d.from_server,
                         })
                     );
                 } else {

@@ -224,6 +224,7 @@ pub async fn publish_outcome(c: Arc<Connector>, args: &PublishArgs) -> Result<Ou
         piece_size: piece_size.bytes(),
         published_ms: 0,
         complete_holders: 0,
+        server_holds: false,
     };
     let encoded = Arc::new(map.encode());
     let begun = c
@@ -324,6 +325,7 @@ pub fn print_list(items: &[ContentMeta], json: bool) {
                     "piece_size": m.piece_size,
                     "published_ms": m.published_ms,
                     "complete_holders": m.complete_holders,
+                    "server_holds": m.server_holds,
                 })
             })
             .collect();

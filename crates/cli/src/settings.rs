@@ -88,6 +88,15 @@ pub fn server(config: &Config, args: ServerArgs) -> Result<(ServerOptions, usize
         retry,
         replay,
         background: background(config),
+        content_cache: match c.content_cache_size.trim() {
+            "0" | "" => None,
+            s => Some(s.parse().map_err(|e| {
+                Fail::new(
+                    exit::USAGE,
+                    format!("invalid setting server.content_cache_size: {e}"),
+                )
+            })?),
+        },
     };
     Ok((opts, c.threads))
 }

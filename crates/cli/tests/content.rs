@@ -279,6 +279,70 @@ fn content_on_one_lan() {
     drop(server);
 }
 
+#[test]
+fn the_server_sends_content_it_holds_to_central_office_clients() {
+    let bed = Bed::new();
+    let cfg = bed.path("server.toml");
+    std::fs::write(&cfg, "[server]\ncontent_cache_size = \"1GiB\"\n").unwrap();
+    let server = bed.server_with(&["--config", &cfg]);
+    let key = bed.path("server/deployment.key");
+    wait_for("the server", Duration::from_secs(20), &[&server], || {
+        bed.health(&key)
+    });
+    // A package published with a file origin this host can read: the server keeps a copy.
+    const SIZE: usize = 24 << 20;
+    let src = PathBuf::from(bed.path("pkg.bin"));
+    let data = random_file(&src, SIZE);
+    let out = bed.connector(
+        &key,
+        &["publish", src.to_str().unwrap(), "--name", "held", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["content_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for(
+        "the server to hold the package",
+        Duration::from_secs(60),
+        &[&server],
+        || {
+            let out = bed.connector(&key, &["content", "list", "--json"]);
+            let list: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (list[0]["server_holds"] == true).then_some(())
+        },
+    );
+
+    let clients: Vec<Proc> = (1..=2).map(|n| bed.client(n, &key)).collect();
+    let mut all: Vec<&Proc> = vec![&server];
+    all.extend(clients.iter());
+    wait_registered(&bed, &key, 2, &all);
+    let outs: Vec<PathBuf> = (1..=2)
+        .map(|n| PathBuf::from(bed.path(&format!("out{n}"))))
+        .collect();
+    let gets: Vec<Child> = (1..=2u8)
+        .map(|n| get_proc(&bed, n, &id, &outs[n as usize - 1]))
+        .collect();
+    let mut from_server = 0;
+    for (i, g) in gets.into_iter().enumerate() {
+        let v = finish(g, &format!("get on client {}", i + 1), &all);
+        assert_eq!(
+            v["from_origin"].as_u64(),
+            Some(0),
+            "a Central Office client never reads the origin: {v}"
+        );
+        from_server += v["from_server"].as_u64().unwrap();
+    }
+    for out in &outs {
+        assert!(std::fs::read(out).unwrap() == data);
+    }
+    assert!(from_server > 0, "the server sent pieces");
+}
+
 /// Reads local-API progress lines until `have_bytes` reaches `at_least`; returns it.
 fn watch_progress(sock: &Path, content: &str, at_least: u64, limit: Duration) -> u64 {
     use std::io::{BufRead, BufReader, Write};

@@ -26,7 +26,9 @@ use branchline_sched::{
     Failure, Have, PieceSet, SchedConfig, Scheduler, SourceId, SourceKind, Verdict,
 };
 use branchline_store::{ContentId, PieceMap, StoreError};
-use branchline_wire::large::{GetContent, Locate, ReportBadPeer, ReportHave, Request, Response};
+use branchline_wire::large::{
+    GetContent, Locate, ReportBadPeer, ReportHave, Request, Response, SendContent,
+};
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -123,9 +125,10 @@ pub struct Downloaded {
     pub size: u64,
     /// The verified file in the cache (do not modify it).
     pub path: PathBuf,
-    /// Bytes fetched from peers and from the origin by this download.
+    /// Bytes fetched from peers, from the origin and from the server by this download.
     pub from_peers: u64,
     pub from_origin: u64,
+    pub from_server: u64,
 }
 
 /// Why a download failed.
@@ -150,8 +153,13 @@ pub enum DownloadError {
 }
 
 enum SourceInfo {
-    Peer { client: String, addr: SocketAddr },
+    Peer {
+        client: String,
+        addr: SocketAddr,
+    },
     Origin(Origin),
+    /// The server, over the connection it opened to this client's content port.
+    Server,
 }
 
 struct Fetched {
@@ -219,6 +227,8 @@ pub async fn download(
         in_flight: HashMap::new(),
         from_peers: 0,
         from_origin: 0,
+        from_server: 0,
+        server_source: None,
         have_dirty: false,
     };
     dl.progress.send_modify(|p| {
@@ -257,6 +267,7 @@ pub async fn download(
         path,
         from_peers: dl.from_peers,
         from_origin: dl.from_origin,
+        from_server: dl.from_server,
     })
 }
 
@@ -274,6 +285,8 @@ struct Download {
     in_flight: HashMap<(SourceId, u32), AbortHandle>,
     from_peers: u64,
     from_origin: u64,
+    from_server: u64,
+    server_source: Option<SourceId>,
     have_dirty: bool,
 }
 
@@ -417,6 +430,17 @@ impl Download {
                             }
                         })
                     }
+                    SourceInfo::Server => {
+                        let (svc, id) = (self.svc.clone(), self.id);
+                        tasks.spawn(async move {
+                            let result = fetch_from_server(&svc, id, piece).await;
+                            Fetched {
+                                source,
+                                piece,
+                                result,
+                            }
+                        })
+                    }
                     SourceInfo::Origin(origin) => {
                         let origin = origin.clone();
                         tasks.spawn(async move {
@@ -482,6 +506,7 @@ impl Download {
             match self.sources.get(&source) {
                 Some(SourceInfo::Origin(_)) => self.from_origin += len,
                 Some(SourceInfo::Peer { .. }) => self.from_peers += len,
+                Some(SourceInfo::Server) => self.from_server += len,
                 None => {}
             }
             let received = sched
@@ -526,6 +551,12 @@ impl Download {
                 tracing::warn!(content = %self.id, "the origin keeps failing; it will be tried again");
                 self.sources.remove(&source);
                 self.origin_source = None;
+            }
+            if self.server_source == Some(source) {
+                // Asked again (and reconnected) at the next locate.
+                tracing::warn!(content = %self.id, "the server's sending failed; asking again");
+                self.sources.remove(&source);
+                self.server_source = None;
             }
             return;
         };
@@ -595,6 +626,9 @@ impl Download {
                 let _ = sched.set_source_pieces(source, have);
             }
         }
+        if located.server_sends && self.server_source.is_none() {
+            self.start_server_source(sched).await;
+        }
         match (located.read_origin, self.origin_source) {
             (true, None) => {
                 let origin_text = if located.origin.is_empty() {
@@ -629,6 +663,43 @@ impl Download {
         Ok(())
     }
 
+    /// Asks the server to send this content (it holds it and this client is in the
+    /// Central Office) and, once its connection to our content port is up, adds it as a
+    /// source holding every piece.
+    async fn start_server_source(&mut self, sched: &mut Scheduler) {
+        let asked = self
+            .svc
+            .call(Request::SendContent(SendContent {
+                content_id: self.id.as_bytes().to_vec(),
+            }))
+            .await;
+        if let Err(e) = asked {
+            tracing::warn!(content = %self.id, error = %e, "the server cannot send the content; using peers");
+            return;
+        }
+        // The server's connection reaches our accept loop right after its handshake.
+        for _ in 0..100 {
+            let up = self
+                .svc
+                .server_conn
+                .lock()
+                .expect("server_conn lock")
+                .as_ref()
+                .is_some_and(|c| c.close_reason().is_none());
+            if up {
+                let s = self.new_source(SourceInfo::Server);
+                if sched.add_source(s, SourceKind::Peer).is_ok() {
+                    let _ = sched.set_source_pieces(s, Have::All);
+                    self.server_source = Some(s);
+                    tracing::info!(content = %self.id, "the server sends this content");
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::warn!(content = %self.id, "the server's connection did not arrive; using peers");
+    }
+
     /// Tells the server what this client holds now.
     async fn report_have(&mut self, force: bool) {
         if !self.have_dirty && !force {
@@ -651,6 +722,30 @@ impl Download {
         match self.svc.call(report).await {
             Ok(_) => self.have_dirty = false,
             Err(e) => tracing::debug!(error = %e, "have report failed; will retry"),
+        }
+    }
+}
+
+async fn fetch_from_server(svc: &Services, id: ContentId, piece: u32) -> Result<Bytes, Failure> {
+    let conn = svc
+        .server_conn
+        .lock()
+        .expect("server_conn lock")
+        .clone()
+        .ok_or(Failure::Transport)?;
+    let request = PieceRequest {
+        content: *id.as_bytes(),
+        piece,
+        offset: 0,
+        len: 0,
+    };
+    match fetch_piece(&conn, &request, svc.content.config()).await {
+        Ok(bytes) => Ok(bytes),
+        Err(ContentError::NotFound) => Err(Failure::Unavailable),
+        Err(ContentError::Unavailable(_)) => Err(Failure::Busy),
+        Err(e) => {
+            tracing::debug!(piece, error = %e, "piece fetch from the server failed");
+            Err(Failure::Transport)
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct DoneLine {
     pub path: PathBuf,
     pub from_peers: u64,
     pub from_origin: u64,
+    #[serde(default)]
+    pub from_server: u64,
 }
 
 impl From<&DownloadProgress> for ProgressLine {
@@ -80,6 +82,7 @@ impl From<Downloaded> for DoneLine {
             path: d.path,
             from_peers: d.from_peers,
             from_origin: d.from_origin,
+            from_server: d.from_server,
         }
     }
 }

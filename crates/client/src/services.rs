@@ -9,10 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use branchline_quic::{
     Congestion, ConnectionPool, ContentConfig, ContentNode, DeploymentTrust, LargeConfig,
-    LargeMessaging, NodeIdentity, PeerIdentity, PieceError, PieceSource, Role, TransportSettings,
-    transport_config,
+    LargeMessaging, NodeIdentity, Role, TransportSettings, transport_config,
 };
-use branchline_store::{Cache, ContentId, FsStorage, StoreError};
+use branchline_store::{Cache, ContentId, FsStorage};
 use branchline_wire::large::{LargeRequest, LargeResponse, Request, Response};
 use branchline_wire::msg::ErrorCode;
 use bytes::Bytes;
@@ -40,41 +39,7 @@ pub enum ServerCallError {
     Refused { code: ErrorCode, detail: String },
 }
 
-/// Serves pieces from the cache. Every piece is verified again as it is read, so a piece
-/// corrupted on disk is never passed on (the cache forgets it and it is fetched again).
-pub struct CacheSource {
-    pub cache: Arc<Cache<FsStorage>>,
-    /// Content in which a corrupted piece was found since the last have report.
-    pub corrupted: Arc<Mutex<HashSet<ContentId>>>,
-}
-
-impl PieceSource for CacheSource {
-    async fn read_piece(
-        &self,
-        _peer: &PeerIdentity,
-        content: &[u8; 32],
-        piece: u32,
-    ) -> Result<Bytes, PieceError> {
-        let cache = self.cache.clone();
-        let id = ContentId::from_bytes(*content);
-        let read = tokio::task::spawn_blocking(move || cache.read_piece(&id, piece, now_ms()))
-            .await
-            .map_err(|e| PieceError::Unavailable(e.to_string()))?;
-        match read {
-            Ok(bytes) => Ok(Bytes::from(bytes)),
-            Err(StoreError::UnknownContent(_) | StoreError::PieceMissing { .. }) => {
-                Err(PieceError::NotFound)
-            }
-            Err(e @ StoreError::CorruptOnDisk { .. }) => {
-                tracing::error!(error = %e, "a cached piece failed verification; it will be fetched again");
-                // The server must stop offering this piece here: report at the next heartbeat.
-                self.corrupted.lock().expect("corrupted lock").insert(id);
-                Err(PieceError::NotFound)
-            }
-            Err(e) => Err(PieceError::Unavailable(e.to_string())),
-        }
-    }
-}
+pub use branchline_quic::cache_source::CacheSource;
 
 /// The QUIC side of a client.
 pub struct Services {
@@ -93,6 +58,9 @@ pub struct Services {
     pub content_port: u16,
     /// Content found corrupted while serving; reported to the server with the heartbeat.
     pub corrupted: Arc<Mutex<HashSet<ContentId>>>,
+    /// The connection the server opened to this client's 34760 to send it content (a
+    /// Central Office client), once there is one.
+    pub server_conn: Arc<Mutex<Option<quinn::Connection>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -195,9 +163,16 @@ impl Services {
         let corrupted = Arc::new(Mutex::new(HashSet::new()));
         let source = Arc::new(CacheSource {
             cache: cache.clone(),
-            corrupted: corrupted.clone(),
+            corrupted: Some(corrupted.clone()),
         });
-        let serving = content.serve(source.clone());
+        let server_conn: Arc<Mutex<Option<quinn::Connection>>> = Arc::default();
+        let slot = server_conn.clone();
+        let hook: branchline_quic::endpoint::ConnectionHook = Arc::new(move |conn, peer| {
+            if peer.role == Role::Server {
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+            }
+        });
+        let serving = content.serve_hooked(source.clone(), Some(hook));
         let serving_bg = content_bg.serve(source);
         // No client-to-client large message exists yet; answer politely.
         let no_large = |_peer, _bytes| async {
@@ -220,6 +195,7 @@ impl Services {
             server_large: SocketAddr::new(server, server_ports.large_fg_request),
             content_port: ports.content_fg,
             corrupted,
+            server_conn,
             tasks: vec![serving, serving_bg, large_serving, large_bg_serving],
         })
     }

@@ -32,6 +32,11 @@ pub struct ServerConfig {
     pub offline_after_missed_heartbeats: u32,
     /// Number of worker threads (0 = one per core). Default 0.
     pub threads: usize,
+    /// Cap of the server's own content cache: `"0"` (the server holds no content), bytes
+    /// (`"20GiB"`) or a share of the disk (`"25%"`). When set, the server keeps a copy of
+    /// every package published with a file origin it can read and sends it to Central
+    /// Office clients. Default `"0"`.
+    pub content_cache_size: String,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +46,7 @@ impl Default for ServerConfig {
             bind: any(),
             offline_after_missed_heartbeats: 3,
             threads: 0,
+            content_cache_size: "0".into(),
         }
     }
 }

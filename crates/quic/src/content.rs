@@ -393,17 +393,46 @@ impl ContentNode {
 
     /// Starts serving pieces from `source`.
     pub fn serve<S: PieceSource>(&self, source: Arc<S>) -> JoinHandle<()> {
+        self.serve_hooked(source, None)
+    }
+
+    /// [`ContentNode::serve`], also calling `hook` with every accepted connection (a
+    /// client uses it to fetch over the connection the server opens to it).
+    pub fn serve_hooked<S: PieceSource>(
+        &self,
+        source: Arc<S>,
+        hook: Option<endpoint::ConnectionHook>,
+    ) -> JoinHandle<()> {
         let transports = self.selector.clone().map(|select| AcceptTransports {
             configs: self.configs.clone(),
             select,
         });
-        serve(
+        let max = self.config.max_piece_len;
+        endpoint::serve_streams_hooked(
             self.endpoint.clone(),
             self.trust.clone(),
-            self.config.clone(),
             transports,
-            source,
+            hook,
+            move |peer, send, recv| answer(send, recv, peer, source.clone(), max),
         )
+    }
+
+    /// Serves pieces from `source` on a connection this node opened to `peer` (the
+    /// server sending to a Central Office client's 34760), until it ends.
+    pub fn serve_on<S: PieceSource>(
+        &self,
+        conn: Connection,
+        peer: PeerIdentity,
+        source: Arc<S>,
+    ) -> JoinHandle<()> {
+        let max = self.config.max_piece_len;
+        let trust = self.trust.clone();
+        tokio::spawn(endpoint::serve_streams_of(
+            conn,
+            peer,
+            trust,
+            Arc::new(move |peer, send, recv| answer(send, recv, peer, source.clone(), max)),
+        ))
     }
 
     /// Closes the endpoint and its connections.

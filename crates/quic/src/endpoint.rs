@@ -395,10 +395,15 @@ pub async fn finish_accept_with(
 
 /// Serves one connection: runs `per_stream` for each bidirectional stream the
 /// peer opens, until the connection ends, then lets streams in flight finish.
+/// Called with every accepted, authenticated connection (e.g. so a client can use the
+/// connection the server opened to it to fetch pieces).
+pub type ConnectionHook = Arc<dyn Fn(&Connection, &PeerIdentity) + Send + Sync>;
+
 async fn serve_connection<F, Fut>(
     incoming: quinn::Incoming,
     config: Option<Arc<quinn::ServerConfig>>,
     trust: DeploymentTrust,
+    hook: Option<ConnectionHook>,
     per_stream: Arc<F>,
 ) where
     F: Fn(PeerIdentity, quinn::SendStream, quinn::RecvStream) -> Fut + Send + Sync + 'static,
@@ -412,6 +417,24 @@ async fn serve_connection<F, Fut>(
             return;
         }
     };
+    if let Some(hook) = hook {
+        hook(&conn, &peer);
+    }
+    serve_streams_of(conn, peer, trust, per_stream).await;
+}
+
+/// Runs `per_stream` for every bidirectional stream the peer opens on `conn`, until the
+/// connection ends; also for a connection this node opened.
+pub async fn serve_streams_of<F, Fut>(
+    conn: Connection,
+    peer: PeerIdentity,
+    trust: DeploymentTrust,
+    per_stream: Arc<F>,
+) where
+    F: Fn(PeerIdentity, quinn::SendStream, quinn::RecvStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let addr = conn.remote_address();
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
@@ -467,6 +490,21 @@ where
     F: Fn(PeerIdentity, quinn::SendStream, quinn::RecvStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    serve_streams_hooked(endpoint, trust, transports, None, per_stream)
+}
+
+/// [`serve_streams`], also calling `hook` with every accepted connection.
+pub fn serve_streams_hooked<F, Fut>(
+    endpoint: Endpoint,
+    trust: DeploymentTrust,
+    transports: Option<AcceptTransports>,
+    hook: Option<ConnectionHook>,
+    per_stream: F,
+) -> JoinHandle<()>
+where
+    F: Fn(PeerIdentity, quinn::SendStream, quinn::RecvStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let per_stream = Arc::new(per_stream);
     tokio::spawn(async move {
         let mut connections = JoinSet::new();
@@ -477,7 +515,7 @@ where
                         let config = transports.as_ref().and_then(|t| {
                             (t.select)(incoming.remote_address()).and_then(|tc| t.configs.server_with(tc))
                         });
-                        connections.spawn(serve_connection(incoming, config, trust.clone(), per_stream.clone()));
+                        connections.spawn(serve_connection(incoming, config, trust.clone(), hook.clone(), per_stream.clone()));
                     }
                     None => break,
                 },

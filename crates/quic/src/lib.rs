@@ -114,6 +114,7 @@
 #![warn(missing_docs)]
 
 pub mod ca;
+pub mod cache_source;
 pub mod content;
 pub mod endpoint;
 pub mod files;

@@ -39,6 +39,8 @@ pub struct ServerState {
     pub ca: DeploymentCa,
     pub catalogue: Mutex<Catalogue>,
     pub locations: Mutex<Locations>,
+    /// Content the server holds itself (opt-in).
+    pub content: Option<Arc<crate::content::ServerContent>>,
 }
 
 impl ServerState {
@@ -84,6 +86,7 @@ impl ServerState {
                 .lock()
                 .expect("locations lock")
                 .complete_holders(&id) as u32,
+            server_holds: self.content.as_ref().is_some_and(|c| c.holds(&id)),
         }
     }
 
@@ -307,6 +310,9 @@ impl Handler for ServerHandler {
                         Response::Later(Box::pin(async move {
                             match saved.await {
                                 Ok(()) => {
+                                    if let Some(c) = &state.content {
+                                        c.import_after_publish(&item);
+                                    }
                                     state.catalogue.lock().expect("catalogue lock").insert(item);
                                     Body::Published(Published {
                                         content_id: id.as_bytes().to_vec(),

@@ -53,6 +53,7 @@ pub async fn handle(
             state.counters.count(DropReason::Unsupported);
             error(ErrorCode::Unsupported, "unknown large request kind")
         }
+        Some(Request::SendContent(s)) => send_content(&state, client, &s.content_id).await,
         Some(r) => answer(&state, client, r),
     };
     Ok(LargeResponse {
@@ -62,9 +63,46 @@ pub async fn handle(
     .into())
 }
 
+/// A Central Office client asks the server to send it content the server holds.
+async fn send_content(state: &ServerState, client: ClientId, content_id: &[u8]) -> Response {
+    let id = match content_id_of(content_id) {
+        Ok(id) => id,
+        Err(e) => return error(ErrorCode::Invalid, e.to_string()),
+    };
+    let Some(content) = state.content.clone() else {
+        return error(ErrorCode::NotFound, "this server holds no content");
+    };
+    if !content.holds(&id) {
+        return error(ErrorCode::NotFound, "the server does not hold this content");
+    }
+    let record = state
+        .registry
+        .lock()
+        .expect("registry lock")
+        .get(&client)
+        .cloned();
+    let Some(record) = record else {
+        return error(ErrorCode::NotFound, "unknown client: register first");
+    };
+    if !content.serves(&record) {
+        return error(
+            ErrorCode::Invalid,
+            "the server sends content only to Central Office clients",
+        );
+    }
+    match content.send_to(&record).await {
+        Ok(()) => Response::Ack(Ack {}),
+        Err(e) => error(ErrorCode::Unavailable, e),
+    }
+}
+
+fn content_id_of(bytes: &[u8]) -> Result<ContentId, branchline_wire::Invalid> {
+    content_id("content_id", bytes).map(ContentId::from_bytes)
+}
+
 fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
     let now = state.clock.now_ms();
-    let id_of = |bytes: &[u8]| content_id("content_id", bytes).map(ContentId::from_bytes);
+    let id_of = content_id_of;
     match request {
         Request::GetContent(g) => {
             let cat = state.catalogue.lock().expect("catalogue lock");
@@ -103,11 +141,18 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                 (Some(me), Some(r)) if r.addresses.iter().any(|a| me.subnet.contains(*a)) => 0,
                 _ => 1,
             };
-            let located = state
-                .locations
-                .lock()
-                .expect("locations lock")
-                .locate(client, id, now, online, near);
+            let server_sends = state
+                .content
+                .as_ref()
+                .is_some_and(|c| c.holds(&id) && me.as_ref().is_some_and(|m| c.serves(m)));
+            let located = state.locations.lock().expect("locations lock").locate(
+                client,
+                id,
+                now,
+                server_sends,
+                online,
+                near,
+            );
             let peers = located
                 .peers
                 .iter()
@@ -136,6 +181,7 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                 peers,
                 read_origin: located.read_origin,
                 origin,
+                server_sends,
             })
         }
         Request::ReportHave(h) => {
@@ -170,6 +216,10 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                 .expect("locations lock")
                 .report(client, id, have, now);
             Response::Ack(Ack {})
+        }
+        // Answered asynchronously by `send_content` before this function is called.
+        Request::SendContent(_) => {
+            error(ErrorCode::Unsupported, "SendContent is answered elsewhere")
         }
         Request::ReportBadPeer(b) => {
             let id = match id_of(&b.content_id) {

@@ -17,6 +17,7 @@
 //! client a certificate at registration, which QUIC connections between peers require.
 
 pub mod catalogue;
+pub mod content;
 pub mod db;
 pub mod handler;
 pub mod large;
@@ -63,6 +64,16 @@ pub struct ServerOptions {
     pub replay: ReplayConfig,
     /// LEDBAT++ settings of the Background ports (ceiling, floor).
     pub background: branchline_ledbat::LedbatConfig,
+    /// Cap of the server's own content cache; `None`: the server holds no content.
+    pub content_cache: Option<branchline_store::CacheCap>,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Why the server could not start.
@@ -81,6 +92,8 @@ pub enum ServerError {
     Bind(#[from] BindError),
     #[error("certificate authority in {dir}: {message}")]
     Ca { dir: PathBuf, message: String },
+    #[error("the server's content cache in {dir}: {message}")]
+    ContentCache { dir: PathBuf, message: String },
     #[error("cannot start QUIC on {addr} ({name}): {message}")]
     Quic {
         addr: SocketAddr,
@@ -233,6 +246,48 @@ impl Server {
             name: "server.large_bg_request / large_bg_reply",
             message: e.to_string(),
         })?;
+        let content = match opts.content_cache {
+            None => None,
+            Some(cap) => {
+                let dir = opts.data_dir.join("content");
+                let cache = {
+                    let open_dir = dir.clone();
+                    tokio::task::spawn_blocking(move || {
+                        branchline_store::Cache::open(&open_dir, cap, now_ms())
+                    })
+                    .await
+                    .map_err(|e| ServerError::ContentCache {
+                        dir: dir.clone(),
+                        message: e.to_string(),
+                    })?
+                    .map_err(|e| ServerError::ContentCache {
+                        dir: dir.clone(),
+                        message: e.to_string(),
+                    })?
+                };
+                // Sends from an ephemeral port to the clients' 34760 (the seed's row).
+                let node = branchline_quic::ContentNode::bind(
+                    SocketAddr::new(ip, 0),
+                    &identity,
+                    DeploymentTrust::new(ca.deployment().clone(), ca.certificate().clone()),
+                    Arc::new(transport_config(
+                        &TransportSettings::default(),
+                        &Congestion::Foreground,
+                    )),
+                    branchline_quic::ContentConfig::default(),
+                )
+                .map_err(|e| ServerError::Quic {
+                    addr: SocketAddr::new(ip, 0),
+                    name: "server content sender",
+                    message: e.to_string(),
+                })?;
+                Some(Arc::new(content::ServerContent::new(
+                    Arc::new(cache),
+                    node,
+                    ip,
+                )))
+            }
+        };
         let mut reserved = Vec::new();
         for (port, name) in [(p.adaptive, "server.adaptive")] {
             reserved.push(bind_udp(ip, port, name).await?);
@@ -254,6 +309,7 @@ impl Server {
             ca,
             catalogue: Mutex::new(catalogue),
             locations: Mutex::new(locations::Locations::new()),
+            content,
         });
         let large_state = state.clone();
         let large_task =

@@ -98,13 +98,15 @@ impl Locations {
             .unwrap_or(0)
     }
 
-    /// Answers `requester`'s "where can I get `content`". `online` tells which clients are
-    /// online; `near` ranks a peer for the requester (lower first: same subnet = 0).
+    /// Answers `requester`'s "where can I get `content`". `origin_covered` says the
+    /// requester has a complete source besides peers (the server); `online` tells which
+    /// clients are online; `near` ranks a peer for the requester (lower first: same subnet).
     pub fn locate(
         &mut self,
         requester: ClientId,
         content: ContentId,
         now_ms: u64,
+        origin_covered: bool,
         online: impl Fn(&ClientId) -> bool,
         near: impl Fn(&ClientId) -> u8,
     ) -> Located {
@@ -133,7 +135,9 @@ impl Locations {
             .holders
             .iter()
             .any(|(c, h)| h.have.is_complete() && online(c));
-        let read_origin = if any_complete {
+        // `origin_covered`: the requester has another complete source (the server sends
+        // it the content), so it never reads the origin.
+        let read_origin = if any_complete || origin_covered {
             false
         } else {
             let reader_alive = state.reader.as_ref().is_some_and(|r| {
@@ -187,19 +191,19 @@ mod tests {
         let all = |_: &ClientId| true;
         let near = |_: &ClientId| 0;
         assert!(
-            l.locate(c(1), X, 0, all, near).read_origin,
+            l.locate(c(1), X, 0, false, all, near).read_origin,
             "first asker reads the origin"
         );
-        let second = l.locate(c(2), X, 10, all, near);
+        let second = l.locate(c(2), X, 10, false, all, near);
         assert!(!second.read_origin, "no second origin reader");
         assert!(second.peers.is_empty(), "the reader has nothing yet");
         l.report(c(1), X, have(4, &[0, 1]), 20);
-        let third = l.locate(c(3), X, 30, all, near);
+        let third = l.locate(c(3), X, 30, false, all, near);
         assert!(!third.read_origin);
         assert_eq!(third.peers.len(), 1);
         assert_eq!(third.peers[0].client, c(1));
         assert!(
-            l.locate(c(1), X, 40, all, near).read_origin,
+            l.locate(c(1), X, 40, false, all, near).read_origin,
             "the reader stays the reader"
         );
     }
@@ -208,20 +212,27 @@ mod tests {
     fn stalled_or_offline_reader_is_replaced() {
         let mut l = Locations::new();
         let near = |_: &ClientId| 0;
-        assert!(l.locate(c(1), X, 0, |_| true, near).read_origin);
+        assert!(l.locate(c(1), X, 0, false, |_| true, near).read_origin);
         l.report(c(1), X, have(4, &[0]), 1000);
         assert!(
-            !l.locate(c(2), X, 1000 + READER_STALL_MS - 1, |_| true, near)
+            !l.locate(c(2), X, 1000 + READER_STALL_MS - 1, false, |_| true, near)
                 .read_origin
         );
         assert!(
-            l.locate(c(2), X, 1000 + READER_STALL_MS, |_| true, near)
+            l.locate(c(2), X, 1000 + READER_STALL_MS, false, |_| true, near)
                 .read_origin,
             "stalled"
         );
         assert!(
-            l.locate(c(3), X, 1000 + READER_STALL_MS + 1, |id| *id != c(2), near)
-                .read_origin,
+            l.locate(
+                c(3),
+                X,
+                1000 + READER_STALL_MS + 1,
+                false,
+                |id| *id != c(2),
+                near
+            )
+            .read_origin,
             "offline"
         );
     }
@@ -231,11 +242,14 @@ mod tests {
         let mut l = Locations::new();
         let near = |_: &ClientId| 0;
         l.report(c(1), X, have(2, &[0, 1]), 0);
-        let r = l.locate(c(2), X, 1, |_| true, near);
+        let r = l.locate(c(2), X, 1, false, |_| true, near);
         assert!(!r.read_origin);
         assert!(r.peers[0].complete);
         // ...unless that copy's holder is offline.
-        assert!(l.locate(c(2), X, 2, |id| *id != c(1), near).read_origin);
+        assert!(
+            l.locate(c(2), X, 2, false, |id| *id != c(1), near)
+                .read_origin
+        );
     }
 
     #[test]
@@ -244,9 +258,26 @@ mod tests {
         l.report(c(1), X, have(4, &[0, 1, 2, 3]), 0);
         l.report(c(2), X, have(4, &[0]), 0);
         l.report(c(3), X, have(4, &[0, 1]), 0);
-        let r = l.locate(c(3), X, 1, |_| true, |id| if *id == c(2) { 0 } else { 1 });
+        let r = l.locate(
+            c(3),
+            X,
+            1,
+            false,
+            |_| true,
+            |id| if *id == c(2) { 0 } else { 1 },
+        );
         let order: Vec<ClientId> = r.peers.iter().map(|p| p.client).collect();
         assert_eq!(order, vec![c(2), c(1)]);
+    }
+
+    #[test]
+    fn a_client_the_server_sends_to_never_reads_the_origin() {
+        let mut l = Locations::new();
+        assert!(!l.locate(c(1), X, 0, true, |_| true, |_| 0).read_origin);
+        assert!(
+            l.locate(c(2), X, 1, false, |_| true, |_| 0).read_origin,
+            "c1 took no reader role"
+        );
     }
 
     #[test]
@@ -254,6 +285,10 @@ mod tests {
         let mut l = Locations::new();
         l.report(c(1), X, have(4, &[0, 1]), 0);
         l.forget(&c(1), &X);
-        assert!(l.locate(c(2), X, 1, |_| true, |_| 0).peers.is_empty());
+        assert!(
+            l.locate(c(2), X, 1, false, |_| true, |_| 0)
+                .peers
+                .is_empty()
+        );
     }
 }

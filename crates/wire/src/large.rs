@@ -6,7 +6,7 @@ use crate::msg::{ContentMeta, ErrorCode};
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LargeRequest {
-    #[prost(oneof = "Request", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "Request", tags = "1, 2, 3, 4, 5")]
     pub request: Option<Request>,
 }
 
@@ -24,6 +24,16 @@ pub enum Request {
     /// A peer sent a piece that failed verification. Answered with `Ack`.
     #[prost(message, tag = "4")]
     ReportBadPeer(ReportBadPeer),
+    /// Central Office client -> server: open a connection to my content port (34760)
+    /// and serve me this content over it. Answered with `Ack` once connected.
+    #[prost(message, tag = "5")]
+    SendContent(SendContent),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SendContent {
+    #[prost(bytes = "vec", tag = "1")]
+    pub content_id: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -100,6 +110,10 @@ pub struct Locations {
     /// The origin to read from (HTTP(S) URL or file path).
     #[prost(string, tag = "3")]
     pub origin: String,
+    /// True when the server holds the content and sends it to the requester (a Central
+    /// Office client) on request ([`SendContent`]).
+    #[prost(bool, tag = "4")]
+    pub server_sends: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -319,6 +319,9 @@ pub struct ContentMeta {
     /// Clients holding the complete file (in listings; 0 elsewhere).
     #[prost(uint32, tag = "8")]
     pub complete_holders: u32,
+    /// The server holds the file itself and sends it to Central Office clients.
+    #[prost(bool, tag = "9")]
+    pub server_holds: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

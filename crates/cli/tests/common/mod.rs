@@ -92,6 +92,23 @@ impl Bed {
     pub fn path(&self, p: &str) -> String {
         self.dir.path().join(p).display().to_string()
     }
+    /// The server with extra global arguments before `server` (e.g. `--config FILE`).
+    pub fn server_with(&self, global: &[&str]) -> Proc {
+        let data = self.path("server");
+        let bind = self.ip(1);
+        let mut args: Vec<&str> = global.to_vec();
+        args.extend([
+            "server",
+            "--data-dir",
+            &data,
+            "--bind",
+            &bind,
+            "--offline-after",
+            "3",
+        ]);
+        Proc::spawn(self.dir.path(), "server", &args)
+    }
+
     pub fn server(&self) -> Proc {
         Proc::spawn(
             self.dir.path(),

@@ -1,0 +1,57 @@
+//! Serving pieces from the content store (`branchline-store`'s cache).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use branchline_store::{Cache, ContentId, FsStorage, StoreError};
+use bytes::Bytes;
+
+use crate::content::{PieceError, PieceSource};
+use crate::identity::PeerIdentity;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Serves pieces from the cache. Every piece is verified again as it is read, so a piece
+/// corrupted on disk is never passed on (the cache forgets it and it is fetched again).
+pub struct CacheSource {
+    /// The cache pieces are read from (and re-verified).
+    pub cache: Arc<Cache<FsStorage>>,
+    /// Where to note content in which a corrupted piece was found (so the holder can tell
+    /// the server it no longer has it); `None` to only log.
+    pub corrupted: Option<Arc<Mutex<HashSet<ContentId>>>>,
+}
+
+impl PieceSource for CacheSource {
+    async fn read_piece(
+        &self,
+        _peer: &PeerIdentity,
+        content: &[u8; 32],
+        piece: u32,
+    ) -> Result<Bytes, PieceError> {
+        let cache = self.cache.clone();
+        let id = ContentId::from_bytes(*content);
+        let read = tokio::task::spawn_blocking(move || cache.read_piece(&id, piece, now_ms()))
+            .await
+            .map_err(|e| PieceError::Unavailable(e.to_string()))?;
+        match read {
+            Ok(bytes) => Ok(Bytes::from(bytes)),
+            Err(StoreError::UnknownContent(_) | StoreError::PieceMissing { .. }) => {
+                Err(PieceError::NotFound)
+            }
+            Err(e @ StoreError::CorruptOnDisk { .. }) => {
+                tracing::error!(error = %e, "a cached piece failed verification; it will be fetched again");
+                if let Some(c) = &self.corrupted {
+                    c.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+                }
+                Err(PieceError::NotFound)
+            }
+            Err(e) => Err(PieceError::Unavailable(e.to_string())),
+        }
+    }
+}
