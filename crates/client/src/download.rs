@@ -733,21 +733,7 @@ async fn fetch_from_server(svc: &Services, id: ContentId, piece: u32) -> Result<
         .expect("server_conn lock")
         .clone()
         .ok_or(Failure::Transport)?;
-    let request = PieceRequest {
-        content: *id.as_bytes(),
-        piece,
-        offset: 0,
-        len: 0,
-    };
-    match fetch_piece(&conn, &request, svc.content.config()).await {
-        Ok(bytes) => Ok(bytes),
-        Err(ContentError::NotFound) => Err(Failure::Unavailable),
-        Err(ContentError::Unavailable(_)) => Err(Failure::Busy),
-        Err(e) => {
-            tracing::debug!(piece, error = %e, "piece fetch from the server failed");
-            Err(Failure::Transport)
-        }
-    }
+    fetch_on(svc, &conn, "the server", id, piece).await
 }
 
 async fn fetch_from_peer(
@@ -763,19 +749,30 @@ async fn fetch_from_peer(
         tracing::debug!(peer = %client, %addr, error = %e, "cannot connect to peer");
         Failure::Transport
     })?;
+    fetch_on(svc, &conn, client, id, piece).await
+}
+
+/// Fetches one whole piece on `conn` and maps the answer to the scheduler's terms.
+async fn fetch_on(
+    svc: &Services,
+    conn: &quinn::Connection,
+    who: &str,
+    id: ContentId,
+    piece: u32,
+) -> Result<Bytes, Failure> {
     let request = PieceRequest {
         content: *id.as_bytes(),
         piece,
         offset: 0,
         len: 0,
     };
-    match fetch_piece(&conn, &request, svc.content.config()).await {
+    match fetch_piece(conn, &request, svc.content.config()).await {
         Ok(bytes) => Ok(bytes),
         Err(ContentError::NotFound) => Err(Failure::Unavailable),
-        // Holds it but cannot serve now: no strike against a healthy peer.
+        // Holds it but cannot serve now: no strike against a healthy source.
         Err(ContentError::Unavailable(_)) => Err(Failure::Busy),
         Err(e) => {
-            tracing::debug!(peer = %client, piece, error = %e, "piece fetch failed");
+            tracing::debug!(source = %who, piece, error = %e, "piece fetch failed");
             Err(Failure::Transport)
         }
     }
