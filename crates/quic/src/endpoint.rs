@@ -313,6 +313,15 @@ pub async fn connect(
     let connecting = endpoint
         .connect(addr, &name)
         .map_err(|source| QuicError::Connect { addr, source })?;
+    finish_connect(connecting, addr, trust).await
+}
+
+/// Completes an outgoing handshake and reads the peer's verified identity.
+async fn finish_connect(
+    connecting: quinn::Connecting,
+    addr: SocketAddr,
+    trust: &DeploymentTrust,
+) -> Result<(Connection, PeerIdentity), QuicError> {
     let conn = connecting
         .await
         .map_err(|source| QuicError::Connection { addr, source })?;
@@ -333,11 +342,7 @@ pub async fn connect_with(
     let connecting = endpoint
         .connect_with(config, addr, &name)
         .map_err(|source| QuicError::Connect { addr, source })?;
-    let conn = connecting
-        .await
-        .map_err(|source| QuicError::Connection { addr, source })?;
-    let identity = peer_identity(&conn, &trust.deployment)?;
-    Ok((conn, identity))
+    finish_connect(connecting, addr, trust).await
 }
 
 /// Waits for the next incoming connection on `endpoint` that completes the

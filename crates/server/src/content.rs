@@ -10,7 +10,7 @@
 //! and serves the client's piece requests on it.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -21,9 +21,6 @@ use tokio::task::JoinHandle;
 
 use crate::catalogue::Item;
 use crate::registry::ClientRecord;
-
-/// Default Foreground content port of a client that did not report its ports.
-const DEFAULT_CONTENT_PORT: u16 = 34760;
 
 /// The server's own content: its cache and the endpoint it sends from.
 pub struct ServerContent {
@@ -104,15 +101,9 @@ impl ServerContent {
         {
             return Ok(());
         }
-        let ip = *client
-            .addresses
-            .first()
+        let addr = client
+            .content_addr()
             .ok_or("the client reported no address")?;
-        let port = client
-            .ports
-            .map(|p| p.content_fg)
-            .unwrap_or(DEFAULT_CONTENT_PORT);
-        let addr = SocketAddr::new(ip, port);
         let name = ClientName::from_id(&client.id.0).map_err(|e| e.to_string())?;
         let (conn, peer) = self
             .node

@@ -2,7 +2,6 @@
 //! can I get X", and what clients hold. The requester is the client named by its verified
 //! certificate; no field of the request says who is asking.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use branchline_quic::{HandlerError, PeerIdentity, Role};
@@ -18,9 +17,6 @@ use bytes::Bytes;
 use prost::Message as _;
 
 use crate::handler::ServerState;
-
-/// Default Foreground content port of a client that did not report its ports.
-const DEFAULT_CONTENT_PORT: u16 = 34760;
 
 fn error(code: ErrorCode, detail: impl Into<String>) -> Response {
     Response::Error(LargeError {
@@ -158,15 +154,11 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                 .iter()
                 .filter_map(|p| {
                     let r = registry.get(&p.client)?;
-                    let address: IpAddr = *r.addresses.first()?;
-                    let port = r
-                        .ports
-                        .map(|p| p.content_fg)
-                        .unwrap_or(DEFAULT_CONTENT_PORT);
+                    let addr = r.content_addr()?;
                     Some(PeerHolding {
                         client_id: p.client.to_string(),
-                        address: SocketAddr::new(address, port).ip().to_string(),
-                        content_port: port.into(),
+                        address: addr.ip().to_string(),
+                        content_port: addr.port().into(),
                         complete: p.complete,
                         have: if p.complete {
                             Vec::new()

@@ -25,6 +25,19 @@ pub struct ClientRecord {
     pub last_seen_ms: u64,
 }
 
+impl ClientRecord {
+    /// Where the client serves content (Foreground): its first address and its reported
+    /// content port, or the seed's default when it reported none.
+    pub fn content_addr(&self) -> Option<SocketAddr> {
+        let ip = *self.addresses.first()?;
+        let port = self
+            .ports
+            .map(|p| p.content_fg)
+            .unwrap_or(branchline_config::ClientPorts::default().content_fg);
+        Some(SocketAddr::new(ip, port))
+    }
+}
+
 /// What a registration did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Registered {
