@@ -127,7 +127,9 @@ pub mod pool;
 pub mod tls;
 
 pub use ca::DeploymentCa;
-pub use content::{ContentConfig, ContentError, ContentNode, PieceError, PieceSource, fetch_piece};
+pub use content::{
+    ContentConfig, ContentError, ContentNode, PieceError, PieceSource, fetch_have, fetch_piece,
+};
 pub use endpoint::{
     ALPN_CONTENT, ALPN_LARGE, Congestion, Direction, QuicError, TransportSettings,
     background_transport, transport_config,
@@ -135,7 +137,7 @@ pub use endpoint::{
 pub use identity::{ClientName, DeploymentName, NameError, PeerIdentity, Role};
 pub use large::{HandlerError, LargeConfig, LargeError, LargeMessaging, send_request};
 pub use node::{CertRequest, ClientIdentity, IdentityError, NodeIdentity};
-pub use piece_wire::PieceRequest;
+pub use piece_wire::{HaveQuery, MAX_HAVE_LEN, PieceRequest};
 pub use pool::ConnectionPool;
 pub use tls::{DeploymentTrust, RevocationList, TlsError};
 
