@@ -18,6 +18,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,7 +32,7 @@ use crate::endpoint::{
 use crate::identity::{PeerIdentity, Role};
 use crate::large::{
     LargeError, MAX_REASON_LEN, STREAM_ABANDONED, STREAM_BAD_FRAME, expect_end, read_exact,
-    read_payload, write_error,
+    read_payload, read_payload_counted, write_error,
 };
 use crate::node::NodeIdentity;
 use crate::piece_wire::{
@@ -199,6 +200,21 @@ pub async fn fetch_piece(
     request: &PieceRequest,
     config: &ContentConfig,
 ) -> Result<Bytes, ContentError> {
+    fetch_piece_progress(conn, request, config, &AtomicU64::new(0)).await
+}
+
+/// [`fetch_piece`], also adding the number of data bytes received to `progress`
+/// as they arrive (not at the end), so a scheduler can tell a slow piece that is
+/// still flowing from a stalled one. Only the piece's data counts (not headers
+/// nor a refusal's reason); after a successful fetch exactly the returned
+/// length has been added. On failure, the bytes that did arrive stay counted.
+/// Relaxed ordering: `progress` is a gauge, not a synchronisation point.
+pub async fn fetch_piece_progress(
+    conn: &Connection,
+    request: &PieceRequest,
+    config: &ContentConfig,
+    progress: &AtomicU64,
+) -> Result<Bytes, ContentError> {
     within(config.piece_timeout, async {
         let mut recv = send_request(conn, &request.encode()).await?;
         let header = read_ok_header(&mut recv).await?;
@@ -216,7 +232,13 @@ pub async fn fetch_piece(
                 got: header.len,
             });
         }
-        let data = read_payload(&mut recv, header.len as usize, RESPONSE_HEADER_LEN as u64).await?;
+        let data = read_payload_counted(
+            &mut recv,
+            header.len as usize,
+            RESPONSE_HEADER_LEN as u64,
+            progress,
+        )
+        .await?;
         expect_end(&mut recv).await?;
         Ok(data)
     })
@@ -531,6 +553,17 @@ impl ContentNode {
         request: &PieceRequest,
     ) -> Result<Bytes, ContentError> {
         fetch_piece(conn, request, &self.config).await
+    }
+
+    /// Fetches one piece range over `conn`, counting data bytes into `progress`
+    /// as they arrive ([`fetch_piece_progress`]).
+    pub async fn fetch_progress(
+        &self,
+        conn: &Connection,
+        request: &PieceRequest,
+        progress: &AtomicU64,
+    ) -> Result<Bytes, ContentError> {
+        fetch_piece_progress(conn, request, &self.config, progress).await
     }
 
     /// Asks `conn`'s peer which pieces of `content` it holds ([`fetch_have`]).

@@ -129,6 +129,7 @@ pub mod tls;
 pub use ca::DeploymentCa;
 pub use content::{
     ContentConfig, ContentError, ContentNode, PieceError, PieceSource, fetch_have, fetch_piece,
+    fetch_piece_progress,
 };
 pub use endpoint::{
     ALPN_CONTENT, ALPN_LARGE, Congestion, Direction, QuicError, TransportSettings,

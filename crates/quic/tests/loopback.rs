@@ -1211,3 +1211,112 @@ async fn an_unknown_first_byte_is_refused_cleanly() {
     .await
     .expect("test hung");
 }
+
+#[tokio::test]
+async fn the_progress_counter_ends_at_the_piece_length() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let a = content_node(&dep.client("aa01"), dep.trust());
+        let b = content_node(&dep.client("bb02"), dep.trust());
+        let source = source_with_pieces();
+        let _serving = a.serve(source.clone());
+        let (conn, _) = b
+            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
+            .await
+            .unwrap();
+
+        let whole = PieceRequest {
+            content: CONTENT,
+            piece: 0,
+            offset: 0,
+            len: 0,
+        };
+        let progress = AtomicU64::new(0);
+        let got = b.fetch_progress(&conn, &whole, &progress).await.unwrap();
+        assert_eq!(got, source.pieces[&(CONTENT, 0)]);
+        assert_eq!(progress.load(Ordering::Relaxed), 256 * 1024);
+
+        // It adds up: a sub-range on the same counter.
+        let part = PieceRequest {
+            piece: 1,
+            offset: 10,
+            len: 999,
+            ..whole
+        };
+        let got = branchline_quic::fetch_piece_progress(&conn, &part, b.config(), &progress)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 999);
+        assert_eq!(progress.load(Ordering::Relaxed), 256 * 1024 + 999);
+
+        // Refusals carry no data and count nothing.
+        let missing = PieceRequest { piece: 9, ..whole };
+        assert!(matches!(
+            b.fetch_progress(&conn, &missing, &progress).await,
+            Err(ContentError::NotFound)
+        ));
+        assert_eq!(progress.load(Ordering::Relaxed), 256 * 1024 + 999);
+    })
+    .await
+    .expect("test hung");
+}
+
+/// The counter moves while the piece is still arriving, not only at the end: a
+/// hand-driven sender stops halfway until the fetcher has counted the first half.
+#[tokio::test]
+async fn the_progress_counter_moves_before_the_piece_is_complete() {
+    tokio::time::timeout(GUARD, async {
+        const LEN: usize = 64 * 1024;
+        let dep = Deployment::new();
+        let trust = dep.trust();
+        let sender = bind_raw(&dep.client("aa01"), &trust, Direction::Both);
+        let b = content_node(&dep.client("bb02"), dep.trust());
+        let data = pattern(LEN, 5);
+        let (half_seen, mut half_seen_rx) = tokio::sync::mpsc::channel::<()>(1);
+
+        let serving = {
+            let (sender, trust, data) = (sender.clone(), trust.clone(), data.clone());
+            tokio::spawn(async move {
+                let (conn, _) = endpoint::accept(&sender, &trust).await.unwrap();
+                let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+                let request = recv.read_to_end(64).await.unwrap();
+                assert_eq!(request.len(), 45);
+                let mut header = vec![0u8];
+                header.extend_from_slice(&(LEN as u32).to_be_bytes());
+                send.write_all(&header).await.unwrap();
+                send.write_all(&data[..LEN / 2]).await.unwrap();
+                half_seen_rx.recv().await.unwrap();
+                send.write_all(&data[LEN / 2..]).await.unwrap();
+                send.finish().unwrap();
+                conn.closed().await;
+            })
+        };
+
+        let (conn, _) = b
+            .connect(sender.local_addr().unwrap(), &client_role("aa01"))
+            .await
+            .unwrap();
+        let progress = AtomicU64::new(0);
+        let req = PieceRequest {
+            content: CONTENT,
+            piece: 0,
+            offset: 0,
+            len: 0,
+        };
+        let fetch = b.fetch_progress(&conn, &req, &progress);
+        let watch = async {
+            while progress.load(Ordering::Relaxed) < (LEN / 2) as u64 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(progress.load(Ordering::Relaxed), (LEN / 2) as u64);
+            half_seen.send(()).await.unwrap();
+        };
+        let (got, ()) = tokio::join!(fetch, watch);
+        assert_eq!(got.unwrap(), data);
+        assert_eq!(progress.load(Ordering::Relaxed), LEN as u64);
+        conn.close(0u32.into(), b"done");
+        serving.await.unwrap();
+    })
+    .await
+    .expect("test hung");
+}
