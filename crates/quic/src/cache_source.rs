@@ -1,4 +1,4 @@
-//! Serving pieces from the content store (`branchline-store`'s cache).
+//! Serving pieces and have queries from the content store (`branchline-store`'s cache).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -52,6 +52,23 @@ impl PieceSource for CacheSource {
                 Err(PieceError::NotFound)
             }
             Err(e) => Err(PieceError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// The cache's bitfield of the content: its bits are set only for pieces that were
+    /// verified and made durable. NotFound for unknown content and for content of which
+    /// no piece is held yet.
+    async fn have(&self, _peer: &PeerIdentity, content: &[u8; 32]) -> Result<Bytes, PieceError> {
+        let cache = self.cache.clone();
+        let id = ContentId::from_bytes(*content);
+        // The cache holds a content's state lock while it records pieces on disk (an
+        // fsync), so this may block: keep it off the async workers, like reads.
+        let have = tokio::task::spawn_blocking(move || cache.have(&id))
+            .await
+            .map_err(|e| PieceError::Unavailable(e.to_string()))?;
+        match have {
+            Some(bits) if bits.count_ones() > 0 => Ok(Bytes::copy_from_slice(bits.as_bytes())),
+            _ => Err(PieceError::NotFound),
         }
     }
 }

@@ -6,7 +6,11 @@
 //! requests run at once on one connection, up to the transport's stream limit;
 //! the multi-peer scheduler above decides which piece to ask whom.
 //!
-//! Storage stays outside: the serving side reads pieces through a
+//! The same port answers have queries ([`fetch_have`]): which pieces of a
+//! content the peer holds, as a bitfield. Clients of one office ask each other
+//! this directly, so the server is not asked once a second by every downloader.
+//!
+//! Storage stays outside: the serving side reads pieces and bitfields through a
 //! [`PieceSource`], which the client implements over its content store. Bytes
 //! are passed on unverified: the caller checks every piece against the content's
 //! BLAKE3 hash before it keeps, serves or installs it.
@@ -14,6 +18,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,11 +32,12 @@ use crate::endpoint::{
 use crate::identity::{PeerIdentity, Role};
 use crate::large::{
     LargeError, MAX_REASON_LEN, STREAM_ABANDONED, STREAM_BAD_FRAME, expect_end, read_exact,
-    read_payload, write_error,
+    read_payload, read_payload_counted, write_error,
 };
 use crate::node::NodeIdentity;
 use crate::piece_wire::{
-    PieceRequest, PieceStatus, PieceWireError, REQUEST_LEN, RESPONSE_HEADER_LEN, ResponseHeader,
+    HaveQuery, MAX_HAVE_LEN, MAX_REQUEST_LEN, PieceRequest, PieceStatus, PieceWireError,
+    RESPONSE_HEADER_LEN, Request, ResponseHeader,
 };
 use crate::tls::DeploymentTrust;
 
@@ -81,6 +87,22 @@ pub trait PieceSource: Send + Sync + 'static {
         content: &[u8; 32],
         piece: u32,
     ) -> impl Future<Output = Result<Bytes, PieceError>> + Send;
+
+    /// Returns this node's current bitfield of verified pieces of `content`, in
+    /// `branchline_store::Bitfield::as_bytes` form, for a peer's have query.
+    /// `Err(PieceError::NotFound)` when no verified piece of it is held; a
+    /// bitfield without any bit set is answered NotFound too. `peer` is who asks.
+    ///
+    /// The default answers NotFound for everything: a source that cannot tell
+    /// leaves peers to learn holdings from the server.
+    fn have(
+        &self,
+        peer: &PeerIdentity,
+        content: &[u8; 32],
+    ) -> impl Future<Output = Result<Bytes, PieceError>> + Send {
+        let _ = (peer, content);
+        async { Err(PieceError::NotFound) }
+    }
 }
 
 /// A piece request failed.
@@ -125,6 +147,51 @@ pub enum ContentError {
     Timeout(Duration),
 }
 
+/// Opens a stream on `conn`, sends `request` and finishes our side.
+async fn send_request(conn: &Connection, request: &[u8]) -> Result<RecvStream, ContentError> {
+    let (mut send, recv) = conn.open_bi().await.map_err(LargeError::from)?;
+    send.write_all(request).await.map_err(write_error)?;
+    send.finish()
+        .map_err(|e| LargeError::Stream(e.to_string()))?;
+    Ok(recv)
+}
+
+/// Reads the response header; a status other than Ok becomes its error (its
+/// reason read, bounded by [`MAX_REASON_LEN`]).
+async fn read_ok_header(recv: &mut RecvStream) -> Result<ResponseHeader, ContentError> {
+    let mut header = [0u8; RESPONSE_HEADER_LEN];
+    read_exact(recv, &mut header).await?;
+    let header = ResponseHeader::decode(header)?;
+    if header.status == PieceStatus::Ok {
+        return Ok(header);
+    }
+    if header.len as usize > MAX_REASON_LEN {
+        let _ = recv.stop(STREAM_BAD_FRAME);
+        return Err(ContentError::TooLong {
+            len: header.len,
+            max: MAX_REASON_LEN as u32,
+        });
+    }
+    let reason = read_payload(recv, header.len as usize, RESPONSE_HEADER_LEN as u64).await?;
+    let reason = String::from_utf8_lossy(&reason).into_owned();
+    Err(match header.status {
+        PieceStatus::NotFound => ContentError::NotFound,
+        PieceStatus::BadRange => ContentError::BadRange(reason),
+        PieceStatus::BadRequest => ContentError::BadRequest(reason),
+        PieceStatus::Unavailable | PieceStatus::Ok => ContentError::Unavailable(reason),
+    })
+}
+
+/// Bounds `exchange` by `limit`.
+async fn within<T>(
+    limit: Duration,
+    exchange: impl Future<Output = Result<T, ContentError>>,
+) -> Result<T, ContentError> {
+    tokio::time::timeout(limit, exchange)
+        .await
+        .map_err(|_| ContentError::Timeout(limit))?
+}
+
 /// Asks `conn`'s peer for the piece range in `request` and returns its bytes
 /// (unverified). For `request.len == 0` the response may have any length up to
 /// `config.max_piece_len`; otherwise it must have exactly `request.len` bytes.
@@ -133,33 +200,24 @@ pub async fn fetch_piece(
     request: &PieceRequest,
     config: &ContentConfig,
 ) -> Result<Bytes, ContentError> {
-    let exchange = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(LargeError::from)?;
-        send.write_all(&request.encode())
-            .await
-            .map_err(write_error)?;
-        send.finish()
-            .map_err(|e| LargeError::Stream(e.to_string()))?;
-        let mut header = [0u8; RESPONSE_HEADER_LEN];
-        read_exact(&mut recv, &mut header).await?;
-        let header = ResponseHeader::decode(header)?;
-        if header.status != PieceStatus::Ok {
-            if header.len as usize > MAX_REASON_LEN {
-                let _ = recv.stop(STREAM_BAD_FRAME);
-                return Err(ContentError::TooLong {
-                    len: header.len,
-                    max: MAX_REASON_LEN as u32,
-                });
-            }
-            let reason = read_payload(&mut recv, header.len as usize, 5).await?;
-            let reason = String::from_utf8_lossy(&reason).into_owned();
-            return Err(match header.status {
-                PieceStatus::NotFound => ContentError::NotFound,
-                PieceStatus::BadRange => ContentError::BadRange(reason),
-                PieceStatus::BadRequest => ContentError::BadRequest(reason),
-                PieceStatus::Unavailable | PieceStatus::Ok => ContentError::Unavailable(reason),
-            });
-        }
+    fetch_piece_progress(conn, request, config, &AtomicU64::new(0)).await
+}
+
+/// [`fetch_piece`], also adding the number of data bytes received to `progress`
+/// as they arrive (not at the end), so a scheduler can tell a slow piece that is
+/// still flowing from a stalled one. Only the piece's data counts (not headers
+/// nor a refusal's reason); after a successful fetch exactly the returned
+/// length has been added. On failure, the bytes that did arrive stay counted.
+/// Relaxed ordering: `progress` is a gauge, not a synchronisation point.
+pub async fn fetch_piece_progress(
+    conn: &Connection,
+    request: &PieceRequest,
+    config: &ContentConfig,
+    progress: &AtomicU64,
+) -> Result<Bytes, ContentError> {
+    within(config.piece_timeout, async {
+        let mut recv = send_request(conn, &request.encode()).await?;
+        let header = read_ok_header(&mut recv).await?;
         if header.len > config.max_piece_len {
             let _ = recv.stop(STREAM_BAD_FRAME);
             return Err(ContentError::TooLong {
@@ -174,13 +232,51 @@ pub async fn fetch_piece(
                 got: header.len,
             });
         }
-        let data = read_payload(&mut recv, header.len as usize, RESPONSE_HEADER_LEN as u64).await?;
+        let data = read_payload_counted(
+            &mut recv,
+            header.len as usize,
+            RESPONSE_HEADER_LEN as u64,
+            progress,
+        )
+        .await?;
         expect_end(&mut recv).await?;
         Ok(data)
-    };
-    tokio::time::timeout(config.piece_timeout, exchange)
-        .await
-        .map_err(|_| ContentError::Timeout(config.piece_timeout))?
+    })
+    .await
+}
+
+/// Asks `conn`'s peer which pieces of `content` it holds: `Some(bitfield)` in
+/// `branchline_store::Bitfield::as_bytes` form (check its length against the
+/// piece count before use, e.g. with `Bitfield::from_bytes`), or `None` if the
+/// peer holds no verified piece of it. A bitfield longer than
+/// [`MAX_HAVE_LEN`] bytes is refused unread ([`ContentError::TooLong`]). Bounded by
+/// `config.piece_timeout`. A peer predating have queries answers
+/// [`ContentError::BadRequest`]: ask the server instead.
+pub async fn fetch_have(
+    conn: &Connection,
+    content: &[u8; 32],
+    config: &ContentConfig,
+) -> Result<Option<Vec<u8>>, ContentError> {
+    within(config.piece_timeout, async {
+        let query = HaveQuery { content: *content };
+        let mut recv = send_request(conn, &query.encode()).await?;
+        let header = match read_ok_header(&mut recv).await {
+            Ok(header) => header,
+            Err(ContentError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if header.len > MAX_HAVE_LEN {
+            let _ = recv.stop(STREAM_BAD_FRAME);
+            return Err(ContentError::TooLong {
+                len: header.len,
+                max: MAX_HAVE_LEN,
+            });
+        }
+        let bits = read_payload(&mut recv, header.len as usize, RESPONSE_HEADER_LEN as u64).await?;
+        expect_end(&mut recv).await?;
+        Ok(Some(Vec::from(bits)))
+    })
+    .await
 }
 
 fn refusal(status: PieceStatus, reason: &str) -> (ResponseHeader, Bytes) {
@@ -205,10 +301,52 @@ async fn respond<S: PieceSource>(
     raw: &[u8],
     max_piece_len: u32,
 ) -> (ResponseHeader, Bytes) {
-    let request = match PieceRequest::decode(raw) {
-        Ok(r) => r,
-        Err(e) => return refusal(PieceStatus::BadRequest, &e.to_string()),
+    match Request::decode(raw) {
+        Ok(Request::Piece(request)) => respond_piece(source, peer, &request, max_piece_len).await,
+        Ok(Request::Have(query)) => respond_have(source, peer, &query).await,
+        Err(e) => refusal(PieceStatus::BadRequest, &e.to_string()),
+    }
+}
+
+async fn respond_have<S: PieceSource>(
+    source: &S,
+    peer: &PeerIdentity,
+    query: &HaveQuery,
+) -> (ResponseHeader, Bytes) {
+    let bits = match source.have(peer, &query.content).await {
+        Ok(bits) => bits,
+        Err(PieceError::NotFound) => return refusal(PieceStatus::NotFound, ""),
+        Err(PieceError::Unavailable(reason)) => {
+            return refusal(PieceStatus::Unavailable, &reason);
+        }
     };
+    if bits.iter().all(|&b| b == 0) {
+        return refusal(PieceStatus::NotFound, "");
+    }
+    if bits.len() > MAX_HAVE_LEN as usize {
+        return refusal(
+            PieceStatus::Unavailable,
+            &format!(
+                "bitfield of {} bytes exceeds the limit of {MAX_HAVE_LEN} bytes",
+                bits.len()
+            ),
+        );
+    }
+    (
+        ResponseHeader {
+            status: PieceStatus::Ok,
+            len: bits.len() as u32,
+        },
+        bits,
+    )
+}
+
+async fn respond_piece<S: PieceSource>(
+    source: &S,
+    peer: &PeerIdentity,
+    request: &PieceRequest,
+    max_piece_len: u32,
+) -> (ResponseHeader, Bytes) {
     let piece = match source
         .read_piece(peer, &request.content, request.piece)
         .await
@@ -245,7 +383,31 @@ async fn respond<S: PieceSource>(
     )
 }
 
-/// Answers one piece request stream.
+/// Reads one request: its first byte gives its kind and length. `Ok(None)` for
+/// an unknown first byte (nothing more is read).
+async fn read_request(
+    recv: &mut RecvStream,
+    raw: &mut [u8; MAX_REQUEST_LEN],
+) -> Result<Option<usize>, LargeError> {
+    read_exact(recv, &mut raw[..1]).await?;
+    let Some(len) = Request::len_for_first_byte(raw[0]) else {
+        return Ok(None);
+    };
+    read_exact(recv, &mut raw[1..len])
+        .await
+        .map_err(|e| match e {
+            // Count the first byte in what the peer is told.
+            LargeError::Truncated { expected, got } => LargeError::Truncated {
+                expected: expected + 1,
+                got: got + 1,
+            },
+            e => e,
+        })?;
+    expect_end(recv).await?;
+    Ok(Some(len))
+}
+
+/// Answers one request stream (a piece request or a have query).
 async fn answer<S: PieceSource>(
     mut send: SendStream,
     mut recv: RecvStream,
@@ -253,14 +415,16 @@ async fn answer<S: PieceSource>(
     source: Arc<S>,
     max_piece_len: u32,
 ) {
-    let mut raw = [0u8; REQUEST_LEN];
-    let read = async {
-        read_exact(&mut recv, &mut raw).await?;
-        expect_end(&mut recv).await
-    }
-    .await;
-    let (header, body) = match read {
-        Ok(()) => respond(&*source, &peer, &raw, max_piece_len).await,
+    let mut raw = [0u8; MAX_REQUEST_LEN];
+    let (header, body) = match read_request(&mut recv, &mut raw).await {
+        Ok(Some(len)) => respond(&*source, &peer, &raw[..len], max_piece_len).await,
+        Ok(None) => {
+            let _ = recv.stop(STREAM_BAD_FRAME);
+            refusal(
+                PieceStatus::BadRequest,
+                &PieceWireError::UnknownKind(raw[0]).to_string(),
+            )
+        }
         Err(e @ (LargeError::Truncated { .. } | LargeError::TrailingBytes)) => {
             let _ = recv.stop(STREAM_BAD_FRAME);
             refusal(PieceStatus::BadRequest, &e.to_string())
@@ -391,7 +555,27 @@ impl ContentNode {
         fetch_piece(conn, request, &self.config).await
     }
 
-    /// Starts serving pieces from `source`.
+    /// Fetches one piece range over `conn`, counting data bytes into `progress`
+    /// as they arrive ([`fetch_piece_progress`]).
+    pub async fn fetch_progress(
+        &self,
+        conn: &Connection,
+        request: &PieceRequest,
+        progress: &AtomicU64,
+    ) -> Result<Bytes, ContentError> {
+        fetch_piece_progress(conn, request, &self.config, progress).await
+    }
+
+    /// Asks `conn`'s peer which pieces of `content` it holds ([`fetch_have`]).
+    pub async fn fetch_have(
+        &self,
+        conn: &Connection,
+        content: &[u8; 32],
+    ) -> Result<Option<Vec<u8>>, ContentError> {
+        fetch_have(conn, content, &self.config).await
+    }
+
+    /// Starts serving pieces (and have queries) from `source`.
     pub fn serve<S: PieceSource>(&self, source: Arc<S>) -> JoinHandle<()> {
         self.serve_hooked(source, None)
     }
@@ -445,6 +629,7 @@ impl ContentNode {
 mod tests {
     use super::*;
     use crate::identity::ClientName;
+    use crate::piece_wire::{HAVE_QUERY_LEN, REQUEST_LEN};
 
     struct OnePiece;
 
@@ -461,6 +646,41 @@ mod tests {
                 _ => Err(PieceError::NotFound),
             }
         }
+
+        async fn have(
+            &self,
+            _peer: &PeerIdentity,
+            content: &[u8; 32],
+        ) -> Result<Bytes, PieceError> {
+            match content[0] {
+                1 => Ok(Bytes::from_static(&[0b01])),
+                3 => Ok(Bytes::from_static(&[0, 0])),
+                4 => Ok(vec![0xff; MAX_HAVE_LEN as usize + 1].into()),
+                5 => Err(PieceError::Unavailable("index locked".into())),
+                _ => Err(PieceError::NotFound),
+            }
+        }
+    }
+
+    /// Keeps the trait's default `have`.
+    struct NoHave;
+
+    impl PieceSource for NoHave {
+        async fn read_piece(
+            &self,
+            _peer: &PeerIdentity,
+            _content: &[u8; 32],
+            _piece: u32,
+        ) -> Result<Bytes, PieceError> {
+            Err(PieceError::NotFound)
+        }
+    }
+
+    fn have(content: u8) -> [u8; HAVE_QUERY_LEN] {
+        HaveQuery {
+            content: [content; 32],
+        }
+        .encode()
     }
 
     fn peer() -> PeerIdentity {
@@ -520,5 +740,33 @@ mod tests {
             answer_to(&bad_version, 100).await.0,
             PieceStatus::BadRequest
         );
+    }
+
+    #[tokio::test]
+    async fn have_queries_answer_the_bitfield_or_not_found() {
+        assert_eq!(
+            answer_to(&have(1), 100).await,
+            (PieceStatus::Ok, Bytes::from_static(&[0b01]))
+        );
+        // Nothing held, whether unknown or an all-zero bitfield.
+        assert_eq!(answer_to(&have(2), 100).await.0, PieceStatus::NotFound);
+        assert_eq!(answer_to(&have(3), 100).await.0, PieceStatus::NotFound);
+        // Too large to send: refused, not sent.
+        assert_eq!(answer_to(&have(4), 100).await.0, PieceStatus::Unavailable);
+        let (status, reason) = answer_to(&have(5), 100).await;
+        assert_eq!(status, PieceStatus::Unavailable);
+        assert_eq!(reason, Bytes::from_static(b"index locked"));
+        // The default of the trait.
+        let (h, body) = respond(&NoHave, &peer(), &have(1), 100).await;
+        assert_eq!((h.status, h.len, body.len()), (PieceStatus::NotFound, 0, 0));
+        // Wrong length for the kind, unknown kind.
+        assert_eq!(
+            answer_to(&have(1)[..32], 100).await.0,
+            PieceStatus::BadRequest
+        );
+        let mut unknown = have(1);
+        unknown[0] = 0x7f;
+        assert_eq!(answer_to(&unknown, 100).await.0, PieceStatus::BadRequest);
+        assert_eq!(answer_to(&[], 100).await.0, PieceStatus::BadRequest);
     }
 }

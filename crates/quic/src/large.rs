@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -133,6 +134,18 @@ pub(crate) async fn read_payload(
     len: usize,
     already: u64,
 ) -> Result<Bytes, LargeError> {
+    read_payload_counted(recv, len, already, &AtomicU64::new(0)).await
+}
+
+/// [`read_payload`], also adding the length of every chunk to `progress` as it
+/// arrives (before the payload is complete), so a watcher sees a slow transfer
+/// still moving.
+pub(crate) async fn read_payload_counted(
+    recv: &mut RecvStream,
+    len: usize,
+    already: u64,
+    progress: &AtomicU64,
+) -> Result<Bytes, LargeError> {
     let mut payload = BytesMut::with_capacity(len.min(MAX_PREALLOC));
     while payload.len() < len {
         match recv
@@ -140,7 +153,10 @@ pub(crate) async fn read_payload(
             .await
             .map_err(read_error)?
         {
-            Some(chunk) => payload.extend_from_slice(&chunk.bytes),
+            Some(chunk) => {
+                payload.extend_from_slice(&chunk.bytes);
+                progress.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+            }
             None => {
                 return Err(LargeError::Truncated {
                     expected: already + len as u64,

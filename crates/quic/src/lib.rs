@@ -101,11 +101,26 @@
 //!   bytes), followed by the end of the stream. Payloads are opaque bytes (the
 //!   wire crate encodes them), at most [`LargeConfig::max_payload`] (default
 //!   64 MiB); a whole exchange is bounded by [`LargeConfig::request_timeout`].
-//! - **Pieces** ([`piece_wire`], [`content`]): one stream per request; the
-//!   request is 45 bytes: `version || content id (32) || piece (u32) || offset
-//!   (u32) || length (u32)`; the response is `status (1) || length (u32)` then
-//!   the bytes. Pieces come from a [`PieceSource`] (the content store) and are
-//!   passed on unverified: callers check them against the BLAKE3 hash.
+//! - **Content port** ([`piece_wire`], [`content`]): one stream per request;
+//!   the request's first byte is its kind and fixes its length, and a responder
+//!   MUST refuse any other first byte with BadRequest without reading on:
+//!   - *piece request*, first byte `0x01` (the version), 45 bytes: `0x01 ||
+//!     content id (32) || piece (u32) || offset (u32) || length (u32)`
+//!     ([`fetch_piece`], and [`fetch_piece_progress`], which counts the data
+//!     bytes into an `AtomicU64` as they arrive);
+//!   - *have query*, first byte `0x02`, 33 bytes: `0x02 || content id (32)`
+//!     ([`fetch_have`]), so clients of one office learn each other's holdings
+//!     from each other instead of polling the server.
+//!
+//!   Both are answered with `status (1) || length (u32 BE)` then `length`
+//!   bytes: the piece's data, the responder's bitfield of verified pieces (the
+//!   store's `Bitfield::as_bytes` order: bit `i` in byte `i / 8`, mask
+//!   `1 << (i % 8)`), or a reason of at most 1024 bytes. A have responder MUST
+//!   answer NotFound when it holds no verified piece of the content and MUST NOT
+//!   send more than [`MAX_HAVE_LEN`] bytes of bitfield (2^20 pieces); a requester
+//!   MUST refuse a longer one unread. Pieces and bitfields come from a
+//!   [`PieceSource`] (the content store); pieces are passed on unverified:
+//!   callers check them against the BLAKE3 hash.
 //!
 //! Malformed, oversized or truncated frames give typed errors ([`LargeError`],
 //! [`ContentError`]) and an Error/BadRequest answer to the peer; they never
@@ -127,7 +142,10 @@ pub mod pool;
 pub mod tls;
 
 pub use ca::DeploymentCa;
-pub use content::{ContentConfig, ContentError, ContentNode, PieceError, PieceSource, fetch_piece};
+pub use content::{
+    ContentConfig, ContentError, ContentNode, PieceError, PieceSource, fetch_have, fetch_piece,
+    fetch_piece_progress,
+};
 pub use endpoint::{
     ALPN_CONTENT, ALPN_LARGE, Congestion, Direction, QuicError, TransportSettings,
     background_transport, transport_config,
@@ -135,7 +153,7 @@ pub use endpoint::{
 pub use identity::{ClientName, DeploymentName, NameError, PeerIdentity, Role};
 pub use large::{HandlerError, LargeConfig, LargeError, LargeMessaging, send_request};
 pub use node::{CertRequest, ClientIdentity, IdentityError, NodeIdentity};
-pub use piece_wire::PieceRequest;
+pub use piece_wire::{HaveQuery, MAX_HAVE_LEN, PieceRequest};
 pub use pool::ConnectionPool;
 pub use tls::{DeploymentTrust, RevocationList, TlsError};
 

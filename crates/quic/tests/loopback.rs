@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use branchline_quic::cache_source::CacheSource;
 use branchline_quic::endpoint::{self, Direction};
 use branchline_quic::{
     ClientIdentity, ClientName, Congestion, ContentConfig, ContentError, ContentNode, DeploymentCa,
@@ -13,6 +14,7 @@ use branchline_quic::{
     NodeIdentity, PeerIdentity, PieceError, PieceRequest, PieceSource, QuicError, Role,
     TransportSettings, transport_config,
 };
+use branchline_store::{Bitfield, Cache, CacheCap, PieceMap, PieceSize};
 use bytes::Bytes;
 use quinn::TransportConfig;
 use tokio::net::UdpSocket;
@@ -1056,6 +1058,264 @@ async fn a_slow_peer_hits_the_piece_timeout_and_the_connection_stays_usable() {
         assert!(matches!(err, ContentError::Timeout(_)), "{err}");
         // The scheduler can still ask this peer for something else.
         assert!(conn.close_reason().is_none());
+    })
+    .await
+    .expect("test hung");
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn have_queries_follow_the_cache_as_it_grows() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let a = content_node(&dep.client("aa01"), dep.trust());
+        let b = content_node(&dep.client("bb02"), dep.trust());
+
+        // A's cache: one content of 10 pieces of 16 KiB (10 bits: 2 bytes).
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(Cache::open(dir.path(), CacheCap::Bytes(1 << 30), now_ms()).unwrap());
+        // Every piece different (`pattern` repeats every 256 bytes).
+        let data: Vec<u8> = (0..10u8).flat_map(|i| pattern(16 * 1024, i)).collect();
+        let map = PieceMap::from_bytes(&data, PieceSize::new(16 * 1024).unwrap()).unwrap();
+        let id = map.id();
+        let content = *id.as_bytes();
+        let piece = |i: usize| &data[i * 16 * 1024..(i + 1) * 16 * 1024];
+        let _serving = a.serve(Arc::new(CacheSource {
+            cache: cache.clone(),
+            corrupted: None,
+        }));
+        let (conn, _) = b
+            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
+            .await
+            .unwrap();
+
+        // Unknown content, then begun but no piece yet: NotFound both times.
+        assert_eq!(b.fetch_have(&conn, &content).await.unwrap(), None);
+        assert_eq!(b.fetch_have(&conn, &[0xee; 32]).await.unwrap(), None);
+        cache.begin(map.clone(), now_ms()).unwrap();
+        assert_eq!(b.fetch_have(&conn, &content).await.unwrap(), None);
+
+        // Each verified piece shows up in the next answer, in the store's bit order.
+        cache.write_piece(&id, 0, piece(0), now_ms()).unwrap();
+        assert_eq!(
+            b.fetch_have(&conn, &content).await.unwrap(),
+            Some(vec![0b0000_0001, 0])
+        );
+        cache.write_piece(&id, 9, piece(9), now_ms()).unwrap();
+        cache.write_piece(&id, 3, piece(3), now_ms()).unwrap();
+        let bits = b.fetch_have(&conn, &content).await.unwrap().unwrap();
+        assert_eq!(bits, vec![0b0000_1001, 0b0000_0010]);
+        assert_eq!(bits, cache.have(&id).unwrap().as_bytes());
+        let held = Bitfield::from_bytes(map.piece_count(), &bits).unwrap();
+        assert_eq!(held.present().collect::<Vec<_>>(), vec![0, 3, 9]);
+
+        // A piece that fails verification is not recorded, so not announced.
+        assert!(cache.write_piece(&id, 5, piece(4), now_ms()).is_err());
+        assert_eq!(
+            branchline_quic::fetch_have(&conn, &content, b.config())
+                .await
+                .unwrap(),
+            Some(vec![0b0000_1001, 0b0000_0010])
+        );
+
+        // What the bitfield names can be fetched.
+        let got = b
+            .fetch(
+                &conn,
+                &PieceRequest {
+                    content,
+                    piece: 3,
+                    offset: 0,
+                    len: 0,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(&got[..], piece(3));
+
+        // Evicted content is NotFound again.
+        assert!(cache.remove(&id).unwrap());
+        assert_eq!(b.fetch_have(&conn, &content).await.unwrap(), None);
+    })
+    .await
+    .expect("test hung");
+}
+
+#[tokio::test]
+async fn have_queries_to_a_source_without_bitfields_say_not_found() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let a = content_node(&dep.client("aa01"), dep.trust());
+        let b = content_node(&dep.client("bb02"), dep.trust());
+        // MemSource keeps the trait's default `have`.
+        let _serving = a.serve(source_with_pieces());
+        let (conn, _) = b
+            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
+            .await
+            .unwrap();
+        assert_eq!(b.fetch_have(&conn, &CONTENT).await.unwrap(), None);
+    })
+    .await
+    .expect("test hung");
+}
+
+#[tokio::test]
+async fn an_unknown_first_byte_is_refused_cleanly() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let a = content_node(&dep.client("aa01"), dep.trust());
+        let b = content_node(&dep.client("bb02"), dep.trust());
+        let _serving = a.serve(source_with_pieces());
+        let (conn, _) = b
+            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
+            .await
+            .unwrap();
+
+        for garbage in [&[0x00][..], &[0xff; 45][..], &[0x03; 33][..]] {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            // The responder stops reading after the first byte; our write may race
+            // with that, its answer must not.
+            let _ = send.write_all(garbage).await;
+            let _ = send.finish();
+            let reply = recv.read_to_end(4096).await.unwrap();
+            assert_eq!(reply[0], 4, "status BadRequest for {garbage:?}");
+            let len = u32::from_be_bytes(reply[1..5].try_into().unwrap()) as usize;
+            assert_eq!(reply.len(), 5 + len);
+            let reason = std::str::from_utf8(&reply[5..]).unwrap();
+            assert!(reason.contains("unknown request kind"), "{reason}");
+        }
+
+        // A have query of the wrong length is refused too.
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[0x02; 20]).await.unwrap();
+        send.finish().unwrap();
+        assert_eq!(recv.read_to_end(4096).await.unwrap()[0], 4);
+
+        // The connection still answers both kinds afterwards.
+        assert_eq!(b.fetch_have(&conn, &CONTENT).await.unwrap(), None);
+        let whole = PieceRequest {
+            content: CONTENT,
+            piece: 1,
+            offset: 0,
+            len: 0,
+        };
+        assert_eq!(b.fetch(&conn, &whole).await.unwrap().len(), 100_000);
+        assert!(conn.close_reason().is_none());
+    })
+    .await
+    .expect("test hung");
+}
+
+#[tokio::test]
+async fn the_progress_counter_ends_at_the_piece_length() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let a = content_node(&dep.client("aa01"), dep.trust());
+        let b = content_node(&dep.client("bb02"), dep.trust());
+        let source = source_with_pieces();
+        let _serving = a.serve(source.clone());
+        let (conn, _) = b
+            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
+            .await
+            .unwrap();
+
+        let whole = PieceRequest {
+            content: CONTENT,
+            piece: 0,
+            offset: 0,
+            len: 0,
+        };
+        let progress = AtomicU64::new(0);
+        let got = b.fetch_progress(&conn, &whole, &progress).await.unwrap();
+        assert_eq!(got, source.pieces[&(CONTENT, 0)]);
+        assert_eq!(progress.load(Ordering::Relaxed), 256 * 1024);
+
+        // It adds up: a sub-range on the same counter.
+        let part = PieceRequest {
+            piece: 1,
+            offset: 10,
+            len: 999,
+            ..whole
+        };
+        let got = branchline_quic::fetch_piece_progress(&conn, &part, b.config(), &progress)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 999);
+        assert_eq!(progress.load(Ordering::Relaxed), 256 * 1024 + 999);
+
+        // Refusals carry no data and count nothing.
+        let missing = PieceRequest { piece: 9, ..whole };
+        assert!(matches!(
+            b.fetch_progress(&conn, &missing, &progress).await,
+            Err(ContentError::NotFound)
+        ));
+        assert_eq!(progress.load(Ordering::Relaxed), 256 * 1024 + 999);
+    })
+    .await
+    .expect("test hung");
+}
+
+/// The counter moves while the piece is still arriving, not only at the end: a
+/// hand-driven sender stops halfway until the fetcher has counted the first half.
+#[tokio::test]
+async fn the_progress_counter_moves_before_the_piece_is_complete() {
+    tokio::time::timeout(GUARD, async {
+        const LEN: usize = 64 * 1024;
+        let dep = Deployment::new();
+        let trust = dep.trust();
+        let sender = bind_raw(&dep.client("aa01"), &trust, Direction::Both);
+        let b = content_node(&dep.client("bb02"), dep.trust());
+        let data = pattern(LEN, 5);
+        let (half_seen, mut half_seen_rx) = tokio::sync::mpsc::channel::<()>(1);
+
+        let serving = {
+            let (sender, trust, data) = (sender.clone(), trust.clone(), data.clone());
+            tokio::spawn(async move {
+                let (conn, _) = endpoint::accept(&sender, &trust).await.unwrap();
+                let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+                let request = recv.read_to_end(64).await.unwrap();
+                assert_eq!(request.len(), 45);
+                let mut header = vec![0u8];
+                header.extend_from_slice(&(LEN as u32).to_be_bytes());
+                send.write_all(&header).await.unwrap();
+                send.write_all(&data[..LEN / 2]).await.unwrap();
+                half_seen_rx.recv().await.unwrap();
+                send.write_all(&data[LEN / 2..]).await.unwrap();
+                send.finish().unwrap();
+                conn.closed().await;
+            })
+        };
+
+        let (conn, _) = b
+            .connect(sender.local_addr().unwrap(), &client_role("aa01"))
+            .await
+            .unwrap();
+        let progress = AtomicU64::new(0);
+        let req = PieceRequest {
+            content: CONTENT,
+            piece: 0,
+            offset: 0,
+            len: 0,
+        };
+        let fetch = b.fetch_progress(&conn, &req, &progress);
+        let watch = async {
+            while progress.load(Ordering::Relaxed) < (LEN / 2) as u64 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(progress.load(Ordering::Relaxed), (LEN / 2) as u64);
+            half_seen.send(()).await.unwrap();
+        };
+        let (got, ()) = tokio::join!(fetch, watch);
+        assert_eq!(got.unwrap(), data);
+        assert_eq!(progress.load(Ordering::Relaxed), LEN as u64);
+        conn.close(0u32.into(), b"done");
+        serving.await.unwrap();
     })
     .await
     .expect("test hung");
