@@ -16,6 +16,14 @@
 //!  router ns bl..-router                                  oI (.1, tbf, loss)
 //! ```
 //!
+//! Nested offices: an office with children (say central, with north behind
+//! it) also gets a router namespace of its own, `bl..-r-central`, on its
+//! bridge: `uI` (the subnet's last address, default route up the office's
+//! own link) with peer `qI` in bridge `bI`. A child's link is built as above
+//! but its `oJ` lives in that namespace instead of the hub's router. The
+//! office's hosts and the router its own link ends at route the subnets
+//! behind the office via `uI`'s address.
+//!
 //! Without delay the relay is left out and `wrI` joins the bridge directly.
 //! Shaping sits on the router side in both directions: on `oI` for frames
 //! going into the office and on `wrI` for frames coming out of it; random
