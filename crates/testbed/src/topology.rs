@@ -1,13 +1,22 @@
 //! The topology file: offices, their subnets and hosts, and the WAN link of
 //! each branch office.
 //!
-//! The model is a hub and spokes. One router namespace is the hub. Every
-//! office is one broadcast domain (a Linux bridge) joined to the router:
-//! offices without a `wan` table join it over a plain, unshaped LAN link
-//! (typically the Central Office); offices with a `wan` table join it over a
-//! WAN link with a rate, a queue, optional random loss and optional
-//! propagation delay. Traffic between two branch offices therefore crosses
-//! both of their WAN links, as it does through a head office.
+//! The model is a tree of offices; without `parent` it is a hub and
+//! spokes. One router namespace is the hub. Every office is one broadcast
+//! domain (a Linux bridge) joined to a router: offices without a `wan` table
+//! join it over a plain, unshaped LAN link (typically the Central Office);
+//! offices with a `wan` table join it over a WAN link with a rate, a queue,
+//! optional random loss and optional propagation delay. Traffic between two
+//! branch offices therefore crosses both of their WAN links, as it does
+//! through a head office.
+//!
+//! An office with `parent = "NAME"` joins a router of its parent office
+//! instead of the hub (a regional office's branches, say). Traffic then
+//! crosses exactly the links between two offices in the tree
+//! ([`Topology::links_between`]): between a child and its parent only the
+//! child's link, between siblings both of theirs, between a grandchild and
+//! the Central Office the grandchild's and its parent's. The parent's
+//! router takes the last address of the parent's subnet.
 //!
 //! ```toml
 //! [[office]]
@@ -20,6 +29,13 @@
 //! subnet = "198.18.2.0/24"
 //! hosts = ["c2", "c3"]
 //! wan = { rate_mbit = 20, queue_ms = 100, delay_ms = 20, loss_percent = 0.0 }
+//!
+//! [[office]]
+//! name = "shop"
+//! parent = "branch"
+//! subnet = "198.18.3.0/24"
+//! hosts = ["c4"]
+//! wan = { rate_mbit = 4, delay_ms = 5 }
 //! ```
 //!
 //! Addresses: the router takes the first address of each subnet (`.1` in a
