@@ -15,8 +15,15 @@
 //!   router side in both directions, optional random loss (nftables
 //!   `numgen`) and optional propagation delay, added by a userspace
 //!   layer-2 [`relay`] because the kernel has no netem;
+//! - offices may be **nested** ([`Office::parent`]): a child office's link
+//!   ends at a router of its parent office (a namespace of its own on the
+//!   parent's bridge) instead of at the hub, so traffic between two
+//!   offices crosses exactly the links between them in the tree
+//!   ([`Topology::links_between`]);
 //! - **counters** of what crossed each WAN link in each direction are the
-//!   link's interface statistics ([`Testbed::wan_counters`]);
+//!   link's interface statistics ([`Testbed::wan_counters`]), keyed by the
+//!   office behind the link (for a nested link: into and out of the child
+//!   office and everything behind it);
 //! - **teardown** always happens: [`Testbed::down`], `Drop` (also during a
 //!   panic), [`teardown_all_live`] for signal handlers, and
 //!   [`reap_stale`] (run by every [`Testbed::up`]) for runs whose process

@@ -329,9 +329,12 @@ fn pass_interrupts_to_child() {
 
 fn print_state(s: &RunState) {
     println!("run {} (pid {})", s.run, s.pid);
-    for o in &s.topology.offices {
+    for (oi, o) in s.topology.offices.iter().enumerate() {
         let link = match &o.wan {
-            None => "LAN link to the router".to_string(),
+            None => match &o.parent {
+                Some(p) => format!("LAN link to {p}'s router"),
+                None => "LAN link to the router".to_string(),
+            },
             Some(w) => {
                 let dir = |d: Direction| match (w.rate_bps_dir(d), w.queue_limit_bytes_dir(d)) {
                     (Some(r), Some(q)) => format!("{} Mbit/s, queue {q} bytes", r as f64 / 1e6),
@@ -346,7 +349,16 @@ fn print_state(s: &RunState) {
                 )
             }
         };
-        println!("  office {} {} ({link})", o.name, o.subnet);
+        match &o.parent {
+            Some(p) => println!("  office {} {} behind {p} ({link})", o.name, o.subnet),
+            None => println!("  office {} {} ({link})", o.name, o.subnet),
+        }
+        if let (Some(ns), Some(addr)) = (
+            s.office_routers.get(&o.name),
+            s.topology.office_router_addr(oi),
+        ) {
+            println!("    router {addr:<20} netns {ns} (to the offices behind it)");
+        }
         for h in &o.hosts {
             if let Ok(hs) = s.host(h) {
                 println!("    host {:<12} {:<15} netns {}", h, hs.addr, hs.netns);

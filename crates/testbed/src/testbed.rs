@@ -16,6 +16,14 @@
 //!  router ns bl..-router                                  oI (.1, tbf, loss)
 //! ```
 //!
+//! Nested offices: an office with children (say central, with north behind
+//! it) also gets a router namespace of its own, `bl..-r-central`, on its
+//! bridge: `uI` (the subnet's last address, default route up the office's
+//! own link) with peer `qI` in bridge `bI`. A child's link is built as above
+//! but its `oJ` lives in that namespace instead of the hub's router. The
+//! office's hosts and the router its own link ends at route the subnets
+//! behind the office via `uI`'s address.
+//!
 //! Without delay the relay is left out and `wrI` joins the bridge directly.
 //! Shaping sits on the router side in both directions: on `oI` for frames
 //! going into the office and on `wrI` for frames coming out of it; random
@@ -136,14 +144,22 @@ pub struct HostState {
 /// One WAN link of a run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkState {
-    /// The office behind the link.
+    /// The office behind the link (the child office, for a nested one).
     pub office: String,
-    /// The router's interface towards the office (in the router namespace).
+    /// The router's interface towards the office (in `router_netns`).
     pub router_if: String,
     /// The counted interface (in the switch namespace).
     pub counter_if: String,
     /// Whether a delay relay runs on the link.
     pub relayed: bool,
+    /// The office whose router the link ends at; `None`: the hub's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Namespace of the router at the far end of the link (the run's
+    /// router, or the parent office's router). Empty in states saved
+    /// before nested offices existed: the run's router.
+    #[serde(default)]
+    pub router_netns: String,
 }
 
 /// Everything needed to find a run's parts again, also from another
@@ -156,8 +172,14 @@ pub struct RunState {
     pub pid: u32,
     /// The topology it was built from.
     pub topology: Topology,
-    /// Router namespace.
+    /// Router namespace of the hub, which joins the offices without a
+    /// parent.
     pub router_netns: String,
+    /// Router namespaces of offices that have child offices, by office
+    /// name: each sits on its office's bridge and is the far end of its
+    /// children's links.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub office_routers: BTreeMap<String, String>,
     /// Switch namespace (bridges, relays, counters).
     pub switch_netns: String,
     /// Hosts by name.
@@ -170,6 +192,14 @@ impl RunState {
     fn new(run: String, topo: &Topology) -> RunState {
         let mut hosts = BTreeMap::new();
         let mut links = Vec::new();
+        let router_netns = format!("{run}-router");
+        let office_routers: BTreeMap<String, String> = (0..topo.offices.len())
+            .filter(|&oi| topo.has_children(oi))
+            .map(|oi| {
+                let name = &topo.offices[oi].name;
+                (name.clone(), format!("{run}-r-{name}"))
+            })
+            .collect();
         for (oi, o) in topo.offices.iter().enumerate() {
             for h in &o.hosts {
                 hosts.insert(
@@ -189,11 +219,17 @@ impl RunState {
                     router_if: format!("o{oi}"),
                     counter_if: format!("wr{oi}"),
                     relayed: w.delay_ms > 0.0,
+                    parent: o.parent.clone(),
+                    router_netns: match &o.parent {
+                        Some(p) => office_routers[p].clone(),
+                        None => router_netns.clone(),
+                    },
                 });
             }
         }
         RunState {
-            router_netns: format!("{run}-router"),
+            router_netns,
+            office_routers,
             switch_netns: format!("{run}-switch"),
             run,
             pid: std::process::id(),
@@ -206,8 +242,27 @@ impl RunState {
     /// All namespaces of the run.
     pub fn all_netns(&self) -> Vec<String> {
         let mut v = vec![self.router_netns.clone(), self.switch_netns.clone()];
+        v.extend(self.office_routers.values().cloned());
         v.extend(self.hosts.values().map(|h| h.netns.clone()));
         v
+    }
+
+    /// Namespace of the router at the far end of office `oi`'s link: the
+    /// parent office's router, or the hub.
+    fn uplink_router(&self, oi: usize) -> &str {
+        match &self.topology.offices[oi].parent {
+            Some(p) => &self.office_routers[p],
+            None => &self.router_netns,
+        }
+    }
+
+    /// Namespace of the router at the far end of a WAN link.
+    pub fn link_router_netns<'a>(&'a self, l: &'a LinkState) -> &'a str {
+        if l.router_netns.is_empty() {
+            &self.router_netns
+        } else {
+            &l.router_netns
+        }
     }
 
     /// A host's details.
@@ -257,8 +312,12 @@ impl RunState {
             Some((l, o.wan.as_ref()?))
         }) {
             for (ns, dev, dir) in [
-                (&self.router_netns, &l.router_if, Direction::Inbound),
-                (&self.switch_netns, &l.counter_if, Direction::Outbound),
+                (self.link_router_netns(l), &l.router_if, Direction::Inbound),
+                (
+                    self.switch_netns.as_str(),
+                    &l.counter_if,
+                    Direction::Outbound,
+                ),
             ] {
                 if w.rate_bps_dir(dir).is_none() {
                     continue;
@@ -480,7 +539,11 @@ impl Testbed {
     fn build(&mut self) -> Result<()> {
         let st = &self.state;
         let topo = &st.topology;
-        let (r, s) = (&st.router_netns, &st.switch_netns);
+        let s = &st.switch_netns;
+        // The hub's router first, then the offices' own routers.
+        let routers: Vec<&str> = std::iter::once(st.router_netns.as_str())
+            .chain(st.office_routers.values().map(String::as_str))
+            .collect();
 
         // Namespaces.
         let lines: Vec<String> = st
@@ -490,13 +553,13 @@ impl Testbed {
             .collect();
         ip_batch(None, &lines)?;
         // No IPv6 anywhere (no stray router solicitations or MLD on the
-        // WAN counters); the router forwards IPv4.
+        // WAN counters); the routers forward IPv4.
         for ns in st.all_netns() {
             let mut sys = vec![
                 ("net/ipv6/conf/all/disable_ipv6", "1"),
                 ("net/ipv6/conf/default/disable_ipv6", "1"),
             ];
-            if &ns == r {
+            if routers.contains(&ns.as_str()) {
                 sys.push(("net/ipv4/ip_forward", "1"));
             } else {
                 // ICMP datagram ("ping") sockets for every group, as on
@@ -506,24 +569,34 @@ impl Testbed {
             netns::write_sysctls(&ns, &sys)?;
         }
 
-        // Veth pairs, created directly inside their namespaces.
+        // Veth pairs, created directly inside their namespaces. Office oI's
+        // link ends at `uplink_router(I)` (the hub, or the parent office's
+        // router); an office with children also has a router of its own,
+        // on its bridge (uI, at the subnet's last address, peer qI).
         let mut veths = Vec::new();
         let mut sw = Vec::new();
-        let mut rt = vec!["link set lo up".to_string()];
+        let mut rt: BTreeMap<&str, Vec<String>> = routers
+            .iter()
+            .map(|&ns| (ns, vec!["link set lo up".to_string()]))
+            .collect();
+        // Routes go in after every router's addresses.
+        let mut routes: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         let mut host_lines: Vec<(String, Vec<String>)> = Vec::new();
         let mut k = 0;
         for (oi, o) in topo.offices.iter().enumerate() {
             let br = format!("b{oi}");
+            let r = st.uplink_router(oi);
             sw.push(format!(
                 "link add {br} type bridge stp_state 0 forward_delay 0 mcast_snooping 0"
             ));
             sw.push(format!("link set {br} up"));
             let raddr = topo.router_addr(oi).expect("validated");
-            rt.push(format!(
+            let rt_r = rt.get_mut(r).expect("every router has lines");
+            rt_r.push(format!(
                 "addr add {raddr}/{} brd + dev o{oi}",
                 o.subnet.prefix
             ));
-            rt.push(format!("link set o{oi} up"));
+            rt_r.push(format!("link set o{oi} up"));
             match &o.wan {
                 None => {
                     veths.push(format!(
@@ -549,6 +622,39 @@ impl Testbed {
                     sw.push(format!("link set wr{oi} up"));
                 }
             }
+            // Subnets behind this office, reached through its own router.
+            let behind: Vec<String> = topo
+                .descendants_of(oi)
+                .into_iter()
+                .map(|d| topo.offices[d].subnet.to_string())
+                .collect();
+            let own_addr = topo.office_router_addr(oi);
+            if let Some(own_addr) = own_addr {
+                let own = st.office_routers[&o.name].as_str();
+                veths.push(format!(
+                    "link add name u{oi} netns {own} type veth peer name q{oi} netns {s}"
+                ));
+                sw.push(format!("link set q{oi} master {br}"));
+                sw.push(format!("link set q{oi} up"));
+                let rt_own = rt.get_mut(own).expect("every router has lines");
+                rt_own.push(format!(
+                    "addr add {own_addr}/{} brd + dev u{oi}",
+                    o.subnet.prefix
+                ));
+                rt_own.push(format!("link set u{oi} up"));
+                // Everything not behind it: up this office's own link.
+                routes
+                    .entry(own)
+                    .or_default()
+                    .push(format!("route add default via {raddr} dev u{oi}"));
+                // The router this office's link ends at reaches the
+                // subnets behind the office through the office's router.
+                routes.entry(r).or_default().extend(
+                    behind
+                        .iter()
+                        .map(|net| format!("route add {net} via {own_addr} dev o{oi}")),
+                );
+            }
             for h in &o.hosts {
                 let hs = st.host(h)?;
                 veths.push(format!(
@@ -557,21 +663,32 @@ impl Testbed {
                 ));
                 sw.push(format!("link set h{k} master {br}"));
                 sw.push(format!("link set h{k} up"));
-                host_lines.push((
-                    hs.netns.clone(),
-                    vec![
-                        "link set lo up".into(),
-                        format!("addr add {}/{} brd + dev eth0", hs.addr, o.subnet.prefix),
-                        "link set eth0 up".into(),
-                        format!("route add default via {raddr} dev eth0"),
-                    ],
-                ));
+                let mut lines = vec![
+                    "link set lo up".into(),
+                    format!("addr add {}/{} brd + dev eth0", hs.addr, o.subnet.prefix),
+                    "link set eth0 up".into(),
+                    format!("route add default via {raddr} dev eth0"),
+                ];
+                // Straight to the office's own router, so that traffic to
+                // the offices behind it does not go up this office's link
+                // and back.
+                if let Some(own_addr) = own_addr {
+                    lines.extend(
+                        behind
+                            .iter()
+                            .map(|net| format!("route add {net} via {own_addr} dev eth0")),
+                    );
+                }
+                host_lines.push((hs.netns.clone(), lines));
                 k += 1;
             }
         }
         ip_batch(None, &veths)?;
         ip_batch(Some(s), &sw)?;
-        ip_batch(Some(r), &rt)?;
+        for (ns, mut lines) in rt {
+            lines.extend(routes.remove(ns).unwrap_or_default());
+            ip_batch(Some(ns), &lines)?;
+        }
         for (ns, lines) in &host_lines {
             ip_batch(Some(ns), lines)?;
         }
@@ -582,14 +699,23 @@ impl Testbed {
         for hs in st.hosts.values() {
             netns::in_netns(&hs.netns, || crate::offload::disable_offloads("eth0"))??;
         }
+        // An office's own router sends towards the office's link too.
+        for (oi, o) in topo.offices.iter().enumerate() {
+            if let Some(own) = st.office_routers.get(&o.name) {
+                let (u, q) = (format!("u{oi}"), format!("q{oi}"));
+                netns::in_netns(own, || crate::offload::disable_offloads(&u))??;
+                netns::in_netns(s, || crate::offload::disable_offloads(&q))??;
+            }
+        }
 
         // Offloads, shapers and loss on the router side of each WAN link.
-        let mut rtc = Vec::new();
+        let mut rtc: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         let mut stc = Vec::new();
-        let mut rnft = String::new();
+        let mut rnft: BTreeMap<&str, String> = BTreeMap::new();
         let mut snft = String::new();
         for (oi, o) in topo.offices.iter().enumerate() {
             let Some(w) = &o.wan else { continue };
+            let r = st.uplink_router(oi);
             // Offloads off where frames leave towards the WAN link: the
             // shapers' interfaces then count every frame with its own headers
             // (a 64 KiB GSO super-frame would count its headers once), and
@@ -609,7 +735,9 @@ impl Testbed {
                     "qdisc add dev {dev} root tbf rate {rate}bit burst {burst} limit {limit}"
                 ))
             };
-            rtc.extend(tbf(format!("o{oi}"), Direction::Inbound));
+            rtc.entry(r)
+                .or_default()
+                .extend(tbf(format!("o{oi}"), Direction::Inbound));
             stc.extend(tbf(format!("wr{oi}"), Direction::Outbound));
             if w.loss_percent > 0.0 {
                 // numgen over 1,000,000 gives loss in steps of 0.0001 %.
@@ -619,14 +747,18 @@ impl Testbed {
                         "table netdev bl_loss_{dev} {{\n chain egress {{\n  type filter hook egress device \"{dev}\" priority 0;\n  numgen random mod 1000000 < {thresh} counter drop\n }}\n}}\n"
                     )
                 };
-                rnft.push_str(&rule(format!("o{oi}")));
+                rnft.entry(r).or_default().push_str(&rule(format!("o{oi}")));
                 snft.push_str(&rule(format!("wr{oi}")));
             }
         }
-        tc_batch(r, &rtc)?;
+        for (ns, lines) in &rtc {
+            tc_batch(ns, lines)?;
+        }
         tc_batch(s, &stc)?;
-        if !rnft.is_empty() {
-            netns::nft_load(r, &rnft)?;
+        for (ns, rules) in &rnft {
+            netns::nft_load(ns, rules)?;
+        }
+        if !snft.is_empty() {
             netns::nft_load(s, &snft)?;
         }
 
@@ -891,5 +1023,35 @@ mod tests {
         assert_eq!(st.all_netns().len(), 4);
         assert_eq!(st.host("b").unwrap().addr, Ipv4Addr::new(198, 18, 2, 2));
         assert!(matches!(st.host("zz"), Err(Error::UnknownHost(_))));
+        assert!(st.office_routers.is_empty());
+        assert_eq!(st.links[0].router_netns, st.router_netns);
+    }
+
+    #[test]
+    fn nested_offices_have_their_own_routers_in_the_state() {
+        let topo = Topology::from_toml(include_str!("../topologies/four-offices.toml")).unwrap();
+        let st = RunState::new("bl7x3".into(), &topo);
+        assert_eq!(
+            st.office_routers.values().collect::<Vec<_>>(),
+            ["bl7x3-r-central", "bl7x3-r-north"]
+        );
+        // Teardown and reap_stale find them like every other namespace.
+        let all = st.all_netns();
+        assert_eq!(all.len(), 14 + 4);
+        assert!(all.iter().all(|n| parse_run_name(n) == Some(("bl7x3", 7))));
+        let link = |o: &str| st.links.iter().find(|l| l.office == o).unwrap();
+        assert_eq!(link("north").router_netns, "bl7x3-r-central");
+        assert_eq!(link("deep").router_netns, "bl7x3-r-north");
+        assert_eq!(link("deep").parent.as_deref(), Some("north"));
+        assert_eq!(st.link_router_netns(link("deep")), "bl7x3-r-north");
+        // A state saved before nested offices existed still reads.
+        let mut v = serde_json::to_value(&st).unwrap();
+        v.as_object_mut().unwrap().remove("office_routers");
+        for l in v["links"].as_array_mut().unwrap() {
+            l.as_object_mut().unwrap().remove("router_netns");
+            l.as_object_mut().unwrap().remove("parent");
+        }
+        let old: RunState = serde_json::from_value(v).unwrap();
+        assert_eq!(old.link_router_netns(&old.links[0]), "bl7x3-router");
     }
 }

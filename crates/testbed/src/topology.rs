@@ -1,13 +1,22 @@
 //! The topology file: offices, their subnets and hosts, and the WAN link of
 //! each branch office.
 //!
-//! The model is a hub and spokes. One router namespace is the hub. Every
-//! office is one broadcast domain (a Linux bridge) joined to the router:
-//! offices without a `wan` table join it over a plain, unshaped LAN link
-//! (typically the Central Office); offices with a `wan` table join it over a
-//! WAN link with a rate, a queue, optional random loss and optional
-//! propagation delay. Traffic between two branch offices therefore crosses
-//! both of their WAN links, as it does through a head office.
+//! The model is a tree of offices; without `parent` it is a hub and
+//! spokes. One router namespace is the hub. Every office is one broadcast
+//! domain (a Linux bridge) joined to a router: offices without a `wan` table
+//! join it over a plain, unshaped LAN link (typically the Central Office);
+//! offices with a `wan` table join it over a WAN link with a rate, a queue,
+//! optional random loss and optional propagation delay. Traffic between two
+//! branch offices therefore crosses both of their WAN links, as it does
+//! through a head office.
+//!
+//! An office with `parent = "NAME"` joins a router of its parent office
+//! instead of the hub (a regional office's branches, say). Traffic then
+//! crosses exactly the links between two offices in the tree
+//! ([`Topology::links_between`]): between a child and its parent only the
+//! child's link, between siblings both of theirs, between a grandchild and
+//! the Central Office the grandchild's and its parent's. The parent's
+//! router takes the last address of the parent's subnet.
 //!
 //! ```toml
 //! [[office]]
@@ -20,6 +29,13 @@
 //! subnet = "198.18.2.0/24"
 //! hosts = ["c2", "c3"]
 //! wan = { rate_mbit = 20, queue_ms = 100, delay_ms = 20, loss_percent = 0.0 }
+//!
+//! [[office]]
+//! name = "shop"
+//! parent = "branch"
+//! subnet = "198.18.3.0/24"
+//! hosts = ["c4"]
+//! wan = { rate_mbit = 4, delay_ms = 5 }
 //! ```
 //!
 //! Addresses: the router takes the first address of each subnet (`.1` in a
@@ -71,9 +87,15 @@ pub struct Office {
     /// the subnet. Names are unique across the whole topology.
     #[serde(default)]
     pub hosts: Vec<String>,
-    /// The office's WAN link to the router; `None` means a plain LAN link.
+    /// The office's WAN link to its router (the hub's, or its parent
+    /// office's); `None` means a plain LAN link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wan: Option<WanLink>,
+    /// The office this one sits behind (a regional office, say): its link
+    /// (`wan`, or a LAN link without it) ends at a router inside the parent
+    /// office instead of at the hub. `None`: a child of the hub, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// Properties of a WAN link, applied on the router side in both directions.
@@ -330,12 +352,14 @@ impl Topology {
                     subnet: "198.18.1.0/24".parse().expect("valid literal"),
                     hosts: central_hosts.iter().map(|s| s.to_string()).collect(),
                     wan: None,
+                    parent: None,
                 },
                 Office {
                     name: "branch".into(),
                     subnet: "198.18.2.0/24".parse().expect("valid literal"),
                     hosts: branch_hosts.iter().map(|s| s.to_string()).collect(),
                     wan: Some(wan),
+                    parent: None,
                 },
             ],
         }
@@ -390,13 +414,20 @@ impl Topology {
                     )));
                 }
             }
-            // Router takes one address.
-            if o.hosts.len() as u64 + 1 > o.subnet.host_capacity() {
+            // The router takes one address; an office with child offices
+            // also has a router of its own, which takes another.
+            let routers = if self.has_children(i) { 2 } else { 1 };
+            if o.hosts.len() as u64 + routers > o.subnet.host_capacity() {
                 return Err(Error::Topology(format!(
-                    "office {:?}: {} hosts do not fit in {} (the router takes one address)",
+                    "office {:?}: {} hosts do not fit in {} ({})",
                     o.name,
                     o.hosts.len(),
-                    o.subnet
+                    o.subnet,
+                    if routers == 2 {
+                        "the router takes one address, the router to its child offices another"
+                    } else {
+                        "the router takes one address"
+                    }
                 )));
             }
             for h in &o.hosts {
@@ -419,7 +450,127 @@ impl Topology {
                 host_names.len()
             )));
         }
+        self.validate_parents(&office_names)
+    }
+
+    /// Every `parent` names another office, and following parents always
+    /// ends at an office without one (a child of the hub).
+    fn validate_parents(&self, office_names: &BTreeSet<&str>) -> Result<()> {
+        for o in &self.offices {
+            let Some(p) = &o.parent else { continue };
+            if *p == o.name {
+                return Err(Error::Topology(format!(
+                    "office {:?}: parent = {p:?} is the office itself; \
+                     name another office, or leave parent out to sit behind the hub",
+                    o.name
+                )));
+            }
+            if !office_names.contains(p.as_str()) {
+                return Err(Error::Topology(format!(
+                    "office {:?}: parent = {p:?} is not an office of this topology \
+                     (offices: {})",
+                    o.name,
+                    office_names.iter().copied().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        for (i, o) in self.offices.iter().enumerate() {
+            let mut chain = vec![i];
+            let mut cur = i;
+            while let Some(p) = self.parent_of(cur) {
+                if p == i {
+                    let names: Vec<&str> = chain
+                        .iter()
+                        .chain([&i])
+                        .map(|&k| self.offices[k].name.as_str())
+                        .collect();
+                    return Err(Error::Topology(format!(
+                        "office {:?}: parent chain {} is a cycle; \
+                         one of these offices must have no parent (sit behind the hub)",
+                        o.name,
+                        names.join(" -> ")
+                    )));
+                }
+                if chain.contains(&p) {
+                    // A cycle further up, reported for one of its members.
+                    break;
+                }
+                chain.push(p);
+                cur = p;
+            }
+        }
         Ok(())
+    }
+
+    /// Index of the office named `name`.
+    pub fn office_index(&self, name: &str) -> Option<usize> {
+        self.offices.iter().position(|o| o.name == name)
+    }
+
+    /// Index of office `oi`'s parent office; `None` for a child of the hub
+    /// (or an unknown parent, which validation refuses).
+    pub fn parent_of(&self, oi: usize) -> Option<usize> {
+        self.office_index(self.offices.get(oi)?.parent.as_deref()?)
+    }
+
+    /// Indices of the offices whose parent is office `oi`, in topology order.
+    pub fn children_of(&self, oi: usize) -> Vec<usize> {
+        (0..self.offices.len())
+            .filter(|&c| c != oi && self.parent_of(c) == Some(oi))
+            .collect()
+    }
+
+    /// Whether any office sits behind office `oi` (then `oi` has a router
+    /// of its own).
+    pub fn has_children(&self, oi: usize) -> bool {
+        !self.children_of(oi).is_empty()
+    }
+
+    /// Indices of every office behind office `oi` (children, their
+    /// children, ...), in topology order; `oi` itself is not included.
+    pub fn descendants_of(&self, oi: usize) -> Vec<usize> {
+        (0..self.offices.len())
+            .filter(|&d| d != oi && self.chain_to_hub(d).contains(&oi))
+            .collect()
+    }
+
+    /// Office `oi`, its parent, the parent's parent, ... up to a child of
+    /// the hub.
+    pub fn chain_to_hub(&self, oi: usize) -> Vec<usize> {
+        let mut chain = vec![oi];
+        let mut cur = oi;
+        while let Some(p) = self.parent_of(cur) {
+            // Bounded even for an unvalidated topology with a cycle.
+            if chain.contains(&p) {
+                break;
+            }
+            chain.push(p);
+            cur = p;
+        }
+        chain
+    }
+
+    /// The offices whose links (WAN or LAN) traffic between offices `a` and
+    /// `b` crosses, from `a` up towards the hub and down to `b`: the links
+    /// of every office on one office's chain to the hub and not on the
+    /// other's. Between a child and its parent that is the child's link
+    /// only; between siblings, both of theirs; empty when `a == b`.
+    pub fn links_between(&self, a: usize, b: usize) -> Vec<usize> {
+        let (ca, cb) = (self.chain_to_hub(a), self.chain_to_hub(b));
+        let up = ca.iter().copied().filter(|x| !cb.contains(x));
+        let down: Vec<usize> = cb.iter().copied().filter(|x| !ca.contains(x)).collect();
+        up.chain(down.into_iter().rev()).collect()
+    }
+
+    /// Address, in office `oi`'s subnet, of the office's own router (the
+    /// one its child offices' links end at): the subnet's last host
+    /// address. `None` when no office sits behind `oi`.
+    pub fn office_router_addr(&self, oi: usize) -> Option<Ipv4Addr> {
+        if !self.has_children(oi) {
+            return None;
+        }
+        let s = self.offices.get(oi)?.subnet;
+        s.nth(u32::try_from(s.host_capacity()).ok()?)
     }
 
     /// The office a host belongs to, with the host's index inside it.
@@ -539,6 +690,74 @@ wan = { rate_mbit = 20, queue_ms = 100, delay_ms = 20, loss_percent = 0.5 }
         let west = three.offices[2].wan.as_ref().unwrap();
         assert_eq!(west.queue_limit_bytes(), Some(64_000));
         assert_eq!(west.loss_percent, 0.5);
+        assert!(three.offices.iter().all(|o| o.parent.is_none()));
+        let four = Topology::from_toml(include_str!("../topologies/four-offices.toml")).unwrap();
+        assert_eq!(four.host_names().count(), 14);
+    }
+
+    #[test]
+    fn nested_offices_links_and_addresses() {
+        let t = Topology::from_toml(include_str!("../topologies/four-offices.toml")).unwrap();
+        let i = |n: &str| t.office_index(n).unwrap();
+        let (c, n, s, d) = (i("central"), i("north"), i("south"), i("deep"));
+        assert_eq!(t.parent_of(c), None);
+        assert_eq!(t.parent_of(d), Some(n));
+        assert_eq!(t.children_of(c), vec![n, s]);
+        assert_eq!(t.descendants_of(c), vec![n, s, d]);
+        assert_eq!(t.descendants_of(n), vec![d]);
+        assert!(t.descendants_of(d).is_empty());
+        assert_eq!(t.chain_to_hub(d), vec![d, n, c]);
+        // Child and parent: the child's link only.
+        assert_eq!(t.links_between(d, n), vec![d]);
+        assert_eq!(t.links_between(n, d), vec![d]);
+        // Siblings: both links; grandchild to central: its own and north's.
+        assert_eq!(t.links_between(n, s), vec![n, s]);
+        assert_eq!(t.links_between(d, c), vec![d, n]);
+        assert_eq!(t.links_between(d, s), vec![d, n, s]);
+        assert!(t.links_between(s, s).is_empty());
+        // Offices with children have a router of their own at .254.
+        assert_eq!(
+            t.office_router_addr(c),
+            Some(Ipv4Addr::new(198, 18, 1, 254))
+        );
+        assert_eq!(
+            t.office_router_addr(n),
+            Some(Ipv4Addr::new(198, 18, 2, 254))
+        );
+        assert_eq!(t.office_router_addr(s), None);
+        assert_eq!(t.router_addr(d), Some(Ipv4Addr::new(198, 18, 4, 1)));
+        // Without parents: hub and spokes, as before.
+        let two = Topology::from_toml(EXAMPLE).unwrap();
+        assert_eq!(two.links_between(0, 1), vec![0, 1]);
+        assert_eq!(two.office_router_addr(0), None);
+        // Parents may come after their children in the file.
+        let rev = Topology {
+            offices: t.offices.iter().rev().cloned().collect(),
+        };
+        rev.validate().unwrap();
+        assert_eq!(rev.links_between(0, 3), vec![0, 2], "deep, north");
+        // Round trip through TOML keeps the parents.
+        let back = Topology::from_toml(&toml::to_string(&t).unwrap()).unwrap();
+        assert_eq!(back, t);
+    }
+
+    #[test]
+    fn an_office_with_children_needs_an_address_for_its_router() {
+        let small = EXAMPLE.replace("198.18.1.0/24", "198.18.1.0/30").replace(
+            "hosts = [\"server\", \"origin\", \"c1\"]",
+            "hosts = [\"server\"]",
+        );
+        Topology::from_toml(&small).unwrap();
+        let nested = small.replace(
+            "[[office]]\nname = \"branch\"",
+            "[[office]]\nname = \"branch\"\nparent = \"central\"",
+        );
+        assert_ne!(nested, small);
+        let e = Topology::from_toml(&nested).unwrap_err().to_string();
+        assert!(
+            e.contains("\"central\"") && e.contains("child offices"),
+            "{e}"
+        );
     }
 
     #[test]
