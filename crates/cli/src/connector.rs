@@ -26,6 +26,29 @@ pub enum Action {
         #[command(subcommand)]
         command: ContentCommand,
     },
+    /// The office tree: offices, subnets, parents, WAN link policy.
+    Topology {
+        #[command(subcommand)]
+        command: crate::offices::TopologyCommand,
+    },
+    /// Make clients fetch a content item with nobody calling `get`.
+    Deploy {
+        /// Content id or name[@version].
+        content: String,
+        /// all, office:NAME or client:ID.
+        #[arg(long = "to", value_name = "TARGET")]
+        to: String,
+        /// Fill the caches only.
+        #[arg(long)]
+        prestage: bool,
+    },
+    /// Per office: clients done, the RVP, and where the bytes came from.
+    Status {
+        /// Content id or name[@version].
+        content: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -168,6 +191,13 @@ pub async fn run(opts: ConnectorOptions, action: Action) -> Result<(), Fail> {
             let items = crate::publish::list(&c).await?;
             crate::publish::print_list(&items, json);
         }
+        Action::Topology { command } => crate::offices::topology(&c, command).await?,
+        Action::Deploy {
+            content,
+            to,
+            prestage,
+        } => crate::offices::deploy(&c, content, to, prestage).await?,
+        Action::Status { content, json } => crate::offices::status(&c, content, json).await?,
         Action::Health { json } => {
             let h = c.health().await?;
             if json {

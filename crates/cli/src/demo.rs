@@ -20,10 +20,11 @@ use crate::{Fail, exit};
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Number of clients.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=50))]
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(1..=50))]
     clients: u8,
-    /// First three octets of the loopback addresses to use (server .1, connector .2,
-    /// clients .11 and up).
+    /// First three octets of the loopback addresses to use. The Central Office is A.B.C.0/24
+    /// (server .1, connector .2), the branch offices `east` and `west` are A.B.C+1.0/24 and
+    /// A.B.C+2.0/24; clients take .11 and up, dealt to central, east, west in turn.
     #[arg(long, default_value = "127.77.0", value_name = "A.B.C")]
     net: String,
     /// Keep running (Ctrl-C to stop) instead of exiting after the report.
@@ -51,6 +52,44 @@ fn addr(net: &str, last: u8) -> Result<IpAddr, Fail> {
         ));
     }
     Ok(ip.into())
+}
+
+/// The demo's offices: (three-octet net, name), the Central Office first.
+fn office_nets(net: &str) -> Result<Vec<(String, &'static str)>, Fail> {
+    let bad = || {
+        Fail::new(
+            exit::USAGE,
+            format!(
+                "--net {net:?} is not three octets like 127.77.0 (with room for +2 in the last)"
+            ),
+        )
+    };
+    let (head, last) = net.rsplit_once('.').ok_or_else(bad)?;
+    let last: u8 = last.parse().map_err(|_| bad())?;
+    if last > 253 {
+        return Err(bad());
+    }
+    Ok(vec![
+        (net.to_owned(), "central"),
+        (format!("{head}.{}", last + 1), "east"),
+        (format!("{head}.{}", last + 2), "west"),
+    ])
+}
+
+/// The demo's topology: two branch offices under the Central Office.
+fn topology_toml(offices: &[(String, &'static str)]) -> String {
+    let mut out = String::new();
+    for (i, (net, name)) in offices.iter().enumerate() {
+        out.push_str(&format!(
+            "[[office]]\nname = \"{name}\"\nsubnets = [\"{net}.0/24\"]\n{}\n",
+            if i == 0 {
+                String::new()
+            } else {
+                format!("parent = \"{}\"\n", offices[0].1)
+            }
+        ));
+    }
+    out
 }
 
 /// Removes the demo's temporary directory however the demo ends.
@@ -99,9 +138,11 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
         server.setup.key_path.display()
     );
 
+    let offices = office_nets(&args.net)?;
     let mut clients = Vec::new();
     for i in 0..args.clients {
-        let ip = addr(&args.net, 11 + i)?;
+        let (office_net, _) = &offices[usize::from(i) % offices.len()];
+        let ip = addr(office_net, 11 + i / offices.len() as u8)?;
         let client = Client::start(ClientOptions {
             server: server_ip,
             server_ports: config.ports.server,
@@ -111,7 +152,11 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
             ports: config.ports.client,
             heartbeat_interval: Duration::from_secs(1),
             cache_cap: crate::settings::cache_cap(config)?,
-            hostname: Some(format!("demo-client-{}", i + 1)),
+            hostname: Some(format!(
+                "{}-{}",
+                offices[usize::from(i) % offices.len()].1,
+                1 + i / offices.len() as u8
+            )),
             retry,
             replay,
             background: crate::settings::background(config),
@@ -145,10 +190,27 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
     );
     let (_, _) = connector.activate().await?;
     println!(
-        "connector  {}:{} activated\n",
+        "connector  {}:{} activated",
         addr(&args.net, 2)?,
         config.ports.connector.reply
     );
+    let topology = topology_toml(&offices);
+    crate::offices::call(
+        &connector,
+        &branchline_server::admin::AdminCall::TopologyApply { toml: topology },
+    )
+    .await?;
+    let view: branchline_server::admin::TopologyView = serde_json::from_value(
+        crate::offices::call(
+            &connector,
+            &branchline_server::admin::AdminCall::TopologyShow,
+        )
+        .await?,
+    )
+    .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;
+    println!("topology   applied: the Central Office and two branch offices behind it\n");
+    print!("{}", crate::offices::tree_text(&view));
+    println!();
 
     print_report(&server, &connector, server_ip, config).await?;
 
@@ -206,7 +268,7 @@ async fn distribute(
         piece_size: 1 << 20,
         json: true,
     };
-    let published = crate::publish::publish_outcome(connector, &args).await?;
+    let published = crate::publish::publish_outcome(connector.clone(), &args).await?;
     println!(
         "\npublished  demo-package@1.0: {mib} MiB, content id {}\n           origin {} (read only by the client the server picks)",
         published.id,
@@ -214,6 +276,7 @@ async fn distribute(
     );
     let started = Instant::now();
     let mut jobs = Vec::new();
+    let hostnames: Vec<String> = clients.iter().map(|c| c.hostname().to_owned()).collect();
     for (i, c) in clients.iter_mut().enumerate() {
         let svc = c
             .wait_services()
@@ -227,25 +290,52 @@ async fn distribute(
         }));
     }
     println!(
-        "\n{:<15} {:>10} {:>14} {:>14}  VERIFIED FILE",
-        "CLIENT", "TIME", "FROM PEERS", "FROM ORIGIN"
+        "\n{:<10} {:<8} {:<4} {:>8} {:>8} {:>8} {:>10} {:>9}  VERIFIED FILE",
+        "CLIENT", "OFFICE", "RVP", "TIME", "ORIGIN", "SERVER", "PARENT OFF", "LAN PEERS"
     );
     let mut origin_total = 0;
+    let mut rows = Vec::new();
     for job in jobs {
         let (i, r, took) = job.await.map_err(|e| fail(&e))?;
         let d = r.map_err(|e| fail(&e))?;
         origin_total += d.from_origin;
+        rows.push((i, d, took));
+    }
+    rows.sort_by(|a, b| (&a.1.office, a.0).cmp(&(&b.1.office, b.0)));
+    let mb = |b: u64| format!("{:.1}", b as f64 / (1 << 20) as f64);
+    for (i, d, took) in &rows {
         println!(
-            "{:<15} {:>8.2} s {:>11} MiB {:>11} MiB  {}",
-            format!("demo-client-{}", i + 1),
+            "{:<10} {:<8} {:<4} {:>6.2} s {:>8} {:>8} {:>10} {:>9}  {}",
+            hostnames[*i],
+            d.office,
+            if d.rvp { "yes" } else { "" },
             took.as_secs_f64(),
-            d.from_peers >> 20,
-            d.from_origin >> 20,
+            mb(d.from_origin),
+            mb(d.from_server),
+            mb(d.from_wan),
+            mb(d.from_peers),
             d.path.display()
         );
     }
     println!(
-        "\norigin read {:.2} x the package size for {} clients; every piece BLAKE3-verified before it was stored",
+        "(MiB by source: the origin, the server's copy, the parent office over the WAN link (Background, LEDBAT++), peers in the same office)"
+    );
+    // Let the final have reports (with their byte counts) reach the server.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status: branchline_server::admin::StatusView = serde_json::from_value(
+        crate::offices::call(
+            &connector,
+            &branchline_server::admin::AdminCall::Status {
+                content: published.id.to_hex(),
+            },
+        )
+        .await?,
+    )
+    .map_err(|e| fail(&e))?;
+    println!("\nper office (`branchline connector status demo-package@1.0`):");
+    print!("{}", crate::offices::status_text(&status));
+    println!(
+        "\norigin read {:.2} x the package size for {} clients; each branch office took one copy over its WAN link; every piece BLAKE3-verified before it was stored",
         origin_total as f64 / size as f64,
         clients.len()
     );

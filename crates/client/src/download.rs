@@ -27,8 +27,10 @@ use branchline_sched::{
 };
 use branchline_store::{ContentId, PieceMap, StoreError};
 use branchline_wire::large::{
-    GetContent, Locate, ReportBadPeer, ReportHave, Request, Response, SendContent,
+    GetContent, Locate, PeerHolding, ReportBadPeer, ReportHave, Request, Response, SendContent,
+    SourceBytes,
 };
+
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -125,10 +127,15 @@ pub struct Downloaded {
     pub size: u64,
     /// The verified file in the cache (do not modify it).
     pub path: PathBuf,
-    /// Bytes fetched from peers, from the origin and from the server by this download.
+    /// Bytes fetched by this download from same-office peers, from the origin, from the
+    /// server, and over the office's WAN link from the parent office.
     pub from_peers: u64,
     pub from_origin: u64,
     pub from_server: u64,
+    pub from_wan: u64,
+    /// The office the server placed this client in, and whether it was the office's RVP.
+    pub office: String,
+    pub rvp: bool,
 }
 
 /// Why a download failed.
@@ -153,7 +160,13 @@ pub enum DownloadError {
 }
 
 enum SourceInfo {
+    /// A same-office peer (Foreground, its 34760).
     Peer {
+        client: String,
+        addr: SocketAddr,
+    },
+    /// A parent-office peer (Background, its 34750): only the office's RVP has these.
+    Upstream {
         client: String,
         addr: SocketAddr,
     },
@@ -207,6 +220,10 @@ pub async fn download(
             message: e.to_string(),
         })?;
     let map = Arc::new(map);
+    // One download per content item: a `get` and a deployment wait for each other, and
+    // the second finds the item complete.
+    let lock = svc.download_lock(id);
+    let _one = lock.lock().await;
     let cache = svc.cache.clone();
     let status = {
         let (cache, map) = (cache.clone(), (*map).clone());
@@ -222,14 +239,22 @@ pub async fn download(
         progress,
         sources: HashMap::new(),
         peers: HashMap::new(),
+        upstream: HashMap::new(),
         next_source: 1,
         origin_source: None,
         in_flight: HashMap::new(),
         from_peers: 0,
         from_origin: 0,
         from_server: 0,
+        from_wan: 0,
         server_source: None,
         have_dirty: false,
+        office: String::new(),
+        am_rvp: false,
+        link_open: true,
+        ceiling: 0,
+        budget: Budget::default(),
+        locates: 0,
     };
     dl.progress.send_modify(|p| {
         p.content_id = id.to_hex();
@@ -268,7 +293,46 @@ pub async fn download(
         from_peers: dl.from_peers,
         from_origin: dl.from_origin,
         from_server: dl.from_server,
+        from_wan: dl.from_wan,
+        office: dl.office.clone(),
+        rvp: dl.am_rvp,
     })
+}
+
+/// A token bucket that keeps what the RVP pulls over its office's WAN link under the
+/// link's ceiling: a request is issued only when the bucket holds the piece's bytes.
+#[derive(Debug, Default)]
+struct Budget {
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl Budget {
+    /// Refills at `rate` bytes/s (at most one second's worth) and takes `bytes` if there.
+    fn take(&mut self, rate: u64, bytes: u64, now: Instant) -> bool {
+        let rate = rate as f64;
+        let burst = rate.max(bytes as f64);
+        if let Some(last) = self.last {
+            self.tokens =
+                (self.tokens + rate * now.saturating_duration_since(last).as_secs_f64()).min(burst);
+        } else {
+            self.tokens = bytes as f64;
+        }
+        self.last = Some(now);
+        if self.tokens >= bytes as f64 {
+            self.tokens -= bytes as f64;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When `bytes` will be there at `rate`.
+    fn ready_at(&self, rate: u64, bytes: u64) -> Option<Instant> {
+        let last = self.last?;
+        let missing = (bytes as f64 - self.tokens).max(0.0);
+        Some(last + Duration::from_secs_f64(missing / (rate.max(1) as f64)))
+    }
 }
 
 struct Download {
@@ -280,14 +344,25 @@ struct Download {
     sources: HashMap<SourceId, SourceInfo>,
     /// Peer client id -> source.
     peers: HashMap<String, SourceId>,
+    /// Parent-office peer client id -> source.
+    upstream: HashMap<String, SourceId>,
     next_source: u64,
     origin_source: Option<SourceId>,
     in_flight: HashMap<(SourceId, u32), AbortHandle>,
     from_peers: u64,
     from_origin: u64,
     from_server: u64,
+    from_wan: u64,
     server_source: Option<SourceId>,
     have_dirty: bool,
+    office: String,
+    am_rvp: bool,
+    /// False outside the office link's allowed hours: nothing is pulled over it.
+    link_open: bool,
+    /// The office link's Background ceiling (bytes/s), 0 = none.
+    ceiling: u64,
+    budget: Budget,
+    locates: u32,
 }
 
 impl Download {
@@ -353,11 +428,17 @@ impl Download {
                     secs: STALL_LIMIT.as_secs(),
                 });
             }
+            let piece_bytes = u64::from(self.map.piece_size().bytes());
+            let budget_wake = (self.ceiling > 0 && !self.upstream.is_empty())
+                .then(|| self.budget.ready_at(self.ceiling, piece_bytes))
+                .flatten()
+                .map(|t| t.max(now + Duration::from_millis(5)));
             let wake = [
                 Some(next_locate),
                 Some(next_report),
                 sched.next_deadline(),
                 paused_until,
+                budget_wake,
             ]
             .into_iter()
             .flatten()
@@ -412,12 +493,39 @@ impl Download {
     /// Starts every request the scheduler hands out.
     fn issue(&mut self, sched: &mut Scheduler, tasks: &mut JoinSet<Fetched>, now: Instant) {
         let ids: Vec<SourceId> = self.sources.keys().copied().collect();
+        let piece_bytes = u64::from(self.map.piece_size().bytes());
         for source in ids {
-            while let Some(piece) = sched.next_request(source, now) {
+            let wan = matches!(self.sources.get(&source), Some(SourceInfo::Upstream { .. }));
+            loop {
+                if wan
+                    && (!self.link_open
+                        || (self.ceiling > 0 && !self.budget.take(self.ceiling, piece_bytes, now)))
+                {
+                    break;
+                }
+                let Some(piece) = sched.next_request(source, now) else {
+                    if wan && self.ceiling > 0 {
+                        // Not used: give the bytes back.
+                        self.budget.tokens += piece_bytes as f64;
+                    }
+                    break;
+                };
                 let Some((offset, len)) = self.map.piece_range(piece) else {
                     break;
                 };
                 let handle = match &self.sources[&source] {
+                    SourceInfo::Upstream { client, addr } => {
+                        let (svc, client, addr, id) =
+                            (self.svc.clone(), client.clone(), *addr, self.id);
+                        tasks.spawn(async move {
+                            let result = fetch_from_upstream(&svc, &client, addr, id, piece).await;
+                            Fetched {
+                                source,
+                                piece,
+                                result,
+                            }
+                        })
+                    }
                     SourceInfo::Peer { client, addr } => {
                         let (svc, client, addr, id) =
                             (self.svc.clone(), client.clone(), *addr, self.id);
@@ -506,6 +614,7 @@ impl Download {
             match self.sources.get(&source) {
                 Some(SourceInfo::Origin(_)) => self.from_origin += len,
                 Some(SourceInfo::Peer { .. }) => self.from_peers += len,
+                Some(SourceInfo::Upstream { .. }) => self.from_wan += len,
                 Some(SourceInfo::Server) => self.from_server += len,
                 None => {}
             }
@@ -546,7 +655,9 @@ impl Download {
                 h.abort();
             }
         }
-        let Some(SourceInfo::Peer { client, .. }) = self.sources.get(&source) else {
+        let Some(SourceInfo::Peer { client, .. } | SourceInfo::Upstream { client, .. }) =
+            self.sources.get(&source)
+        else {
             if self.origin_source == Some(source) {
                 tracing::warn!(content = %self.id, "the origin keeps failing; it will be tried again");
                 self.sources.remove(&source);
@@ -572,10 +683,18 @@ impl Download {
                 tracing::warn!(error = %e, "could not report the bad peer");
             }
         }
-        if let Some(SourceInfo::Peer { addr, .. }) = self.sources.get(&source)
-            && let Ok(name) = ClientName::new(client.clone())
-        {
-            self.svc.peer_pool.forget(*addr, &Role::Client(name));
+        match self.sources.get(&source) {
+            Some(SourceInfo::Peer { addr, .. }) => {
+                if let Ok(name) = ClientName::new(client.clone()) {
+                    self.svc.peer_pool.forget(*addr, &Role::Client(name));
+                }
+            }
+            Some(SourceInfo::Upstream { addr, .. }) => {
+                if let Ok(name) = ClientName::new(client.clone()) {
+                    self.svc.upstream_pool.forget(*addr, &Role::Client(name));
+                }
+            }
+            _ => {}
         }
     }
 
@@ -591,28 +710,79 @@ impl Download {
             Response::Locations(l) => l,
             _ => return Err(DownloadError::Unexpected("Locate")),
         };
+        self.locates += 1;
         let pieces = self.map.piece_count();
-        for peer in located.peers {
-            let Ok(ip) = peer.address.parse::<IpAddr>() else {
-                continue;
-            };
-            let Ok(port) = u16::try_from(peer.content_port) else {
-                continue;
-            };
-            let have = if peer.complete {
-                Have::All
-            } else {
-                match PieceSet::from_lsb_bytes(pieces, &peer.have) {
-                    Ok(s) => Have::Some(s),
-                    Err(_) => continue,
+        if self.office != located.office || self.am_rvp != located.am_rvp {
+            tracing::info!(content = %self.id, office = %located.office, rvp = %located.rvp, am_rvp = located.am_rvp, "office plan");
+        }
+        self.office = located.office.clone();
+        self.am_rvp = located.am_rvp;
+        let (open, ceiling) = located
+            .link
+            .as_ref()
+            .map(|l| (l.open, l.ceiling_bytes_per_s))
+            .unwrap_or((true, 0));
+        if open != self.link_open {
+            tracing::info!(content = %self.id, open, "the office's WAN link window changed");
+            self.progress.send_modify(|p| {
+                p.paused = (!open).then(|| "outside the WAN link's allowed hours".into())
+            });
+        }
+        self.link_open = open;
+        self.ceiling = ceiling;
+        // Upstream peers: only the RVP gets any; a client that stopped being the RVP
+        // stops pulling over the WAN.
+        let listed: Vec<String> = located
+            .upstream
+            .iter()
+            .map(|p| p.client_id.clone())
+            .collect();
+        let gone: Vec<(String, SourceId)> = self
+            .upstream
+            .iter()
+            .filter(|(c, _)| !listed.contains(c))
+            .map(|(c, s)| (c.clone(), *s))
+            .collect();
+        for (client, s) in gone {
+            for p in sched.remove_source(s).unwrap_or_default() {
+                if let Some(h) = self.in_flight.remove(&(s, p)) {
+                    h.abort();
                 }
+            }
+            self.sources.remove(&s);
+            self.upstream.remove(&client);
+        }
+        for peer in located.upstream {
+            let Some((addr, have)) = peer_entry(&peer, pieces) else {
+                continue;
+            };
+            let source = match self.upstream.get(&peer.client_id) {
+                Some(s) => *s,
+                None => {
+                    let s = self.new_source(SourceInfo::Upstream {
+                        client: peer.client_id.clone(),
+                        addr,
+                    });
+                    self.upstream.insert(peer.client_id.clone(), s);
+                    s
+                }
+            };
+            if sched.add_source(source, SourceKind::Peer).is_ok()
+                || sched.source_stats(source).is_some()
+            {
+                let _ = sched.set_source_pieces(source, have);
+            }
+        }
+        for peer in located.peers {
+            let Some((addr, have)) = peer_entry(&peer, pieces) else {
+                continue;
             };
             let source = match self.peers.get(&peer.client_id) {
                 Some(s) => *s,
                 None => {
                     let s = self.new_source(SourceInfo::Peer {
                         client: peer.client_id.clone(),
-                        addr: SocketAddr::new(ip, port),
+                        addr,
                     });
                     self.peers.insert(peer.client_id.clone(), s);
                     s
@@ -718,6 +888,12 @@ impl Download {
             },
             complete,
             content_port: self.svc.content_port.into(),
+            sources: Some(SourceBytes {
+                origin: self.from_origin,
+                server: self.from_server,
+                wan: self.from_wan,
+                lan: self.from_peers,
+            }),
         });
         match self.svc.call(report).await {
             Ok(_) => self.have_dirty = false,
@@ -734,6 +910,38 @@ async fn fetch_from_server(svc: &Services, id: ContentId, piece: u32) -> Result<
         .clone()
         .ok_or(Failure::Transport)?;
     fetch_on(svc, &conn, "the server", id, piece).await
+}
+
+/// The address and holdings of a listed peer, or `None` when the entry is unusable.
+fn peer_entry(peer: &PeerHolding, pieces: u32) -> Option<(SocketAddr, Have)> {
+    let ip = peer.address.parse::<IpAddr>().ok()?;
+    let port = u16::try_from(peer.content_port).ok()?;
+    let have = if peer.complete {
+        Have::All
+    } else {
+        Have::Some(PieceSet::from_lsb_bytes(pieces, &peer.have).ok()?)
+    };
+    Some((SocketAddr::new(ip, port), have))
+}
+
+/// A piece from a parent-office peer, over Background (our 34750 to its 34750).
+async fn fetch_from_upstream(
+    svc: &Services,
+    client: &str,
+    addr: SocketAddr,
+    id: ContentId,
+    piece: u32,
+) -> Result<Bytes, Failure> {
+    let name = ClientName::new(client.to_owned()).map_err(|_| Failure::Transport)?;
+    let (conn, _) = svc
+        .upstream_pool
+        .get(addr, &Role::Client(name))
+        .await
+        .map_err(|e| {
+            tracing::debug!(peer = %client, %addr, error = %e, "cannot connect to the parent-office peer");
+            Failure::Transport
+        })?;
+    fetch_on(svc, &conn, client, id, piece).await
 }
 
 async fn fetch_from_peer(

@@ -16,6 +16,7 @@
 
 pub mod download;
 pub mod identity;
+pub mod jobs;
 pub mod local;
 pub mod netinfo;
 pub mod services;
@@ -30,7 +31,9 @@ use branchline_transport::{
     BindError, Context, Handler, ReplayConfig, RequestError, Requester, Responder, Response,
     RetryPolicy, bind_udp, serve_reserved,
 };
-use branchline_wire::msg::{Ack, ErrorCode, ErrorReply, Heartbeat, Register, RegisterOk};
+use branchline_wire::msg::{
+    Ack, Assign, ErrorCode, ErrorReply, Heartbeat, MAX_ASSIGNMENTS, Register, RegisterOk,
+};
 use branchline_wire::validate::Ports;
 use branchline_wire::{Body, ClientId, DeploymentKey, SOFTWARE_VERSION};
 use rand::Rng;
@@ -105,6 +108,7 @@ pub enum Status {
 /// A running client.
 pub struct Client {
     id: ClientId,
+    hostname: String,
     status: watch::Receiver<Status>,
     services: watch::Receiver<Option<Arc<Services>>>,
     cache: Arc<Cache<FsStorage>>,
@@ -115,12 +119,21 @@ pub struct Client {
 }
 
 /// Answers small messages on the client's request port (34325).
-struct ClientHandler;
+struct ClientHandler {
+    /// The server's address: only it may assign work.
+    server: IpAddr,
+    assignments: tokio::sync::mpsc::Sender<Assign>,
+}
 
 impl Handler for ClientHandler {
-    fn handle(&self, _from: SocketAddr, body: Body) -> Response {
+    fn handle(&self, from: SocketAddr, body: Body) -> Response {
         match body {
             Body::Ping(_) => Response::Reply(Body::Ack(Ack {})),
+            Body::Assign(a) if from.ip() == self.server => {
+                // Full queue: the next heartbeat reply repeats the assignment.
+                let _ = self.assignments.try_send(a);
+                Response::Reply(Body::Ack(Ack {}))
+            }
             other => Response::Reply(Body::Error(ErrorReply {
                 code: ErrorCode::Unsupported as i32,
                 detail: format!("a client does not accept {} messages", other.kind()),
@@ -202,8 +215,13 @@ impl Client {
 
         let mut tasks = Vec::new();
         let serve_ctx = ctx.clone();
+        let (assign_tx, assign_rx) = tokio::sync::mpsc::channel(64);
+        let handler = Arc::new(ClientHandler {
+            server: opts.server,
+            assignments: assign_tx.clone(),
+        });
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = Responder::serve(request, serve_ctx, Arc::new(ClientHandler)).await {
+            if let Err(e) = Responder::serve(request, serve_ctx, handler).await {
                 tracing::error!(error = %e, "client request port failed");
             }
         }));
@@ -231,9 +249,12 @@ impl Client {
         })?;
         let seed = u64::from_le_bytes(id.0[..8].try_into().expect("8 bytes"));
         tasks.push(tokio::spawn(local::serve(listener, services.clone(), seed)));
-        let main = tokio::spawn(run(opts, id, requester, status_tx, quic));
+        tasks.push(tokio::spawn(jobs::run(assign_rx, services.clone(), seed)));
+        let hostname = opts.hostname.clone().unwrap_or_else(netinfo::hostname);
+        let main = tokio::spawn(run(opts, id, requester, status_tx, quic, assign_tx));
         Ok(Client {
             id,
+            hostname,
             status,
             services,
             cache,
@@ -245,6 +266,11 @@ impl Client {
 
     pub fn id(&self) -> ClientId {
         self.id
+    }
+
+    /// The name this client reports.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
     }
 
     pub fn status(&self) -> Status {
@@ -400,6 +426,8 @@ async fn report(svc: &Services, cache: &Cache<FsStorage>, ids: Vec<branchline_st
             },
             complete: status.complete,
             content_port: svc.content_port.into(),
+            // Counts belong to downloads; a re-report after registration carries none.
+            sources: None,
         });
         if let Err(e) = svc.call(req).await {
             tracing::debug!(content = %status.id, error = %e, "could not report cached content");
@@ -413,6 +441,7 @@ async fn run(
     req: Requester,
     status: watch::Sender<Status>,
     mut quic: Quic,
+    assignments: tokio::sync::mpsc::Sender<Assign>,
 ) -> ClientError {
     let server = SocketAddr::new(opts.server, opts.server_ports.small_request);
     let started = Instant::now();
@@ -520,6 +549,9 @@ async fn run(
                     let _ = status.send(Status::Registered {
                         last_answer: Instant::now(),
                     });
+                    for a in ack.assignments.into_iter().take(MAX_ASSIGNMENTS) {
+                        let _ = assignments.try_send(a);
+                    }
                     let svc = quic.services.borrow().clone();
                     if let Some(svc) = svc {
                         let ids: Vec<_> =

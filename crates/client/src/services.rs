@@ -53,7 +53,12 @@ pub struct Services {
     /// Background large messages (34345 accepts, 34343 connects, LEDBAT++).
     pub large_bg: LargeMessaging,
     pub server_pool: ConnectionPool,
+    /// Connections to same-office peers' 34760 (Foreground), from our 34760.
     pub peer_pool: ConnectionPool,
+    /// Connections to parent-office peers' 34750 (Background, LEDBAT++), from our 34750.
+    pub upstream_pool: ConnectionPool,
+    /// One download per content item at a time (a `get` and a deployment share it).
+    pub downloads: Mutex<std::collections::HashMap<ContentId, Arc<tokio::sync::Mutex<()>>>>,
     pub server_large: SocketAddr,
     pub content_port: u16,
     /// Content found corrupted while serving; reported to the server with the heartbeat.
@@ -183,7 +188,8 @@ impl Services {
         let large_serving = large.serve(no_large);
         let large_bg_serving = large_bg.serve(no_large);
         let server_pool = ConnectionPool::new(large.reply_endpoint().clone(), trust.clone());
-        let peer_pool = ConnectionPool::new(content.endpoint().clone(), trust);
+        let peer_pool = ConnectionPool::new(content.endpoint().clone(), trust.clone());
+        let upstream_pool = ConnectionPool::new(content_bg.endpoint().clone(), trust);
         Ok(Services {
             cache,
             content,
@@ -192,12 +198,24 @@ impl Services {
             large_bg,
             server_pool,
             peer_pool,
+            upstream_pool,
+            downloads: Mutex::default(),
             server_large: SocketAddr::new(server, server_ports.large_fg_request),
             content_port: ports.content_fg,
             corrupted,
             server_conn,
             tasks: vec![serving, serving_bg, large_serving, large_bg_serving],
         })
+    }
+
+    /// The lock that keeps one download per content item.
+    pub fn download_lock(&self, id: ContentId) -> Arc<tokio::sync::Mutex<()>> {
+        self.downloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default()
+            .clone()
     }
 
     /// One large request to the server, reconnecting once if the pooled connection died.

@@ -25,6 +25,7 @@ use sqlx::{Row, SqlSafeStr};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalogue::Item;
+use crate::deploy::{Deployment, Target};
 use crate::registry::ClientRecord;
 use branchline_store::{ContentId, PieceMap};
 use branchline_wire::validate::Meta;
@@ -37,6 +38,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "contents",
         include_str!("../migrations/0002_contents.sql"),
     ),
+    (3, "offices", include_str!("../migrations/0003_offices.sql")),
 ];
 
 /// The schema version this build migrates to.
@@ -200,6 +202,42 @@ impl Db {
         Ok(out)
     }
 
+    /// The office tree's TOML as last applied, if any.
+    pub async fn load_topology(&self) -> Result<Option<String>, DbError> {
+        Ok(sqlx::query_scalar("SELECT toml FROM topology WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Every deployment.
+    pub async fn load_deployments(&self) -> Result<Vec<Deployment>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, content_id, target, prestage, created_ms FROM deployments ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let corrupt = |what: String| DbError::Corrupt {
+                path: self.path.clone(),
+                what,
+            };
+            let id_text: String = row.try_get("content_id")?;
+            let target_text: String = row.try_get("target")?;
+            out.push(Deployment {
+                id: row.try_get::<i64, _>("id")? as u64,
+                content: ContentId::from_str(&id_text)
+                    .map_err(|e| corrupt(format!("deployment content id {id_text:?}: {e}")))?,
+                target: target_text
+                    .parse::<Target>()
+                    .map_err(|e| corrupt(format!("deployment target: {e}")))?,
+                prestage: row.try_get::<i64, _>("prestage")? != 0,
+                created_ms: row.try_get::<i64, _>("created_ms")? as u64,
+            });
+        }
+        Ok(out)
+    }
+
     /// Number of connectors ever activated.
     pub async fn count_connectors(&self) -> Result<u64, DbError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM connectors")
@@ -270,6 +308,10 @@ enum Op {
     Connector(ConnectorRow, Done<bool>),
     /// Insert a published content item; answer after commit.
     Content(Box<Item>, Done<()>),
+    /// Store the applied topology; answer after commit.
+    Topology(String, u64, Done<()>),
+    /// Insert a deployment; answer after commit.
+    Deployment(Box<Deployment>, Done<()>),
     /// Coalesced: latest last_seen and free space of a client.
     Touch {
         id: ClientId,
@@ -338,6 +380,37 @@ impl Writer {
     ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
         let (done, rx) = oneshot::channel();
         let sent = self.tx.send(Op::Content(Box::new(item), done)).is_ok();
+        async move {
+            if !sent {
+                return Err(WRITER_GONE.into());
+            }
+            rx.await.unwrap_or_else(|_| Err(WRITER_GONE.into()))
+        }
+    }
+
+    /// Stores the applied topology TOML; resolves once committed.
+    pub fn save_topology(
+        &self,
+        toml: String,
+        now_ms: u64,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        let (done, rx) = oneshot::channel();
+        let sent = self.tx.send(Op::Topology(toml, now_ms, done)).is_ok();
+        async move {
+            if !sent {
+                return Err(WRITER_GONE.into());
+            }
+            rx.await.unwrap_or_else(|_| Err(WRITER_GONE.into()))
+        }
+    }
+
+    /// Stores a deployment; resolves once committed.
+    pub fn save_deployment(
+        &self,
+        d: Deployment,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        let (done, rx) = oneshot::channel();
+        let sent = self.tx.send(Op::Deployment(Box::new(d), done)).is_ok();
         async move {
             if !sent {
                 return Err(WRITER_GONE.into());
@@ -451,7 +524,10 @@ async fn commit(
             let mut firsts = firsts.iter();
             for op in ops {
                 match op {
-                    Op::Client(_, done) | Op::Content(_, done) => {
+                    Op::Client(_, done)
+                    | Op::Content(_, done)
+                    | Op::Topology(_, _, done)
+                    | Op::Deployment(_, done) => {
                         let _ = done.send(Ok(()));
                     }
                     Op::Connector(_, done) => {
@@ -467,7 +543,10 @@ async fn commit(
             tracing::error!(error = %msg, db = %db.path.display(), "database write failed");
             for op in ops {
                 match op {
-                    Op::Client(_, done) | Op::Content(_, done) => {
+                    Op::Client(_, done)
+                    | Op::Content(_, done)
+                    | Op::Topology(_, _, done)
+                    | Op::Deployment(_, done) => {
                         let _ = done.send(Err(msg.clone()));
                     }
                     Op::Connector(_, done) => {
@@ -542,6 +621,29 @@ async fn write_all(
                 .execute(&mut *tx)
                 .await?;
                 firsts.push(existed.is_none());
+            }
+            Op::Topology(toml, now_ms, _) => {
+                sqlx::query(
+                    "INSERT INTO topology (id, toml, updated_ms) VALUES (1, ?, ?) \
+                     ON CONFLICT(id) DO UPDATE SET toml = excluded.toml, updated_ms = excluded.updated_ms",
+                )
+                .bind(toml)
+                .bind(*now_ms as i64)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Op::Deployment(d, _) => {
+                sqlx::query(
+                    "INSERT OR IGNORE INTO deployments (id, content_id, target, prestage, created_ms) \
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(d.id as i64)
+                .bind(d.content.to_hex())
+                .bind(d.target.to_string())
+                .bind(i64::from(d.prestage))
+                .bind(d.created_ms as i64)
+                .execute(&mut *tx)
+                .await?;
             }
             Op::Content(item, _) => {
                 let m = &item.meta;

@@ -12,8 +12,8 @@ use branchline_quic::{CertRequest, ClientName, DeploymentCa};
 use branchline_store::ContentId;
 use branchline_transport::{Clock, Counters, DropReason, Handler, Response};
 use branchline_wire::msg::{
-    Ack, ActivateOk, ContentList, ContentMeta, DropCount, ErrorCode, ErrorReply, Health,
-    HeartbeatAck, Published, RegisterOk,
+    Ack, ActivateOk, AdminPage, Assign, ContentList, ContentMeta, DropCount, ErrorCode, ErrorReply,
+    Health, HeartbeatAck, MAX_ASSIGNMENTS, Published, RegisterOk,
 };
 use branchline_wire::validate::{MAX_HOSTNAME, MAX_VERSION, content_id, text_field};
 use branchline_wire::{Body, ClientId, Invalid, SOFTWARE_VERSION};
@@ -41,9 +41,47 @@ pub struct ServerState {
     pub locations: Mutex<Locations>,
     /// Content the server holds itself (opt-in).
     pub content: Option<Arc<crate::content::ServerContent>>,
+    /// The office tree, placements and RVPs.
+    pub offices: Mutex<crate::offices::Offices>,
+    /// Deployments, relay assignments, byte counts per source kind.
+    pub deployments: Mutex<crate::deploy::Deployments>,
+    /// Admin call uploads and results.
+    pub calls: Mutex<crate::admin::Calls>,
+    /// Server-initiated small messages (assignments) to send from the reply port.
+    pub push_tx: tokio::sync::mpsc::Sender<(SocketAddr, Assign)>,
 }
 
 impl ServerState {
+    /// Queues an assignment for a client (dropped when the queue is full: the client's
+    /// next heartbeat reply carries it anyway).
+    pub fn push(&self, to: SocketAddr, assign: Assign) {
+        if self.push_tx.try_send((to, assign)).is_err() {
+            tracing::debug!(%to, "assignment queue full; the heartbeat reply will carry it");
+        }
+    }
+
+    /// What a client should fetch now, for its heartbeat reply.
+    pub fn assignments_of(&self, client: ClientId) -> Vec<Assign> {
+        let office = {
+            let offices = self.offices.lock().expect("offices lock");
+            offices
+                .office_of(&client)
+                .map(|o| offices.tree().office(o).name.clone())
+        };
+        let locations = self.locations.lock().expect("locations lock");
+        let complete = |c: &ContentId| locations.have(&client, c).is_some_and(|h| h.is_complete());
+        self.deployments
+            .lock()
+            .expect("deployments lock")
+            .assignments(client, office.as_deref(), complete, MAX_ASSIGNMENTS)
+            .into_iter()
+            .map(|(c, d)| Assign {
+                content_id: c.as_bytes().to_vec(),
+                deployment: d,
+            })
+            .collect()
+    }
+
     /// The answer to a health request.
     pub fn health(&self) -> Health {
         let now = self.clock.now_ms();
@@ -170,6 +208,11 @@ impl Handler for ServerHandler {
                     let (what, rec) = registry.register(reg, from, now);
                     (what, rec.clone())
                 };
+                // Placed by the address the server sees, never by what the client says.
+                s.offices
+                    .lock()
+                    .expect("offices lock")
+                    .place(record.id, from.ip());
                 if what == Registered::New {
                     tracing::info!(client = %record.id, host = %record.hostname, %from, "client enrolled");
                 } else {
@@ -210,8 +253,14 @@ impl Handler for ServerHandler {
                 if let Some((last_seen, free)) = known {
                     s.writer.touch(beat.client_id, last_seen, free);
                 }
+                let assignments = if known.is_some() {
+                    s.assignments_of(beat.client_id)
+                } else {
+                    Vec::new()
+                };
                 Response::Reply(Body::HeartbeatAck(HeartbeatAck {
                     known: known.is_some(),
+                    assignments,
                 }))
             }
             Body::Activate(a) => {
@@ -354,6 +403,68 @@ impl Handler for ServerHandler {
                     }
                 }
                 Response::Reply(Body::ContentList(page))
+            }
+            Body::AdminChunk(c) => {
+                let stored = s.calls.lock().expect("calls lock").chunk(
+                    c.call_id,
+                    c.total_len as usize,
+                    c.offset as usize,
+                    &c.data,
+                    now,
+                );
+                match stored {
+                    Ok(()) => Response::Reply(Body::Ack(Ack {})),
+                    Err(e) => Response::Reply(error(ErrorCode::Invalid, e.to_string(), now)),
+                }
+            }
+            Body::AdminRun(r) => {
+                let found =
+                    s.calls
+                        .lock()
+                        .expect("calls lock")
+                        .run(r.call_id, r.offset as usize, now);
+                let call_id = r.call_id;
+                match found {
+                    Ok(crate::admin::Run::Page { total_len, data }) => {
+                        Response::Reply(Body::AdminPage(AdminPage {
+                            call_id,
+                            total_len,
+                            offset: r.offset,
+                            data,
+                        }))
+                    }
+                    Ok(crate::admin::Run::Execute(request)) => {
+                        let state = s.clone();
+                        Response::Later(Box::pin(async move {
+                            let result =
+                                match serde_json::from_slice::<crate::admin::AdminCall>(&request) {
+                                    Ok(call) => crate::calls::execute(state.clone(), call).await,
+                                    Err(e) => crate::admin::AdminResult::invalid(format!(
+                                        "the server does not understand this admin call: {e}"
+                                    )),
+                                };
+                            let now = state.clock.now_ms();
+                            let mut calls = state.calls.lock().expect("calls lock");
+                            calls.finish(call_id, &result, now);
+                            match calls.run(call_id, 0, now) {
+                                Ok(crate::admin::Run::Page { total_len, data }) => {
+                                    Body::AdminPage(AdminPage {
+                                        call_id,
+                                        total_len,
+                                        offset: 0,
+                                        data,
+                                    })
+                                }
+                                _ => error(
+                                    ErrorCode::Unavailable,
+                                    "the admin result was lost; run the call again".into(),
+                                    now,
+                                ),
+                            }
+                        }))
+                    }
+                    Err(e) => Response::Reply(error(ErrorCode::NotFound, e.to_string(), now)),
+                }
             }
             Body::Ping(_) => Response::Reply(Body::Ack(Ack {})),
             other => {

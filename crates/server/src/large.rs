@@ -8,15 +8,21 @@ use branchline_quic::{HandlerError, PeerIdentity, Role};
 use branchline_store::{Bitfield, ContentId};
 use branchline_transport::DropReason;
 use branchline_wire::ClientId;
+use std::net::SocketAddr;
+
 use branchline_wire::large::{
-    ContentInfo, LargeError, LargeRequest, LargeResponse, Locations, PeerHolding, Request, Response,
+    ContentInfo, LargeError, LargeRequest, LargeResponse, LinkPolicy, Locations, PeerHolding,
+    Request, Response,
 };
 use branchline_wire::msg::{Ack, ErrorCode};
 use branchline_wire::validate::content_id;
 use bytes::Bytes;
 use prost::Message as _;
 
+use crate::deploy::SourceBytes;
 use crate::handler::ServerState;
+use crate::offices::{Member, Upstream};
+use crate::registry::ClientRecord;
 
 fn error(code: ErrorCode, detail: impl Into<String>) -> Response {
     Response::Error(LargeError {
@@ -130,51 +136,7 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                 Some(item) => item.meta.origin.clone(),
                 None => return error(ErrorCode::NotFound, "no such content in the catalogue"),
             };
-            let registry = state.registry.lock().expect("registry lock");
-            let me = registry.get(&client).cloned();
-            let online = |c: &ClientId| registry.get(c).is_some_and(|r| registry.is_online(r, now));
-            let near = |c: &ClientId| match (&me, registry.get(c)) {
-                (Some(me), Some(r)) if r.addresses.iter().any(|a| me.subnet.contains(*a)) => 0,
-                _ => 1,
-            };
-            let server_sends = state
-                .content
-                .as_ref()
-                .is_some_and(|c| c.holds(&id) && me.as_ref().is_some_and(|m| c.serves(m)));
-            let located = state.locations.lock().expect("locations lock").locate(
-                client,
-                id,
-                now,
-                server_sends,
-                online,
-                near,
-            );
-            let peers = located
-                .peers
-                .iter()
-                .filter_map(|p| {
-                    let r = registry.get(&p.client)?;
-                    let addr = r.content_addr()?;
-                    Some(PeerHolding {
-                        client_id: p.client.to_string(),
-                        address: addr.ip().to_string(),
-                        content_port: addr.port().into(),
-                        complete: p.complete,
-                        have: if p.complete {
-                            Vec::new()
-                        } else {
-                            p.have.as_bytes().to_vec()
-                        },
-                        same_subnet: near(&p.client) == 0,
-                    })
-                })
-                .collect();
-            Response::Locations(Locations {
-                peers,
-                read_origin: located.read_origin,
-                origin,
-                server_sends,
-            })
+            locate(state, client, id, origin, now)
         }
         Request::ReportHave(h) => {
             let id = match id_of(&h.content_id) {
@@ -202,11 +164,29 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                     }
                 }
             };
+            let pieces = have.count_ones();
             state
                 .locations
                 .lock()
                 .expect("locations lock")
                 .report(client, id, have, now);
+            state
+                .offices
+                .lock()
+                .expect("offices lock")
+                .progress(client, id, pieces, now);
+            if let Some(b) = h.sources {
+                state.deployments.lock().expect("deployments lock").record(
+                    id,
+                    client,
+                    SourceBytes {
+                        origin: b.origin,
+                        server: b.server,
+                        wan: b.wan,
+                        lan: b.lan,
+                    },
+                );
+            }
             Response::Ack(Ack {})
         }
         // Answered asynchronously by `send_content` before this function is called.
@@ -230,4 +210,152 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
             Response::Ack(Ack {})
         }
     }
+}
+
+/// "Where can I get X": same-office peers for everyone; for the office's RVP also the
+/// way out of the office (parent-office peers over Background, or the origin or the
+/// server's copy in the Central Office). See `crate::offices`.
+fn locate(
+    state: &ServerState,
+    client: ClientId,
+    id: ContentId,
+    origin: String,
+    now: u64,
+) -> Response {
+    let wall = crate::now_ms();
+    let registry = state.registry.lock().expect("registry lock");
+    let Some(me) = registry.get(&client).cloned() else {
+        return error(ErrorCode::NotFound, "unknown client: register first");
+    };
+    let mut offices = state.offices.lock().expect("offices lock");
+    if offices.office_of(&client).is_none()
+        && let Some(ip) = crate::calls::seen_ip(&me)
+    {
+        offices.place(client, ip);
+    }
+    let mut locations = state.locations.lock().expect("locations lock");
+    let open: Vec<bool> = offices
+        .tree()
+        .iter()
+        .map(|(_, o)| o.wan.is_open(wall))
+        .collect();
+    let plan = {
+        let loc = &*locations;
+        let member = |c: &ClientId| {
+            let r = registry.get(c)?;
+            let have = loc.have(c, &id);
+            Some(Member {
+                id: *c,
+                online: registry.is_online(r, now),
+                uptime_s: now.saturating_sub(r.first_seen_ms) / 1000,
+                cache_free_bytes: r.cache_free_bytes,
+                pieces: have.map(|h| h.count_ones()).unwrap_or(0),
+                complete: have.is_some_and(|h| h.is_complete()),
+            })
+        };
+        offices.plan(client, id, now, member, |o| {
+            open.get(o).copied().unwrap_or(true)
+        })
+    };
+    let Some(plan) = plan else {
+        return error(ErrorCode::Unavailable, "this client has no office yet");
+    };
+    let holding = |c: &ClientId, port_of: &dyn Fn(&ClientRecord) -> Option<SocketAddr>| {
+        let r = registry.get(c)?;
+        let have = locations.have(c, &id)?;
+        let addr = port_of(r)?;
+        let complete = have.is_complete();
+        Some(PeerHolding {
+            client_id: c.to_string(),
+            address: addr.ip().to_string(),
+            content_port: addr.port().into(),
+            complete,
+            have: if complete {
+                Vec::new()
+            } else {
+                have.as_bytes().to_vec()
+            },
+            same_subnet: true,
+        })
+    };
+    let mut peers: Vec<PeerHolding> = plan
+        .lan_peers
+        .iter()
+        .filter_map(|c| holding(c, &|r| r.content_addr()))
+        .collect();
+    peers.sort_by_key(|p| {
+        (
+            !p.complete,
+            std::cmp::Reverse(p.have.iter().map(|b| b.count_ones()).sum::<u32>()),
+        )
+    });
+    peers.truncate(crate::locations::MAX_PEERS);
+    let root = offices.tree().root();
+    let mut upstream = Vec::new();
+    let (mut read_origin, mut server_sends) = (false, false);
+    match plan.upstream {
+        Some(Upstream::Office(a)) => {
+            upstream = offices
+                .members(a)
+                .iter()
+                .filter(|c| registry.get(c).is_some_and(|r| registry.is_online(r, now)))
+                .filter_map(|c| holding(c, &|r| r.background_content_addr()))
+                .collect();
+            upstream.sort_by_key(|p| !p.complete);
+            upstream.truncate(crate::locations::MAX_PEERS);
+        }
+        Some(Upstream::Origin) => {
+            server_sends = plan.office == root
+                && state
+                    .content
+                    .as_ref()
+                    .is_some_and(|c| c.holds(&id) && c.serves(&me));
+            // A complete copy in the office covers it; otherwise one origin reader.
+            let covered = peers.iter().any(|p| p.complete);
+            let online = |c: &ClientId| registry.get(c).is_some_and(|r| registry.is_online(r, now));
+            read_origin = locations.read_origin(client, id, now, covered || server_sends, online);
+        }
+        None => {}
+    }
+    drop(locations);
+    if let Some(relay) = plan.relay {
+        state
+            .deployments
+            .lock()
+            .expect("deployments lock")
+            .relay(relay, id);
+        if let Some(addr) = registry.get(&relay).and_then(crate::calls::small_addr) {
+            tracing::info!(relay = %relay, content = %id, "asked to fetch for a child office");
+            state.push(
+                addr,
+                branchline_wire::msg::Assign {
+                    content_id: id.as_bytes().to_vec(),
+                    deployment: 0,
+                },
+            );
+        }
+    }
+    let spec = offices.tree().office(plan.office);
+    let link = plan.am_rvp.then(|| {
+        let wan = &spec.wan;
+        LinkPolicy {
+            ceiling_bytes_per_s: wan.ceiling_bytes_per_s.unwrap_or(0),
+            open: wan.is_open(wall),
+            change_in_ms: wan
+                .allowed_hours
+                .map(|h| h.next_change(wall).saturating_sub(wall))
+                .unwrap_or(0),
+        }
+    });
+    Response::Locations(Locations {
+        peers,
+        read_origin,
+        origin,
+        server_sends,
+        upstream,
+        office: spec.name.clone(),
+        rvp: plan.rvp.map(|c| c.to_string()).unwrap_or_default(),
+        am_rvp: plan.am_rvp,
+        link,
+    })
 }

@@ -16,12 +16,16 @@
 //! The server is its deployment's certificate authority (`DATA_DIR/ca`): it issues each
 //! client a certificate at registration, which QUIC connections between peers require.
 
+pub mod admin;
+pub mod calls;
 pub mod catalogue;
 pub mod content;
 pub mod db;
+pub mod deploy;
 pub mod handler;
 pub mod large;
 pub mod locations;
+pub mod offices;
 pub mod registry;
 
 use std::net::{IpAddr, SocketAddr};
@@ -76,6 +80,24 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Most server-initiated assignments queued for sending.
+const PUSH_QUEUE: usize = 4096;
+
+/// The tree before any topology is applied: one Central Office holding the /24 (IPv6:
+/// /64) of the server's bind address, or no subnet when it binds every interface (then
+/// every client lands in an automatic office until a topology is applied).
+pub fn default_tree(bind: IpAddr) -> branchline_office::Tree {
+    let subnets = if bind.is_unspecified() {
+        Vec::new()
+    } else {
+        let prefix = if bind.is_ipv4() { 24 } else { 64 };
+        ipnet::IpNet::new(bind, prefix)
+            .map(|n| vec![n.trunc()])
+            .unwrap_or_default()
+    };
+    branchline_office::Tree::with_central(subnets)
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -94,6 +116,8 @@ pub enum ServerError {
     Ca { dir: PathBuf, message: String },
     #[error("the server's content cache in {dir}: {message}")]
     ContentCache { dir: PathBuf, message: String },
+    #[error("the stored office topology cannot be loaded: {0}")]
+    Topology(String),
     #[error("cannot start QUIC on {addr} ({name}): {message}")]
     Quic {
         addr: SocketAddr,
@@ -126,7 +150,7 @@ pub struct Server {
     pub setup: Setup,
     state: Arc<ServerState>,
     /// Sends server-initiated small messages from the reply port (34322).
-    pub requester: Requester,
+    pub requester: Arc<Requester>,
     request_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
     writer_task: JoinHandle<()>,
@@ -163,6 +187,8 @@ impl Server {
         let records = db.load_clients().await?;
         let connectors = db.count_connectors().await?;
         let contents = db.load_contents().await?;
+        let topology = db.load_topology().await?;
+        let deployments = db.load_deployments().await?;
         let ca_dir = opts.data_dir.join("ca");
         let ca_err = |e: &dyn std::fmt::Display| ServerError::Ca {
             dir: ca_dir.clone(),
@@ -181,6 +207,23 @@ impl Server {
             catalogue.load(item);
         }
         let clients_loaded = records.len();
+        let mut offices = offices::Offices::new(default_tree(opts.bind));
+        if let Some(toml) = &topology {
+            let file = branchline_office::TopologyFile::parse(toml)
+                .map_err(|e| ServerError::Topology(e.to_string()))?;
+            let ips = records
+                .iter()
+                .filter_map(|r| Some((r.id, calls::seen_ip(r)?)));
+            offices
+                .apply(&file, ips)
+                .map_err(|e| ServerError::Topology(e.to_string()))?;
+        } else {
+            for r in &records {
+                if let Some(ip) = calls::seen_ip(r) {
+                    offices.place(r.id, ip);
+                }
+            }
+        }
         let mut registry = Registry::new(opts.offline_after_missed);
         registry.load(records);
 
@@ -299,6 +342,7 @@ impl Server {
         })?;
 
         let (writer, writer_task) = db::Writer::spawn(db.clone());
+        let (push_tx, mut push_rx) = tokio::sync::mpsc::channel(PUSH_QUEUE);
         let state = Arc::new(ServerState {
             registry: Mutex::new(registry),
             writer,
@@ -310,6 +354,10 @@ impl Server {
             catalogue: Mutex::new(catalogue),
             locations: Mutex::new(locations::Locations::new()),
             content,
+            offices: Mutex::new(offices),
+            deployments: Mutex::new(deploy::Deployments::load(deployments)),
+            calls: Mutex::new(admin::Calls::default()),
+            push_tx,
         });
         let large_state = state.clone();
         let large_task =
@@ -328,7 +376,28 @@ impl Server {
         for s in reserved {
             tasks.push(tokio::spawn(serve_reserved(s, ctx.counters.clone())));
         }
-        let requester = Requester::new(reply, ctx);
+        let requester = Arc::new(Requester::new(reply, ctx));
+        // Assignments pushed to clients, from the reply port (34322) to their 34325; a
+        // few at a time, each retried by the requester until acknowledged.
+        let pusher = requester.clone();
+        tasks.push(tokio::spawn(async move {
+            let limit = Arc::new(tokio::sync::Semaphore::new(64));
+            while let Some((to, assign)) = push_rx.recv().await {
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    return;
+                };
+                let pusher = pusher.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Err(e) = pusher
+                        .request(to, branchline_wire::Body::Assign(assign))
+                        .await
+                    {
+                        tracing::debug!(%to, error = %e, "assignment push failed; the heartbeat reply carries it");
+                    }
+                });
+            }
+        }));
         Ok(Server {
             setup: Setup {
                 created_key,

@@ -90,6 +90,54 @@ impl Locations {
         }
     }
 
+    /// Decides whether `requester` reads `content` from the origin: never when `covered`
+    /// (a complete copy it may use exists, or the server sends it the content); otherwise
+    /// when no other live origin reader exists, which makes the requester the reader.
+    pub fn read_origin(
+        &mut self,
+        requester: ClientId,
+        content: ContentId,
+        now_ms: u64,
+        covered: bool,
+        online: impl Fn(&ClientId) -> bool,
+    ) -> bool {
+        if covered {
+            return false;
+        }
+        let state = self.contents.entry(content).or_default();
+        let reader_alive = state.reader.as_ref().is_some_and(|r| {
+            r.client != requester
+                && online(&r.client)
+                && now_ms.saturating_sub(r.progress_ms) < READER_STALL_MS
+        });
+        if reader_alive {
+            return false;
+        }
+        let keep = state.reader.as_ref().is_some_and(|r| r.client == requester);
+        if !keep {
+            let pieces = state
+                .holders
+                .get(&requester)
+                .map(|h| h.have.count_ones())
+                .unwrap_or(0);
+            state.reader = Some(Reader {
+                client: requester,
+                progress_ms: now_ms,
+                pieces,
+            });
+        }
+        true
+    }
+
+    /// What `client` holds of `content`, if anything.
+    pub fn have(&self, client: &ClientId, content: &ContentId) -> Option<&Bitfield> {
+        self.contents
+            .get(content)?
+            .holders
+            .get(client)
+            .map(|h| &h.have)
+    }
+
     /// Number of clients holding `content` complete.
     pub fn complete_holders(&self, content: &ContentId) -> usize {
         self.contents
@@ -137,33 +185,13 @@ impl Locations {
             .any(|(c, h)| h.have.is_complete() && online(c));
         // `origin_covered`: the requester has another complete source (the server sends
         // it the content), so it never reads the origin.
-        let read_origin = if any_complete || origin_covered {
-            false
-        } else {
-            let reader_alive = state.reader.as_ref().is_some_and(|r| {
-                r.client != requester
-                    && online(&r.client)
-                    && now_ms.saturating_sub(r.progress_ms) < READER_STALL_MS
-            });
-            if reader_alive {
-                false
-            } else {
-                let keep = state.reader.as_ref().is_some_and(|r| r.client == requester);
-                if !keep {
-                    let pieces = state
-                        .holders
-                        .get(&requester)
-                        .map(|h| h.have.count_ones())
-                        .unwrap_or(0);
-                    state.reader = Some(Reader {
-                        client: requester,
-                        progress_ms: now_ms,
-                        pieces,
-                    });
-                }
-                true
-            }
-        };
+        let read_origin = self.read_origin(
+            requester,
+            content,
+            now_ms,
+            any_complete || origin_covered,
+            &online,
+        );
         Located { peers, read_origin }
     }
 }

@@ -38,6 +38,18 @@ impl ClientRecord {
     }
 }
 
+impl ClientRecord {
+    /// Where the client serves content over Background (34750, to child offices).
+    pub fn background_content_addr(&self) -> Option<SocketAddr> {
+        let ip = *self.addresses.first()?;
+        let port = self
+            .ports
+            .map(|p| p.content_bg)
+            .unwrap_or(branchline_config::ClientPorts::default().content_bg);
+        Some(SocketAddr::new(ip, port))
+    }
+}
+
 /// What a registration did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Registered {

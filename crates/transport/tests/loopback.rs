@@ -22,7 +22,10 @@ impl Handler for Counting {
     fn handle(&self, _from: SocketAddr, body: Body) -> Response {
         self.calls.fetch_add(1, Ordering::SeqCst);
         match body {
-            Body::Heartbeat(_) => Response::Reply(Body::HeartbeatAck(HeartbeatAck { known: true })),
+            Body::Heartbeat(_) => Response::Reply(Body::HeartbeatAck(HeartbeatAck {
+                known: true,
+                assignments: Vec::new(),
+            })),
             Body::Ping(_) => Response::Later(Box::pin(async {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 Body::Ack(Ack {})
@@ -62,7 +65,13 @@ async fn request_reply_and_deferred_reply() {
     let (addr, _, handler) = server(1).await;
     let req = requester(ctx(1)).await;
     let reply = req.request(addr, heartbeat()).await.unwrap();
-    assert_eq!(reply, Body::HeartbeatAck(HeartbeatAck { known: true }));
+    assert_eq!(
+        reply,
+        Body::HeartbeatAck(HeartbeatAck {
+            known: true,
+            assignments: Vec::new()
+        })
+    );
     let reply = req.request(addr, Body::Ping(Ping {})).await.unwrap();
     assert_eq!(reply, Body::Ack(Ack {}));
     assert_eq!(handler.calls.load(Ordering::SeqCst), 2);
@@ -119,7 +128,13 @@ async fn replayed_request_is_not_handled_twice() {
     );
     relay.send_to(&answers[0], req_addr).await.unwrap();
     let reply = pending.await.unwrap().unwrap();
-    assert_eq!(reply, Body::HeartbeatAck(HeartbeatAck { known: true }));
+    assert_eq!(
+        reply,
+        Body::HeartbeatAck(HeartbeatAck {
+            known: true,
+            assignments: Vec::new()
+        })
+    );
 }
 
 #[tokio::test]

@@ -114,6 +114,37 @@ pub struct Locations {
     /// Office client) on request ([`SendContent`]).
     #[prost(bool, tag = "4")]
     pub server_sends: bool,
+    /// Peers of the parent office (or the nearest ancestor office with clients online)
+    /// holding pieces, reached over Background (their `content_port` is the Background
+    /// content port, 34750). Only the office's RVP is given any.
+    #[prost(message, repeated, tag = "5")]
+    pub upstream: Vec<PeerHolding>,
+    /// The requester's office.
+    #[prost(string, tag = "6")]
+    pub office: String,
+    /// The office's rendezvous point for this content (client id), if one is elected.
+    #[prost(string, tag = "7")]
+    pub rvp: String,
+    /// True when the requester is that RVP: it alone fetches from outside the office.
+    #[prost(bool, tag = "8")]
+    pub am_rvp: bool,
+    /// The policy of the office's WAN link, for the RVP.
+    #[prost(message, optional, tag = "9")]
+    pub link: Option<LinkPolicy>,
+}
+
+/// The policy of one WAN link, as the RVP applies it to what it pulls over the link.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LinkPolicy {
+    /// Background rate ceiling (bytes/s); 0 = none.
+    #[prost(uint64, tag = "1")]
+    pub ceiling_bytes_per_s: u64,
+    /// False outside the link's allowed hours: pull nothing over the link.
+    #[prost(bool, tag = "2")]
+    pub open: bool,
+    /// Milliseconds until the window opens or closes; 0 = never changes.
+    #[prost(uint64, tag = "3")]
+    pub change_in_ms: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -128,6 +159,26 @@ pub struct ReportHave {
     /// The port this client serves content on (Foreground).
     #[prost(uint32, tag = "4")]
     pub content_port: u32,
+    /// Verified bytes this client has taken of this content, by source kind, since it
+    /// started it (counts, for `connector status`).
+    #[prost(message, optional, tag = "5")]
+    pub sources: Option<SourceBytes>,
+}
+
+/// Bytes by where they came from.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct SourceBytes {
+    #[prost(uint64, tag = "1")]
+    pub origin: u64,
+    /// From the server's own copy.
+    #[prost(uint64, tag = "2")]
+    pub server: u64,
+    /// Over the office's WAN link, from the parent office.
+    #[prost(uint64, tag = "3")]
+    pub wan: u64,
+    /// From peers in the same office.
+    #[prost(uint64, tag = "4")]
+    pub lan: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

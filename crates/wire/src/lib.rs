@@ -90,6 +90,10 @@ mod tests {
             Body::Published(Published::default()),
             Body::ListContent(ListContent::default()),
             Body::ContentList(ContentList::default()),
+            Body::AdminChunk(AdminChunk::default()),
+            Body::AdminRun(AdminRun::default()),
+            Body::AdminPage(AdminPage::default()),
+            Body::Assign(Assign::default()),
         ];
         let k = key(1);
         for body in bodies {

@@ -21,7 +21,7 @@ pub struct Envelope {
     pub in_reply_to: u64,
     #[prost(
         oneof = "Body",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30"
     )]
     pub body: Option<Body>,
 }
@@ -80,6 +80,21 @@ pub enum Body {
     /// server -> connector: reply to [`ListContent`].
     #[prost(message, tag = "26")]
     ContentList(ContentList),
+    /// connector -> server: one chunk of an admin call's request (JSON), answered with
+    /// [`Ack`].
+    #[prost(message, tag = "27")]
+    AdminChunk(AdminChunk),
+    /// connector -> server: run the admin call whose request was uploaded (or, again, fetch
+    /// another page of its result). Answered with [`AdminPage`].
+    #[prost(message, tag = "28")]
+    AdminRun(AdminRun),
+    /// server -> connector: one page of an admin call's result (JSON).
+    #[prost(message, tag = "29")]
+    AdminPage(AdminPage),
+    /// server -> client (from the server's 34322 to the client's 34325): fetch this
+    /// content now (a deployment, or relaying for a child office). Answered with [`Ack`].
+    #[prost(message, tag = "30")]
+    Assign(Assign),
 }
 
 impl Body {
@@ -103,6 +118,10 @@ impl Body {
             Body::Published(_) => "Published",
             Body::ListContent(_) => "ListContent",
             Body::ContentList(_) => "ContentList",
+            Body::AdminChunk(_) => "AdminChunk",
+            Body::AdminRun(_) => "AdminRun",
+            Body::AdminPage(_) => "AdminPage",
+            Body::Assign(_) => "Assign",
         }
     }
 }
@@ -238,6 +257,67 @@ pub struct HeartbeatAck {
     /// False when the server has no record of this client: it must register again.
     #[prost(bool, tag = "1")]
     pub known: bool,
+    /// Content the server wants this client to fetch (deployments, relaying). The same
+    /// list as the [`Assign`] messages pushed to the client, repeated here in case a push
+    /// was lost; at most [`MAX_ASSIGNMENTS`] entries.
+    #[prost(message, repeated, tag = "2")]
+    pub assignments: Vec<Assign>,
+}
+
+/// Most assignments carried in one heartbeat reply (they fit in one datagram).
+pub const MAX_ASSIGNMENTS: usize = 16;
+
+/// Fetch a content item into the cache.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Assign {
+    /// The content id (32 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub content_id: Vec<u8>,
+    /// Why: a deployment's id, or 0 for relaying on behalf of a child office.
+    #[prost(uint64, tag = "2")]
+    pub deployment: u64,
+}
+
+/// Admin calls (topology, deployments, status) carry a JSON request that can be larger
+/// than one datagram: the connector uploads it in chunks under a random `call_id`, then
+/// asks the server to run it and reads the JSON result page by page. The server keeps a
+/// bounded number of uploads and results for a short time; running a call twice returns
+/// the stored result, so a retransmitted `AdminRun` never runs a call twice.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AdminChunk {
+    /// Random, chosen by the connector for this call.
+    #[prost(uint64, tag = "1")]
+    pub call_id: u64,
+    /// Length of the whole request (bytes).
+    #[prost(uint32, tag = "2")]
+    pub total_len: u32,
+    /// Offset of `data` in the request.
+    #[prost(uint32, tag = "3")]
+    pub offset: u32,
+    #[prost(bytes = "vec", tag = "4")]
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AdminRun {
+    #[prost(uint64, tag = "1")]
+    pub call_id: u64,
+    /// Offset in the result of the page wanted.
+    #[prost(uint32, tag = "2")]
+    pub offset: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AdminPage {
+    #[prost(uint64, tag = "1")]
+    pub call_id: u64,
+    /// Length of the whole result (bytes).
+    #[prost(uint32, tag = "2")]
+    pub total_len: u32,
+    #[prost(uint32, tag = "3")]
+    pub offset: u32,
+    #[prost(bytes = "vec", tag = "4")]
+    pub data: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -1,0 +1,351 @@
+//! Running admin calls (`crate::admin`) against the server's state.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use branchline_office::{OfficeKind, TopologyFile};
+use branchline_store::ContentId;
+use branchline_wire::ClientId;
+use branchline_wire::msg::Assign;
+
+use crate::admin::{
+    AdminCall, AdminResult, DeployView, OfficeStatus, OfficeView, RvpView, StatusView, TopologyView,
+};
+use crate::deploy::{Deployment, SourceBytes, Target};
+use crate::handler::ServerState;
+use crate::registry::ClientRecord;
+
+/// The address the server saw a client at (placement uses it, never what it reports).
+pub fn seen_ip(r: &ClientRecord) -> Option<IpAddr> {
+    r.source
+        .map(|s| s.ip())
+        .or_else(|| r.addresses.first().copied())
+}
+
+/// Where a server-initiated small message reaches the client (its request port, 34325).
+pub fn small_addr(r: &ClientRecord) -> Option<SocketAddr> {
+    let port = r
+        .ports
+        .map(|p| p.small_request)
+        .unwrap_or(branchline_config::ClientPorts::default().small_request);
+    seen_ip(r).map(|ip| SocketAddr::new(ip, port))
+}
+
+fn kind_name(k: OfficeKind) -> &'static str {
+    match k {
+        OfficeKind::Default => "default",
+        OfficeKind::Wifi => "wifi",
+        OfficeKind::Vpn => "vpn",
+    }
+}
+
+/// Runs one admin call.
+pub async fn execute(state: Arc<ServerState>, call: AdminCall) -> AdminResult {
+    match call {
+        AdminCall::TopologyApply { toml } => apply(&state, toml).await,
+        AdminCall::TopologyShow => AdminResult::ok(topology_view(&state)),
+        AdminCall::TopologyExport => {
+            let toml = state
+                .offices
+                .lock()
+                .expect("offices lock")
+                .tree()
+                .export()
+                .to_toml();
+            AdminResult::ok(serde_json::json!({ "toml": toml }))
+        }
+        AdminCall::Deploy {
+            content,
+            target,
+            prestage,
+        } => deploy(&state, &content, &target, prestage).await,
+        AdminCall::Status { content } => match resolve(&state, &content) {
+            Ok((id, name)) => AdminResult::ok(status(&state, id, name)),
+            Err(e) => e,
+        },
+    }
+}
+
+async fn apply(state: &Arc<ServerState>, toml: String) -> AdminResult {
+    let file = match TopologyFile::parse(&toml) {
+        Ok(f) => f,
+        Err(e) => return AdminResult::invalid(e.to_string()),
+    };
+    // Tree-level errors (cycles, overlaps, unknown parents) with their line.
+    if let Err(e) = branchline_office::Tree::from_toml(&toml) {
+        return AdminResult::invalid(e.to_string());
+    }
+    let clients: Vec<(ClientId, IpAddr)> = {
+        let registry = state.registry.lock().expect("registry lock");
+        registry
+            .snapshot()
+            .iter()
+            .filter_map(|r| Some((r.id, seen_ip(r)?)))
+            .collect()
+    };
+    // Check first on a copy, so that a refused file leaves nothing half-applied and the
+    // database write happens before the change takes effect.
+    {
+        let offices = state.offices.lock().expect("offices lock");
+        let mut probe = offices.tree().clone();
+        if let Err(e) = probe.apply(&file) {
+            return AdminResult::invalid(e.to_string());
+        }
+    }
+    if let Err(e) = state.writer.save_topology(toml, state.clock.now_ms()).await {
+        return AdminResult::failed(format!("the server could not store the topology: {e}"));
+    }
+    let applied = state
+        .offices
+        .lock()
+        .expect("offices lock")
+        .apply(&file, clients);
+    match applied {
+        Ok(()) => {
+            tracing::info!(offices = file.offices.len(), "topology applied");
+            AdminResult::ok(topology_view(state))
+        }
+        Err(e) => AdminResult::invalid(e.to_string()),
+    }
+}
+
+/// The tree with clients per office and current RVPs.
+pub fn topology_view(state: &ServerState) -> TopologyView {
+    let now = state.clock.now_ms();
+    let registry = state.registry.lock().expect("registry lock");
+    let offices = state.offices.lock().expect("offices lock");
+    let catalogue = state.catalogue.lock().expect("catalogue lock");
+    let tree = offices.tree();
+    let rvps = offices.rvps();
+    let mut out = Vec::new();
+    for (idx, o) in tree.iter() {
+        let members = offices.members(idx);
+        let online = members
+            .iter()
+            .filter(|c| registry.get(c).is_some_and(|r| registry.is_online(r, now)))
+            .count() as u64;
+        out.push(OfficeView {
+            name: o.name.clone(),
+            parent: tree.parent(idx).map(|p| tree.office(p).name.clone()),
+            kind: kind_name(o.kind).into(),
+            subnets: o.subnets.iter().map(|s| s.to_string()).collect(),
+            auto: o.auto,
+            clients_total: members.len() as u64,
+            clients_online: online,
+            ceiling_bytes_per_s: o.wan.ceiling_bytes_per_s,
+            allowed_hours: o.wan.allowed_hours.map(|h| h.to_string()),
+            max_transfers: o.wan.max_transfers,
+            rvps: rvps
+                .iter()
+                .filter(|(n, _, _)| *n == o.name)
+                .map(|(_, content, client)| RvpView {
+                    content_id: content.to_hex(),
+                    content: catalogue
+                        .get(content)
+                        .map(|i| format!("{}@{}", i.meta.name, i.meta.version))
+                        .unwrap_or_default(),
+                    client_id: client.to_string(),
+                    hostname: registry
+                        .get(client)
+                        .map(|r| r.hostname.clone())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        });
+    }
+    TopologyView { offices: out }
+}
+
+/// A content id or name[@version] from the catalogue.
+fn resolve(state: &ServerState, text: &str) -> Result<(ContentId, String), AdminResult> {
+    let cat = state.catalogue.lock().expect("catalogue lock");
+    let item = if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
+        text.parse::<ContentId>().ok().and_then(|id| cat.get(&id))
+    } else {
+        let (name, version) = match text.split_once('@') {
+            Some((n, v)) => (n, Some(v)),
+            None => (text, None),
+        };
+        cat.find(name, version)
+    };
+    match item {
+        Some(i) => Ok((
+            ContentId::from_bytes(i.meta.content_id),
+            format!("{}@{}", i.meta.name, i.meta.version),
+        )),
+        None => Err(AdminResult::not_found(format!(
+            "no content {text:?} in the catalogue (publish it first; `connector content list` shows what is there)"
+        ))),
+    }
+}
+
+async fn deploy(
+    state: &Arc<ServerState>,
+    content: &str,
+    target: &str,
+    prestage: bool,
+) -> AdminResult {
+    let (id, name) = match resolve(state, content) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let target: Target = match target.parse() {
+        Ok(t) => t,
+        Err(e) => return AdminResult::invalid(format!("--to {e}")),
+    };
+    if let Target::Office(n) = &target
+        && state
+            .offices
+            .lock()
+            .expect("offices lock")
+            .tree()
+            .find(n)
+            .is_none()
+    {
+        return AdminResult::invalid(format!(
+            "--to office:{n}: no such office (`connector topology show` lists them)"
+        ));
+    }
+    let now = state.clock.now_ms();
+    let (deployment, new) = {
+        let mut d = state.deployments.lock().expect("deployments lock");
+        let next = d.next_id();
+        match d.add(Deployment {
+            id: next,
+            content: id,
+            target: target.clone(),
+            prestage,
+            created_ms: now,
+        }) {
+            Ok(r) => r,
+            Err(e) => return AdminResult::failed(e),
+        }
+    };
+    if new && let Err(e) = state.writer.save_deployment(deployment.clone()).await {
+        return AdminResult::failed(format!("the server could not store the deployment: {e}"));
+    }
+    // Push to the targeted clients that are online now; the rest learn it from their
+    // heartbeat replies.
+    let targets: Vec<SocketAddr> = {
+        let registry = state.registry.lock().expect("registry lock");
+        let offices = state.offices.lock().expect("offices lock");
+        let locations = state.locations.lock().expect("locations lock");
+        registry
+            .snapshot()
+            .iter()
+            .filter(|r| {
+                let office = offices
+                    .office_of(&r.id)
+                    .map(|o| offices.tree().office(o).name.clone());
+                crate::deploy::targets(&target, r.id, office.as_deref())
+                    && registry.is_online(r, now)
+                    && !locations.have(&r.id, &id).is_some_and(|h| h.is_complete())
+            })
+            .filter_map(small_addr)
+            .collect()
+    };
+    let clients = targets.len() as u64;
+    for addr in targets {
+        state.push(
+            addr,
+            Assign {
+                content_id: id.as_bytes().to_vec(),
+                deployment: deployment.id,
+            },
+        );
+    }
+    tracing::info!(deployment = deployment.id, content = %id, target = %target, new, "deployed");
+    AdminResult::ok(DeployView {
+        deployment: deployment.id,
+        content_id: id.to_hex(),
+        content: name,
+        target: target.to_string(),
+        prestage,
+        new,
+        clients,
+    })
+}
+
+/// Per office: who is done, the RVP, and where the bytes came from.
+pub fn status(state: &ServerState, id: ContentId, name: String) -> StatusView {
+    let registry = state.registry.lock().expect("registry lock");
+    let offices = state.offices.lock().expect("offices lock");
+    let locations = state.locations.lock().expect("locations lock");
+    let deployments = state.deployments.lock().expect("deployments lock");
+    let tree = offices.tree();
+    let size = state
+        .catalogue
+        .lock()
+        .expect("catalogue lock")
+        .get(&id)
+        .map(|i| i.meta.size)
+        .unwrap_or(0);
+    let stats: BTreeMap<ClientId, SourceBytes> = deployments.stats(&id).into_iter().collect();
+    let deps: Vec<&Deployment> = deployments
+        .list()
+        .iter()
+        .filter(|d| d.content == id)
+        .collect();
+    // Bytes into each office over its WAN link.
+    let mut per_office: Vec<(OfficeStatus, usize)> = Vec::new();
+    for (idx, o) in tree.iter() {
+        let members = offices.members(idx);
+        let mut bytes = SourceBytes::default();
+        let (mut total, mut done) = (0u64, 0u64);
+        for m in &members {
+            let complete = locations.have(m, &id).is_some_and(|h| h.is_complete());
+            let targeted = deps
+                .iter()
+                .any(|d| crate::deploy::targets(&d.target, *m, Some(o.name.as_str())));
+            if targeted || complete || stats.contains_key(m) {
+                total += 1;
+                done += u64::from(complete);
+            }
+            if let Some(b) = stats.get(m) {
+                bytes.add(b);
+            }
+        }
+        if total == 0 && bytes == SourceBytes::default() {
+            continue;
+        }
+        per_office.push((
+            OfficeStatus {
+                office: o.name.clone(),
+                parent: tree.parent(idx).map(|p| tree.office(p).name.clone()),
+                clients_done: done,
+                clients_total: total,
+                rvp: offices.rvp(idx, &id).map(|c| {
+                    registry
+                        .get(&c)
+                        .map(|r| format!("{} ({c})", r.hostname))
+                        .unwrap_or_else(|| c.to_string())
+                }),
+                bytes_origin: bytes.origin,
+                bytes_server: bytes.server,
+                bytes_wan_in: bytes.wan,
+                bytes_wan_out: 0,
+                bytes_lan: bytes.lan,
+            },
+            idx,
+        ));
+    }
+    // What left an office over its children's links: what the children took over WAN.
+    let wan_in: Vec<(Option<String>, u64)> = per_office
+        .iter()
+        .map(|(s, _)| (s.parent.clone(), s.bytes_wan_in))
+        .collect();
+    for (s, _) in &mut per_office {
+        s.bytes_wan_out = wan_in
+            .iter()
+            .filter(|(p, _)| p.as_deref() == Some(s.office.as_str()))
+            .map(|(_, b)| b)
+            .sum();
+    }
+    StatusView {
+        content_id: id.to_hex(),
+        content: name,
+        size,
+        offices: per_office.into_iter().map(|(s, _)| s).collect(),
+    }
+}
