@@ -1,10 +1,12 @@
-//! The Branchline server: metadata only.
+//! The Branchline server: registry, catalogue, offices and deployments. It holds content
+//! only when `server.content_cache_size` gives it a cache ([`content`]).
 //!
 //! It keeps the client registry (in memory, with SQLite as its durable copy), answers
-//! small messages on its request port (34323), holds its reply port (34322) for
-//! server-initiated messages, and binds the large-message and Adaptive Protocol ports of
-//! the seed table so the firewall contract holds from the first version (what arrives
-//! there is counted until those protocols land).
+//! small messages on its request port (34323), sends server-initiated messages
+//! (assignments) from its reply port (34322), and serves large messages over QUIC
+//! (Foreground 34333, Background 34341). It binds the Adaptive Protocol port of the seed
+//! table (34545) so the firewall contract holds; what arrives there is counted as
+//! `reserved_port` drops until that protocol lands.
 //!
 //! * [`registry`]: pure client bookkeeping (online/offline from missed heartbeats).
 //! * [`db`]: SQLite with embedded, versioned migrations and a batching writer.
@@ -12,6 +14,12 @@
 //! * [`catalogue`]: published content and piece-map uploads (pure).
 //! * [`locations`]: who holds what, who reads the origin (pure).
 //! * [`large`]: large-message handlers (QUIC on 34333): content, locate, have reports.
+//! * [`content`]: the server's own content copy, sent to Central Office clients.
+//! * [`offices`]: the office tree, placement by source address, one RVP per office and
+//!   content, who pulls from where (pure; `docs/offices.md`).
+//! * [`deploy`]: deployments, assignments and bytes per source kind (pure).
+//! * [`admin`]: admin-call transport (chunked JSON) and the request/result types.
+//! * [`calls`]: running admin calls (topology, deploy, status) against the server state.
 //!
 //! The server is its deployment's certificate authority (`DATA_DIR/ca`): it issues each
 //! client a certificate at registration, which QUIC connections between peers require.
