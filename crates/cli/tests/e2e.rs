@@ -255,9 +255,20 @@ fn unreachable_server_is_a_clear_error_after_the_deadline() {
 }
 
 #[test]
-fn demo_shows_every_client_registered() {
-    let net = net();
-    let out = run(&["demo", "--clients", "3", "--net", &net]);
+fn demo_shows_offices_and_where_the_bytes_came_from() {
+    // The demo's offices take A.B.C, A.B.C+1 and A.B.C+2.
+    let base = net();
+    let (head, last) = base.rsplit_once('.').unwrap();
+    let net = format!("{head}.{}", last.parse::<u8>().unwrap().min(250));
+    let out = run(&[
+        "demo",
+        "--clients",
+        "3",
+        "--net",
+        &net,
+        "--package-mib",
+        "4",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -265,7 +276,28 @@ fn demo_shows_every_client_registered() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("3 online / 3 enrolled"), "{stdout}");
-    for n in 1..=3 {
-        assert!(stdout.contains(&format!("demo-client-{n}")), "{stdout}");
+    // One client per office; each office's only client is its RVP. The Central
+    // Office's reads the origin, each branch's takes one copy over its WAN link.
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{stdout}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let central = row("central-1");
+    assert_eq!(&central[1..4], ["central", "yes", central[3].as_str()]);
+    assert_eq!(central[5], "4.0", "origin MiB: {stdout}");
+    for office in ["east", "west"] {
+        let r = row(&format!("{office}-1"));
+        assert_eq!(&r[1..3], [office, "yes"], "{stdout}");
+        assert_eq!(r[5], "0.0", "no origin bytes in {office}: {stdout}");
+        assert_eq!(r[7], "4.0", "one copy from the parent office: {stdout}");
     }
+    assert!(
+        stdout.contains("origin read 1.00 x the package size for 3 clients"),
+        "{stdout}"
+    );
 }
