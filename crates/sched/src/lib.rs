@@ -154,7 +154,9 @@
 
 mod avail;
 mod config;
+mod diagnose;
 mod error;
+mod group;
 mod pieceset;
 mod rng;
 mod scheduler;
@@ -167,7 +169,9 @@ pub use config::{
     default_min_in_flight, default_min_rate_sample, default_min_timeout, default_queue_horizon,
     default_rate_smoothing, default_timeout_factor,
 };
+pub use diagnose::{Diagnosis, StallCause};
 pub use error::SchedError;
+pub use group::{GroupId, GroupStats};
 pub use pieceset::PieceSet;
 pub use scheduler::{DropReason, Dropped, Failure, Progress, Received, Scheduler, Verdict};
 pub use source::{Have, SourceId, SourceKind, SourceState, SourceStats};
