@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::{SchedConfig, SourceId};
 
@@ -55,39 +55,57 @@ impl Meter {
     }
 
     /// `bytes` arrived at `now`; returns the new rate if a sample was taken.
+    ///
+    /// An aggregate meter hears of several connections at once: whole pieces of
+    /// parallel streams often land within moments of each other after a long wait, and
+    /// a sample closed between two of them would read as many times the link's rate.
+    /// So a sample spans at least one piece at the current estimate (at most a quarter
+    /// of `max_timeout`), not just `min_rate_sample`.
     pub(crate) fn credit(&mut self, bytes: u64, now: Instant, cfg: &SchedConfig) -> Option<f64> {
         self.last = Some(now);
+        let span = self
+            .rate
+            .filter(|&r| r > 0.0)
+            .map(|r| cfg.piece_size as f64 / r)
+            .filter(|s| s.is_finite())
+            .map_or(cfg.min_rate_sample, |s| {
+                Duration::from_secs_f64(s.min(cfg.max_timeout.as_secs_f64() / 4.0))
+                    .max(cfg.min_rate_sample)
+            });
         sample(
             &mut self.rate,
             &mut self.mark,
             &mut self.bytes,
             bytes,
             now,
-            cfg,
+            span,
+            cfg.rate_smoothing,
         )
     }
 }
 
-/// Adds `add` bytes to the current sample and closes it if it spans at least
-/// `min_rate_sample`: the shared rate rule of sources, groups and the whole download.
+/// Adds `add` bytes to the current sample and closes it if it spans at least `span`:
+/// the shared rate rule of sources, groups and the whole download (EWMA of weight
+/// `smoothing`).
 pub(crate) fn sample(
     rate: &mut Option<f64>,
     mark: &mut Option<Instant>,
     bytes: &mut u64,
     add: u64,
     now: Instant,
-    cfg: &SchedConfig,
+    span: Duration,
+    smoothing: f64,
 ) -> Option<f64> {
     *bytes += add;
     let m = (*mark)?;
     let dt = now.saturating_duration_since(m);
-    if dt < cfg.min_rate_sample || dt.is_zero() {
+    if dt < span || dt.is_zero() {
         return None;
     }
     let s = *bytes as f64 / dt.as_secs_f64();
     let r = match *rate {
         None => s,
-        Some(r) => r + cfg.rate_smoothing * (s - r),
+        Some(r) => r + smoothing * (s - r),
     };
     *rate = Some(r);
     *bytes = 0;

@@ -1136,7 +1136,8 @@ impl Scheduler {
             &mut s.sample_bytes,
             bytes,
             now,
-            cfg,
+            cfg.min_rate_sample,
+            cfg.rate_smoothing,
         ) {
             s.window = grow(s.window, window_for(cfg, rate, floor, cfg.max_in_flight));
         }
