@@ -10,14 +10,18 @@
 //!    client fetches from every other): the WAN copy time, when the last client
 //!    finished, their ratio, pieces the origin served (must equal the piece count), copies
 //!    of each piece the RVP uploaded, and wasted (duplicate) pieces.
-//! 3. per content size: wall-clock nanoseconds per piece for the whole request/receive
+//! 3. the west case: 8 MiB from six sources in other offices behind one 4 Mbit/s link
+//!    (64 kB queue, 60 ms one way, 0.5 % loss, another client's six connections on the
+//!    link), with and without the group and progress rules: completion, bytes that
+//!    entered the office per content byte, timeouts, sources dropped.
+//! 4. per content size: wall-clock nanoseconds per piece for the whole request/receive
 //!    cycle (`next_request` + `on_piece_received`) with 8 peers holding everything, and
 //!    for the slow path where the rarest pieces are held by other peers only.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use branchline_sched::sim::{self, Fault, SimConfig, SimHave, SimSource};
+use branchline_sched::sim::{self, Fault, SimConfig, SimHave, SimLink, SimSource};
 use branchline_sched::{Have, PieceSet, SchedConfig, Scheduler, SourceId, SourceKind};
 
 const PIECE: u64 = 1 << 20;
@@ -204,6 +208,63 @@ fn offices() {
     }
 }
 
+fn west(piece: u64, tell: bool) {
+    const CONTENT: u64 = 8 << 20;
+    let c = SimConfig {
+        piece_count: (CONTENT / piece) as u32,
+        sched: SchedConfig {
+            seed: 7,
+            ..SchedConfig::new(piece)
+        },
+        refresh: Duration::from_secs(1),
+        limit: Duration::from_secs(1800),
+    };
+    let link = SimLink {
+        id: 1,
+        rate: 500_000.0,
+        queue: 64_000,
+        loss: 0.005,
+        cross_flows: 6,
+        progress: tell.then_some(Duration::from_millis(100)),
+        declare_group: tell,
+    };
+    let srcs: Vec<SimSource> = (0..6)
+        .map(|_| SimSource::upstream(212_000.0, Duration::from_millis(120)).behind(1))
+        .collect();
+    let r = sim::run_linked(&c, &srcs, &[link]);
+    let dropped = r.sources.iter().filter(|s| s.dropped.is_some()).count();
+    println!(
+        "{:>6} {:<22} {:>9} {:>7.2} {:>5} {:>7}  {}",
+        format!("{}K", piece >> 10),
+        if tell {
+            "groups + progress"
+        } else {
+            "per source (before)"
+        },
+        r.completed
+            .map_or("never".into(), |d| format!("{:.1}", d.as_secs_f64())),
+        r.bytes_in as f64 / CONTENT as f64,
+        r.timeouts,
+        dropped,
+        r.diagnosis
+    );
+}
+
+fn wests() {
+    println!(
+        "west: 8 MiB from 6 upstream sources (1.7 Mbit/s each) behind a 4 Mbit/s link, 64 kB queue, 60 ms one way, 0.5 % loss, 6 cross connections"
+    );
+    println!(
+        "{:>6} {:<22} {:>9} {:>7} {:>5} {:>7}  diagnosis at the end",
+        "piece", "rules", "done (s)", "in/size", "tmo", "dropped"
+    );
+    for piece in [1 << 20, 256 << 10] {
+        for tell in [false, true] {
+            west(piece, tell);
+        }
+    }
+}
+
 fn cpu(pieces: u32) {
     let peers = 8;
     let mut s = Scheduler::new(
@@ -284,6 +345,8 @@ fn main() {
     simulations();
     println!();
     offices();
+    println!();
+    wests();
     println!();
     println!("scheduling cost (wall clock; request + receive per piece, all peers hold all)");
     for n in [1_000, 10_000, 100_000] {

@@ -3,7 +3,8 @@
 use crate::pieceset::bits;
 use crate::{PieceSet, SourceKind};
 
-/// Per-piece holder counts of active sources (split by kind), the *pool* (missing pieces
+/// Per-piece holder counts of active sources (same-office peers, and the others: origins
+/// and upstream sources), the *pool* (missing pieces
 /// with no outstanding request), and two summaries kept in step with them:
 ///
 /// * `any` / `peer_any`: the pieces at least one active source / peer holds, so
@@ -41,7 +42,7 @@ impl Pieces {
         self.peers[p as usize]
     }
 
-    /// Active sources of any kind holding `p`.
+    /// Active sources of any kind holding `p` (`origins` counts upstream sources too).
     pub(crate) fn total(&self, p: u32) -> u32 {
         self.peers[p as usize] + self.origins[p as usize]
     }
@@ -94,7 +95,7 @@ impl Pieces {
                 self.peers[i] += 1;
                 self.peer_any.insert(p);
             }
-            SourceKind::Origin => self.origins[i] += 1,
+            SourceKind::Origin | SourceKind::Upstream => self.origins[i] += 1,
         }
         self.any.insert(p);
     }
@@ -112,7 +113,7 @@ impl Pieces {
                     self.peer_any.remove(p);
                 }
             }
-            SourceKind::Origin => self.origins[i] -= 1,
+            SourceKind::Origin | SourceKind::Upstream => self.origins[i] -= 1,
         }
         if self.total(p) == 0 {
             self.any.remove(p);

@@ -7,9 +7,12 @@
 //! BLAKE3 piece map by the caller before it is reported here. A client downloads it from
 //! several **sources** at once:
 //!
-//! * **peers** ([`SourceKind::Peer`]): other clients, which may hold only part of the
-//!   content and whose holdings grow while they download it themselves (the office's RVP
-//!   reading the origin or the parent office, and every client taking pieces from it);
+//! * **peers** ([`SourceKind::Peer`]): other clients of the same office, which may hold
+//!   only part of the content and whose holdings grow while they download it themselves
+//!   (the office's RVP reading the origin or the parent office, and every client taking
+//!   pieces from it);
+//! * **upstream sources** ([`SourceKind::Upstream`]): clients outside the office, reached
+//!   over the WAN (a parent office's peers), partial and growing like peers;
 //! * **origins** ([`SourceKind::Origin`]): the HTTP(S) URL or file path, used only by the
 //!   one client the server assigns to read it.
 //!
@@ -20,10 +23,13 @@
 //!
 //! ```text
 //! add_source / set_source_pieces / source_has_piece / remove_source   (who holds what)
+//! set_source_group(source, Some(group))           sources behind one bottleneck
 //! next_request(source, now) -> Some(piece)        loop per source until None
+//! on_progress(source, bytes, now)                 bytes of a piece as they stream in
 //! on_piece_received(source, piece, bytes, now)    -> Received { cancel, complete, .. }
 //! on_piece_failed(source, piece, failure, now)    -> Verdict::{Continue, Drop(..)}
 //! timeouts(now) / next_deadline()                 late requests, timer to arm
+//! diagnose(now)                                   why it is stuck, printable
 //! ```
 //!
 //! A whole download against two peers, answered at once:
@@ -78,6 +84,16 @@
 //! The price is that an idle origin does not help a slow peer with pieces that peer
 //! holds; the timeouts and strikes below bound how long a stuck peer can hold them.
 //!
+//! **Upstream sources: like the origin, but partial.** An upstream source is asked only
+//! for pieces that no active peer holds, lowest index first, among the pieces it holds.
+//! A client that takes over as its office's RVP thus takes what its office already has
+//! from office peers, over the LAN, and only the rest over the WAN; several upstream
+//! sources split the rest, each taking the lowest pieces not yet requested, which again
+//! gives the office a growing prefix (rarest first would spread them, but the office
+//! downstream of the RVP gains most from a prefix it can stream on). An upstream source
+//! never duplicates in endgame a piece a peer holds. (The origin's rule is unchanged: it
+//! skips only pieces office peers hold.)
+//!
 //! **Adaptive windows.** Each source may have at most its *window* of requests
 //! outstanding. It starts at [`SchedConfig::initial_in_flight`] (2) and follows the
 //! source's measured rate: `window = clamp(ceil(rate × queue_horizon / piece_size),
@@ -94,6 +110,16 @@
 //! it has requests outstanding: bytes delivered over the time since the previous sample
 //! (or since its pipe became non-empty), pooled until a sample spans at least 20 ms.
 //! Idle time never counts against a source.
+//!
+//! **Bytes as they arrive.** A 1 MiB piece over a shared 4 Mbit/s link takes seconds to
+//! tens of seconds; judging it only when whole makes a flowing piece look dead. So the
+//! caller may report bytes as they stream in ([`Scheduler::on_progress`]). They feed the
+//! rates and count as a delivery for the deadlines, so a piece that is still flowing is
+//! never late (the 120 s cap per request still holds). They are credited to the
+//! source's outstanding requests oldest first, each up to a piece, and
+//! [`Scheduler::on_piece_received`] (which still gets the whole piece's length) adds to
+//! the rate only the part not credited yet: nothing is counted twice. Strikes are still
+//! cleared only by whole, verified pieces.
 //!
 //! **Deadlines.** A request is late when the source has delivered nothing for
 //! `k × piece_size × outstanding / rate` (k = 4), clamped to 2..120 s, counted from the
@@ -140,6 +166,49 @@
 //! all obtainable pieces in flight most of the time, and duplicating then doubled its
 //! LAN traffic in the simulator (249 duplicates for 500 pieces).
 //!
+//! **Shared bottlenecks.** Sources behind one link (the office's WAN link, say) are one
+//! bottleneck, whatever their count. With per-source rules, six sources behind a
+//! 4 Mbit/s link each got a window of two; the streams split the link, queued behind
+//! each other, missed their deadlines, were thrown away and refetched (7.2× the content
+//! entered the office on the test bed), and strikes dropped every source. In the
+//! simulator, with 1 MiB pieces, none of the twelve streams finished within its 30 s
+//! first deadline. The caller declares such sources as a group
+//! ([`Scheduler::set_source_group`]); then:
+//!
+//! * *one window per group*: the group's outstanding requests are limited to its
+//!   measured aggregate rate × the queue horizon (at least 2 requests per group, at
+//!   most 16 per active member), and each member to an equal share of that among the
+//!   members holding something missing (so the first source asked does not take it
+//!   all), besides its own rate-sized window, whose floor is 1 in a group;
+//! * *deadlines follow the group*: a request's budget is `k × (bytes due in the group up
+//!   to and including it) / group rate` (clamped to 2..120 s), and it is late when the
+//!   whole group delivered nothing for one budget, or its own source delivered nothing
+//!   for two while others did (each at most 120 s after sending);
+//! * *slow is not bad*: a timeout while the group as a whole keeps delivering (something
+//!   arrived since the request was sent and within its budget) earns no strike; the
+//!   source's window drops to 1, its rate estimate halves and the piece goes elsewhere.
+//!   When the whole group goes quiet, timeouts are strikes as usual and the group's
+//!   window returns to 2, so a dead path still drops its sources;
+//! * *no copies on the same link*: in endgame a member duplicates a piece in flight
+//!   on its own group only once that copy is overdue, since a second copy would only
+//!   split the same link;
+//! * *group rates* are sampled like a source's, but over at least one piece time at the
+//!   current estimate (at most 30 s): whole pieces of parallel streams land in bursts,
+//!   and a sample between two of them read as ten times the link in the simulator.
+//!
+//! Ungrouped sources keep every rule above unchanged. In the simulator's west case
+//! (8 MiB from six sources behind 4 Mbit/s, 60 ms one way, 0.5 % loss, another client's
+//! six connections on the link) the per-source rules fail with 1 MiB pieces (every
+//! source dropped, 2.68× the content in) and refetch 1.66× the content with 256 KiB
+//! pieces; with groups and progress both complete, no source dropped, 1.00× in.
+//! The price: a group's floor of two requests is also its usual window on a slow link,
+//! so against greedy cross traffic that opens many connections the group gets a share
+//! for two.
+//!
+//! **Diagnosis.** [`Scheduler::diagnose`] says why a download is stuck: no source left
+//! (with drops by reason and the best aggregate rate the path ever delivered), pieces
+//! no active source holds (as ranges), or requests outstanding with nothing arriving.
+//!
 //! # Units
 //!
 //! Pieces are indices `0..piece_count`; sizes are bytes; rates bytes per second; time is
@@ -150,11 +219,16 @@
 //!
 //! Memory is about 8 bytes per piece plus 2 bits per piece per source. Choosing a piece
 //! for a peer scans the source's holdings against the pool a 64-bit word at a time:
-//! O(pieces / 64 + candidates). Have-set refreshes touch only changed words.
+//! O(pieces / 64 + candidates). Have-set refreshes touch only changed words. A request
+//! to a grouped source also checks which members hold a missing piece (at worst
+//! O(members × pieces / 64)), and a grouped deadline sums the group's outstanding
+//! requests.
 
 mod avail;
 mod config;
+mod diagnose;
 mod error;
+mod group;
 mod pieceset;
 mod rng;
 mod scheduler;
@@ -167,7 +241,9 @@ pub use config::{
     default_min_in_flight, default_min_rate_sample, default_min_timeout, default_queue_horizon,
     default_rate_smoothing, default_timeout_factor,
 };
+pub use diagnose::{Diagnosis, StallCause};
 pub use error::SchedError;
+pub use group::{GroupId, GroupStats};
 pub use pieceset::PieceSet;
 pub use scheduler::{DropReason, Dropped, Failure, Progress, Received, Scheduler, Verdict};
 pub use source::{Have, SourceId, SourceKind, SourceState, SourceStats};

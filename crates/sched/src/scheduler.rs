@@ -4,11 +4,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::avail::Pieces;
+use crate::group::{Group, Meter, sample};
 use crate::pieceset::bits;
 use crate::rng::SplitMix64;
-use crate::source::Source;
+use crate::source::{Request, Source};
 use crate::{
-    Have, PieceSet, SchedConfig, SchedError, SourceId, SourceKind, SourceState, SourceStats,
+    Diagnosis, GroupId, GroupStats, Have, PieceSet, SchedConfig, SchedError, SourceId, SourceKind,
+    SourceState, SourceStats, StallCause,
 };
 
 /// How a request failed, as seen by the caller.
@@ -139,6 +141,16 @@ pub struct Scheduler {
     rng: SplitMix64,
     bytes_received: u64,
     wasted_bytes: u64,
+    /// Shared bottlenecks, by the caller's id.
+    groups: BTreeMap<GroupId, Group>,
+    /// The whole download's aggregate rate and last delivery.
+    meter: Meter,
+    /// Best aggregate rate seen (bytes/s).
+    best_rate: Option<f64>,
+    dropped_strikes: u32,
+    banned: u32,
+    timeouts_total: u64,
+    transport_total: u64,
 }
 
 impl Scheduler {
@@ -167,6 +179,13 @@ impl Scheduler {
             holds: BTreeSet::new(),
             bytes_received: 0,
             wasted_bytes: 0,
+            groups: BTreeMap::new(),
+            meter: Meter::default(),
+            best_rate: None,
+            dropped_strikes: 0,
+            banned: 0,
+            timeouts_total: 0,
+            transport_total: 0,
         })
     }
 
@@ -177,11 +196,11 @@ impl Scheduler {
 
     // ----- sources -------------------------------------------------------------------
 
-    /// Adds a source. A peer starts holding nothing (report its pieces with
-    /// [`Scheduler::set_source_pieces`]); an origin starts holding everything.
+    /// Adds a source. A peer or upstream source starts holding nothing (report its pieces
+    /// with [`Scheduler::set_source_pieces`]); an origin starts holding everything.
     ///
     /// Re-adding a source dropped for strikes reactivates it with a fresh window and
-    /// strike count (its counters are kept). A banned source is refused.
+    /// strike count (its counters and group are kept). A banned source is refused.
     pub fn add_source(&mut self, id: SourceId, kind: SourceKind) -> Result<(), SchedError> {
         let window = self.cfg.initial_in_flight;
         match self.sources.get(&id).map(|s| s.state) {
@@ -197,6 +216,7 @@ impl Scheduler {
                 s.transport_failures = old.transport_failures;
                 s.unavailable = old.unavailable;
                 s.busy = old.busy;
+                s.group = old.group;
                 self.sources.insert(id, s);
             }
             None => {
@@ -273,14 +293,116 @@ impl Scheduler {
         match state {
             SourceState::Banned => Ok(Vec::new()),
             SourceState::Dropped => {
+                self.leave_group(id);
                 self.sources.remove(&id);
                 Ok(Vec::new())
             }
             SourceState::Active => {
                 let cancel = self.deactivate(id, SourceState::Dropped);
+                self.leave_group(id);
                 self.sources.remove(&id);
                 Ok(cancel)
             }
+        }
+    }
+
+    /// Declares that `source` sits behind the shared bottleneck `group` (for example the
+    /// WAN link of the office it is in), or behind none (`None`, the default). Sources of
+    /// one group are paced and judged together (see the crate docs): the group's
+    /// outstanding requests follow its measured aggregate rate, deadlines follow the
+    /// group's rate and queue, and timeouts while the group keeps delivering earn no
+    /// strikes. Requests already outstanding stay where they are. The group survives a
+    /// drop and re-add of the source, but not [`Scheduler::remove_source`].
+    pub fn set_source_group(
+        &mut self,
+        source: SourceId,
+        group: Option<GroupId>,
+    ) -> Result<(), SchedError> {
+        let old = self
+            .sources
+            .get(&source)
+            .ok_or(SchedError::UnknownSource(source))?
+            .group;
+        if old == group {
+            return Ok(());
+        }
+        self.leave_group(source);
+        let min = self.cfg.min_in_flight;
+        let s = self.sources.get_mut(&source).expect("checked above");
+        s.group = group;
+        match group {
+            Some(g) => {
+                let window = self.cfg.initial_in_flight;
+                let grp = self.groups.entry(g).or_insert_with(|| Group::new(window));
+                grp.members.insert(source);
+                if !s.in_flight.is_empty() && grp.meter.mark.is_none() {
+                    grp.meter.mark = s.sample_mark;
+                }
+            }
+            None => {
+                if s.is_active() {
+                    s.window = s.window.max(min);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The group `source` was declared in, if any.
+    pub fn source_group(&self, source: SourceId) -> Option<GroupId> {
+        self.sources.get(&source).and_then(|s| s.group)
+    }
+
+    /// Counters of one group, if any source was declared in it.
+    pub fn group_stats(&self, group: GroupId) -> Option<GroupStats> {
+        let g = self.groups.get(&group)?;
+        Some(GroupStats {
+            members: g.members.len() as u32,
+            active: self.group_active(group),
+            rate: g.meter.rate,
+            window: g.window,
+            in_flight: self.group_in_flight(group),
+        })
+    }
+
+    // ----- progress within pieces ----------------------------------------------------
+
+    /// `bytes` more bytes of outstanding pieces arrived from `source` (the caller's fetch
+    /// reports data as it streams in, before the piece is whole and verified). They feed
+    /// the source's (and its group's) rate estimate and count as a delivery for the
+    /// deadlines, so a piece that is still flowing is never late.
+    ///
+    /// The bytes are credited to the source's outstanding requests oldest first, each up
+    /// to `piece_size`; [`Scheduler::on_piece_received`] later counts, for the rate, only
+    /// the part of the piece not credited yet, so nothing is counted twice. Bytes beyond
+    /// what the outstanding requests can take, and bytes from a source with nothing
+    /// outstanding (a cancelled request still draining), are ignored. Reporting is
+    /// optional: a caller that never calls this gets the behaviour of whole pieces only.
+    pub fn on_progress(&mut self, source: SourceId, bytes: u64, now: Instant) {
+        self.expire(now);
+        let piece_size = self.cfg.piece_size;
+        let Some(s) = self.sources.get_mut(&source) else {
+            return;
+        };
+        if !s.is_active() || s.in_flight.is_empty() || bytes == 0 {
+            return;
+        }
+        let mut order: Vec<(Instant, u32)> =
+            s.in_flight.iter().map(|(&p, r)| (r.sent, p)).collect();
+        order.sort_unstable();
+        let mut left = bytes;
+        for (_, p) in order {
+            if left == 0 {
+                break;
+            }
+            let r = s.in_flight.get_mut(&p).expect("listed above");
+            let take = left.min(piece_size.saturating_sub(r.got));
+            r.got += take;
+            left -= take;
+        }
+        let credited = bytes - left;
+        if credited > 0 {
+            self.credit(source, credited, now);
         }
     }
 
@@ -296,6 +418,11 @@ impl Scheduler {
         if !s.is_active() || s.in_flight.len() as u32 >= s.window {
             return None;
         }
+        if let Some(g) = s.group
+            && !self.group_admits(g, s.in_flight.len() as u32)
+        {
+            return None;
+        }
         let piece = self
             .pick_fresh(source)
             .or_else(|| self.pick_duplicate(source, now))?;
@@ -307,12 +434,15 @@ impl Scheduler {
     /// each and reports it with [`Failure::Timeout`]. A request's deadline is
     /// `max(sent, source's last delivery) + clamp(k × piece_size × outstanding / rate,
     /// min_timeout, max_timeout)`, at most `sent + max_timeout`; or `sent +
-    /// initial_timeout` while the rate is unknown.
+    /// initial_timeout` while the rate is unknown. In a group, the rate is the group's
+    /// and the queue is the group's bytes outstanding up to this request (see the crate
+    /// docs). A delivery is a whole piece or bytes reported by
+    /// [`Scheduler::on_progress`].
     pub fn timeouts(&self, now: Instant) -> Vec<(SourceId, u32)> {
         let mut out = Vec::new();
         for (&id, s) in &self.sources {
-            for (&p, &sent) in &s.in_flight {
-                if self.deadline(s, sent) <= now {
+            for (&p, r) in &s.in_flight {
+                if self.deadline(s, r.sent) <= now {
                     out.push((id, p));
                 }
             }
@@ -326,7 +456,7 @@ impl Scheduler {
         let req = self
             .sources
             .values()
-            .flat_map(|s| s.in_flight.values().map(|&sent| self.deadline(s, sent)))
+            .flat_map(|s| s.in_flight.values().map(|r| self.deadline(s, r.sent)))
             .min();
         let hold = self.holds.first().map(|h| h.0);
         match (req, hold) {
@@ -337,9 +467,11 @@ impl Scheduler {
 
     // ----- outcomes ------------------------------------------------------------------
 
-    /// A piece arrived from `source` and passed verification; `bytes` is its length. Also
-    /// accepted for requests already forgotten (a late copy after a timeout, or from a
-    /// removed source): verified data is never thrown away.
+    /// A piece arrived from `source` and passed verification; `bytes` is its length (the
+    /// whole piece, also when parts of it were reported through
+    /// [`Scheduler::on_progress`]: the rate estimate counts only the part not reported
+    /// yet for this request). Also accepted for requests already forgotten (a late copy
+    /// after a timeout, or from a removed source): verified data is never thrown away.
     pub fn on_piece_received(
         &mut self,
         source: SourceId,
@@ -349,13 +481,12 @@ impl Scheduler {
     ) -> Result<Received, SchedError> {
         self.check_piece(piece)?;
         self.expire(now);
-        let had_request = self.forget_request(source, piece).is_some();
+        let request = self.forget_request(source, piece);
         let was_new = !self.have.contains(piece);
         self.bytes_received += bytes;
         if !was_new {
             self.wasted_bytes += bytes;
         }
-        let cfg = &self.cfg;
         if let Some(s) = self.sources.get_mut(&source) {
             s.bytes_received += bytes;
             s.pieces_received += 1;
@@ -363,34 +494,14 @@ impl Scheduler {
                 s.wasted_bytes += bytes;
             }
             s.last_progress = Some(now);
-            if had_request {
+            if request.is_some() {
                 s.strikes = 0;
-                s.sample_bytes += bytes;
-                if let Some(mark) = s.sample_mark {
-                    let dt = now.saturating_duration_since(mark);
-                    if dt >= cfg.min_rate_sample && !dt.is_zero() {
-                        let sample = s.sample_bytes as f64 / dt.as_secs_f64();
-                        let rate = match s.rate {
-                            None => sample,
-                            Some(r) => r + cfg.rate_smoothing * (sample - r),
-                        };
-                        s.rate = Some(rate);
-                        s.sample_bytes = 0;
-                        s.sample_mark = Some(now);
-                        let target = window_for(cfg, rate);
-                        s.window = if target > s.window {
-                            target.min(s.window.saturating_mul(2))
-                        } else {
-                            target
-                        };
-                    }
-                }
-            }
-            if s.in_flight.is_empty() {
-                s.sample_mark = None;
-                s.sample_bytes = 0;
             }
         }
+        if let Some(r) = request {
+            self.credit(source, bytes.saturating_sub(r.got), now);
+        }
+        self.settle(source);
         if !was_new {
             return Ok(Received {
                 new: false,
@@ -405,10 +516,7 @@ impl Scheduler {
             for o in others {
                 if let Some(s) = self.sources.get_mut(&o) {
                     s.in_flight.remove(&piece);
-                    if s.in_flight.is_empty() {
-                        s.sample_mark = None;
-                        s.sample_bytes = 0;
-                    }
+                    self.settle(o);
                 }
                 cancel.push((o, piece));
             }
@@ -445,7 +553,10 @@ impl Scheduler {
     ) -> Result<Verdict, SchedError> {
         self.check_piece(piece)?;
         self.expire(now);
-        let sent = self.forget_request(source, piece);
+        let group_live = self.group_live(source, piece, now);
+        let sent = self.forget_request(source, piece).map(|r| r.sent);
+        self.settle(source);
+        let floor = self.window_floor(source);
         let Some(s) = self.sources.get_mut(&source) else {
             return Ok(Verdict::Continue);
         };
@@ -455,6 +566,7 @@ impl Scheduler {
         match failure {
             Failure::BadPiece => {
                 s.bad_pieces += 1;
+                self.banned += 1;
                 let cancel = self.deactivate(source, SourceState::Banned);
                 Ok(Verdict::Drop(Dropped {
                     source,
@@ -473,7 +585,7 @@ impl Scheduler {
                     return Ok(Verdict::Continue);
                 }
                 s.busy += 1;
-                s.window = (s.window / 2).max(self.cfg.min_in_flight);
+                s.window = (s.window / 2).max(floor);
                 self.hold(source, piece, now, HoldKind::Avoid);
                 Ok(Verdict::Continue)
             }
@@ -483,31 +595,47 @@ impl Scheduler {
                 };
                 if failure == Failure::Timeout {
                     s.timeouts += 1;
+                    self.timeouts_total += 1;
                 } else {
                     s.transport_failures += 1;
+                    self.transport_total += 1;
+                }
+                if failure == Failure::Timeout && group_live {
+                    // Its group kept delivering: the path is alive, this source is only
+                    // slow (or starved by its neighbours). It gets less work, no strike.
+                    s.window = floor;
+                    s.rate = s.rate.map(|r| r / 2.0);
+                    self.hold(source, piece, now, HoldKind::Avoid);
+                    return Ok(Verdict::Continue);
                 }
                 // One strike per round: requests sent before the last penalty failed for
                 // the same reason as the one that earned it.
                 let strike = s.last_penalty.is_none_or(|lp| sent >= lp);
+                let group = s.group;
                 if strike {
                     s.strikes += 1;
                     s.last_penalty = Some(now);
                     if failure == Failure::Timeout {
                         // Nothing arrived for k times the expected time: like TCP after a
                         // retransmission timeout, start again from the smallest window.
-                        s.window = self.cfg.min_in_flight;
+                        s.window = floor;
                         s.rate = s.rate.map(|r| r / 2.0);
                     } else {
-                        s.window = (s.window / 2).max(self.cfg.min_in_flight);
+                        s.window = (s.window / 2).max(floor);
                     }
                 }
-                if s.in_flight.is_empty() {
-                    s.sample_mark = None;
-                    s.sample_bytes = 0;
-                }
                 let strikes = s.strikes;
+                if strike
+                    && failure == Failure::Timeout
+                    && let Some(g) = group.and_then(|g| self.groups.get_mut(&g))
+                {
+                    // The whole path went quiet: the group starts again small too.
+                    g.window = self.cfg.min_in_flight;
+                    g.meter.rate = g.meter.rate.map(|r| r / 2.0);
+                }
                 self.hold(source, piece, now, HoldKind::Avoid);
                 if strikes >= self.cfg.max_strikes {
+                    self.dropped_strikes += 1;
                     let cancel = self.deactivate(source, SourceState::Dropped);
                     return Ok(Verdict::Drop(Dropped {
                         source,
@@ -625,6 +753,63 @@ impl Scheduler {
         }
     }
 
+    /// Why the download cannot progress (or that it can), for the caller's stall message:
+    /// dropped and banned sources, timeouts, the best aggregate rate the sources ever
+    /// delivered, time since the last bytes, and the missing pieces no active source
+    /// holds. Its `Display` is one sentence, e.g. "every source failed on a ~3.9 Mbit/s
+    /// path (6 sources dropped: strikes); 14 timeouts" or "no active source holds pieces
+    /// 40..64 (24 of 30 missing)".
+    pub fn diagnose(&self, now: Instant) -> Diagnosis {
+        let unobtainable = self.unobtainable();
+        let any = self.avail.any();
+        let mut ranges: Vec<std::ops::Range<u32>> = Vec::new();
+        if unobtainable > 0 {
+            for p in self.have.iter_absent() {
+                if any.contains(p) {
+                    continue;
+                }
+                if let Some(r) = ranges.last_mut()
+                    && r.end == p
+                {
+                    r.end += 1;
+                } else if ranges.len() == 8 {
+                    break;
+                } else {
+                    ranges.push(p..p + 1);
+                }
+            }
+        }
+        let in_flight = self.in_flight();
+        let active = self.active_sources();
+        let cause = if self.is_complete() {
+            StallCause::Complete
+        } else if active == 0 {
+            StallCause::NoSources
+        } else if in_flight > 0 {
+            StallCause::Waiting
+        } else if unobtainable > 0 {
+            StallCause::Unobtainable
+        } else {
+            StallCause::Idle
+        };
+        Diagnosis {
+            cause,
+            pieces: self.piece_count,
+            missing: self.missing(),
+            in_flight,
+            active_sources: active,
+            dropped_strikes: self.dropped_strikes,
+            banned: self.banned,
+            timeouts: self.timeouts_total,
+            transport_failures: self.transport_total,
+            rate: self.meter.rate,
+            best_rate: self.best_rate,
+            since_delivery: self.meter.last.map(|l| now.saturating_duration_since(l)),
+            unobtainable,
+            unobtainable_ranges: ranges,
+        }
+    }
+
     // ----- internals -----------------------------------------------------------------
 
     fn check_piece(&self, piece: u32) -> Result<(), SchedError> {
@@ -650,7 +835,7 @@ impl Scheduler {
         let avoided = |p: u32| s.avoid_until.contains_key(&p) && self.avail.total(p) > 1;
         let pool = self.avail.pool().words();
         let held = s.effective.words();
-        if s.kind == SourceKind::Origin {
+        if s.kind != SourceKind::Peer {
             let peer_held = self.avail.peer_any().words();
             for (i, ((&pw, &ew), &hw)) in pool.iter().zip(held).zip(peer_held).enumerate() {
                 for b in bits(pw & ew & !hw) {
@@ -697,28 +882,46 @@ impl Scheduler {
     }
 
     /// In endgame, a piece already requested elsewhere that this source would likely
-    /// deliver sooner: fewest copies first, then the latest expected arrival.
+    /// deliver sooner: fewest copies first, then the latest expected arrival. A copy
+    /// behind the same bottleneck as this source is duplicated only once it is overdue:
+    /// before that a second copy would only split the same link.
     fn pick_duplicate(&self, id: SourceId, now: Instant) -> Option<u32> {
         if self.cfg.endgame_max_copies < 2 || !self.in_endgame() {
             return None;
         }
         let s = &self.sources[&id];
-        let origin = s.kind == SourceKind::Origin;
+        let remote = s.kind != SourceKind::Peer;
         let piece_size = self.cfg.piece_size as f64;
-        let mine = s.rate.filter(|&r| r > 0.0).map(|r| {
-            now + secs(
-                (s.in_flight.len() as f64 + 1.0) * piece_size / r,
-                self.cfg.max_timeout,
-            )
-        });
+        let mine = match s.group.and_then(|g| Some((g, self.groups[&g].meter.rate?))) {
+            Some((g, rate)) if rate > 0.0 => Some(
+                now + secs(
+                    (self.group_bytes_ahead(g, None) as f64 + piece_size) / rate,
+                    self.cfg.max_timeout,
+                ),
+            ),
+            _ => s.rate.filter(|&r| r > 0.0).map(|r| {
+                now + secs(
+                    (s.in_flight.len() as f64 + 1.0) * piece_size / r,
+                    self.cfg.max_timeout,
+                )
+            }),
+        };
         let mut best: Option<(usize, Instant, u32)> = None;
         for (&p, holders) in &self.in_flight {
             if holders.len() as u32 >= self.cfg.endgame_max_copies
                 || holders.contains(&id)
                 || !s.effective.contains(p)
                 || s.avoid_until.contains_key(&p)
-                || (origin && self.avail.peers(p) > 0)
+                || (remote && self.avail.peers(p) > 0)
             {
+                continue;
+            }
+            let same_link_on_time = s.group.is_some_and(|g| {
+                holders.iter().any(|h| {
+                    self.sources[h].group == Some(g) && self.eta(h, p).is_none_or(|eta| eta >= now)
+                })
+            });
+            if same_link_on_time {
                 continue;
             }
             let existing = holders
@@ -746,31 +949,63 @@ impl Scheduler {
     /// first to pieces held up by stalled sources.
     fn expected_arrival(&self, h: &SourceId, piece: u32, now: Instant) -> Instant {
         let s = &self.sources[h];
-        let sent = s.in_flight[&piece];
-        match s.rate.filter(|&r| r > 0.0) {
-            Some(rate) => {
-                let rank = s.in_flight.values().filter(|&&t| t <= sent).count() as f64;
-                let start = s.last_progress.map_or(sent, |lp| lp.max(sent));
-                let eta = start
-                    + secs(
-                        rank * self.cfg.piece_size as f64 / rate,
-                        self.cfg.max_timeout,
-                    );
-                if eta < now {
-                    self.deadline(s, sent)
-                } else {
-                    eta
-                }
-            }
+        let sent = s.in_flight[&piece].sent;
+        match self.eta(h, piece) {
+            Some(eta) if eta < now => self.deadline(s, sent),
+            Some(eta) => eta,
             None => sent + self.cfg.initial_timeout,
         }
+    }
+
+    /// The estimate behind [`Scheduler::expected_arrival`], before the overdue check:
+    /// the bytes still due up to and including this request (its source's, or its
+    /// group's when the group's rate is known) at that rate, from the later of its
+    /// sending and the last delivery. `None` while no rate is known.
+    fn eta(&self, h: &SourceId, piece: u32) -> Option<Instant> {
+        let s = &self.sources[h];
+        let sent = s.in_flight[&piece].sent;
+        let (rate, ahead, last) = self.pace(s, sent)?;
+        let start = last.map_or(sent, |lp| lp.max(sent));
+        Some(start + secs(ahead as f64 / rate, self.cfg.max_timeout))
+    }
+
+    /// The rate (bytes/s), the bytes due up to and including the request sent at `sent`,
+    /// and the last delivery that a request of `s` is judged by: its group's when `s` is
+    /// grouped and the group's rate is known, else its own. `None` while no rate is
+    /// known.
+    fn pace(&self, s: &Source, sent: Instant) -> Option<(f64, u64, Option<Instant>)> {
+        if let Some(g) = s.group
+            && let Some(grp) = self.groups.get(&g)
+            && let Some(rate) = grp.meter.rate.filter(|&r| r > 0.0)
+        {
+            return Some((rate, self.group_bytes_ahead(g, Some(sent)), grp.meter.last));
+        }
+        let rate = s.rate.filter(|&r| r > 0.0)?;
+        let ahead = s
+            .in_flight
+            .values()
+            .filter(|r| r.sent <= sent)
+            .map(|r| self.cfg.piece_size.saturating_sub(r.got))
+            .sum();
+        Some((rate, ahead, s.last_progress))
     }
 
     /// When the request sent at `sent` to `s` counts as late: `k × piece_size ×
     /// outstanding / rate` (clamped) after the later of its sending and the source's last
     /// delivery, but never more than `max_timeout` after its sending, so one stuck
     /// request cannot hide behind a source that keeps delivering others.
+    ///
+    /// In a group whose rate is known the budget is `k × (group bytes due up to this
+    /// request) / group rate` (clamped), and the request is late when the whole group
+    /// delivered nothing for one budget, or this source delivered nothing for two.
     fn deadline(&self, s: &Source, sent: Instant) -> Instant {
+        let cap = sent + self.cfg.max_timeout;
+        if let Some(budget) = self.group_budget(s, sent) {
+            let g = &self.groups[&s.group.expect("grouped")];
+            let group_base = g.meter.last.map_or(sent, |lp| lp.max(sent));
+            let own_base = s.last_progress.map_or(sent, |lp| lp.max(sent));
+            return (group_base + budget).min(own_base + budget * 2).min(cap);
+        }
         match s.rate.filter(|&r| r > 0.0) {
             Some(rate) => {
                 let base = s.last_progress.map_or(sent, |lp| lp.max(sent));
@@ -779,13 +1014,196 @@ impl Scheduler {
                     * s.in_flight.len().max(1) as f64
                     / rate;
                 let budget = secs(expect, self.cfg.max_timeout).max(self.cfg.min_timeout);
-                (base + budget).min(sent + self.cfg.max_timeout)
+                (base + budget).min(cap)
             }
             None => sent + self.cfg.initial_timeout,
         }
     }
 
+    /// The deadline budget of a grouped request sent at `sent` (`None` if `s` is not
+    /// grouped or its group's rate is unknown).
+    fn group_budget(&self, s: &Source, sent: Instant) -> Option<Duration> {
+        let g = s.group?;
+        let rate = self.groups.get(&g)?.meter.rate.filter(|&r| r > 0.0)?;
+        let ahead = self.group_bytes_ahead(g, Some(sent)).max(1) as f64;
+        let expect = self.cfg.timeout_factor * ahead / rate;
+        Some(secs(expect, self.cfg.max_timeout).max(self.cfg.min_timeout))
+    }
+
+    /// Bytes still due from the group's outstanding requests sent at or before `upto`
+    /// (all of them for `None`).
+    fn group_bytes_ahead(&self, g: GroupId, upto: Option<Instant>) -> u64 {
+        let Some(grp) = self.groups.get(&g) else {
+            return 0;
+        };
+        grp.members
+            .iter()
+            .filter_map(|m| self.sources.get(m))
+            .flat_map(|s| s.in_flight.values())
+            .filter(|r| upto.is_none_or(|t| r.sent <= t))
+            .map(|r| self.cfg.piece_size.saturating_sub(r.got))
+            .sum()
+    }
+
+    /// True if `source` is grouped and its group delivered something since the request
+    /// for `piece` was sent and within that request's budget before `now`: the path is
+    /// alive, so a timeout of this request says the source is slow, not the path dead.
+    fn group_live(&self, source: SourceId, piece: u32, now: Instant) -> bool {
+        let Some(s) = self.sources.get(&source) else {
+            return false;
+        };
+        let (Some(g), Some(r)) = (s.group, s.in_flight.get(&piece)) else {
+            return false;
+        };
+        let Some(last) = self.groups.get(&g).and_then(|g| g.meter.last) else {
+            return false;
+        };
+        let budget = self
+            .group_budget(s, r.sent)
+            .unwrap_or(self.cfg.initial_timeout);
+        last > r.sent && now.saturating_duration_since(last) < budget
+    }
+
+    /// Requests outstanding across group `g`.
+    fn group_in_flight(&self, g: GroupId) -> u32 {
+        self.groups.get(&g).map_or(0, |grp| {
+            grp.members
+                .iter()
+                .filter_map(|m| self.sources.get(m))
+                .map(|s| s.in_flight.len() as u32)
+                .sum()
+        })
+    }
+
+    /// Active sources in group `g`.
+    fn group_active(&self, g: GroupId) -> u32 {
+        self.groups.get(&g).map_or(0, |grp| {
+            grp.members
+                .iter()
+                .filter(|m| self.sources.get(m).is_some_and(Source::is_active))
+                .count() as u32
+        })
+    }
+
+    /// May a member of `g` with `mine` requests outstanding get one more? Only while the
+    /// group is below its window, and the member below its equal share of it among the
+    /// active members that hold some missing piece (so the first source the caller asks
+    /// does not take the whole window of a slow link).
+    fn group_admits(&self, g: GroupId, mine: u32) -> bool {
+        let Some(grp) = self.groups.get(&g) else {
+            return true;
+        };
+        if self.group_in_flight(g) >= grp.window {
+            return false;
+        }
+        let have = self.have.words();
+        let useful = grp
+            .members
+            .iter()
+            .filter_map(|m| self.sources.get(m))
+            .filter(|s| {
+                s.is_active()
+                    && s.effective
+                        .words()
+                        .iter()
+                        .zip(have)
+                        .any(|(&e, &h)| e & !h != 0)
+            })
+            .count() as u32;
+        mine < grp.window.div_ceil(useful.max(1))
+    }
+
+    /// The smallest window of `source`: `min_in_flight`, or 1 in a group (the group's
+    /// own window keeps the floor of `min_in_flight`).
+    fn window_floor(&self, source: SourceId) -> u32 {
+        match self.sources.get(&source).and_then(|s| s.group) {
+            Some(_) => 1,
+            None => self.cfg.min_in_flight,
+        }
+    }
+
+    /// `bytes` of outstanding requests arrived from `id` (a known source): feeds the
+    /// rate estimates of the source, its group and the whole download, and adapts their
+    /// windows.
+    fn credit(&mut self, id: SourceId, bytes: u64, now: Instant) {
+        let floor = self.window_floor(id);
+        let cfg = &self.cfg;
+        let s = self.sources.get_mut(&id).expect("crediting a known source");
+        s.last_progress = Some(now);
+        if let Some(rate) = sample(
+            &mut s.rate,
+            &mut s.sample_mark,
+            &mut s.sample_bytes,
+            bytes,
+            now,
+            cfg.min_rate_sample,
+            cfg.rate_smoothing,
+        ) {
+            s.window = grow(s.window, window_for(cfg, rate, floor, cfg.max_in_flight));
+        }
+        if let Some(g) = s.group {
+            let active = self.group_active(g).max(1);
+            let cfg = &self.cfg;
+            let grp = self.groups.get_mut(&g).expect("a member's group exists");
+            if let Some(rate) = grp.meter.credit(bytes, now, cfg) {
+                let cap = cfg.max_in_flight.saturating_mul(active);
+                grp.window = grow(grp.window, window_for(cfg, rate, cfg.min_in_flight, cap));
+            }
+        }
+        if let Some(rate) = self.meter.credit(bytes, now, &self.cfg) {
+            self.best_rate = Some(self.best_rate.map_or(rate, |b| b.max(rate)));
+        }
+    }
+
+    /// Restarts the rate samples that `id`'s last requests ended (a sample only covers
+    /// time with something outstanding).
+    fn settle(&mut self, id: SourceId) {
+        let Some(s) = self.sources.get_mut(&id) else {
+            return;
+        };
+        if s.in_flight.is_empty() {
+            s.sample_mark = None;
+            s.sample_bytes = 0;
+        }
+        if let Some(g) = s.group
+            && self.group_in_flight(g) == 0
+            && let Some(grp) = self.groups.get_mut(&g)
+        {
+            grp.meter.mark = None;
+            grp.meter.bytes = 0;
+        }
+        if self.in_flight.is_empty() {
+            self.meter.mark = None;
+            self.meter.bytes = 0;
+        }
+    }
+
+    fn leave_group(&mut self, id: SourceId) {
+        let Some(g) = self.sources.get(&id).and_then(|s| s.group) else {
+            return;
+        };
+        if let Some(grp) = self.groups.get_mut(&g) {
+            grp.members.remove(&id);
+            if grp.members.is_empty() {
+                self.groups.remove(&g);
+            }
+        }
+        if let Some(s) = self.sources.get_mut(&id) {
+            s.group = None;
+        }
+    }
+
     fn issue(&mut self, id: SourceId, piece: u32, now: Instant) {
+        if self.in_flight.is_empty() {
+            self.meter.start(now);
+        }
+        let group = self.sources.get(&id).and_then(|s| s.group);
+        if let Some(g) = group
+            && self.group_in_flight(g) == 0
+            && let Some(grp) = self.groups.get_mut(&g)
+        {
+            grp.meter.start(now);
+        }
         self.avail.pool_remove(piece);
         self.in_flight.entry(piece).or_default().push(id);
         let s = self
@@ -796,13 +1214,14 @@ impl Scheduler {
             s.sample_mark = Some(now);
             s.sample_bytes = 0;
         }
-        s.in_flight.insert(piece, now);
+        s.in_flight.insert(piece, Request { sent: now, got: 0 });
     }
 
-    /// Removes the request (source, piece) if outstanding; returns when it was sent. A
-    /// missing piece left with no request goes back to the pool.
-    fn forget_request(&mut self, id: SourceId, piece: u32) -> Option<Instant> {
-        let sent = self.sources.get_mut(&id)?.in_flight.remove(&piece)?;
+    /// Removes the request (source, piece) if outstanding; returns it. A missing piece
+    /// left with no request goes back to the pool. Rate samples are left to
+    /// [`Scheduler::settle`], so that a delivery can still close the current sample.
+    fn forget_request(&mut self, id: SourceId, piece: u32) -> Option<Request> {
+        let req = self.sources.get_mut(&id)?.in_flight.remove(&piece)?;
         if let Some(v) = self.in_flight.get_mut(&piece) {
             v.retain(|&h| h != id);
             if v.is_empty() {
@@ -812,7 +1231,7 @@ impl Scheduler {
                 }
             }
         }
-        Some(sent)
+        Some(req)
     }
 
     /// Takes a source out of service; returns its outstanding requests (now back in the
@@ -839,6 +1258,7 @@ impl Scheduler {
         s.rate = None;
         s.window = 0;
         self.holds.retain(|h| h.1 != id);
+        self.settle(id);
         pieces
     }
 
@@ -892,15 +1312,25 @@ impl Scheduler {
     }
 }
 
-/// The window that queues `queue_horizon` worth of work at `rate` (bytes/s).
-fn window_for(cfg: &SchedConfig, rate: f64) -> u32 {
+/// The window that queues `queue_horizon` worth of work at `rate` (bytes/s), between
+/// `floor` and `cap` requests.
+fn window_for(cfg: &SchedConfig, rate: f64, floor: u32, cap: u32) -> u32 {
     let w = (rate * cfg.queue_horizon.as_secs_f64() / cfg.piece_size as f64).ceil();
     let w = if w.is_finite() && w > 0.0 {
         w.min(f64::from(u32::MAX)) as u32
     } else {
         0
     };
-    w.clamp(cfg.min_in_flight, cfg.max_in_flight)
+    w.clamp(floor, cap.max(floor))
+}
+
+/// The next window towards `target`: down at once, up at most twofold per sample.
+fn grow(window: u32, target: u32) -> u32 {
+    if target > window {
+        target.min(window.saturating_mul(2))
+    } else {
+        target
+    }
 }
 
 /// Seconds as a duration, capped (guards against huge or non-finite values).

@@ -1,10 +1,21 @@
-//! Sources (peers and origins), what they hold, and their per-source state.
+//! Sources (peers, upstream sources and origins), what they hold, and their per-source
+//! state.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Instant;
 
-use crate::PieceSet;
+use crate::{GroupId, PieceSet};
+
+/// One outstanding request of a source.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Request {
+    /// When it was sent.
+    pub(crate) sent: Instant,
+    /// Bytes of it reported through [`crate::Scheduler::on_progress`] so far (at most a
+    /// piece).
+    pub(crate) got: u64,
+}
 
 /// The caller's name for one source of this content (for example an index into its peer
 /// table). The scheduler only compares ids; it never interprets them.
@@ -21,9 +32,13 @@ impl fmt::Display for SourceId {
 /// crate docs).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum SourceKind {
-    /// Another client (same office over Foreground, or the parent office over
-    /// Background). May hold only part of the content, and its holdings grow.
+    /// Another client of the same office (over the LAN). May hold only part of the
+    /// content, and its holdings grow.
     Peer,
+    /// A source outside the office, reached over the WAN (a parent-office peer). May hold
+    /// only part of the content, and its holdings grow; like an origin it is asked only
+    /// for pieces that no active [`SourceKind::Peer`] holds, lowest index first.
+    Upstream,
     /// The origin (HTTP range requests or a file path). Holds everything; read in order and
     /// only for pieces no peer holds.
     Origin,
@@ -53,8 +68,10 @@ pub enum SourceState {
 /// Counters and estimates of one source, for progress displays and reports.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SourceStats {
-    /// Peer or origin.
+    /// Peer, upstream or origin.
     pub kind: SourceKind,
+    /// The shared bottleneck it sits behind, if the caller declared one.
+    pub group: Option<GroupId>,
     /// Active, dropped or banned.
     pub state: SourceState,
     /// Verified bytes received from it, duplicates included (bytes).
@@ -100,8 +117,10 @@ pub(crate) struct Source {
     /// Pieces that timed out or failed on it, kept away from it until when (unless no one
     /// else holds them).
     pub(crate) avoid_until: BTreeMap<u32, Instant>,
-    /// Outstanding requests: piece → when sent.
-    pub(crate) in_flight: BTreeMap<u32, Instant>,
+    /// Outstanding requests: piece → when sent, bytes reported.
+    pub(crate) in_flight: BTreeMap<u32, Request>,
+    /// The shared bottleneck it sits behind.
+    pub(crate) group: Option<GroupId>,
     pub(crate) window: u32,
     pub(crate) rate: Option<f64>,
     /// Start of the current rate sample (set while requests are outstanding).
@@ -124,7 +143,7 @@ impl Source {
     pub(crate) fn new(kind: SourceKind, piece_count: u32, window: u32) -> Self {
         let reported = match kind {
             SourceKind::Origin => PieceSet::full(piece_count),
-            SourceKind::Peer => PieceSet::new(piece_count),
+            SourceKind::Peer | SourceKind::Upstream => PieceSet::new(piece_count),
         };
         Self {
             kind,
@@ -134,6 +153,7 @@ impl Source {
             denied_until: BTreeMap::new(),
             avoid_until: BTreeMap::new(),
             in_flight: BTreeMap::new(),
+            group: None,
             window,
             rate: None,
             sample_mark: None,
@@ -155,6 +175,7 @@ impl Source {
     pub(crate) fn stats(&self) -> SourceStats {
         SourceStats {
             kind: self.kind,
+            group: self.group,
             state: self.state,
             bytes_received: self.bytes_received,
             pieces_received: self.pieces_received,

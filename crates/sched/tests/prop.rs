@@ -1,6 +1,7 @@
 //! Property test: random sources, have-sets and outcomes. Whatever happens, requests go
 //! only to sources that report the piece, never for a held piece, never twice outside
-//! endgame, never to the origin for a piece a peer holds, never beyond the window; and
+//! endgame, never to the origin or an upstream source for a piece a peer holds, never
+//! beyond the source's or its group's window; and
 //! once the surviving sources answer truthfully, the download completes exactly when
 //! their holdings cover what is missing.
 
@@ -8,7 +9,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use branchline_sched::{
-    Failure, Have, PieceSet, SchedConfig, Scheduler, SourceId, SourceKind, SourceState, Verdict,
+    Failure, GroupId, Have, PieceSet, SchedConfig, Scheduler, SourceId, SourceKind, SourceState,
+    Verdict,
 };
 use proptest::prelude::*;
 
@@ -33,6 +35,11 @@ enum Op {
     Remove(usize),
     /// Source `i` is added (again).
     Add(usize),
+    /// Bytes arrive for the `k`-th outstanding request's source, before the piece is
+    /// whole.
+    Progress(usize, u64),
+    /// Source `i` is put in group `g` (or none).
+    Group(usize, Option<u64>),
 }
 
 fn failure() -> impl Strategy<Value = Failure> {
@@ -56,6 +63,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Timeouts),
         1 => any::<usize>().prop_map(Op::Remove),
         1 => any::<usize>().prop_map(Op::Add),
+        2 => (any::<usize>(), 0..2 * PIECE).prop_map(|(k, b)| Op::Progress(k, b)),
+        1 => (any::<usize>(), prop::option::of(0u64..2)).prop_map(|(i, g)| Op::Group(i, g)),
     ]
 }
 
@@ -111,16 +120,22 @@ fn check_and_send(
             "piece {p} requested twice outside endgame"
         );
         prop_assert!(others < cfg.endgame_max_copies as usize);
-        if m.kinds[i] == SourceKind::Origin {
+        if m.kinds[i] != SourceKind::Peer {
             for j in 0..m.kinds.len() {
                 prop_assert!(
                     !(m.kinds[j] == SourceKind::Peer && m.may_ask(j, p, now)),
-                    "origin asked for piece {p}, which peer {j} holds"
+                    "{:?} source asked for piece {p}, which peer {j} holds",
+                    m.kinds[i]
                 );
             }
         }
         let st = s.source_stats(id).unwrap();
         prop_assert!(st.in_flight <= st.window && st.window <= cfg.max_in_flight);
+        if let Some(g) = st.group {
+            let gs = s.group_stats(g).unwrap();
+            prop_assert!(gs.in_flight <= gs.window, "group over its window: {gs:?}");
+            prop_assert!(gs.window >= cfg.min_in_flight);
+        }
         got.push(p);
     }
     Ok(got)
@@ -149,7 +164,7 @@ proptest! {
     #[test]
     fn scheduling_invariants_and_completion(
         n in 1u32..100,
-        sources in prop::collection::vec((prop::bool::weighted(0.2), any::<u128>()), 1..6),
+        sources in prop::collection::vec((0u8..10, any::<u128>()), 1..6),
         held in any::<u128>(),
         ops in prop::collection::vec(op(), 0..250),
         seed in any::<u64>(),
@@ -167,16 +182,20 @@ proptest! {
             denied: BTreeMap::new(),
             life: Vec::new(),
         };
-        for (i, &(origin, have)) in sources.iter().enumerate() {
-            let kind = if origin { SourceKind::Origin } else { SourceKind::Peer };
-            let truth = if origin {
+        for (i, &(kind, have)) in sources.iter().enumerate() {
+            let kind = match kind {
+                0 | 1 => SourceKind::Origin,
+                2 | 3 => SourceKind::Upstream,
+                _ => SourceKind::Peer,
+            };
+            let truth = if kind == SourceKind::Origin {
                 PieceSet::full(n)
             } else {
                 PieceSet::from_pieces(n, bits(have)).unwrap()
             };
             let id = SourceId(i as u64);
             s.add_source(id, kind).unwrap();
-            if kind == SourceKind::Peer {
+            if kind != SourceKind::Origin {
                 s.set_source_pieces(id, Have::Some(truth.clone())).unwrap();
             }
             m.kinds.push(kind);
@@ -231,7 +250,7 @@ proptest! {
                 }
                 Op::Report(i, mask, extra) => {
                     let i = i % k;
-                    if m.kinds[i] == SourceKind::Peer && m.life[i] == Life::Active {
+                    if m.kinds[i] != SourceKind::Origin && m.life[i] == Life::Active {
                         let mut set = PieceSet::new(n);
                         for p in 0..n {
                             let t = m.truth[i].contains(p);
@@ -244,6 +263,25 @@ proptest! {
                     }
                 }
                 Op::Advance(ms) => now += Duration::from_millis(ms),
+                Op::Progress(j, bytes) => {
+                    let reqs: Vec<_> = s.requests().collect();
+                    if let Some(&(src, _)) = reqs.get(j % reqs.len().max(1)) {
+                        let before = s.requests().count();
+                        s.on_progress(src, bytes, now);
+                        prop_assert_eq!(s.requests().count(), before, "progress changes no request");
+                    }
+                }
+                Op::Group(i, g) => {
+                    let i = i % k;
+                    let id = SourceId(i as u64);
+                    let r = s.set_source_group(id, g.map(GroupId));
+                    if s.source_stats(id).is_some() {
+                        prop_assert!(r.is_ok());
+                        prop_assert_eq!(s.source_group(id), g.map(GroupId));
+                    } else {
+                        prop_assert!(r.is_err(), "a removed source is unknown");
+                    }
+                }
                 Op::Timeouts => {
                     for (src, p) in s.timeouts(now) {
                         let v = s.on_piece_failed(src, p, Failure::Timeout, now).unwrap();
@@ -275,7 +313,7 @@ proptest! {
                             m.denied.retain(|&(j, _), _| j != i);
                             m.reported[i] = match m.kinds[i] {
                                 SourceKind::Origin => PieceSet::full(n),
-                                SourceKind::Peer => PieceSet::new(n),
+                                SourceKind::Peer | SourceKind::Upstream => PieceSet::new(n),
                             };
                         }
                     }
@@ -301,7 +339,7 @@ proptest! {
                 m.denied.retain(|&(j, _), _| j != i);
             }
             if m.life[i] == Life::Active {
-                if m.kinds[i] == SourceKind::Peer {
+                if m.kinds[i] != SourceKind::Origin {
                     s.set_source_pieces(id, Have::Some(m.truth[i].clone())).unwrap();
                 }
                 m.reported[i] = m.truth[i].clone();

@@ -12,6 +12,18 @@
 //! occupies the source until done (its bytes are thrown away), as with a stream reset that
 //! arrives late.
 //!
+//! Sources may instead sit behind a shared bottleneck ([`SimLink`], run with
+//! [`run_linked`]): a link of fixed rate shared fairly between connections (each source
+//! is one connection, capped at its own rate, e.g. what congestion control achieves
+//! under loss; the link may also carry other greedy connections, such as another
+//! client's download). There a source serves all its requests at once, as streams
+//! splitting its connection's share equally, and the client can hear of bytes as they
+//! arrive ([`SimLink::progress`]). Loss is modelled as delay: each lost packet of a piece
+//! adds one round trip before the piece is whole, and a lost request reaches the source
+//! three round trips late (a QUIC probe timeout). A cancelled stream stops half a round
+//! trip after the cancel (when the reset reaches the source); the bytes that crossed the
+//! link until then count in [`SimReport::bytes_in`].
+//!
 //! [`run_office`] simulates a whole office instead: one client reading the origin and
 //! every client fetching from every other, each with its own scheduler.
 
@@ -23,8 +35,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::rng::SplitMix64;
 use crate::{
-    DropReason, Failure, Have, PieceSet, SchedConfig, Scheduler, SourceId, SourceKind, Verdict,
+    Diagnosis, DropReason, Failure, GroupId, Have, PieceSet, SchedConfig, Scheduler, SourceId,
+    SourceKind, Verdict,
 };
 
 /// What a simulated source holds.
@@ -57,6 +71,31 @@ pub enum Fault {
     Refuses(PieceSet),
 }
 
+/// A shared bottleneck between the client and the sources that name it
+/// ([`SimSource::behind`]), such as the WAN link of the client's office.
+#[derive(Clone, Debug)]
+pub struct SimLink {
+    /// The link's id; sources behind it say so with [`SimSource::behind`].
+    pub id: u64,
+    /// Capacity (bytes/s), shared max-min fairly between the connections using it.
+    pub rate: f64,
+    /// Buffer in front of the link (bytes): while the link is busy, data waits
+    /// `queue / rate` longer.
+    pub queue: u64,
+    /// Packet loss probability (packets of 1,448 bytes): each lost packet delays its
+    /// piece by one round trip; a lost request arrives three round trips late.
+    pub loss: f64,
+    /// Other greedy connections sharing the link all the time (another client's
+    /// download, say).
+    pub cross_flows: u32,
+    /// How often the client reports bytes that arrived, as
+    /// [`Scheduler::on_progress`]; `None`: whole pieces only.
+    pub progress: Option<Duration>,
+    /// Whether the client declares the sources behind it as one group
+    /// ([`Scheduler::set_source_group`]).
+    pub declare_group: bool,
+}
+
 /// One simulated source.
 #[derive(Clone, Debug)]
 pub struct SimSource {
@@ -70,6 +109,8 @@ pub struct SimSource {
     pub have: SimHave,
     /// Misbehaviour.
     pub fault: Fault,
+    /// The shared link it sends through ([`SimLink::id`]), if any.
+    pub link: Option<u64>,
 }
 
 impl SimSource {
@@ -81,7 +122,22 @@ impl SimSource {
             rtt,
             have: SimHave::All,
             fault: Fault::None,
+            link: None,
         }
+    }
+
+    /// An honest upstream source (outside the office) holding everything.
+    pub fn upstream(rate: f64, rtt: Duration) -> Self {
+        Self {
+            kind: SourceKind::Upstream,
+            ..Self::peer(rate, rtt)
+        }
+    }
+
+    /// The same source, sending through the shared link `link`.
+    pub fn behind(mut self, link: u64) -> Self {
+        self.link = Some(link);
+        self
     }
 
     /// An honest origin.
@@ -180,6 +236,11 @@ pub struct SimReport {
     pub duplicates: u32,
     /// Broken invariants seen while running (empty when the scheduler behaved).
     pub violations: Vec<String>,
+    /// Bytes that reached the client, including pieces cancelled or thrown away (for a
+    /// source behind a link: what crossed the link; otherwise whole pieces served).
+    pub bytes_in: u64,
+    /// The scheduler's own account at the end ([`Scheduler::diagnose`]).
+    pub diagnosis: Diagnosis,
 }
 
 /// Time the download would take if every byte moved at the sum of the rates of all
@@ -199,6 +260,39 @@ enum Event {
     Answer(u64),
     Refresh,
     Wake,
+    /// Link `l` may have a stream finishing (stale unless the epoch matches).
+    LinkDone(usize, u64),
+    /// Link `l`'s client reports bytes that arrived.
+    Tick(usize),
+    /// `bytes` of request `req` reach the client before the piece is whole.
+    Progress(u64, u64),
+    /// The reset of cancelled request `req` reaches its source: its stream stops.
+    Stop(u64),
+    /// Something changed on link `l` (a source behind it went silent).
+    Recompute(usize),
+}
+
+/// Bytes per packet, for the loss model.
+const PACKET: f64 = 1448.0;
+
+#[derive(Clone, Debug)]
+struct Stream {
+    req: u64,
+    src: usize,
+    remaining: f64,
+    crossed: f64,
+    reported: u64,
+    rate: f64,
+    /// Recovery time of the packets it loses, added when it completes.
+    extra: Duration,
+}
+
+#[derive(Clone, Debug, Default)]
+struct LinkState {
+    streams: Vec<Stream>,
+    last: Duration,
+    epoch: u64,
+    tick_pending: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -218,12 +312,26 @@ struct Server {
 
 /// Runs the simulation to completion (or to `cfg.limit`).
 pub fn run(cfg: &SimConfig, sources: &[SimSource]) -> SimReport {
-    Sim::new(cfg, sources).run()
+    Sim::new(cfg, sources, &[]).run()
+}
+
+/// Runs the simulation with shared links: every source whose [`SimSource::link`] names
+/// one of `links` sends through it.
+///
+/// # Panics
+///
+/// If a source names a link not in `links`.
+pub fn run_linked(cfg: &SimConfig, sources: &[SimSource], links: &[SimLink]) -> SimReport {
+    Sim::new(cfg, sources, links).run()
 }
 
 struct Sim<'a> {
     cfg: &'a SimConfig,
     srcs: &'a [SimSource],
+    links: &'a [SimLink],
+    link_of: Vec<Option<usize>>,
+    link_state: Vec<LinkState>,
+    rng: SplitMix64,
     sched: Scheduler,
     base: Instant,
     now: Duration,
@@ -239,12 +347,28 @@ struct Sim<'a> {
 }
 
 impl<'a> Sim<'a> {
-    fn new(cfg: &'a SimConfig, srcs: &'a [SimSource]) -> Self {
+    fn new(cfg: &'a SimConfig, srcs: &'a [SimSource], links: &'a [SimLink]) -> Self {
         let sched = Scheduler::new(cfg.piece_count, [], cfg.sched.clone())
             .expect("simulation config is valid");
+        let link_of = srcs
+            .iter()
+            .map(|s| {
+                s.link.map(|id| {
+                    links
+                        .iter()
+                        .position(|l| l.id == id)
+                        .expect("a source names a link that exists")
+                })
+            })
+            .collect();
+        let diagnosis = sched.diagnose(Instant::now());
         Self {
             cfg,
             srcs,
+            links,
+            link_of,
+            link_state: vec![LinkState::default(); links.len()],
+            rng: SplitMix64::new(cfg.sched.seed ^ 0x5151_0000_5151),
             sched,
             base: Instant::now(),
             now: Duration::ZERO,
@@ -268,6 +392,8 @@ impl<'a> Sim<'a> {
                 timeouts: 0,
                 duplicates: 0,
                 violations: Vec::new(),
+                bytes_in: 0,
+                diagnosis,
             },
             wake_at: None,
         }
@@ -295,6 +421,17 @@ impl<'a> Sim<'a> {
             self.sched
                 .add_source(SourceId(i as u64), s.kind)
                 .expect("fresh source");
+            if let Some(l) = self.link_of[i] {
+                let link = &self.links[l];
+                if link.declare_group {
+                    self.sched
+                        .set_source_group(SourceId(i as u64), Some(GroupId(link.id)))
+                        .expect("known source");
+                }
+                if let Fault::StopsAt(t) = s.fault {
+                    self.push(t, Event::Recompute(l));
+                }
+            }
         }
         self.refresh();
         self.schedule();
@@ -317,6 +454,21 @@ impl<'a> Sim<'a> {
                         self.wake_at = None;
                     }
                 }
+                Event::LinkDone(l, epoch) => {
+                    if self.link_state[l].epoch == epoch {
+                        self.link_update(l);
+                    }
+                }
+                Event::Recompute(l) => self.link_update(l),
+                Event::Tick(l) => self.tick(l),
+                Event::Progress(r, bytes) => {
+                    let req = self.reqs[&r];
+                    if !req.cancelled {
+                        let at = self.at();
+                        self.sched.on_progress(SourceId(req.src as u64), bytes, at);
+                    }
+                }
+                Event::Stop(r) => self.stop(r),
             }
             if self.sched.is_complete() {
                 self.report.completed = Some(self.now);
@@ -325,7 +477,178 @@ impl<'a> Sim<'a> {
             self.expire();
             self.schedule();
         }
+        for l in 0..self.links.len() {
+            self.advance(l);
+            for st in &self.link_state[l].streams {
+                self.report.bytes_in += st.crossed as u64;
+            }
+        }
+        self.report.diagnosis = self.sched.diagnose(self.at());
         self.report
+    }
+
+    // ----- shared links --------------------------------------------------------------
+
+    /// Moves every stream of link `l` forward to now at its current rate.
+    fn advance(&mut self, l: usize) {
+        let ls = &mut self.link_state[l];
+        let dt = self.now.saturating_sub(ls.last).as_secs_f64();
+        for st in &mut ls.streams {
+            let d = (st.rate * dt).min(st.remaining);
+            st.remaining -= d;
+            st.crossed += d;
+        }
+        ls.last = self.now;
+    }
+
+    /// Brings link `l` to now, completes finished streams, shares the capacity anew and
+    /// schedules the next completion.
+    fn link_update(&mut self, l: usize) {
+        self.advance(l);
+        let mut done = Vec::new();
+        self.link_state[l].streams.retain(|st| {
+            if st.remaining < 0.5 {
+                done.push(st.clone());
+                false
+            } else {
+                true
+            }
+        });
+        let queue_delay = self.queue_delay(l);
+        for st in done {
+            self.report.bytes_in += st.crossed.round() as u64;
+            if self.stopped(st.src) || self.reqs[&st.req].cancelled {
+                continue;
+            }
+            let i = st.src;
+            self.servers[i].delivered += 1;
+            if self.srcs[i].fault == Fault::BadPieceNth(self.servers[i].delivered) {
+                self.reqs.get_mut(&st.req).expect("known").answer = Some(Failure::BadPiece);
+            }
+            let at = self.now + self.srcs[i].rtt / 2 + queue_delay + st.extra;
+            self.push(at, Event::Answer(st.req));
+        }
+        self.share(l);
+    }
+
+    /// Max-min fair shares: each connection (a source with streams, or a cross flow)
+    /// gets an equal share of the link, at most its own rate, and splits it equally
+    /// between its streams.
+    fn share(&mut self, l: usize) {
+        let link = &self.links[l];
+        let mut conns: BTreeMap<usize, u32> = BTreeMap::new();
+        for st in &self.link_state[l].streams {
+            *conns.entry(st.src).or_default() += 1;
+        }
+        let mut caps: Vec<(f64, usize)> = conns
+            .keys()
+            .map(|&i| {
+                (
+                    if self.stopped(i) {
+                        0.0
+                    } else {
+                        self.srcs[i].rate
+                    },
+                    i,
+                )
+            })
+            .collect();
+        caps.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut left = link.rate;
+        let mut m = caps.len() as f64 + f64::from(link.cross_flows);
+        let mut rate_of: BTreeMap<usize, f64> = BTreeMap::new();
+        for (cap, i) in caps {
+            let fair = left / m;
+            let r = cap.min(fair);
+            rate_of.insert(i, r);
+            left -= r;
+            m -= 1.0;
+        }
+        let ls = &mut self.link_state[l];
+        let mut next: Option<f64> = None;
+        for st in &mut ls.streams {
+            st.rate = rate_of[&st.src] / f64::from(conns[&st.src]);
+            if st.rate > 0.0 {
+                let t = st.remaining / st.rate;
+                next = Some(next.map_or(t, |n: f64| n.min(t)));
+            }
+        }
+        ls.epoch += 1;
+        let epoch = ls.epoch;
+        if let Some(t) = next {
+            let at = self.now + Duration::from_secs_f64(t) + Duration::from_nanos(1);
+            self.push(at, Event::LinkDone(l, epoch));
+        }
+        let want_tick = self.links[l].progress.is_some() && !self.link_state[l].streams.is_empty();
+        if want_tick && !self.link_state[l].tick_pending {
+            self.link_state[l].tick_pending = true;
+            let every = self.links[l].progress.expect("checked");
+            self.push(self.now + every, Event::Tick(l));
+        }
+    }
+
+    fn queue_delay(&self, l: usize) -> Duration {
+        let link = &self.links[l];
+        if self.link_state[l].streams.is_empty() && link.cross_flows == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(link.queue as f64 / link.rate)
+        }
+    }
+
+    /// The client hears of the bytes that crossed link `l` since its last report.
+    fn tick(&mut self, l: usize) {
+        self.link_state[l].tick_pending = false;
+        self.advance(l);
+        let queue_delay = self.queue_delay(l);
+        let mut reports = Vec::new();
+        for st in &mut self.link_state[l].streams {
+            let whole = st.crossed as u64;
+            if whole > st.reported {
+                reports.push((st.req, st.src, whole - st.reported));
+                st.reported = whole;
+            }
+        }
+        for (r, i, bytes) in reports {
+            if !self.reqs[&r].cancelled {
+                let at = self.now + self.srcs[i].rtt / 2 + queue_delay;
+                self.push(at, Event::Progress(r, bytes));
+            }
+        }
+        if let Some(every) = self.links[l].progress
+            && !self.link_state[l].streams.is_empty()
+        {
+            self.link_state[l].tick_pending = true;
+            self.push(self.now + every, Event::Tick(l));
+        }
+    }
+
+    /// A cancelled request's reset reached its source: its stream stops.
+    fn stop(&mut self, r: u64) {
+        let i = self.reqs[&r].src;
+        let Some(l) = self.link_of[i] else {
+            return;
+        };
+        self.advance(l);
+        let ls = &mut self.link_state[l];
+        if let Some(k) = ls.streams.iter().position(|st| st.req == r) {
+            let st = ls.streams.remove(k);
+            self.report.bytes_in += st.crossed.round() as u64;
+            self.share(l);
+        }
+    }
+
+    /// Packets of `bytes` lost on link `l`, drawn at random.
+    fn losses(&mut self, l: usize, bytes: u64) -> u32 {
+        let p = self.links[l].loss;
+        if p <= 0.0 {
+            return 0;
+        }
+        let packets = (bytes as f64 / PACKET).ceil() as u64;
+        let threshold = (p * u64::MAX as f64) as u64;
+        (0..packets)
+            .filter(|_| self.rng.next_u64() < threshold)
+            .count() as u32
     }
 
     fn refresh(&mut self) {
@@ -333,7 +656,7 @@ impl<'a> Sim<'a> {
         for (i, s) in self.srcs.iter().enumerate() {
             let have = s.report(self.cfg.piece_count, self.now);
             self.reported.push(have.clone());
-            if s.kind == SourceKind::Peer {
+            if s.kind != SourceKind::Origin {
                 self.sched
                     .set_source_pieces(SourceId(i as u64), have)
                     .expect("sizes match");
@@ -389,6 +712,15 @@ impl<'a> Sim<'a> {
         let stats = self.sched.source_stats(SourceId(i as u64)).expect("known");
         let r = &mut self.report.sources[i];
         r.max_in_flight = r.max_in_flight.max(stats.in_flight);
+        if let Some(g) = stats.group
+            && let Some(gs) = self.sched.group_stats(g)
+            && gs.in_flight > gs.window
+        {
+            self.violation(format!(
+                "group {} has {} requests outstanding, window {}",
+                g.0, gs.in_flight, gs.window
+            ));
+        }
         if stats.in_flight > self.cfg.sched.max_in_flight || stats.in_flight > stats.window {
             let w = stats.window;
             self.violation(format!(
@@ -418,10 +750,16 @@ impl<'a> Sim<'a> {
             },
         );
         self.current.insert((i, p), id);
+        let mut late = Duration::ZERO;
+        if let Some(l) = self.link_of[i]
+            && self.losses(l, 1) > 0
+        {
+            late = s.rtt * 3;
+        }
         if answer.is_some() {
-            self.push(self.now + s.rtt, Event::Answer(id));
+            self.push(self.now + s.rtt + late, Event::Answer(id));
         } else {
-            self.push(self.now + half, Event::Arrive(id));
+            self.push(self.now + half + late, Event::Arrive(id));
         }
     }
 
@@ -435,6 +773,24 @@ impl<'a> Sim<'a> {
             return;
         }
         let i = req.src;
+        if let Some(l) = self.link_of[i] {
+            // Behind a link, a source serves every request at once, one stream each.
+            self.advance(l);
+            let size = self.cfg.sched.piece_size;
+            let lost = self.losses(l, size);
+            let extra = self.srcs[i].rtt * lost;
+            self.link_state[l].streams.push(Stream {
+                req: r,
+                src: i,
+                remaining: size as f64,
+                crossed: 0.0,
+                reported: 0,
+                rate: 0.0,
+                extra,
+            });
+            self.share(l);
+            return;
+        }
         self.servers[i].queue.push_back(r);
         if self.servers[i].busy.is_none() {
             self.start_next(i);
@@ -461,6 +817,7 @@ impl<'a> Sim<'a> {
         if self.stopped(i) {
             return; // silent from now on; nothing more is served
         }
+        self.report.bytes_in += self.cfg.sched.piece_size;
         if !self.reqs[&r].cancelled {
             self.servers[i].delivered += 1;
             if self.srcs[i].fault == Fault::BadPieceNth(self.servers[i].delivered) {
@@ -517,6 +874,9 @@ impl<'a> Sim<'a> {
     fn cancel(&mut self, i: usize, p: u32) {
         if let Some(r) = self.current.remove(&(i, p)) {
             self.reqs.get_mut(&r).expect("known").cancelled = true;
+            if self.link_of[i].is_some() {
+                self.push(self.now + self.srcs[i].rtt / 2, Event::Stop(r));
+            }
         }
     }
 
