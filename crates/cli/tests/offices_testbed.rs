@@ -157,7 +157,11 @@ impl Deployment {
         let key = data.join("deployment.key");
         let start = Instant::now();
         while !key.exists() {
-            assert!(start.elapsed() < Duration::from_secs(20), "{}", procs.logs());
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{}",
+                procs.logs()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         let key = key.display().to_string();
@@ -264,10 +268,7 @@ impl Deployment {
                     return v;
                 }
                 if start.elapsed() > limit {
-                    panic!(
-                        "not done after {limit:?}: {v:#}\n{}",
-                        self.procs.logs()
-                    );
+                    panic!("not done after {limit:?}: {v:#}\n{}", self.procs.logs());
                 }
             }
             std::thread::sleep(Duration::from_millis(500));
@@ -380,7 +381,10 @@ fn deploy_to_all_crosses_each_link_once() {
     let took = started.elapsed();
     let after = d.wan_in();
     let show = d.connector_ok(&["topology", "show"]);
-    println!("deployed in {:.1} s\n{status:#}\n{show}", took.as_secs_f64());
+    println!(
+        "deployed in {:.1} s\n{status:#}\n{show}",
+        took.as_secs_f64()
+    );
     check_copies(&d, &CLIENTS, &id, &data);
     let served = origin.server.bytes_served_for("pkg.bin");
     println!("origin served {:.3} x", served as f64 / size as f64);
@@ -519,9 +523,7 @@ fn topology_errors_name_the_office_and_field_and_exit_2() {
         let out = d.connector(&["topology", "apply", file.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
-        let names_office = office
-            .chars()
-            .any(|o| err.contains(&format!("\"{o}\"")));
+        let names_office = office.chars().any(|o| err.contains(&format!("\"{o}\"")));
         assert!(names_office && err.contains(field), "{err}");
     }
 }

@@ -26,10 +26,17 @@ use branchline_sched::{
     Failure, Have, PieceSet, SchedConfig, Scheduler, SourceId, SourceKind, Verdict,
 };
 use branchline_store::{ContentId, PieceMap, StoreError};
+/// The scheduler group of every upstream source: they share the office's WAN link.
+const WAN_GROUP: GroupId = GroupId(1);
+/// How often bytes of pieces still streaming over the WAN are reported to the scheduler.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+use branchline_sched::GroupId;
 use branchline_wire::large::{
     GetContent, Locate, PeerHolding, ReportBadPeer, ReportHave, Request, Response, SendContent,
     SourceBytes,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -151,10 +158,8 @@ pub enum DownloadError {
     Store(#[from] StoreError),
     #[error("the origin {origin} cannot be read: {message}")]
     Origin { origin: String, message: String },
-    #[error(
-        "no progress for {secs} s: no peer holds the missing pieces and this client may not read the origin"
-    )]
-    Stalled { secs: u64 },
+    #[error("no progress for {secs} s: {why}")]
+    Stalled { secs: u64, why: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -243,6 +248,7 @@ pub async fn download(
         next_source: 1,
         origin_source: None,
         in_flight: HashMap::new(),
+        streamed: HashMap::new(),
         from_peers: 0,
         from_origin: 0,
         from_server: 0,
@@ -349,6 +355,9 @@ struct Download {
     next_source: u64,
     origin_source: Option<SourceId>,
     in_flight: HashMap<(SourceId, u32), AbortHandle>,
+    /// Bytes arrived so far of pieces streaming from upstream sources, and how many of
+    /// them the scheduler has been told about.
+    streamed: HashMap<(SourceId, u32), (Arc<AtomicU64>, u64)>,
     from_peers: u64,
     from_origin: u64,
     from_server: u64,
@@ -405,6 +414,7 @@ impl Download {
                 self.apply_verdict(&mut sched, source, piece, Failure::Timeout, now)
                     .await;
             }
+            self.report_streamed(&mut sched, now);
             if paused_until.is_none() {
                 self.issue(&mut sched, &mut tasks, now);
             }
@@ -423,9 +433,14 @@ impl Download {
                     u64::from(p.have) * full - if sched.has_piece(last) { last_short } else { 0 };
                 d.reading_origin = self.origin_source.is_some();
             });
+            if !self.link_open {
+                // A closed link window is not a stall.
+                last_progress = Instant::now();
+            }
             if last_progress.elapsed() > STALL_LIMIT {
                 return Err(DownloadError::Stalled {
                     secs: STALL_LIMIT.as_secs(),
+                    why: sched.diagnose(now).to_string(),
                 });
             }
             let piece_bytes = u64::from(self.map.piece_size().bytes());
@@ -439,6 +454,7 @@ impl Download {
                 sched.next_deadline(),
                 paused_until,
                 budget_wake,
+                (!self.streamed.is_empty()).then(|| now + PROGRESS_EVERY),
             ]
             .into_iter()
             .flatten()
@@ -490,6 +506,20 @@ impl Download {
         Ok(())
     }
 
+    /// Tells the scheduler about bytes of upstream pieces still streaming, so a slow but
+    /// flowing piece over the WAN is never taken for a stalled one.
+    fn report_streamed(&mut self, sched: &mut Scheduler, now: Instant) {
+        let in_flight = &self.in_flight;
+        self.streamed.retain(|k, _| in_flight.contains_key(k));
+        for ((source, _), (counter, told)) in &mut self.streamed {
+            let seen = counter.load(Ordering::Relaxed);
+            if seen > *told {
+                sched.on_progress(*source, seen - *told, now);
+                *told = seen;
+            }
+        }
+    }
+
     /// Starts every request the scheduler hands out.
     fn issue(&mut self, sched: &mut Scheduler, tasks: &mut JoinSet<Fetched>, now: Instant) {
         let ids: Vec<SourceId> = self.sources.keys().copied().collect();
@@ -517,8 +547,11 @@ impl Download {
                     SourceInfo::Upstream { client, addr } => {
                         let (svc, client, addr, id) =
                             (self.svc.clone(), client.clone(), *addr, self.id);
+                        let counter = Arc::new(AtomicU64::new(0));
+                        self.streamed.insert((source, piece), (counter.clone(), 0));
                         tasks.spawn(async move {
-                            let result = fetch_from_upstream(&svc, &client, addr, id, piece).await;
+                            let result =
+                                fetch_from_upstream(&svc, &client, addr, id, piece, &counter).await;
                             Fetched {
                                 source,
                                 piece,
@@ -767,9 +800,10 @@ impl Download {
                     s
                 }
             };
-            if sched.add_source(source, SourceKind::Peer).is_ok()
+            if sched.add_source(source, SourceKind::Upstream).is_ok()
                 || sched.source_stats(source).is_some()
             {
+                let _ = sched.set_source_group(source, Some(WAN_GROUP));
                 let _ = sched.set_source_pieces(source, have);
             }
         }
@@ -924,13 +958,15 @@ fn peer_entry(peer: &PeerHolding, pieces: u32) -> Option<(SocketAddr, Have)> {
     Some((SocketAddr::new(ip, port), have))
 }
 
-/// A piece from a parent-office peer, over Background (our 34750 to its 34750).
+/// A piece from a parent-office peer, over Background (our 34750 to its 34750); bytes
+/// are counted in `progress` as they arrive.
 async fn fetch_from_upstream(
     svc: &Services,
     client: &str,
     addr: SocketAddr,
     id: ContentId,
     piece: u32,
+    progress: &AtomicU64,
 ) -> Result<Bytes, Failure> {
     let name = ClientName::new(client.to_owned()).map_err(|_| Failure::Transport)?;
     let (conn, _) = svc
@@ -941,7 +977,18 @@ async fn fetch_from_upstream(
             tracing::debug!(peer = %client, %addr, error = %e, "cannot connect to the parent-office peer");
             Failure::Transport
         })?;
-    fetch_on(svc, &conn, client, id, piece).await
+    let request = PieceRequest {
+        content: *id.as_bytes(),
+        piece,
+        offset: 0,
+        len: 0,
+    };
+    map_fetch(
+        client,
+        piece,
+        branchline_quic::fetch_piece_progress(&conn, &request, svc.content.config(), progress)
+            .await,
+    )
 }
 
 async fn fetch_from_peer(
@@ -974,7 +1021,16 @@ async fn fetch_on(
         offset: 0,
         len: 0,
     };
-    match fetch_piece(conn, &request, svc.content.config()).await {
+    map_fetch(
+        who,
+        piece,
+        fetch_piece(conn, &request, svc.content.config()).await,
+    )
+}
+
+/// A fetch's outcome in the scheduler's terms.
+fn map_fetch(who: &str, piece: u32, r: Result<Bytes, ContentError>) -> Result<Bytes, Failure> {
+    match r {
         Ok(bytes) => Ok(bytes),
         Err(ContentError::NotFound) => Err(Failure::Unavailable),
         // Holds it but cannot serve now: no strike against a healthy source.
