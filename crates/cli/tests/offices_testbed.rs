@@ -527,3 +527,113 @@ fn topology_errors_name_the_office_and_field_and_exit_2() {
         assert!(names_office && err.contains(field), "{err}");
     }
 }
+
+const THREE_OFFICES: &str = r#"
+[[office]]
+name = "hq"
+subnets = ["198.18.0.0/24"]
+
+[[office]]
+name = "east"
+parent = "hq"
+subnets = ["198.18.10.0/24"]
+
+[[office]]
+name = "west"
+parent = "hq"
+subnets = ["198.18.20.0/24"]
+"#;
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_slow_lossy_link_completes_with_one_copy() {
+    // West: 4 Mbit/s, 64 kB of queue, 60 ms each way, 0.5 % loss.
+    let topo = topology("three-offices.toml");
+    let hosts = ["hq1", "hq2", "e1", "e2", "e3", "e4", "w1", "w2"];
+    let d = Deployment::start(&topo, &hosts);
+    d.wait_online(hosts.len() as u64);
+    let file = d.dir.path().join("topology.toml");
+    std::fs::write(&file, THREE_OFFICES).unwrap();
+    d.connector_ok(&["topology", "apply", file.to_str().unwrap()]);
+    let size = 8 << 20;
+    let data = random(size);
+    let (origin, url) = Origin::start(&d.tb, "origin", "pkg.bin", data.clone());
+    let id = publish(&d, &data, &url);
+    let before = d.wan_in();
+    let started = Instant::now();
+    d.connector_ok(&["deploy", &id, "--to", "all"]);
+    let status = d.wait_done(&id, 3, Duration::from_secs(300));
+    println!(
+        "deployed in {:.1} s\n{status:#}",
+        started.elapsed().as_secs_f64()
+    );
+    check_copies(&d, &hosts, &id, &data);
+    let after = d.wan_in();
+    let west = |l: &Vec<(String, u64)>| l.iter().find(|(n, _)| n == "west").unwrap().1;
+    let ratio = (west(&after) - west(&before)) as f64 / size as f64;
+    println!("west's link carried {ratio:.3} x the package");
+    assert!(ratio <= 1.1, "west's link carried {ratio:.3} x");
+    let served = origin.server.bytes_served_for("pkg.bin");
+    assert!(
+        served as f64 <= 1.02 * size as f64,
+        "origin served {served}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_link_outside_its_hours_carries_nothing_until_they_begin() {
+    let topo = topology("four-offices.toml");
+    let hosts = ["hq1", "s1", "s2"];
+    let d = Deployment::start(&topo, &hosts);
+    d.wait_online(hosts.len() as u64);
+    // South's window opens at the next whole minute (UTC), at least 15 s from now.
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut open_at = (now_s / 60 + 1) * 60;
+    if open_at - now_s < 15 {
+        open_at += 60;
+    }
+    let hm = |t: u64| format!("{:02}:{:02}", (t / 3600) % 24, (t / 60) % 60);
+    let hours = format!("{}-{}", hm(open_at), hm(open_at + 3 * 3600));
+    let text = TOPOLOGY.replace(
+        "subnets = [\"198.18.3.0/24\"]\n",
+        &format!("subnets = [\"198.18.3.0/24\"]\n[office.wan]\nhours = \"{hours}\"\n"),
+    );
+    let file = d.dir.path().join("topology.toml");
+    std::fs::write(&file, text).unwrap();
+    d.connector_ok(&["topology", "apply", file.to_str().unwrap()]);
+    let size = 8 << 20;
+    let data = random(size);
+    let (_origin, url) = Origin::start(&d.tb, "origin", "pkg.bin", data.clone());
+    let id = publish(&d, &data, &url);
+    let before = d.wan_in();
+    d.connector_ok(&["deploy", &id, "--to", "all"]);
+    let south = |l: &Vec<(String, u64)>| l.iter().find(|(n, _)| n == "south").unwrap().1;
+    // Until the window opens, the link carries under 1 % of the package.
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        if now + 2 >= open_at {
+            break;
+        }
+        let carried = south(&d.wan_in()) - south(&before);
+        assert!(
+            (carried as f64) < 0.01 * size as f64,
+            "{carried} bytes crossed south's link before {hours}\n{}",
+            d.procs.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let carried_closed = south(&d.wan_in()) - south(&before);
+    println!("south carried {carried_closed} bytes while closed; window {hours} UTC");
+    d.wait_done(&id, 2, Duration::from_secs(240));
+    check_copies(&d, &hosts, &id, &data);
+    let ratio = (south(&d.wan_in()) - south(&before)) as f64 / size as f64;
+    println!("south carried {ratio:.3} x after its window opened");
+    assert!(ratio <= 1.1);
+}
