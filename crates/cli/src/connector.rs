@@ -135,6 +135,7 @@ pub fn health_json(server: std::net::SocketAddr, h: &Health) -> serde_json::Valu
         "clients_total": h.clients_total,
         "clients_online": h.clients_online,
         "connectors_total": h.connectors_total,
+        "large_requests": h.large_requests,
         "dropped_datagrams": h.dropped_datagrams,
         "drops": drops,
     })

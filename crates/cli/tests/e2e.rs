@@ -278,10 +278,11 @@ fn demo_shows_offices_and_where_the_bytes_came_from() {
     assert!(stdout.contains("3 online / 3 enrolled"), "{stdout}");
     // One client per office; each office's only client is its RVP. The Central
     // Office's reads the origin, each branch's takes one copy over its WAN link.
+    // The distribution table's row (the registration table above it starts alike).
     let row = |name: &str| {
         stdout
             .lines()
-            .find(|l| l.starts_with(name))
+            .rfind(|l| l.starts_with(name))
             .unwrap_or_else(|| panic!("no row for {name}:\n{stdout}"))
             .split_whitespace()
             .map(str::to_owned)

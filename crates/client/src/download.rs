@@ -45,12 +45,18 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use crate::services::{ServerCallError, Services, now_ms};
 
-/// How often the server is asked where the pieces are.
+/// The server is asked where the pieces are after 1 s, then less and less often, up to
+/// every [`LOCATE_MAX`]: what peers hold is asked of the peers themselves
+/// ([`HAVE_EVERY`]), so the server's load does not grow with every downloader.
 const LOCATE_EVERY: Duration = Duration::from_secs(1);
-/// ...and while nothing can be requested (waiting for peers to get pieces).
-const LOCATE_IDLE: Duration = Duration::from_millis(250);
-/// How often a growing have-set is reported.
-const REPORT_EVERY: Duration = Duration::from_millis(300);
+/// Longest gap between two locates once sources are known.
+const LOCATE_MAX: Duration = Duration::from_secs(10);
+/// How often each peer is asked what it holds (a have query on its content port).
+const HAVE_EVERY: Duration = Duration::from_millis(500);
+/// Most have queries in flight at once.
+const MAX_HAVE_QUERIES: usize = 16;
+/// How often a growing have-set is reported to the server.
+const REPORT_EVERY: Duration = Duration::from_secs(3);
 /// A download with no new piece for this long fails (no source has what is missing).
 const STALL_LIMIT: Duration = Duration::from_secs(120);
 /// Most pieces written in one group commit.
@@ -261,6 +267,8 @@ pub async fn download(
         ceiling: 0,
         budget: Budget::default(),
         locates: 0,
+        link_change: None,
+        whole: Default::default(),
     };
     dl.progress.send_modify(|p| {
         p.content_id = id.to_hex();
@@ -372,6 +380,10 @@ struct Download {
     ceiling: u64,
     budget: Budget,
     locates: u32,
+    /// When the office link's allowed-hours window opens or closes next.
+    link_change: Option<Instant>,
+    /// Sources known to hold every piece (no more have queries).
+    whole: std::collections::HashSet<SourceId>,
 }
 
 impl Download {
@@ -384,20 +396,42 @@ impl Download {
 
     async fn run(&mut self, mut sched: Scheduler) -> Result<(), DownloadError> {
         let mut tasks: JoinSet<Fetched> = JoinSet::new();
+        let mut haves: JoinSet<(SourceId, Option<Have>)> = JoinSet::new();
         let mut next_locate = Instant::now();
+        let mut locate_gap = LOCATE_EVERY;
+        let mut next_have = Instant::now() + HAVE_EVERY;
         let mut next_report = Instant::now() + REPORT_EVERY;
         let mut last_progress = Instant::now();
         let mut paused_until: Option<Instant> = None;
         while !sched.is_complete() {
             let now = Instant::now();
             if now >= next_locate {
-                if let Err(e) = self.locate(&mut sched, now).await {
-                    tracing::warn!(content = %self.id, error = %e, "locate failed; retrying");
+                let plan_before = (self.am_rvp, self.sources.len());
+                match self.locate(&mut sched, now).await {
+                    Ok(()) => {
+                        // Back off while the plan holds; start over when it changes or
+                        // there is nobody to ask.
+                        if plan_before != (self.am_rvp, self.sources.len())
+                            || self.sources.is_empty()
+                        {
+                            locate_gap = LOCATE_EVERY;
+                        } else {
+                            locate_gap = (locate_gap * 2).min(LOCATE_MAX);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(content = %self.id, error = %e, "locate failed; retrying");
+                        locate_gap = LOCATE_EVERY;
+                    }
                 }
-                next_locate = Instant::now() + LOCATE_EVERY;
+                next_locate = Instant::now() + locate_gap;
+                if let Some(change) = self.link_change {
+                    next_locate = next_locate.min(change);
+                }
             }
-            if tasks.is_empty() && next_locate > now + LOCATE_IDLE {
-                next_locate = now + LOCATE_IDLE;
+            if now >= next_have {
+                self.query_haves(&mut haves);
+                next_have = now + HAVE_EVERY;
             }
             if now >= next_report && self.have_dirty {
                 self.report_have(false).await;
@@ -450,6 +484,7 @@ impl Download {
                 .map(|t| t.max(now + Duration::from_millis(5)));
             let wake = [
                 Some(next_locate),
+                Some(next_have),
                 Some(next_report),
                 sched.next_deadline(),
                 paused_until,
@@ -461,6 +496,16 @@ impl Download {
             .min()
             .unwrap_or(now + LOCATE_EVERY);
             tokio::select! {
+                Some(answer) = haves.join_next(), if !haves.is_empty() => {
+                    if let Ok((source, Some(have))) = answer
+                        && self.sources.contains_key(&source)
+                    {
+                        if matches!(have, Have::All) {
+                            self.whole.insert(source);
+                        }
+                        let _ = sched.set_source_pieces(source, have);
+                    }
+                }
                 joined = tasks.join_next(), if !tasks.is_empty() => {
                     // Group commit: this result and every other one already finished go to
                     // the cache in one batch (one data fsync and one bitfield fsync).
@@ -503,7 +548,59 @@ impl Download {
         }
         // Anything still in flight is a duplicate of a piece we now hold.
         tasks.abort_all();
+        haves.abort_all();
         Ok(())
+    }
+
+    /// Asks each peer that is not known to hold everything what it holds now (a have
+    /// query on its content port), a few at a time.
+    fn query_haves(&mut self, haves: &mut JoinSet<(SourceId, Option<Have>)>) {
+        let pieces = self.map.piece_count();
+        let mut asked = haves.len();
+        for (source, info) in &self.sources {
+            if asked >= MAX_HAVE_QUERIES {
+                break;
+            }
+            if self.whole.contains(source) {
+                continue;
+            }
+            let (pool, client, addr) = match info {
+                SourceInfo::Peer { client, addr } => (self.svc.peer_pool.clone(), client, *addr),
+                SourceInfo::Upstream { client, addr } => {
+                    (self.svc.upstream_pool.clone(), client, *addr)
+                }
+                _ => continue,
+            };
+            let Ok(name) = ClientName::new(client.clone()) else {
+                continue;
+            };
+            let (svc, id, source) = (self.svc.clone(), self.id, *source);
+            asked += 1;
+            haves.spawn(async move {
+                let answer = async {
+                    let (conn, _) = pool.get(addr, &Role::Client(name)).await.ok()?;
+                    let bytes = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        branchline_quic::fetch_have(&conn, id.as_bytes(), svc.content.config()),
+                    )
+                    .await
+                    .ok()?
+                    .ok()?;
+                    Some(match bytes {
+                        None => Have::Some(PieceSet::new(pieces)),
+                        Some(b) => {
+                            let set = PieceSet::from_lsb_bytes(pieces, &b).ok()?;
+                            if set.count() == pieces {
+                                Have::All
+                            } else {
+                                Have::Some(set)
+                            }
+                        }
+                    })
+                };
+                (source, answer.await)
+            });
+        }
     }
 
     /// Tells the scheduler about bytes of upstream pieces still streaming, so a slow but
@@ -763,6 +860,11 @@ impl Download {
         }
         self.link_open = open;
         self.ceiling = ceiling;
+        self.link_change = located
+            .link
+            .as_ref()
+            .filter(|l| l.change_in_ms > 0)
+            .map(|l| Instant::now() + Duration::from_millis(l.change_in_ms + 50));
         // Upstream peers: only the RVP gets any; a client that stopped being the RVP
         // stops pulling over the WAN.
         let listed: Vec<String> = located
@@ -800,6 +902,9 @@ impl Download {
                     s
                 }
             };
+            if matches!(have, Have::All) {
+                self.whole.insert(source);
+            }
             if sched.add_source(source, SourceKind::Upstream).is_ok()
                 || sched.source_stats(source).is_some()
             {
@@ -822,6 +927,9 @@ impl Download {
                     s
                 }
             };
+            if matches!(have, Have::All) {
+                self.whole.insert(source);
+            }
             // A dropped source comes back when the server lists it again; a banned one
             // is refused by the scheduler.
             if sched.add_source(source, SourceKind::Peer).is_ok()

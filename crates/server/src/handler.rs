@@ -35,6 +35,8 @@ pub struct ServerState {
     pub clock: Arc<dyn Clock>,
     pub started: Instant,
     pub connectors_total: AtomicU64,
+    /// Large-message requests answered (QUIC, 34333/34341).
+    pub large_requests: AtomicU64,
     /// The deployment's certificate authority (issues client certificates).
     pub ca: DeploymentCa,
     pub catalogue: Mutex<Catalogue>,
@@ -105,6 +107,7 @@ impl ServerState {
                 })
                 .collect(),
             connectors_total: self.connectors_total.load(Ordering::Relaxed),
+            large_requests: self.large_requests.load(Ordering::Relaxed),
         }
     }
 

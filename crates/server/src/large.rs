@@ -46,6 +46,9 @@ pub async fn handle(
         .as_str()
         .parse()
         .map_err(|e| HandlerError(format!("certificate names no client id: {e}")))?;
+    state
+        .large_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let request = LargeRequest::decode(request).map_err(|e| {
         state.counters.count(DropReason::Decode);
         HandlerError(format!("undecodable large request: {e}"))
@@ -132,11 +135,11 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                 Ok(id) => id,
                 Err(e) => return error(ErrorCode::Invalid, e.to_string()),
             };
-            let origin = match state.catalogue.lock().expect("catalogue lock").get(&id) {
-                Some(item) => item.meta.origin.clone(),
+            let (origin, pieces) = match state.catalogue.lock().expect("catalogue lock").get(&id) {
+                Some(item) => (item.meta.origin.clone(), item.map.piece_count()),
                 None => return error(ErrorCode::NotFound, "no such content in the catalogue"),
             };
-            locate(state, client, id, origin, now)
+            locate(state, client, id, origin, pieces, now)
         }
         Request::ReportHave(h) => {
             let id = match id_of(&h.content_id) {
@@ -220,6 +223,7 @@ fn locate(
     client: ClientId,
     id: ContentId,
     origin: String,
+    pieces: u32,
     now: u64,
 ) -> Response {
     let wall = crate::now_ms();
@@ -260,9 +264,11 @@ fn locate(
     let Some(plan) = plan else {
         return error(ErrorCode::Unavailable, "this client has no office yet");
     };
+    let empty = Bitfield::new(pieces);
     let holding = |c: &ClientId, port_of: &dyn Fn(&ClientRecord) -> Option<SocketAddr>| {
         let r = registry.get(c)?;
-        let have = locations.have(c, &id)?;
+        // A peer that holds nothing yet (it is fetching too) is listed with an empty set.
+        let have = locations.have(c, &id).unwrap_or(&empty);
         let addr = port_of(r)?;
         let complete = have.is_complete();
         Some(PeerHolding {
@@ -295,10 +301,12 @@ fn locate(
     let (mut read_origin, mut server_sends) = (false, false);
     match plan.upstream {
         Some(Upstream::Office(a)) => {
+            let fetching = offices.fetching(&id);
             upstream = offices
                 .members(a)
                 .iter()
                 .filter(|c| registry.get(c).is_some_and(|r| registry.is_online(r, now)))
+                .filter(|c| fetching.contains(c) || locations.have(c, &id).is_some())
                 .filter_map(|c| holding(c, &|r| r.background_content_addr()))
                 .collect();
             upstream.sort_by_key(|p| !p.complete);

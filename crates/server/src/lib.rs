@@ -358,6 +358,7 @@ impl Server {
             clock,
             started: Instant::now(),
             connectors_total: AtomicU64::new(connectors),
+            large_requests: AtomicU64::new(0),
             ca,
             catalogue: Mutex::new(catalogue),
             locations: Mutex::new(locations::Locations::new()),

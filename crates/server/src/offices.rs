@@ -212,6 +212,14 @@ impl Offices {
             .retain(|_, t| now_ms.saturating_sub(*t) < INTEREST_TTL_MS);
     }
 
+    /// Clients that asked for `content` recently (downloading it, or relaying it).
+    pub fn fetching(&self, content: &ContentId) -> Vec<ClientId> {
+        self.contents
+            .get(content)
+            .map(|c| c.interest.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Plans `requester`'s fetch of `content`. `member` describes any client (online or
     /// not, what it holds); `link_open` tells whether an office's WAN link may carry
     /// transfers now.
@@ -227,13 +235,18 @@ impl Offices {
         self.interested(requester, content, now_ms);
         let kind = self.tree.office(office).kind;
         let root = self.tree.root();
+        // Same-office peers that hold pieces or are fetching the content too (members
+        // ask those directly what they hold as it grows).
+        let fetching = self.fetching(&content);
         let lan_peers: Vec<ClientId> = if kind == OfficeKind::Vpn {
             Vec::new()
         } else {
             self.members(office)
                 .into_iter()
                 .filter(|c| *c != requester)
-                .filter(|c| member(c).is_some_and(|m| m.online && m.pieces > 0))
+                .filter(|c| {
+                    member(c).is_some_and(|m| m.online && (m.pieces > 0 || fetching.contains(c)))
+                })
                 .collect()
         };
         // The RVP: in a VPN office every client is its own.

@@ -95,13 +95,10 @@ fn partial_download_survives_restart_without_refetch() {
     );
 }
 
-/// Child half of [`real_kill_9_keeps_every_recorded_piece`], which runs it in a child
-/// process: writes pieces, printing each index once `write_piece` has returned.
-#[test]
-#[ignore = "helper process for real_kill_9_keeps_every_recorded_piece"]
-fn kill9_child() {
-    let dir = std::env::var("BRANCHLINE_STORE_KILL9_DIR")
-        .expect("run by real_kill_9_keeps_every_recorded_piece, which sets the directory");
+/// Child half of [`real_kill_9_keeps_every_recorded_piece`], which runs this test binary
+/// again in a child process with `BRANCHLINE_STORE_KILL9_DIR` set: writes pieces,
+/// printing each index once `write_piece` has returned, then waits to be killed.
+fn kill9_child(dir: &str) -> ! {
     let (d, map) = content(256, 9);
     let id = map.id();
     let cache = Cache::open(Path::new(&dir), CacheCap::Bytes(1 << 30), 1).unwrap();
@@ -111,17 +108,20 @@ fn kill9_child() {
         println!("stored {i}");
     }
     std::thread::sleep(std::time::Duration::from_secs(60));
+    std::process::exit(1)
 }
 
 #[test]
 fn real_kill_9_keeps_every_recorded_piece() {
     use std::io::BufRead;
+    if let Ok(dir) = std::env::var("BRANCHLINE_STORE_KILL9_DIR") {
+        kill9_child(&dir);
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "kill9_child",
-            "--ignored",
+            "real_kill_9_keeps_every_recorded_piece",
             "--nocapture",
             "--test-threads=1",
         ])

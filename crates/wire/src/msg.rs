@@ -372,6 +372,9 @@ pub struct Health {
     pub drops: Vec<DropCount>,
     #[prost(uint64, tag = "9")]
     pub connectors_total: u64,
+    /// Large-message requests (QUIC) the server has answered since it started.
+    #[prost(uint64, tag = "10")]
+    pub large_requests: u64,
 }
 
 /// A content item's catalogue entry.

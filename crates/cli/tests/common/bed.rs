@@ -1,0 +1,356 @@
+//! Branchline on the multi-office test bed: real `branchline` processes in the hosts of
+//! a test-bed topology, an HTTP origin that counts what it serves, and the link counters.
+//! Shared by `tests/offices_testbed.rs` and `benches/offices.rs`.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use branchline_origin::testserver::CountingServer;
+use branchline_testbed::{Direction, Testbed, Topology};
+use rand::RngCore;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_branchline");
+
+pub fn topology(name: &str) -> Topology {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testbed/topologies")
+        .join(name);
+    Topology::from_file(&path).expect("topology")
+}
+
+/// Processes started in test-bed hosts, killed when the test ends however it ends.
+pub struct Procs(Vec<(String, Child, std::path::PathBuf)>);
+
+impl Procs {
+    pub fn spawn(&mut self, tb: &Testbed, dir: &Path, host: &str, name: &str, args: &[&str]) {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut c: Command = tb.command(host, BIN).unwrap();
+        c.args(args)
+            .env("BRANCHLINE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        let child = c.spawn().unwrap();
+        self.0.push((name.into(), child, log));
+    }
+    pub fn kill(&mut self, name: &str) {
+        if let Some((_, c, _)) = self.0.iter_mut().find(|(n, _, _)| n == name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    pub fn logs(&self) -> String {
+        self.0
+            .iter()
+            .map(|(n, _, l)| {
+                let text = std::fs::read_to_string(l).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                format!(
+                    "--- {n} (last lines) ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, c, _) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The counting HTTP origin, on a runtime thread inside the `origin` host.
+pub struct Origin {
+    pub server: Arc<CountingServer>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<branchline_testbed::Result<()>>>,
+}
+
+impl Origin {
+    pub fn start(tb: &Testbed, host: &str, name: &str, data: Vec<u8>) -> (Origin, String) {
+        let ip = tb.host_addr(host).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let name = name.to_owned();
+        let thread = tb
+            .spawn_in(host, move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let server = CountingServer::start(
+                        (ip, 0).into(),
+                        vec![(name.clone(), bytes::Bytes::from(data))],
+                    )
+                    .await
+                    .unwrap();
+                    let server = Arc::new(server);
+                    tx.send((server.clone(), server.url(&name))).unwrap();
+                    let _ = stopped.await;
+                });
+            })
+            .unwrap();
+        let (server, url) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        (
+            Origin {
+                server,
+                stop: Some(stop),
+                thread: Some(thread),
+            },
+            url,
+        )
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A running Branchline deployment on the test bed.
+pub struct Deployment {
+    pub tb: Testbed,
+    pub dir: tempfile::TempDir,
+    pub procs: Procs,
+    pub key: String,
+    pub server_ip: String,
+}
+
+impl Deployment {
+    pub fn start(topo: &Topology, clients: &[&str]) -> Deployment {
+        let tb = Testbed::up(topo).expect("test bed up");
+        let dir = tempfile::tempdir().unwrap();
+        let mut procs = Procs(Vec::new());
+        let server_ip = tb.host_addr("server").unwrap().to_string();
+        let data = dir.path().join("server");
+        procs.spawn(
+            &tb,
+            dir.path(),
+            "server",
+            "server",
+            &[
+                "server",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--bind",
+                &server_ip,
+            ],
+        );
+        let key = data.join("deployment.key");
+        let start = Instant::now();
+        while !key.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{}",
+                procs.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let key = key.display().to_string();
+        let mut d = Deployment {
+            tb,
+            dir,
+            procs,
+            key,
+            server_ip,
+        };
+        for c in clients {
+            d.client(c);
+        }
+        d
+    }
+
+    pub fn client(&mut self, host: &str) {
+        let ip = self.tb.host_addr(host).unwrap().to_string();
+        let data = self.dir.path().join(host);
+        let (server_ip, key) = (self.server_ip.clone(), self.key.clone());
+        self.procs.spawn(
+            &self.tb,
+            self.dir.path(),
+            host,
+            host,
+            &[
+                "client",
+                "--server",
+                &server_ip,
+                "--key-file",
+                &key,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--bind",
+                &ip,
+                "--heartbeat-interval",
+                "1",
+                "--hostname",
+                host,
+            ],
+        );
+    }
+
+    pub fn connector(&self, args: &[&str]) -> std::process::Output {
+        let mut c = self.tb.command("server", BIN).unwrap();
+        c.args([
+            "connector",
+            "--server",
+            &self.server_ip,
+            "--bind",
+            &self.server_ip,
+            "--key-file",
+            &self.key,
+        ])
+        .args(args)
+        .stdin(Stdio::null());
+        c.output().unwrap()
+    }
+
+    pub fn connector_ok(&self, args: &[&str]) -> String {
+        let out = self.connector(args);
+        assert!(
+            out.status.success(),
+            "connector {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.procs.logs()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn wait_online(&self, n: u64) {
+        let start = Instant::now();
+        loop {
+            let out = self.connector(&["health", "--json"]);
+            if out.status.success() {
+                let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+                if v["clients_online"].as_u64() == Some(n) {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "clients did not come online\n{}",
+                self.procs.logs()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Polls `connector status --json` until every office with targets is done.
+    pub fn wait_done(&self, content: &str, offices: usize, limit: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let out = self.connector(&["status", content, "--json"]);
+            if out.status.success() {
+                let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+                let list = v["offices"].as_array().cloned().unwrap_or_default();
+                let done = list.len() >= offices
+                    && list.iter().all(|o| {
+                        o["clients_total"].as_u64() > Some(0)
+                            && o["clients_done"] == o["clients_total"]
+                    });
+                if done {
+                    return v;
+                }
+                if start.elapsed() > limit {
+                    panic!("not done after {limit:?}: {v:#}\n{}", self.procs.logs());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    pub fn wan_in(&self) -> Vec<(String, u64)> {
+        self.tb
+            .wan_counters()
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.dir == Direction::Inbound)
+            .map(|c| (c.link, c.bytes))
+            .collect()
+    }
+}
+
+pub fn random(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::rng().fill_bytes(&mut v);
+    v
+}
+
+pub fn publish(d: &Deployment, data: &[u8], url: &str) -> String {
+    let file = d.dir.path().join("package.bin");
+    std::fs::write(&file, data).unwrap();
+    let out = d.connector_ok(&[
+        "publish",
+        file.to_str().unwrap(),
+        "--name",
+        "pkg",
+        "--origin",
+        url,
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["content_id"].as_str().unwrap().to_owned()
+}
+
+/// Every client's cached copy matches the package.
+pub fn check_copies(d: &Deployment, hosts: &[&str], id: &str, data: &[u8]) {
+    for h in hosts {
+        let out_file = d.dir.path().join(format!("{h}.out"));
+        let data_dir = d.dir.path().join(h);
+        let mut c = d.tb.command(h, BIN).unwrap();
+        c.args([
+            "get",
+            id,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--out",
+            out_file.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null());
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "get on {h}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            std::fs::read(&out_file).unwrap() == data,
+            "{h}: the copy differs from the package"
+        );
+    }
+}
+
+/// The Branchline topology file for a test-bed topology: the same offices, subnets and
+/// parents (an office without `parent` other than the first hangs under the first).
+pub fn branchline_topology(topo: &Topology) -> String {
+    let mut out = String::new();
+    let root = &topo.offices[0].name;
+    for (i, o) in topo.offices.iter().enumerate() {
+        out.push_str(&format!(
+            "[[office]]\nname = \"{}\"\nsubnets = [\"{}\"]\n",
+            o.name, o.subnet
+        ));
+        if i > 0 {
+            let parent = o.parent.as_deref().unwrap_or(root);
+            out.push_str(&format!("parent = \"{parent}\"\n"));
+        }
+        out.push('\n');
+    }
+    out
+}
