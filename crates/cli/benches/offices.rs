@@ -26,7 +26,6 @@ use branchline_testbed::{Direction, Testbed, Topology};
 use serde_json::Value;
 
 #[path = "../tests/common/bed.rs"]
-#[allow(dead_code)]
 mod bed;
 
 use bed::*;
