@@ -81,6 +81,50 @@ impl Drop for Services {
     }
 }
 
+/// Most WAN links given their own LEDBAT++ factory; peers beyond share the default one.
+pub const MAX_LINK_FACTORIES: usize = 256;
+
+/// The link a peer is reached over, as the client can tell it: the peer's /24 (IPv6:
+/// /64). Offices are subnets, so peers of one office share a key.
+pub fn link_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            std::net::Ipv4Addr::new(a, b, c, 0).into()
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0).into()
+        }
+    }
+}
+
+/// A transport selector giving each WAN link (peer subnet) its own LEDBAT++ factory,
+/// so the configured Background ceiling applies per link, not per node.
+pub fn per_link_transports(
+    config: branchline_ledbat::LedbatConfig,
+) -> branchline_quic::endpoint::TransportSelector {
+    let links: Mutex<std::collections::HashMap<std::net::IpAddr, Arc<quinn::TransportConfig>>> =
+        Mutex::default();
+    Arc::new(move |addr: SocketAddr| {
+        let key = link_key(addr.ip());
+        let mut links = links.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = links.get(&key) {
+            return Some(t.clone());
+        }
+        if links.len() >= MAX_LINK_FACTORIES {
+            return None;
+        }
+        let factory = Arc::new(branchline_ledbat::LedbatFactory::new(config.clone()).ok()?);
+        let t = Arc::new(branchline_quic::background_transport(
+            &TransportSettings::default(),
+            factory,
+        ));
+        links.insert(key, t.clone());
+        Some(t)
+    })
+}
+
 /// The client's TLS trust: its own deployment's CA only.
 pub fn trust_of(
     identity: &NodeIdentity,
@@ -140,7 +184,7 @@ impl Services {
             &TransportSettings::default(),
             ledbat,
         ));
-        let content_bg = ContentNode::bind(
+        let mut content_bg = ContentNode::bind(
             SocketAddr::new(bind, ports.content_bg),
             identity,
             trust.clone(),
@@ -148,6 +192,9 @@ impl Services {
             ContentConfig::default(),
         )
         .map_err(|e| format!("client.content_bg ({bind}:{}): {e}", ports.content_bg))?;
+        // One LEDBAT++ factory per WAN link: every Background connection with peers behind
+        // one link (one subnet) shares that link's ceiling.
+        content_bg.set_transport_selector(per_link_transports(opts.background.clone()));
         let large_bg = LargeMessaging::bind(
             SocketAddr::new(bind, ports.large_bg_request),
             SocketAddr::new(bind, ports.large_bg_reply),
@@ -259,5 +306,40 @@ impl Services {
             self.server_pool.forget(self.server_large, &Role::Server);
         }
         Err(ServerCallError::Exchange(last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_of_one_subnet_share_a_link_factory() {
+        let select = per_link_transports(branchline_ledbat::LedbatConfig::default());
+        let at = |s: &str| select(s.parse().unwrap()).expect("a transport");
+        let a = at("198.18.2.5:34750");
+        let b = at("198.18.2.9:40000");
+        let c = at("198.18.3.5:34750");
+        assert!(Arc::ptr_eq(&a, &b), "one link, one factory");
+        assert!(!Arc::ptr_eq(&a, &c), "another link, another factory");
+        let v6 = at("[fd00:1:2:3::5]:34750");
+        let v6b = at("[fd00:1:2:3::9]:34750");
+        assert!(Arc::ptr_eq(&v6, &v6b));
+    }
+
+    #[test]
+    fn link_factories_are_bounded() {
+        let select = per_link_transports(branchline_ledbat::LedbatConfig::default());
+        for i in 0..MAX_LINK_FACTORIES {
+            let addr = SocketAddr::new(
+                std::net::Ipv4Addr::new(10, (i / 256) as u8, (i % 256) as u8, 1).into(),
+                1,
+            );
+            assert!(select(addr).is_some());
+        }
+        assert!(
+            select("10.200.0.1:1".parse().unwrap()).is_none(),
+            "beyond the bound: the shared default"
+        );
     }
 }
