@@ -3,14 +3,17 @@
 //!
 //! 1. Ask the server for the catalogue entry and piece map (verified against the id).
 //! 2. Start (or resume) the item in the cache: verified pieces already there are kept.
-//! 3. Every second, ask the server where the pieces are: peers (with what they hold) and
-//!    whether this client is the one that reads the origin. Feed that to the scheduler.
-//! 4. Fetch what the scheduler hands out: pieces from peers over QUIC (Foreground,
-//!    34760), from the origin by HTTP range or file read. Every piece is verified against
-//!    the piece map before it is written; a peer that sends a bad piece is dropped for this
-//!    content and reported to the server.
-//! 5. Report what this client holds as it grows (so others fetch from it while it is
-//!    still downloading), and once more when complete.
+//! 3. Ask the server where the pieces are (after 1 s, then at doubling gaps up to 10 s):
+//!    same-office peers, and for the office's RVP the way out of the office (parent
+//!    office peers, the origin, the server's copy) with the link's policy. Ask each peer
+//!    what it holds every 500 ms (have queries). Feed that to the scheduler.
+//! 4. Fetch what the scheduler hands out: pieces from office peers over QUIC
+//!    (Foreground, 34760), from parent-office peers over Background (34750, LEDBAT++;
+//!    the RVP only, under the link's ceiling and in its allowed hours), from the origin
+//!    by HTTP range or file read. Every piece is verified against the piece map before it
+//!    is written; a peer that sends a bad piece is dropped for this content and reported.
+//! 5. Report what this client holds as it grows (every 3 s, with bytes by source kind),
+//!    and once more when complete.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -423,6 +426,10 @@ impl Download {
                         tracing::warn!(content = %self.id, error = %e, "locate failed; retrying");
                         locate_gap = LOCATE_EVERY;
                     }
+                }
+                if !self.link_open && self.link_change.is_none() {
+                    // Queued behind another transfer on the link: ask again soon.
+                    locate_gap = LOCATE_EVERY;
                 }
                 next_locate = Instant::now() + locate_gap;
                 if let Some(change) = self.link_change {
@@ -847,17 +854,24 @@ impl Download {
         }
         self.office = located.office.clone();
         self.am_rvp = located.am_rvp;
-        let (open, ceiling) = located
+        let (open, queued, ceiling) = located
             .link
             .as_ref()
-            .map(|l| (l.open, l.ceiling_bytes_per_s))
-            .unwrap_or((true, 0));
-        if open != self.link_open {
-            tracing::info!(content = %self.id, open, "the office's WAN link window changed");
+            .map(|l| (l.open, l.queued, l.ceiling_bytes_per_s))
+            .unwrap_or((true, false, 0));
+        if (open && !queued) != self.link_open {
+            tracing::info!(content = %self.id, open, queued, "the office's WAN link changed");
             self.progress.send_modify(|p| {
-                p.paused = (!open).then(|| "outside the WAN link's allowed hours".into())
+                p.paused = if !open {
+                    Some("outside the WAN link's allowed hours".into())
+                } else if queued {
+                    Some("waiting for the WAN link (another transfer is using it)".into())
+                } else {
+                    None
+                }
             });
         }
+        let open = open && !queued;
         self.link_open = open;
         self.ceiling = ceiling;
         self.link_change = located

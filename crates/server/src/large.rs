@@ -167,7 +167,7 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                     }
                 }
             };
-            let pieces = have.count_ones();
+            let (pieces, complete) = (have.count_ones(), have.is_complete());
             state
                 .locations
                 .lock()
@@ -177,7 +177,7 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                 .offices
                 .lock()
                 .expect("offices lock")
-                .progress(client, id, pieces, now);
+                .progress(client, id, pieces, complete, now);
             if let Some(b) = h.sources {
                 state.deployments.lock().expect("deployments lock").record(
                     id,
@@ -349,6 +349,7 @@ fn locate(
         LinkPolicy {
             ceiling_bytes_per_s: wan.ceiling_bytes_per_s.unwrap_or(0),
             open: wan.is_open(wall),
+            queued: plan.queued,
             change_in_ms: wan
                 .allowed_hours
                 .map(|h| h.next_change(wall).saturating_sub(wall))

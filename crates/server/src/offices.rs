@@ -68,10 +68,23 @@ pub struct Plan {
     pub am_rvp: bool,
     /// Set for the RVP only.
     pub upstream: Option<Upstream>,
+    /// The office's link carries its maximum of other transfers: the RVP waits.
+    pub queued: bool,
     /// An ancestor office's client newly asked to fetch the content (relay): the caller
     /// pushes it an assignment.
     pub relay: Option<ClientId>,
 }
+
+/// A WAN transfer holding a slot of its office's link.
+#[derive(Debug)]
+struct LinkUse {
+    content: ContentId,
+    /// Last time the office's RVP asked for it.
+    last_ms: u64,
+}
+
+/// A link slot whose RVP stopped asking for this long is freed (ms).
+pub const TRANSFER_IDLE_MS: u64 = 30_000;
 
 #[derive(Debug, Default)]
 struct ContentOffices {
@@ -87,6 +100,8 @@ pub struct Offices {
     /// Client -> office name (by the source address the server saw).
     placed: HashMap<ClientId, String>,
     contents: HashMap<ContentId, ContentOffices>,
+    /// Per office: the WAN transfers admitted to its link.
+    links: HashMap<String, Vec<LinkUse>>,
     /// RVP elections held (for metrics and status).
     pub elections: u64,
 }
@@ -111,6 +126,7 @@ impl Offices {
             tree,
             placed: HashMap::new(),
             contents: HashMap::new(),
+            links: HashMap::new(),
             elections: 0,
         }
     }
@@ -191,10 +207,23 @@ impl Offices {
     }
 
     /// Notes that `client` holds `pieces` of `content` (progress for its RVP role).
-    pub fn progress(&mut self, client: ClientId, content: ContentId, pieces: u32, now_ms: u64) {
+    pub fn progress(
+        &mut self,
+        client: ClientId,
+        content: ContentId,
+        pieces: u32,
+        complete: bool,
+        now_ms: u64,
+    ) {
         let Some(office) = self.placed.get(&client).cloned() else {
             return;
         };
+        if complete && self.rvp_name(&office, &content) == Some(client) {
+            // The office's WAN transfer of this content is over: its link slot frees.
+            if let Some(v) = self.links.get_mut(&office) {
+                v.retain(|u| u.content != content);
+            }
+        }
         if let Some(c) = self.contents.get_mut(&content) {
             let mut slot = c.rvps.remove(&office);
             branchline_office::record_progress(&mut slot, client.0, pieces, now_ms);
@@ -202,6 +231,49 @@ impl Offices {
                 c.rvps.insert(office, s);
             }
         }
+    }
+
+    fn rvp_name(&self, office: &str, content: &ContentId) -> Option<ClientId> {
+        self.contents
+            .get(content)
+            .and_then(|c| c.rvps.get(office))
+            .map(|r| ClientId(r.client))
+    }
+
+    /// Admits `content` to `office`'s WAN link: at most the link's `max_transfers`
+    /// contents cross it at once, first come first served (deployments pushed in order
+    /// arrive in order). A transfer holds its slot until its RVP reports it complete or
+    /// stops asking for [`TRANSFER_IDLE_MS`].
+    fn admit(&mut self, office: OfficeIdx, content: ContentId, now_ms: u64) -> bool {
+        let spec = self.tree.office(office);
+        let max = spec.wan.max_transfers.max(1) as usize;
+        let v = self.links.entry(spec.name.clone()).or_default();
+        v.retain(|u| now_ms.saturating_sub(u.last_ms) < TRANSFER_IDLE_MS);
+        if let Some(u) = v.iter_mut().find(|u| u.content == content) {
+            u.last_ms = now_ms;
+            return true;
+        }
+        if v.len() < max {
+            v.push(LinkUse {
+                content,
+                last_ms: now_ms,
+            });
+            return true;
+        }
+        false
+    }
+
+    /// The contents crossing each office's WAN link now: (office, contents in
+    /// admission order).
+    pub fn transfers(&self) -> Vec<(String, Vec<ContentId>)> {
+        let mut v: Vec<_> = self
+            .links
+            .iter()
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(o, l)| (o.clone(), l.iter().map(|u| u.content).collect()))
+            .collect();
+        v.sort();
+        v
     }
 
     /// Marks `client` as wanting `content`.
@@ -270,9 +342,12 @@ impl Offices {
         let am_rvp = rvp == Some(requester);
         let mut upstream = None;
         let mut relay = None;
+        let mut queued = false;
         if am_rvp {
             if office == root {
                 upstream = Some(Upstream::Origin);
+            } else if !self.admit(office, content, now_ms) {
+                queued = true;
             } else {
                 // The nearest ancestor office with clients online.
                 let path = self.tree.path_to_root(office);
@@ -296,6 +371,7 @@ impl Offices {
             rvp,
             am_rvp,
             upstream,
+            queued,
             relay,
         })
     }
@@ -548,6 +624,36 @@ subnets = ["10.9.0.0/24"]
             q.lan_peers.is_empty(),
             "c2 holds nothing; c11 is in another office"
         );
+    }
+
+    #[test]
+    fn one_transfer_per_link_at_a_time_by_default() {
+        const Y: ContentId = ContentId::from_bytes([8; 32]);
+        let mut o = setup();
+        let all = |id: &ClientId| Some(member(*id, 0));
+        let x = o.plan(c(11), X, 0, all, |_| true).unwrap();
+        assert!(!x.queued && x.upstream.is_some());
+        let y = o.plan(c(11), Y, 1, all, |_| true).unwrap();
+        assert!(
+            y.am_rvp && y.queued && y.upstream.is_none(),
+            "north's link is busy"
+        );
+        // Another office's link is free.
+        let z = o.plan(c(21), Y, 2, all, |_| true).unwrap();
+        assert!(!z.queued);
+        // X completes: Y may go.
+        o.progress(c(11), X, 4, true, 3);
+        let y = o.plan(c(11), Y, 4, all, |_| true).unwrap();
+        assert!(!y.queued && y.upstream.is_some());
+        assert_eq!(
+            o.transfers().iter().find(|(n, _)| n == "north").unwrap().1,
+            vec![Y]
+        );
+        // A transfer whose RVP stops asking frees the link.
+        let x = o
+            .plan(c(11), X, 5 + TRANSFER_IDLE_MS, all, |_| true)
+            .unwrap();
+        assert!(!x.queued);
     }
 
     #[test]

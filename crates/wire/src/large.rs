@@ -145,6 +145,10 @@ pub struct LinkPolicy {
     /// Milliseconds until the window opens or closes; 0 = never changes.
     #[prost(uint64, tag = "3")]
     pub change_in_ms: u64,
+    /// The link carries its maximum number of other transfers: wait (pull nothing over
+    /// it) and ask again.
+    #[prost(bool, tag = "4")]
+    pub queued: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
