@@ -84,6 +84,7 @@ fn heartbeat(id: ClientId) -> Body {
         client_id: id.to_string(),
         cache_free_bytes: 4 << 30,
         uptime_s: 100,
+        ..Default::default()
     })
 }
 

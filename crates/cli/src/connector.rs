@@ -136,6 +136,11 @@ pub fn health_json(server: std::net::SocketAddr, h: &Health) -> serde_json::Valu
         "clients_online": h.clients_online,
         "connectors_total": h.connectors_total,
         "large_requests": h.large_requests,
+        "client_drops": h
+            .client_drops
+            .iter()
+            .map(|d| (d.reason.clone(), serde_json::Value::from(d.count)))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
         "dropped_datagrams": h.dropped_datagrams,
         "drops": drops,
     })

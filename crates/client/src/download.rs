@@ -46,6 +46,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 
+use crate::discovery::Found;
 use crate::services::{ServerCallError, Services, now_ms};
 
 /// The server is asked where the pieces are after 1 s, then less and less often, up to
@@ -54,6 +55,9 @@ use crate::services::{ServerCallError, Services, now_ms};
 const LOCATE_EVERY: Duration = Duration::from_secs(1);
 /// Longest gap between two locates once sources are known.
 const LOCATE_MAX: Duration = Duration::from_secs(10);
+/// How often a downloading client asks its subnet who holds the content (besides the
+/// server's answers; at once when the server does not answer).
+const DISCOVER_EVERY: Duration = Duration::from_secs(15);
 /// How often each peer is asked what it holds (a have query on its content port).
 const HAVE_EVERY: Duration = Duration::from_millis(500);
 /// Most have queries in flight at once.
@@ -406,8 +410,14 @@ impl Download {
         let mut next_report = Instant::now() + REPORT_EVERY;
         let mut last_progress = Instant::now();
         let mut paused_until: Option<Instant> = None;
+        let mut found = self.svc.discovery.subscribe();
+        let mut next_ask = Instant::now();
         while !sched.is_complete() {
             let now = Instant::now();
+            if now >= next_ask {
+                self.svc.discovery.ask(self.id).await;
+                next_ask = now + DISCOVER_EVERY;
+            }
             if now >= next_locate {
                 let plan_before = (self.am_rvp, self.sources.len());
                 match self.locate(&mut sched, now).await {
@@ -423,8 +433,10 @@ impl Download {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(content = %self.id, error = %e, "locate failed; retrying");
+                        tracing::warn!(content = %self.id, error = %e, "locate failed; asking the subnet and retrying");
                         locate_gap = LOCATE_EVERY;
+                        // Without the server, the subnet still knows who holds what.
+                        next_ask = next_ask.min(Instant::now());
                     }
                 }
                 if !self.link_open && self.link_change.is_none() {
@@ -491,6 +503,7 @@ impl Download {
                 .map(|t| t.max(now + Duration::from_millis(5)));
             let wake = [
                 Some(next_locate),
+                Some(next_ask),
                 Some(next_have),
                 Some(next_report),
                 sched.next_deadline(),
@@ -503,6 +516,13 @@ impl Download {
             .min()
             .unwrap_or(now + LOCATE_EVERY);
             tokio::select! {
+                got = found.recv() => match got {
+                    Ok(f) => self.on_found(&mut sched, f),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        found = self.svc.discovery.subscribe();
+                    }
+                },
                 Some(answer) = haves.join_next(), if !haves.is_empty() => {
                     if let Ok((source, Some(have))) = answer
                         && self.sources.contains_key(&source)
@@ -557,6 +577,50 @@ impl Download {
         tasks.abort_all();
         haves.abort_all();
         Ok(())
+    }
+
+    /// Adds (or refreshes) a same-office peer: listed by the server, or found on the
+    /// subnet. A dropped source comes back when it is listed again; a banned one is
+    /// refused by the scheduler.
+    fn add_peer(&mut self, sched: &mut Scheduler, client: &str, addr: SocketAddr, have: Have) {
+        let source = match self.peers.get(client) {
+            Some(s) => *s,
+            None => {
+                let s = self.new_source(SourceInfo::Peer {
+                    client: client.to_owned(),
+                    addr,
+                });
+                self.peers.insert(client.to_owned(), s);
+                s
+            }
+        };
+        if matches!(have, Have::All) {
+            self.whole.insert(source);
+        }
+        if sched.add_source(source, SourceKind::Peer).is_ok()
+            || sched.source_stats(source).is_some()
+        {
+            let _ = sched.set_source_pieces(source, have);
+        }
+    }
+
+    /// A holder found by subnet discovery.
+    fn on_found(&mut self, sched: &mut Scheduler, found: Found) {
+        if found.content != self.id || self.svc.discovery.office_kind() == "vpn" {
+            return;
+        }
+        let pieces = self.map.piece_count();
+        let have = if found.complete {
+            Have::All
+        } else {
+            match PieceSet::from_lsb_bytes(pieces, &found.have) {
+                Ok(s) => Have::Some(s),
+                // No bitfield in the answer: the have queries will tell.
+                Err(_) => Have::Some(PieceSet::new(pieces)),
+            }
+        };
+        tracing::debug!(content = %self.id, peer = %found.client, addr = %found.addr, "found on the subnet");
+        self.add_peer(sched, &found.client.to_string(), found.addr, have);
     }
 
     /// Asks each peer that is not known to hold everything what it holds now (a have
@@ -841,6 +905,8 @@ impl Download {
             .svc
             .call(Request::Locate(Locate {
                 content_id: self.id.as_bytes().to_vec(),
+                reading_origin: self.origin_source.is_some(),
+                was_rvp: self.am_rvp,
             }))
             .await?
         {
@@ -930,27 +996,7 @@ impl Download {
             let Some((addr, have)) = peer_entry(&peer, pieces) else {
                 continue;
             };
-            let source = match self.peers.get(&peer.client_id) {
-                Some(s) => *s,
-                None => {
-                    let s = self.new_source(SourceInfo::Peer {
-                        client: peer.client_id.clone(),
-                        addr,
-                    });
-                    self.peers.insert(peer.client_id.clone(), s);
-                    s
-                }
-            };
-            if matches!(have, Have::All) {
-                self.whole.insert(source);
-            }
-            // A dropped source comes back when the server lists it again; a banned one
-            // is refused by the scheduler.
-            if sched.add_source(source, SourceKind::Peer).is_ok()
-                || sched.source_stats(source).is_some()
-            {
-                let _ = sched.set_source_pieces(source, have);
-            }
+            self.add_peer(sched, &peer.client_id, addr, have);
         }
         if located.server_sends && self.server_source.is_none() {
             self.start_server_source(sched).await;

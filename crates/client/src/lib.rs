@@ -14,6 +14,7 @@
 //! * [`download`]: fetching a content item from peers and (when assigned) the origin.
 //! * [`local`]: the Unix-socket API `branchline get` talks to.
 
+pub mod discovery;
 pub mod download;
 pub mod identity;
 pub mod jobs;
@@ -123,6 +124,7 @@ struct ClientHandler {
     /// The server's address: only it may assign work.
     server: IpAddr,
     assignments: tokio::sync::mpsc::Sender<Assign>,
+    discovery: Arc<discovery::Discovery>,
 }
 
 impl Handler for ClientHandler {
@@ -134,6 +136,7 @@ impl Handler for ClientHandler {
                 let _ = self.assignments.try_send(a);
                 Response::Reply(Body::Ack(Ack {}))
             }
+            Body::IHave(h) => self.discovery.on_answer(from, h),
             other => Response::Reply(Body::Error(ErrorReply {
                 code: ErrorCode::Unsupported as i32,
                 detail: format!("a client does not accept {} messages", other.kind()),
@@ -193,13 +196,8 @@ impl Client {
         let (ip, p) = (opts.bind, opts.ports);
         let request = bind_udp(ip, p.small_request, "client.small_request").await?;
         let reply = bind_udp(ip, p.small_reply, "client.small_reply").await?;
-        let mut reserved = Vec::new();
-        for (port, name) in [
-            (p.broadcast, "client.broadcast"),
-            (p.adaptive, "client.adaptive"),
-        ] {
-            reserved.push(bind_udp(ip, port, name).await?);
-        }
+        let broadcast_port = bind_udp(ip, p.broadcast, "client.broadcast").await?;
+        let adaptive = bind_udp(ip, p.adaptive, "client.adaptive").await?;
         // Held until the first certificate arrives; then QUIC takes these ports over.
         let mut quic_ports = Vec::new();
         for (port, name) in [
@@ -213,26 +211,61 @@ impl Client {
             quic_ports.push(bind_udp(ip, port, name).await?);
         }
 
+        let requester = Arc::new(Requester::new(reply, ctx.clone()));
+        let server_addr = SocketAddr::new(opts.server, opts.server_ports.small_request);
+        let address = netinfo::local_address(opts.bind, server_addr);
+        let discovery = discovery::Discovery::new(
+            requester.clone(),
+            ctx.counters.clone(),
+            id,
+            p.small_request,
+            p.content_fg,
+            netinfo::subnet_of(address),
+            p.broadcast,
+            cache.clone(),
+        );
         let mut tasks = Vec::new();
         let serve_ctx = ctx.clone();
         let (assign_tx, assign_rx) = tokio::sync::mpsc::channel(64);
         let handler = Arc::new(ClientHandler {
             server: opts.server,
             assignments: assign_tx.clone(),
+            discovery: discovery.clone(),
         });
         tasks.push(tokio::spawn(async move {
             if let Err(e) = Responder::serve(request, serve_ctx, handler).await {
                 tracing::error!(error = %e, "client request port failed");
             }
         }));
-        for s in reserved {
-            tasks.push(tokio::spawn(serve_reserved(s, ctx.counters.clone())));
+        // Subnet discovery on 34329: the unicast port, and (for a node bound to one
+        // address, which receives no broadcasts there) the subnet's broadcast address.
+        let mut broadcast_sockets = vec![broadcast_port];
+        if let Some(target) = discovery.target()
+            && !ip.is_unspecified()
+        {
+            match discovery::bind_broadcast_listener(target) {
+                Ok(s) => broadcast_sockets.push(s),
+                Err(e) => {
+                    tracing::warn!(%target, error = %e, "cannot listen for subnet broadcasts; discovery answers only unicast")
+                }
+            }
         }
+        for socket in broadcast_sockets {
+            let (ctx, handler) = (
+                ctx.clone(),
+                Arc::new(discovery::BroadcastHandler(discovery.clone())),
+            );
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = Responder::serve(socket, ctx, handler).await {
+                    tracing::error!(error = %e, "client broadcast port failed");
+                }
+            }));
+        }
+        tasks.push(tokio::spawn(serve_reserved(adaptive, ctx.counters.clone())));
         let held: Vec<JoinHandle<()>> = quic_ports
             .into_iter()
             .map(|s| tokio::spawn(serve_reserved(s, ctx.counters.clone())))
             .collect();
-        let requester = Requester::new(reply, ctx);
         let (status_tx, status) = watch::channel(Status::Starting);
         let (services_tx, services) = watch::channel(None);
         let quic = Quic {
@@ -240,6 +273,7 @@ impl Client {
             held,
             services: services_tx,
             cache: cache.clone(),
+            discovery: discovery.clone(),
         };
         let listener = local::bind(&opts.data_dir).map_err(|e| {
             ClientError::Services(format!(
@@ -354,6 +388,7 @@ struct Quic {
     held: Vec<JoinHandle<()>>,
     services: watch::Sender<Option<Arc<Services>>>,
     cache: Arc<Cache<FsStorage>>,
+    discovery: Arc<discovery::Discovery>,
 }
 
 impl Quic {
@@ -391,8 +426,14 @@ impl Quic {
                 let _ = h.await;
             }
             let trust = services::trust_of(&node, ca.clone().into_owned());
-            let svc = Services::start(opts, &node, trust, self.cache.clone())
-                .map_err(ClientError::Services)?;
+            let svc = Services::start(
+                opts,
+                &node,
+                trust,
+                self.cache.clone(),
+                self.discovery.clone(),
+            )
+            .map_err(ClientError::Services)?;
             tracing::info!(
                 content_port = opts.ports.content_fg,
                 "QUIC services started"
@@ -438,7 +479,7 @@ async fn report(svc: &Services, cache: &Cache<FsStorage>, ids: Vec<branchline_st
 async fn run(
     opts: ClientOptions,
     id: ClientId,
-    req: Requester,
+    req: Arc<Requester>,
     status: watch::Sender<Status>,
     mut quic: Quic,
     assignments: tokio::sync::mpsc::Sender<Assign>,
@@ -497,6 +538,7 @@ async fn run(
         match req.request(server, register).await {
             Ok(Body::RegisterOk(ok)) => {
                 failures = 0;
+                quic.discovery.set_office(&ok.office, &ok.office_kind);
                 tracing::info!(client = %id, %server, new = ok.new_client, server_version = %ok.server_version, "registered");
                 if let Err(e) = quic.on_registered(&ok, id, &opts).await {
                     return fail(e);
@@ -543,9 +585,21 @@ async fn run(
                 client_id: id.to_string(),
                 cache_free_bytes: cache_free(),
                 uptime_s: started.elapsed().as_secs(),
+                drops: req
+                    .context()
+                    .counters
+                    .snapshot()
+                    .into_iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(reason, count)| branchline_wire::msg::DropCount {
+                        reason: reason.into(),
+                        count,
+                    })
+                    .collect(),
             });
             match req.request_with(server, beat, beat_policy).await {
                 Ok(Body::HeartbeatAck(ack)) if ack.known => {
+                    quic.discovery.set_office(&ack.office, &ack.office_kind);
                     let _ = status.send(Status::Registered {
                         last_answer: Instant::now(),
                     });

@@ -57,6 +57,8 @@ pub struct Services {
     pub peer_pool: ConnectionPool,
     /// Connections to parent-office peers' 34750 (Background, LEDBAT++), from our 34750.
     pub upstream_pool: ConnectionPool,
+    /// Subnet discovery (34329): peers found without the server.
+    pub discovery: Arc<crate::discovery::Discovery>,
     /// One download per content item at a time (a `get` and a deployment share it).
     pub downloads: Mutex<std::collections::HashMap<ContentId, Arc<tokio::sync::Mutex<()>>>>,
     pub server_large: SocketAddr,
@@ -141,6 +143,7 @@ impl Services {
         identity: &NodeIdentity,
         trust: DeploymentTrust,
         cache: Arc<Cache<FsStorage>>,
+        discovery: Arc<crate::discovery::Discovery>,
     ) -> Result<Services, String> {
         let (bind, ports, server, server_ports) =
             (opts.bind, &opts.ports, opts.server, &opts.server_ports);
@@ -246,6 +249,7 @@ impl Services {
             server_pool,
             peer_pool,
             upstream_pool,
+            discovery,
             downloads: Mutex::default(),
             server_large: SocketAddr::new(server, server_ports.large_fg_request),
             content_port: ports.content_fg,

@@ -49,6 +49,8 @@ pub struct ServerState {
     pub deployments: Mutex<crate::deploy::Deployments>,
     /// Admin call uploads and results.
     pub calls: Mutex<crate::admin::Calls>,
+    /// The latest drop counters each client reported with its heartbeat.
+    pub client_drops: Mutex<ClientDrops>,
     /// Server-initiated small messages (assignments) to send from the reply port.
     pub push_tx: tokio::sync::mpsc::Sender<(SocketAddr, Assign)>,
 }
@@ -59,6 +61,19 @@ impl ServerState {
     pub fn push(&self, to: SocketAddr, assign: Assign) {
         if self.push_tx.try_send((to, assign)).is_err() {
             tracing::debug!(%to, "assignment queue full; the heartbeat reply will carry it");
+        }
+    }
+
+    /// The office a client sits in and its type, for its registration and heartbeat
+    /// replies.
+    pub fn office_of(&self, client: &ClientId) -> (String, String) {
+        let offices = self.offices.lock().expect("offices lock");
+        match offices.office_of(client) {
+            Some(o) => {
+                let spec = offices.tree().office(o);
+                (spec.name.clone(), spec.kind.as_str().to_owned())
+            }
+            None => (String::new(), String::new()),
         }
     }
 
@@ -108,6 +123,14 @@ impl ServerState {
                 .collect(),
             connectors_total: self.connectors_total.load(Ordering::Relaxed),
             large_requests: self.large_requests.load(Ordering::Relaxed),
+            client_drops: self
+                .client_drops
+                .lock()
+                .expect("client drops lock")
+                .sums()
+                .into_iter()
+                .map(|(reason, count)| DropCount { reason, count })
+                .collect(),
         }
     }
 
@@ -178,6 +201,36 @@ fn publish_error(e: PublishError, now_ms: u64) -> Body {
     error(code, e.to_string(), now_ms)
 }
 
+/// The latest drop counters each client reported, bounded by the registry's size.
+#[derive(Debug, Default)]
+pub struct ClientDrops {
+    by_client: std::collections::HashMap<ClientId, Vec<(String, u64)>>,
+}
+
+/// Most clients whose drop counters are kept.
+pub const MAX_CLIENT_DROPS: usize = 1_000_000;
+
+impl ClientDrops {
+    pub fn record(&mut self, client: ClientId, drops: Vec<(String, u64)>) {
+        if drops.is_empty() {
+            self.by_client.remove(&client);
+        } else if self.by_client.len() < MAX_CLIENT_DROPS || self.by_client.contains_key(&client) {
+            self.by_client.insert(client, drops);
+        }
+    }
+
+    /// Per reason, summed over clients, sorted by reason.
+    pub fn sums(&self) -> Vec<(String, u64)> {
+        let mut sums: std::collections::BTreeMap<String, u64> = Default::default();
+        for drops in self.by_client.values() {
+            for (reason, n) in drops {
+                *sums.entry(reason.clone()).or_default() += n;
+            }
+        }
+        sums.into_iter().collect()
+    }
+}
+
 /// The request-port handler.
 pub struct ServerHandler(pub Arc<ServerState>);
 
@@ -221,6 +274,7 @@ impl Handler for ServerHandler {
                 } else {
                     tracing::debug!(client = %record.id, %from, "client registered again");
                 }
+                let (office, office_kind) = s.office_of(&record.id);
                 let saved = s.writer.save_client(record);
                 Response::Later(Box::pin(async move {
                     match saved.await {
@@ -231,6 +285,8 @@ impl Handler for ServerHandler {
                             client_cert,
                             ca_cert,
                             deployment,
+                            office,
+                            office_kind,
                         }),
                         Err(e) => error(
                             ErrorCode::Unavailable,
@@ -256,14 +312,27 @@ impl Handler for ServerHandler {
                 if let Some((last_seen, free)) = known {
                     s.writer.touch(beat.client_id, last_seen, free);
                 }
-                let assignments = if known.is_some() {
-                    s.assignments_of(beat.client_id)
+                let (assignments, (office, office_kind)) = if known.is_some() {
+                    if let Ok(drops) = branchline_wire::validate::drop_counts(&h.drops) {
+                        s.client_drops
+                            .lock()
+                            .expect("client drops lock")
+                            .record(beat.client_id, drops);
+                    } else {
+                        s.counters.count(DropReason::Invalid);
+                    }
+                    (
+                        s.assignments_of(beat.client_id),
+                        s.office_of(&beat.client_id),
+                    )
                 } else {
-                    Vec::new()
+                    (Vec::new(), (String::new(), String::new()))
                 };
                 Response::Reply(Body::HeartbeatAck(HeartbeatAck {
                     known: known.is_some(),
                     assignments,
+                    office,
+                    office_kind,
                 }))
             }
             Body::Activate(a) => {

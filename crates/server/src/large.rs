@@ -49,6 +49,12 @@ pub async fn handle(
     state
         .large_requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Its certificate proves who it is: it is alive.
+    state
+        .registry
+        .lock()
+        .expect("registry lock")
+        .seen(&client, state.clock.now_ms());
     let request = LargeRequest::decode(request).map_err(|e| {
         state.counters.count(DropReason::Decode);
         HandlerError(format!("undecodable large request: {e}"))
@@ -139,7 +145,7 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                 Some(item) => (item.meta.origin.clone(), item.map.piece_count()),
                 None => return error(ErrorCode::NotFound, "no such content in the catalogue"),
             };
-            locate(state, client, id, origin, pieces, now)
+            locate(state, client, &l, id, origin, pieces, now)
         }
         Request::ReportHave(h) => {
             let id = match id_of(&h.content_id) {
@@ -221,6 +227,7 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
 fn locate(
     state: &ServerState,
     client: ClientId,
+    request: &branchline_wire::large::Locate,
     id: ContentId,
     origin: String,
     pieces: u32,
@@ -257,7 +264,7 @@ fn locate(
                 complete: have.is_some_and(|h| h.is_complete()),
             })
         };
-        offices.plan(client, id, now, member, |o| {
+        offices.plan_claiming(client, id, now, request.was_rvp, member, |o| {
             open.get(o).copied().unwrap_or(true)
         })
     };
@@ -321,7 +328,12 @@ fn locate(
             // A complete copy in the office covers it; otherwise one origin reader.
             let covered = peers.iter().any(|p| p.complete);
             let online = |c: &ClientId| registry.get(c).is_some_and(|r| registry.is_online(r, now));
-            read_origin = locations.read_origin(client, id, now, covered || server_sends, online);
+            // After a restart, the reader of before says so and keeps reading; nobody
+            // else becomes one during the grace period.
+            let wait =
+                offices.in_grace(now) && !request.reading_origin && !locations.has_reader(&id);
+            read_origin =
+                !wait && locations.read_origin(client, id, now, covered || server_sends, online);
         }
         None => {}
     }
@@ -363,6 +375,7 @@ fn locate(
         server_sends,
         upstream,
         office: spec.name.clone(),
+        office_kind: spec.kind.as_str().to_owned(),
         rvp: plan.rvp.map(|c| c.to_string()).unwrap_or_default(),
         am_rvp: plan.am_rvp,
         link,

@@ -88,6 +88,10 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// After a restart, no new RVP or origin reader is chosen for this long unless a client
+/// says it held the role: the downloads under way keep their roles.
+pub const RESTART_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Most server-initiated assignments queued for sending.
 const PUSH_QUEUE: usize = 4096;
 
@@ -232,6 +236,10 @@ impl Server {
                 }
             }
         }
+        if clients_loaded > 0 {
+            // A restart: the RVPs and origin readers of before get RESTART_GRACE to say so.
+            offices.set_grace(SystemClock.now_ms() + RESTART_GRACE.as_millis() as u64);
+        }
         let mut registry = Registry::new(opts.offline_after_missed);
         registry.load(records);
 
@@ -366,6 +374,7 @@ impl Server {
             offices: Mutex::new(offices),
             deployments: Mutex::new(deploy::Deployments::load(deployments)),
             calls: Mutex::new(admin::Calls::default()),
+            client_drops: Mutex::new(handler::ClientDrops::default()),
             push_tx,
         });
         let large_state = state.clone();

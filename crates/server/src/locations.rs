@@ -129,6 +129,13 @@ impl Locations {
         true
     }
 
+    /// True when someone is (or was, until replaced) the origin reader of `content`.
+    pub fn has_reader(&self, content: &ContentId) -> bool {
+        self.contents
+            .get(content)
+            .is_some_and(|s| s.reader.is_some())
+    }
+
     /// What `client` holds of `content`, if anything.
     pub fn have(&self, client: &ClientId, content: &ContentId) -> Option<&Bitfield> {
         self.contents

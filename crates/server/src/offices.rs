@@ -104,6 +104,9 @@ pub struct Offices {
     links: HashMap<String, Vec<LinkUse>>,
     /// RVP elections held (for metrics and status).
     pub elections: u64,
+    /// Until then (a restart's grace), no new RVP is elected unless a client says it was
+    /// the RVP: the RVPs of before the restart keep their roles.
+    grace_until_ms: u64,
 }
 
 /// The RVP election's view of a member.
@@ -128,11 +131,22 @@ impl Offices {
             contents: HashMap::new(),
             links: HashMap::new(),
             elections: 0,
+            grace_until_ms: 0,
         }
     }
 
     pub fn tree(&self) -> &Tree {
         &self.tree
+    }
+
+    /// After a restart, holds elections back until `until_ms` except for claimants.
+    pub fn set_grace(&mut self, until_ms: u64) {
+        self.grace_until_ms = until_ms;
+    }
+
+    /// True during a restart's grace period.
+    pub fn in_grace(&self, now_ms: u64) -> bool {
+        now_ms < self.grace_until_ms
     }
 
     /// Replaces the declared offices (see `Tree::apply`) and places every client again.
@@ -303,6 +317,20 @@ impl Offices {
         member: impl Fn(&ClientId) -> Option<Member>,
         link_open: impl Fn(OfficeIdx) -> bool,
     ) -> Option<Plan> {
+        self.plan_claiming(requester, content, now_ms, false, member, link_open)
+    }
+
+    /// [`Offices::plan`] for a requester that may say it was the office's RVP before
+    /// (`claims_rvp`): after a server restart it gets its role back.
+    pub fn plan_claiming(
+        &mut self,
+        requester: ClientId,
+        content: ContentId,
+        now_ms: u64,
+        claims_rvp: bool,
+        member: impl Fn(&ClientId) -> Option<Member>,
+        link_open: impl Fn(OfficeIdx) -> bool,
+    ) -> Option<Plan> {
         let office = self.office_of(&requester)?;
         self.interested(requester, content, now_ms);
         let kind = self.tree.office(office).kind;
@@ -337,7 +365,15 @@ impl Offices {
                 .filter_map(|c| member(&c))
                 .map(|m| candidate(&m, false))
                 .collect();
-            self.elect(office, content, &candidates, now_ms, !link_open(office))
+            let claimant = claims_rvp.then_some(requester);
+            self.elect(
+                office,
+                content,
+                &candidates,
+                now_ms,
+                !link_open(office),
+                claimant,
+            )
         };
         let am_rvp = rvp == Some(requester);
         let mut upstream = None;
@@ -351,10 +387,13 @@ impl Offices {
             } else {
                 // The nearest ancestor office with clients online.
                 let path = self.tree.path_to_root(office);
+                // VPN offices share nothing, so they are never anyone's upstream.
                 let ancestor = path.iter().skip(1).copied().find(|a| {
-                    self.members(*a)
-                        .iter()
-                        .any(|c| member(c).is_some_and(|m| m.online))
+                    self.tree.office(*a).kind != OfficeKind::Vpn
+                        && self
+                            .members(*a)
+                            .iter()
+                            .any(|c| member(c).is_some_and(|m| m.online))
                 });
                 match ancestor {
                     None => upstream = Some(Upstream::Origin),
@@ -402,7 +441,14 @@ impl Offices {
         }
         let before = self.rvp(office, &content);
         let candidates: Vec<Candidate> = members.iter().map(|m| candidate(m, false)).collect();
-        let now_rvp = self.elect(office, content, &candidates, now_ms, !link_open(office));
+        let now_rvp = self.elect(
+            office,
+            content,
+            &candidates,
+            now_ms,
+            !link_open(office),
+            None,
+        );
         match now_rvp {
             Some(c) if Some(c) != before => {
                 self.interested(c, content, now_ms);
@@ -419,7 +465,9 @@ impl Offices {
         candidates: &[Candidate],
         now_ms: u64,
         paused: bool,
+        claimant: Option<ClientId>,
     ) -> Option<ClientId> {
+        let grace = self.in_grace(now_ms);
         let spec = self.tree.office(office);
         let name = spec.name.clone();
         let override_client = spec
@@ -432,6 +480,24 @@ impl Offices {
         }
         let c = self.contents.entry(content).or_default();
         let mut slot = c.rvps.remove(&name);
+        if slot.is_none()
+            && let Some(claimant) = claimant
+            && let Some(cand) = candidates.iter().find(|c| c.client == claimant.0)
+            && branchline_office::score(cand).is_some()
+        {
+            // The RVP of before a server restart keeps its role.
+            tracing::info!(office = %name, content = %content, rvp = %claimant, "rendezvous point kept across a server restart");
+            slot = Some(RvpState {
+                client: claimant.0,
+                elected_ms: now_ms,
+                progress_ms: now_ms,
+                pieces: cand.pieces,
+            });
+        }
+        if slot.is_none() && grace {
+            // Wait for the RVP of before the restart to say so.
+            return None;
+        }
         let election = branchline_office::elect(
             &mut slot,
             candidates,
@@ -654,6 +720,22 @@ subnets = ["10.9.0.0/24"]
             .plan(c(11), X, 5 + TRANSFER_IDLE_MS, all, |_| true)
             .unwrap();
         assert!(!x.queued);
+    }
+
+    #[test]
+    fn after_a_restart_the_rvp_of_before_keeps_its_role() {
+        let mut o = setup();
+        o.set_grace(1000);
+        let all = |id: &ClientId| Some(member(*id, 0));
+        let p = o.plan(c(12), X, 10, all, |_| true).unwrap();
+        assert_eq!(p.rvp, None, "no new election during the grace period");
+        let q = o.plan_claiming(c(11), X, 20, true, all, |_| true).unwrap();
+        assert!(q.am_rvp, "the claimant gets its role back");
+        let r = o.plan(c(12), X, 30, all, |_| true).unwrap();
+        assert_eq!(r.rvp, Some(c(11)));
+        // After the grace period, offices with no claimant elect as usual.
+        let s = o.plan(c(1), X, 1000, all, |_| true).unwrap();
+        assert!(s.am_rvp);
     }
 
     #[test]

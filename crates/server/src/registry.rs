@@ -121,6 +121,14 @@ impl Registry {
         Some(r)
     }
 
+    /// Notes that an enrolled client was heard from (an authenticated large message):
+    /// it is online, e.g. right after a server restart, before its next heartbeat.
+    pub fn seen(&mut self, id: &ClientId, now_ms: u64) {
+        if let Some(r) = self.clients.get_mut(id) {
+            r.last_seen_ms = r.last_seen_ms.max(now_ms);
+        }
+    }
+
     pub fn get(&self, id: &ClientId) -> Option<&ClientRecord> {
         self.clients.get(id)
     }

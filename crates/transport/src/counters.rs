@@ -37,10 +37,14 @@ pub enum DropReason {
     Unsupported,
     /// Arrived on a port whose protocol this build does not serve yet.
     ReservedPort,
+    /// A subnet-discovery datagram from outside this node's subnet.
+    OutOfSubnet,
+    /// More discovery requests than this node answers (rate limit).
+    RateLimited,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Oversized,
         DropReason::TooShort,
         DropReason::BadMagic,
@@ -56,6 +60,8 @@ impl DropReason {
         DropReason::Invalid,
         DropReason::Unsupported,
         DropReason::ReservedPort,
+        DropReason::OutOfSubnet,
+        DropReason::RateLimited,
     ];
 
     /// Stable snake_case name, used in health output and metrics labels.
@@ -76,6 +82,8 @@ impl DropReason {
             DropReason::Invalid => "invalid",
             DropReason::Unsupported => "unsupported",
             DropReason::ReservedPort => "reserved_port",
+            DropReason::OutOfSubnet => "out_of_subnet",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 

@@ -397,6 +397,30 @@ impl Requester {
         self.inner.socket.local_addr()
     }
 
+    /// Lets this endpoint send to broadcast addresses (subnet discovery).
+    pub fn set_broadcast(&self, on: bool) -> io::Result<()> {
+        self.inner.socket.set_broadcast(on)
+    }
+
+    /// Sends `body` once to `to`, sealed, expecting no answer (a subnet broadcast: the
+    /// receivers answer with requests of their own, never on the broadcast port).
+    pub async fn send_oneway(&self, to: SocketAddr, body: Body) -> Result<(), RequestError> {
+        let ctx = &self.inner.ctx;
+        let envelope = Envelope {
+            msg_id: random_msg_id(),
+            sent_at_ms: ctx.clock.now_ms(),
+            in_reply_to: 0,
+            body: Some(body),
+        };
+        let datagram = frame::seal(&ctx.keys[0], random_nonce(), &envelope)?;
+        self.inner
+            .socket
+            .send_to(&datagram, to)
+            .await
+            .map(|_| ())
+            .map_err(|e| RequestError::Closed(format!("cannot send to {to}: {e}")))
+    }
+
     pub fn context(&self) -> &Context {
         &self.inner.ctx
     }

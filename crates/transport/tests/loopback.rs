@@ -24,7 +24,7 @@ impl Handler for Counting {
         match body {
             Body::Heartbeat(_) => Response::Reply(Body::HeartbeatAck(HeartbeatAck {
                 known: true,
-                assignments: Vec::new(),
+                ..Default::default()
             })),
             Body::Ping(_) => Response::Later(Box::pin(async {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -57,6 +57,7 @@ fn heartbeat() -> Body {
         client_id: "00112233445566778899aabbccddeeff".into(),
         cache_free_bytes: 1,
         uptime_s: 2,
+        ..Default::default()
     })
 }
 
@@ -69,7 +70,7 @@ async fn request_reply_and_deferred_reply() {
         reply,
         Body::HeartbeatAck(HeartbeatAck {
             known: true,
-            assignments: Vec::new()
+            ..Default::default()
         })
     );
     let reply = req.request(addr, Body::Ping(Ping {})).await.unwrap();
@@ -132,7 +133,7 @@ async fn replayed_request_is_not_handled_twice() {
         reply,
         Body::HeartbeatAck(HeartbeatAck {
             known: true,
-            assignments: Vec::new()
+            ..Default::default()
         })
     );
 }

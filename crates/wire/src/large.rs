@@ -78,6 +78,13 @@ pub struct ContentInfo {
 pub struct Locate {
     #[prost(bytes = "vec", tag = "1")]
     pub content_id: Vec<u8>,
+    /// The requester is reading this content from the origin now (it keeps that role
+    /// across a server restart).
+    #[prost(bool, tag = "2")]
+    pub reading_origin: bool,
+    /// The requester was its office's RVP for this content at its last locate.
+    #[prost(bool, tag = "3")]
+    pub was_rvp: bool,
 }
 
 /// One peer that holds (part of) a content item.
@@ -131,6 +138,9 @@ pub struct Locations {
     /// The policy of the office's WAN link, for the RVP.
     #[prost(message, optional, tag = "9")]
     pub link: Option<LinkPolicy>,
+    /// The office's type: default, wifi or vpn.
+    #[prost(string, tag = "10")]
+    pub office_kind: String,
 }
 
 /// The policy of one WAN link, as the RVP applies it to what it pulls over the link.
@@ -214,6 +224,8 @@ mod tests {
         let r = LargeRequest {
             request: Some(Request::Locate(Locate {
                 content_id: vec![1; 32],
+                reading_origin: true,
+                was_rvp: false,
             })),
         };
         assert_eq!(LargeRequest::decode(&r.encode_to_vec()[..]).unwrap(), r);

@@ -48,6 +48,7 @@ mod tests {
                 client_id: "00112233445566778899aabbccddeeff".into(),
                 cache_free_bytes: 42,
                 uptime_s: 7,
+                ..Default::default()
             })),
         }
     }
@@ -94,6 +95,8 @@ mod tests {
             Body::AdminRun(AdminRun::default()),
             Body::AdminPage(AdminPage::default()),
             Body::Assign(Assign::default()),
+            Body::WhoHas(WhoHas::default()),
+            Body::IHave(IHave::default()),
         ];
         let k = key(1);
         for body in bodies {

@@ -21,7 +21,7 @@ pub struct Envelope {
     pub in_reply_to: u64,
     #[prost(
         oneof = "Body",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32"
     )]
     pub body: Option<Body>,
 }
@@ -95,6 +95,14 @@ pub enum Body {
     /// content now (a deployment, or relaying for a child office). Answered with [`Ack`].
     #[prost(message, tag = "30")]
     Assign(Assign),
+    /// client -> its subnet's broadcast address, port 34329: who holds pieces of this
+    /// content? Never answered on the broadcast port; holders send [`IHave`].
+    #[prost(message, tag = "31")]
+    WhoHas(WhoHas),
+    /// client -> client (to the asker's 34325, after a random delay): I hold pieces of
+    /// this content. Answered with [`Ack`].
+    #[prost(message, tag = "32")]
+    IHave(IHave),
 }
 
 impl Body {
@@ -122,6 +130,8 @@ impl Body {
             Body::AdminRun(_) => "AdminRun",
             Body::AdminPage(_) => "AdminPage",
             Body::Assign(_) => "Assign",
+            Body::WhoHas(_) => "WhoHas",
+            Body::IHave(_) => "IHave",
         }
     }
 }
@@ -239,6 +249,11 @@ pub struct RegisterOk {
     /// The deployment's name, as in the certificates.
     #[prost(string, tag = "6")]
     pub deployment: String,
+    /// The office the server placed this client in, and its type (default, wifi, vpn).
+    #[prost(string, tag = "7")]
+    pub office: String,
+    #[prost(string, tag = "8")]
+    pub office_kind: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -250,6 +265,9 @@ pub struct Heartbeat {
     /// Seconds since the client process started.
     #[prost(uint64, tag = "3")]
     pub uptime_s: u64,
+    /// The client's datagram drop counters since it started, by reason (non-zero only).
+    #[prost(message, repeated, tag = "4")]
+    pub drops: Vec<DropCount>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -262,6 +280,44 @@ pub struct HeartbeatAck {
     /// was lost; at most [`MAX_ASSIGNMENTS`] entries.
     #[prost(message, repeated, tag = "2")]
     pub assignments: Vec<Assign>,
+    /// The client's office and its type, as in [`RegisterOk`] (offices can change).
+    #[prost(string, tag = "3")]
+    pub office: String,
+    #[prost(string, tag = "4")]
+    pub office_kind: String,
+}
+
+/// Who holds pieces of a content item (subnet broadcast on 34329).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WhoHas {
+    /// The content id (32 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub content_id: Vec<u8>,
+    /// The asker's client id.
+    #[prost(string, tag = "2")]
+    pub client_id: String,
+    /// The asker's small-message request port (34325), where answers go.
+    #[prost(uint32, tag = "3")]
+    pub reply_port: u32,
+}
+
+/// An answer to [`WhoHas`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IHave {
+    #[prost(bytes = "vec", tag = "1")]
+    pub content_id: Vec<u8>,
+    /// The holder's client id (its certificate must name it).
+    #[prost(string, tag = "2")]
+    pub client_id: String,
+    /// The holder's Foreground content port (34760).
+    #[prost(uint32, tag = "3")]
+    pub content_port: u32,
+    #[prost(bool, tag = "4")]
+    pub complete: bool,
+    /// Bitfield of verified pieces when not complete and it fits the datagram (the
+    /// asker then asks the holder directly otherwise).
+    #[prost(bytes = "vec", tag = "5")]
+    pub have: Vec<u8>,
 }
 
 /// Most assignments carried in one heartbeat reply (they fit in one datagram).
@@ -375,6 +431,9 @@ pub struct Health {
     /// Large-message requests (QUIC) the server has answered since it started.
     #[prost(uint64, tag = "10")]
     pub large_requests: u64,
+    /// Drops that clients counted, summed over the latest report of every client.
+    #[prost(message, repeated, tag = "11")]
+    pub client_drops: Vec<DropCount>,
 }
 
 /// A content item's catalogue entry.

@@ -446,3 +446,80 @@ mod tests {
         }
     }
 }
+
+/// A validated [`crate::msg::WhoHas`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ask {
+    pub content_id: [u8; 32],
+    pub client_id: ClientId,
+    pub reply_port: u16,
+}
+
+impl crate::msg::WhoHas {
+    pub fn validate(&self) -> Result<Ask, Invalid> {
+        Ok(Ask {
+            content_id: content_id("content_id", &self.content_id)?,
+            client_id: self.client_id.parse()?,
+            reply_port: port("reply_port", self.reply_port)?,
+        })
+    }
+}
+
+/// A validated [`crate::msg::IHave`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holding {
+    pub content_id: [u8; 32],
+    pub client_id: ClientId,
+    pub content_port: u16,
+    pub complete: bool,
+    /// Empty when complete or not sent.
+    pub have: Vec<u8>,
+}
+
+impl crate::msg::IHave {
+    pub fn validate(&self) -> Result<Holding, Invalid> {
+        Ok(Holding {
+            content_id: content_id("content_id", &self.content_id)?,
+            client_id: self.client_id.parse()?,
+            content_port: port("content_port", self.content_port)?,
+            complete: self.complete,
+            have: self.have.clone(),
+        })
+    }
+}
+
+fn port(field: &'static str, p: u32) -> Result<u16, Invalid> {
+    match u16::try_from(p) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(invalid(field, format!("{p} is not a port (1-65535)"))),
+    }
+}
+
+/// Most drop reasons a heartbeat may carry.
+pub const MAX_DROP_REASONS: usize = 32;
+
+/// Drop counters reported with a heartbeat: at most [`MAX_DROP_REASONS`] reasons of
+/// at most 32 bytes of `[a-z_]` each.
+pub fn drop_counts(drops: &[crate::msg::DropCount]) -> Result<Vec<(String, u64)>, Invalid> {
+    if drops.len() > MAX_DROP_REASONS {
+        return Err(invalid(
+            "drops",
+            format!("{} reasons; at most {MAX_DROP_REASONS}", drops.len()),
+        ));
+    }
+    drops
+        .iter()
+        .map(|d| {
+            if d.reason.is_empty()
+                || d.reason.len() > 32
+                || !d
+                    .reason
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_')
+            {
+                return Err(invalid("drops", format!("bad reason {:?}", d.reason)));
+            }
+            Ok((d.reason.clone(), d.count))
+        })
+        .collect()
+}
