@@ -414,3 +414,57 @@ fn killed_client_resumes_without_fetching_verified_pieces_again() {
         "origin served {served}"
     );
 }
+
+#[test]
+fn a_server_restarted_mid_download_keeps_one_origin_reader() {
+    // 4 clients get 256 MiB; the server is killed with kill -9 once the origin has sent a
+    // quarter, and started again two seconds later.
+    const SIZE: usize = 256 << 20;
+    let Lan {
+        bed,
+        mut server,
+        key,
+        origin,
+        data,
+        id,
+    } = lan(SIZE, "big", &["--version", "1"]);
+    let clients: Vec<Proc> = (1..=4).map(|n| bed.client(n, &key)).collect();
+    let mut all: Vec<&Proc> = vec![&server];
+    all.extend(clients.iter());
+    wait_registered(&bed, &key, 4, &all);
+    let outs: Vec<PathBuf> = (1..=4)
+        .map(|n| PathBuf::from(bed.path(&format!("out{n}.bin"))))
+        .collect();
+    let gets: Vec<Child> = (1..=4u8)
+        .map(|n| get_proc(&bed, n, &id, &outs[usize::from(n) - 1]))
+        .collect();
+    let start = Instant::now();
+    while origin.server.bytes_served_for("pkg.bin") < (SIZE / 4) as u64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the origin read never began"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.kill9();
+    let served_at_kill = origin.server.bytes_served_for("pkg.bin");
+    std::thread::sleep(Duration::from_secs(2));
+    let server = bed.server();
+    let all: Vec<&Proc> = std::iter::once(&server).chain(clients.iter()).collect();
+    for (n, g) in gets.into_iter().enumerate() {
+        let v = finish(g, &format!("get on client {}", n + 1), &all);
+        assert_eq!(v["size"], SIZE as u64);
+        assert!(std::fs::read(&outs[n]).unwrap() == data, "client {}", n + 1);
+    }
+    let served = origin.server.bytes_served_for("pkg.bin");
+    println!(
+        "origin served {:.3} x ({:.3} x when the server was killed)",
+        served as f64 / SIZE as f64,
+        served_at_kill as f64 / SIZE as f64
+    );
+    assert!(
+        served as f64 <= 1.05 * SIZE as f64,
+        "origin served {:.3} x the package",
+        served as f64 / SIZE as f64
+    );
+}

@@ -393,3 +393,146 @@ fn two_deployments_cross_a_link_one_after_the_other() {
     check_copies(&d, &hosts, &id_a, &a);
     check_copies(&d, &hosts, &id_b, &b);
 }
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn an_office_completes_through_subnet_discovery_with_the_server_down() {
+    let topo = topology("four-offices.toml");
+    let hosts = ["hq1", "n1", "n2", "n3"];
+    let mut d = Deployment::start(&topo, &hosts);
+    d.wait_online(hosts.len() as u64);
+    let file = d.dir.path().join("topology.toml");
+    std::fs::write(&file, TOPOLOGY).unwrap();
+    d.connector_ok(&["topology", "apply", file.to_str().unwrap()]);
+    let size = 32 << 20;
+    let data = random(size);
+    let (_origin, url) = Origin::start(&d.tb, "origin", "pkg.bin", data.clone());
+    let id = publish(&d, &data, &url);
+    let before = d.wan_in();
+    d.connector_ok(&["deploy", &id, "--to", "all"]);
+    // Stop the server once north's RVP has pulled about half over the link.
+    let start = Instant::now();
+    loop {
+        let wan = {
+            let out = d.connector(&["status", &id, "--json"]);
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            v["offices"]
+                .as_array()
+                .and_then(|l| l.iter().find(|o| o["office"] == "north").cloned())
+                .and_then(|n| n["bytes_wan_in"].as_u64())
+                .unwrap_or(0)
+        };
+        if wan >= size as u64 / 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "north never got half\n{}",
+            d.procs.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.procs.kill("server");
+    println!(
+        "server stopped after {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    for h in ["n1", "n2", "n3"] {
+        let got = get_file(&d, h, &id, Duration::from_secs(180))
+            .unwrap_or_else(|e| panic!("{h}: {e}\n{}", d.procs.logs()));
+        assert!(got == data, "{h}: the copy differs from the package");
+    }
+    let north = |l: &Vec<(String, u64)>| l.iter().find(|(n, _)| n == "north").unwrap().1;
+    let ratio = (north(&d.wan_in()) - north(&before)) as f64 / size as f64;
+    println!("north's link carried {ratio:.3} x the package in all");
+    assert!(ratio <= 1.1, "north's link carried {ratio:.3} x");
+    assert!(
+        d.procs
+            .logged("the server does not answer; asked the subnet"),
+        "north's clients asked their subnet once the server was gone\n{}",
+        d.procs.logs()
+    );
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn wifi_offices_do_not_broadcast_and_hostile_discovery_datagrams_are_counted() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let topo = topology("four-offices.toml");
+    // n3 and s3 run no client: they listen for broadcasts (and send hostile datagrams).
+    let hosts = ["hq1", "n1", "n2", "s1", "s2"];
+    let d = Deployment::start(&topo, &hosts);
+    d.wait_online(hosts.len() as u64);
+    let text = TOPOLOGY.replace(
+        "subnets = [\"198.18.3.0/24\"]\n",
+        "subnets = [\"198.18.3.0/24\"]\ntype = \"wifi\"\n",
+    );
+    let file = d.dir.path().join("topology.toml");
+    std::fs::write(&file, text).unwrap();
+    d.connector_ok(&["topology", "apply", file.to_str().unwrap()]);
+    // Heartbeats (every second) tell the clients their office type.
+    std::thread::sleep(Duration::from_millis(2500));
+    let stop = Arc::new(AtomicBool::new(false));
+    let north_probe = broadcast_probe(
+        &d.tb,
+        "n3",
+        "198.18.2.255:34329".parse().unwrap(),
+        stop.clone(),
+    );
+    let south_probe = broadcast_probe(
+        &d.tb,
+        "s3",
+        "198.18.3.255:34329".parse().unwrap(),
+        stop.clone(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let size = 8 << 20;
+    let data = random(size);
+    let (_origin, url) = Origin::start(&d.tb, "origin", "pkg.bin", data.clone());
+    let id = publish(&d, &data, &url);
+    d.connector_ok(&["deploy", &id, "--to", "all"]);
+    d.wait_done(&id, 3, Duration::from_secs(180));
+    stop.store(true, Ordering::Relaxed);
+    let north = north_probe.join().unwrap().unwrap();
+    let south = south_probe.join().unwrap().unwrap();
+    println!("broadcasts seen: north (default) {north}, south (wifi) {south}");
+    assert!(
+        north > 0,
+        "a default office asks its subnet (the probe works)"
+    );
+    assert_eq!(south, 0, "a WiFi office sends no broadcast");
+    check_copies(&d, &hosts, &id, &data);
+
+    // Hostile discovery datagrams at n1's 34329: forged, replayed, from another subnet.
+    let n1: std::net::SocketAddr = "198.18.2.2:34329".parse().unwrap();
+    let before = client_drops(&d);
+    let ask = || {
+        branchline_wire::Body::WhoHas(branchline_wire::msg::WhoHas {
+            content_id: vec![7; 32],
+            client_id: "00112233445566778899aabbccddeeff".into(),
+            reply_port: 34325,
+        })
+    };
+    let mut forged = sealed(&d.key, ask());
+    let last = forged.len() - 1;
+    forged[last] ^= 0x55;
+    let valid = sealed(&d.key, ask());
+    send_from(&d.tb, "n3", n1, vec![forged, valid.clone(), valid]);
+    send_from(&d.tb, "s3", n1, vec![sealed(&d.key, ask())]);
+    let start = Instant::now();
+    loop {
+        let after = client_drops(&d);
+        let delta =
+            |r: &str| after.get(r).copied().unwrap_or(0) - before.get(r).copied().unwrap_or(0);
+        if delta("auth_failed") >= 1 && delta("duplicate") >= 1 && delta("out_of_subnet") >= 1 {
+            println!("client drops after the hostile datagrams: {after:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "drops not counted: before {before:?}, after {after:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -36,15 +36,15 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 use branchline_sched::GroupId;
 use branchline_wire::large::{
-    GetContent, Locate, PeerHolding, ReportBadPeer, ReportHave, Request, Response, SendContent,
-    SourceBytes,
+    GetContent, Locate, Locations, PeerHolding, ReportBadPeer, ReportHave, Request, Response,
+    SendContent, SourceBytes,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::watch;
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use crate::discovery::Found;
 use crate::services::{ServerCallError, Services, now_ms};
@@ -62,6 +62,8 @@ const DISCOVER_EVERY: Duration = Duration::from_secs(15);
 const HAVE_EVERY: Duration = Duration::from_millis(500);
 /// Most have queries in flight at once.
 const MAX_HAVE_QUERIES: usize = 16;
+/// Longest wait for the final have report when a download ends.
+const FINAL_REPORT_WAIT: Duration = Duration::from_secs(5);
 /// How often a growing have-set is reported to the server.
 const REPORT_EVERY: Duration = Duration::from_secs(3);
 /// A download with no new piece for this long fails (no source has what is missing).
@@ -214,30 +216,51 @@ pub async fn download(
             version.clone().unwrap_or_default(),
         ),
     };
-    let info = match svc
+    let answer = svc
         .call(Request::GetContent(GetContent {
             content_id,
             name,
             version,
         }))
-        .await?
-    {
-        Response::Content(c) => c,
-        _ => return Err(DownloadError::Unexpected("GetContent")),
+        .await;
+    let (id, map, label, origin_text) = match answer {
+        Ok(Response::Content(info)) => {
+            let meta = info.meta.ok_or(DownloadError::Unexpected("GetContent"))?;
+            let id = ContentId::from_bytes(
+                meta.content_id
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| DownloadError::Unexpected("GetContent"))?,
+            );
+            let map = PieceMap::decode(&info.piece_map, &id, meta.size).map_err(|e| {
+                DownloadError::BadMap {
+                    id: id.to_hex(),
+                    message: e.to_string(),
+                }
+            })?;
+            (
+                id,
+                Arc::new(map),
+                format!("{}@{}", meta.name, meta.version),
+                meta.origin,
+            )
+        }
+        Ok(_) => return Err(DownloadError::Unexpected("GetContent")),
+        Err(e @ (ServerCallError::Connect { .. } | ServerCallError::Exchange(_))) => {
+            // The server is unreachable. An item this client has started keeps its
+            // verified piece map in the cache, so it can finish it from office peers
+            // (found on the subnet); nothing is read from the origin without the server.
+            let Target::Id(id) = &target else {
+                return Err(e.into());
+            };
+            let Some(map) = svc.cache.piece_map(id) else {
+                return Err(e.into());
+            };
+            tracing::warn!(content = %id, error = %e, "the server is unreachable; going on from the cached piece map");
+            (*id, map, id.to_hex(), String::new())
+        }
+        Err(e) => return Err(e.into()),
     };
-    let meta = info.meta.ok_or(DownloadError::Unexpected("GetContent"))?;
-    let id = ContentId::from_bytes(
-        meta.content_id
-            .as_slice()
-            .try_into()
-            .map_err(|_| DownloadError::Unexpected("GetContent"))?,
-    );
-    let map =
-        PieceMap::decode(&info.piece_map, &id, meta.size).map_err(|e| DownloadError::BadMap {
-            id: id.to_hex(),
-            message: e.to_string(),
-        })?;
-    let map = Arc::new(map);
     // One download per content item: a `get` and a deployment wait for each other, and
     // the second finds the item complete.
     let lock = svc.download_lock(id);
@@ -253,7 +276,7 @@ pub async fn download(
         svc: svc.clone(),
         id,
         map: map.clone(),
-        origin_text: meta.origin.clone(),
+        origin_text,
         progress,
         sources: HashMap::new(),
         peers: HashMap::new(),
@@ -274,13 +297,14 @@ pub async fn download(
         ceiling: 0,
         budget: Budget::default(),
         locates: 0,
+        reporting: None,
         link_change: None,
         whole: Default::default(),
     };
     dl.progress.send_modify(|p| {
         p.content_id = id.to_hex();
-        p.name = format!("{}@{}", meta.name, meta.version);
-        p.size = meta.size;
+        p.name = label;
+        p.size = map.size();
         p.pieces = map.piece_count();
     });
     if !status.complete {
@@ -387,6 +411,8 @@ struct Download {
     ceiling: u64,
     budget: Budget,
     locates: u32,
+    /// The have report on its way to the server, if any.
+    reporting: Option<JoinHandle<()>>,
     /// When the office link's allowed-hours window opens or closes next.
     link_change: Option<Instant>,
     /// Sources known to hold every piece (no more have queries).
@@ -411,6 +437,7 @@ impl Download {
         let mut last_progress = Instant::now();
         let mut paused_until: Option<Instant> = None;
         let mut found = self.svc.discovery.subscribe();
+        let mut locating: Option<JoinHandle<Result<Locations, DownloadError>>> = None;
         let mut next_ask = Instant::now();
         while !sched.is_complete() {
             let now = Instant::now();
@@ -418,35 +445,10 @@ impl Download {
                 self.svc.discovery.ask(self.id).await;
                 next_ask = now + DISCOVER_EVERY;
             }
-            if now >= next_locate {
-                let plan_before = (self.am_rvp, self.sources.len());
-                match self.locate(&mut sched, now).await {
-                    Ok(()) => {
-                        // Back off while the plan holds; start over when it changes or
-                        // there is nobody to ask.
-                        if plan_before != (self.am_rvp, self.sources.len())
-                            || self.sources.is_empty()
-                        {
-                            locate_gap = LOCATE_EVERY;
-                        } else {
-                            locate_gap = (locate_gap * 2).min(LOCATE_MAX);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(content = %self.id, error = %e, "locate failed; asking the subnet and retrying");
-                        locate_gap = LOCATE_EVERY;
-                        // Without the server, the subnet still knows who holds what.
-                        next_ask = next_ask.min(Instant::now());
-                    }
-                }
-                if !self.link_open && self.link_change.is_none() {
-                    // Queued behind another transfer on the link: ask again soon.
-                    locate_gap = LOCATE_EVERY;
-                }
-                next_locate = Instant::now() + locate_gap;
-                if let Some(change) = self.link_change {
-                    next_locate = next_locate.min(change);
-                }
+            if now >= next_locate && locating.is_none() {
+                locating = Some(self.start_locate());
+                // Rescheduled when the answer (or the failure) comes.
+                next_locate = now + LOCATE_MAX * 6;
             }
             if now >= next_have {
                 self.query_haves(&mut haves);
@@ -516,6 +518,44 @@ impl Download {
             .min()
             .unwrap_or(now + LOCATE_EVERY);
             tokio::select! {
+                answer = async { locating.as_mut().expect("guarded").await }, if locating.is_some() => {
+                    locating = None;
+                    let plan_before = (self.am_rvp, self.sources.len());
+                    let applied = match answer {
+                        Ok(Ok(located)) => self.apply_located(&mut sched, located).await,
+                        Ok(Err(e)) => Err(e),
+                        Err(e) => Err(DownloadError::Internal(format!("locate task: {e}"))),
+                    };
+                    match applied {
+                        Ok(()) => {
+                            // Back off while the plan holds; start over when it changes
+                            // or there is nobody to ask.
+                            if plan_before != (self.am_rvp, self.sources.len())
+                                || self.sources.is_empty()
+                            {
+                                locate_gap = LOCATE_EVERY;
+                            } else {
+                                locate_gap = (locate_gap * 2).min(LOCATE_MAX);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(content = %self.id, error = %e, "locate failed; retrying");
+                            locate_gap = LOCATE_EVERY;
+                            // Without the server, the subnet still knows who holds what.
+                            if self.svc.discovery.ask(self.id).await {
+                                tracing::info!(content = %self.id, "the server does not answer; asked the subnet");
+                            }
+                        }
+                    }
+                    if !self.link_open && self.link_change.is_none() {
+                        // Queued behind another transfer on the link: ask again soon.
+                        locate_gap = LOCATE_EVERY;
+                    }
+                    next_locate = Instant::now() + locate_gap;
+                    if let Some(change) = self.link_change {
+                        next_locate = next_locate.min(change);
+                    }
+                }
                 got = found.recv() => match got {
                     Ok(f) => self.on_found(&mut sched, f),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -576,6 +616,9 @@ impl Download {
         // Anything still in flight is a duplicate of a piece we now hold.
         tasks.abort_all();
         haves.abort_all();
+        if let Some(l) = locating {
+            l.abort();
+        }
         Ok(())
     }
 
@@ -619,8 +662,13 @@ impl Download {
                 Err(_) => Have::Some(PieceSet::new(pieces)),
             }
         };
-        tracing::debug!(content = %self.id, peer = %found.client, addr = %found.addr, "found on the subnet");
-        self.add_peer(sched, &found.client.to_string(), found.addr, have);
+        let client = found.client.to_string();
+        if self.peers.contains_key(&client) {
+            tracing::debug!(content = %self.id, peer = %client, addr = %found.addr, "found on the subnet again");
+        } else {
+            tracing::info!(content = %self.id, peer = %client, addr = %found.addr, "found a peer on the subnet");
+        }
+        self.add_peer(sched, &client, found.addr, have);
     }
 
     /// Asks each peer that is not known to hold everything what it holds now (a have
@@ -880,9 +928,12 @@ impl Download {
                 peer_id: client.clone(),
                 reason: format!("piece {piece} failed BLAKE3 verification"),
             });
-            if let Err(e) = self.svc.call(report).await {
-                tracing::warn!(error = %e, "could not report the bad peer");
-            }
+            let svc = self.svc.clone();
+            tokio::spawn(async move {
+                if let Err(e) = svc.call(report).await {
+                    tracing::warn!(error = %e, "could not report the bad peer");
+                }
+            });
         }
         match self.sources.get(&source) {
             Some(SourceInfo::Peer { addr, .. }) => {
@@ -900,19 +951,31 @@ impl Download {
     }
 
     /// Asks the server where the pieces are and updates the scheduler's sources.
-    async fn locate(&mut self, sched: &mut Scheduler, _now: Instant) -> Result<(), DownloadError> {
-        let located = match self
-            .svc
-            .call(Request::Locate(Locate {
+    /// Starts asking the server where the pieces are, in a task of its own: the download
+    /// goes on with what it has while the server is slow or unreachable.
+    fn start_locate(&self) -> JoinHandle<Result<Locations, DownloadError>> {
+        let (svc, request) = (
+            self.svc.clone(),
+            Locate {
                 content_id: self.id.as_bytes().to_vec(),
                 reading_origin: self.origin_source.is_some(),
                 was_rvp: self.am_rvp,
-            }))
-            .await?
-        {
-            Response::Locations(l) => l,
-            _ => return Err(DownloadError::Unexpected("Locate")),
-        };
+            },
+        );
+        tokio::spawn(async move {
+            match svc.call(Request::Locate(request)).await? {
+                Response::Locations(l) => Ok(l),
+                _ => Err(DownloadError::Unexpected("Locate")),
+            }
+        })
+    }
+
+    /// Applies the server's answer to "where are the pieces".
+    async fn apply_located(
+        &mut self,
+        sched: &mut Scheduler,
+        located: Locations,
+    ) -> Result<(), DownloadError> {
         self.locates += 1;
         let pieces = self.map.piece_count();
         if self.office != located.office || self.am_rvp != located.am_rvp {
@@ -1097,10 +1160,27 @@ impl Download {
                 lan: self.from_peers,
             }),
         });
-        match self.svc.call(report).await {
-            Ok(_) => self.have_dirty = false,
-            Err(e) => tracing::debug!(error = %e, "have report failed; will retry"),
+        if force {
+            // The last report, when the download ends: waited for, but not for long.
+            match tokio::time::timeout(FINAL_REPORT_WAIT, self.svc.call(report)).await {
+                Ok(Ok(_)) => self.have_dirty = false,
+                Ok(Err(e)) => tracing::debug!(error = %e, "final have report failed"),
+                Err(_) => tracing::debug!("final have report: the server did not answer in time"),
+            }
+            return;
         }
+        // Reports while downloading never hold the download up (the server may be slow
+        // or gone); one at a time.
+        if self.reporting.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        self.have_dirty = false;
+        let svc = self.svc.clone();
+        self.reporting = Some(tokio::spawn(async move {
+            if let Err(e) = svc.call(report).await {
+                tracing::debug!(error = %e, "have report failed; the next one carries it");
+            }
+        }));
     }
 }
 

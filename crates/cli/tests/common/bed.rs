@@ -45,6 +45,13 @@ impl Procs {
             let _ = c.wait();
         }
     }
+    /// True when any process's whole log contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.0
+            .iter()
+            .any(|(_, _, l)| std::fs::read_to_string(l).is_ok_and(|t| t.contains(text)))
+    }
+
     pub fn logs(&self) -> String {
         self.0
             .iter()
@@ -353,4 +360,118 @@ pub fn branchline_topology(topo: &Topology) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Runs `branchline get ID` for `host`'s client, bounded by `limit`; the file's bytes.
+pub fn get_file(d: &Deployment, host: &str, id: &str, limit: Duration) -> Result<Vec<u8>, String> {
+    let out_file = d.dir.path().join(format!("{host}.get"));
+    let data_dir = d.dir.path().join(host);
+    let mut c = d.tb.command(host, BIN).unwrap();
+    c.args([
+        "get",
+        id,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--out",
+        out_file.to_str().unwrap(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            return if status.success() {
+                std::fs::read(&out_file).map_err(|e| e.to_string())
+            } else {
+                Err(err)
+            };
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("get on {host} did not finish within {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Counts datagrams arriving at `addr` (a subnet's broadcast address and port) inside
+/// `host` until `stop` is set; SO_REUSEADDR, so a client there still gets them too.
+pub fn broadcast_probe(
+    tb: &Testbed,
+    host: &str,
+    addr: std::net::SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<branchline_testbed::Result<u64>> {
+    tb.spawn_in(host, move || {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&addr.into()).unwrap();
+        let s: std::net::UdpSocket = s.into();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut n = 0u64;
+        let mut buf = [0u8; 2048];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if s.recv_from(&mut buf).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    })
+    .unwrap()
+}
+
+/// A sealed small message under the deployment key in `key_file`.
+pub fn sealed(key_file: &str, body: branchline_wire::Body) -> Vec<u8> {
+    let key = branchline_transport::read_key_file(Path::new(key_file))
+        .unwrap()
+        .derive();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let envelope = branchline_wire::msg::Envelope {
+        msg_id: rand::random::<u64>() | 1,
+        sent_at_ms: now,
+        in_reply_to: 0,
+        body: Some(body),
+    };
+    branchline_wire::frame::seal(&key, rand::random(), &envelope).unwrap()
+}
+
+/// Sends `datagrams` to `to` from inside `host` (an ephemeral port).
+pub fn send_from(tb: &Testbed, host: &str, to: std::net::SocketAddr, datagrams: Vec<Vec<u8>>) {
+    tb.run_in(host, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for d in datagrams {
+            s.send_to(&d, to).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .unwrap();
+}
+
+/// One client's drop counters as the server sums them (`health --json`'s client_drops).
+pub fn client_drops(d: &Deployment) -> std::collections::BTreeMap<String, u64> {
+    let v: Value = serde_json::from_str(&d.connector_ok(&["health", "--json"])).unwrap();
+    v["client_drops"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
