@@ -49,6 +49,8 @@ pub const DEFAULT_PORT: u16 = 34800;
 pub const COOKIE: &str = "branchline_admin";
 /// Most TLS handshakes in progress at once.
 const MAX_HANDSHAKES: usize = 64;
+/// Transfer rates are measured over at least this long (ms).
+pub const RATE_WINDOW_MS: u64 = 3000;
 /// A TLS handshake that takes longer is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -155,7 +157,8 @@ pub struct App {
 }
 
 impl App {
-    /// Bytes per second over the last second or more, for a transfer's byte counter.
+    /// Bytes per second over the last [`RATE_WINDOW_MS`] or more, for a transfer's byte
+    /// counter.
     pub fn rate(&self, office: &str, content: &str, bytes: u64) -> f64 {
         let now = self.state.clock.now_ms();
         let mut samples = self.samples.lock().expect("samples lock");
@@ -176,8 +179,10 @@ impl App {
                 0.0
             }
             Some(s) => {
+                // Clients report progress every few seconds: a window shorter than
+                // that would show bursts, not the link's rate.
                 let dt = now.saturating_sub(s.at_ms);
-                if dt >= 1000 {
+                if dt >= RATE_WINDOW_MS {
                     s.rate = bytes.saturating_sub(s.bytes) as f64 * 1000.0 / dt as f64;
                     s.at_ms = now;
                     s.bytes = bytes;

@@ -72,7 +72,7 @@ h3{font-size:15px;margin:0 0 8px}
 table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #eef1f5;vertical-align:middle}
 th{font-size:12px;color:#5b6678;font-weight:600}
-td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 ul.tree,ul.tree ul{list-style:none;margin:0;padding-left:22px}
 ul.tree{padding-left:0}
 ul.tree li{margin:4px 0}
