@@ -256,9 +256,9 @@ pub async fn run_server(opts: ServerOptions) -> Result<(), Fail> {
         );
         if a.tls {
             println!(
-                "  TLS with the deployment CA ({}): connect by the name server.{}",
+                "  TLS with the deployment CA ({}): connect by the name {}",
                 data_dir.join("ca").join("ca.crt").display(),
-                branchline_server::DEPLOYMENT_NAME
+                branchline_server::web::tls_name()
             );
         }
         tracing::info!(admin = %a.addr, tls = a.tls, "admin endpoint ready");

@@ -10,8 +10,8 @@
 //!   browser opened on `http://127.0.0.1:34800/?token=TOKEN` keeps working). Anything
 //!   else is refused with 401.
 //! * On an address other than loopback it serves TLS only (rustls, TLS 1.3), with a
-//!   certificate from the deployment CA naming `server.DEPLOYMENT`
-//!   (`server.branchline`): trust `DATA_DIR/ca/ca.crt` and connect by that name.
+//!   certificate from the deployment CA naming the server's role ([`tls_name`]:
+//!   `s.branchline`): trust `DATA_DIR/ca/ca.crt` and connect by that name.
 //! * `/api/...` answers with exactly what the connector's `--json` prints: both run the
 //!   same admin call (`crate::calls::execute`).
 //!
@@ -68,6 +68,13 @@ pub enum TlsMode {
 pub struct AdminOptions {
     pub addr: SocketAddr,
     pub tls: TlsMode,
+}
+
+/// The name the endpoint's TLS certificate carries (the server's role in the deployment).
+pub fn tls_name() -> String {
+    branchline_quic::DeploymentName::new(crate::DEPLOYMENT_NAME)
+        .map(|d| branchline_quic::Role::Server.dns_name(&d))
+        .unwrap_or_default()
 }
 
 /// What start-up set up for the admin endpoint.
@@ -531,6 +538,56 @@ mod tests {
         let (t2, _, created) = load_or_create_token(dir.path()).unwrap();
         assert!(!created);
         assert_eq!(t1, t2);
+    }
+
+    /// Off loopback the endpoint speaks TLS with a certificate from the deployment CA:
+    /// a client that trusts `ca.crt` and connects by [`tls_name`] gets its answer.
+    #[tokio::test]
+    async fn tls_listener_serves_with_the_deployment_ca() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let now = std::time::SystemTime::now();
+        let deployment = branchline_quic::DeploymentName::new(crate::DEPLOYMENT_NAME).unwrap();
+        let ca = branchline_quic::DeploymentCa::generate(
+            deployment,
+            now,
+            Duration::from_secs(3600 * 24),
+        )
+        .unwrap();
+        let identity = ca.server_identity(now, Duration::from_secs(3600)).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let listener = TlsListener::start(tcp, tls_config(&identity).unwrap());
+        let router = Router::new().route("/", get(|| async { "over tls" }));
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.certificate().clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from(tls_name()).unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: s.branchline\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tls.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("over tls"), "{answer}");
+        // Plain HTTP gets no answer.
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
+        assert!(!String::from_utf8_lossy(&buf).contains("over tls"));
+        server.abort();
     }
 
     #[test]
