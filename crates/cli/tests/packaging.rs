@@ -138,7 +138,7 @@ fn have(cmd: &str, args: &[&str]) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Builds the package with `cargo deb` (a release build, in its own target directory),
+/// Builds the package with `cargo deb` (from the dev profile's binary),
 /// installs it with `dpkg -i`, checks what it put where, has `systemd-analyze verify`
 /// check the units when systemd runs this machine, and purges it again.
 /// Runs only where `cargo deb` is installed (`cargo install cargo-deb --locked`); it
@@ -152,11 +152,14 @@ fn deb_installs_with_dpkg() {
         );
         return;
     }
-    let target = root().join("target/deb-build");
+    // The dev profile: the binary the tests already built, so no release build here
+    // (`cargo deb -p branchline` makes the release package the same way).
+    let dir = tempfile::tempdir().unwrap();
     let out = Command::new("cargo")
         .current_dir(root())
-        .env("CARGO_TARGET_DIR", &target)
-        .args(["deb", "-p", "branchline", "--locked"])
+        .args(["deb", "-p", "branchline", "--locked", "--profile", "dev"])
+        .arg("--output")
+        .arg(dir.path())
         .output()
         .unwrap();
     assert!(
