@@ -49,6 +49,21 @@ pub enum Action {
         #[arg(long)]
         json: bool,
     },
+    /// Every client: office, online, cache, RVP roles.
+    Clients {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every deployment with its progress per office, and the bytes saved.
+    Deployments {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The content crossing each office's WAN link now.
+    Transfers {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -204,6 +219,9 @@ pub async fn run(opts: ConnectorOptions, action: Action) -> Result<(), Fail> {
             prestage,
         } => crate::offices::deploy(&c, content, to, prestage).await?,
         Action::Status { content, json } => crate::offices::status(&c, content, json).await?,
+        Action::Clients { json } => crate::offices::clients(&c, json).await?,
+        Action::Deployments { json } => crate::offices::deployments(&c, json).await?,
+        Action::Transfers { json } => crate::offices::transfers(&c, json).await?,
         Action::Health { json } => {
             let h = c.health().await?;
             if json {

@@ -128,6 +128,13 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
         replay,
         background: crate::settings::background(config),
         content_cache: None,
+        admin: config
+            .admin
+            .enabled
+            .then(|| branchline_server::web::AdminOptions {
+                addr: (config.admin.address_for(server_ip), config.admin.port).into(),
+                tls: branchline_server::web::TlsMode::Auto,
+            }),
     })
     .await
     .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;
@@ -225,6 +232,10 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
             addr(&args.net, 3)?,
             server.setup.key_path.display()
         );
+        if let Some(a) = &server.setup.admin {
+            let token = std::fs::read_to_string(&a.token_path).unwrap_or_default();
+            println!("  the dashboard: http://{}/?token={}", a.addr, token.trim());
+        }
         shutdown_signal().await;
     }
     for c in clients {

@@ -71,6 +71,15 @@ struct Cli {
     /// Log filter (e.g. info, debug, branchline_transport=debug).
     #[arg(long, global = true, env = "BRANCHLINE_LOG", value_name = "FILTER")]
     log: Option<String>,
+    /// Log lines as text, or as one JSON object per line (with the fields and spans).
+    #[arg(
+        long,
+        global = true,
+        env = "BRANCHLINE_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -100,6 +109,16 @@ pub struct ServerArgs {
     /// Heartbeat intervals a client may miss before it is shown offline.
     #[arg(long, value_name = "N")]
     offline_after: Option<u32>,
+    /// Address of the admin endpoint (metrics, JSON, dashboard); default 127.0.0.1, or
+    /// the bind address when that is a loopback address.
+    #[arg(long, env = "BRANCHLINE_ADMIN_ADDRESS", value_name = "IP")]
+    admin_address: Option<IpAddr>,
+    /// Port of the admin endpoint (default 34800).
+    #[arg(long, value_name = "PORT")]
+    admin_port: Option<u16>,
+    /// Turn the admin endpoint off.
+    #[arg(long)]
+    no_admin: bool,
 }
 
 #[derive(Args, Debug)]
@@ -142,18 +161,34 @@ pub struct ConnectorArgs {
     action: connector::Action,
 }
 
-fn init_logging(filter: Option<&str>, default: &str) {
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(filter: Option<&str>, default: &str, format: LogFormat) {
     let filter = filter
         .map(str::to_owned)
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default.to_owned());
     let env = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(env)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        // One object per line: the event's fields at the top level, with the fields of
+        // the spans it happened in (client, content, office where known).
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
 }
 
 fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, Fail> {
@@ -182,7 +217,7 @@ fn main() -> ExitCode {
         Command::Server(_) | Command::Client(_) => "info",
         Command::Connector(_) | Command::Demo(_) | Command::Get(_) => "warn",
     };
-    init_logging(cli.log.as_deref(), default_log);
+    init_logging(cli.log.as_deref(), default_log, cli.log_format);
     let result = (|| -> Result<(), Fail> {
         let config = settings::load(cli.config.as_deref(), &cli.ports)?;
         match cli.command {

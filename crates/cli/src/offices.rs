@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use branchline_server::admin::{
-    AdminCall, AdminResult, CHUNK, DeployView, FailKind, StatusView, TopologyView,
+    AdminCall, AdminResult, CHUNK, ClientsView, DeployView, DeploymentsView, FailKind, StatusView,
+    TopologyView, TransfersView,
 };
 use branchline_wire::Body;
 use branchline_wire::msg::{AdminChunk, AdminRun};
@@ -285,4 +286,82 @@ pub fn status_text(s: &StatusView) -> String {
     }
     out.push_str("(MiB; WAN IN: over the office's link from its parent office)\n");
     out
+}
+
+/// `connector clients`: the same data as the dashboard's client list (`/api/clients`).
+pub async fn clients(c: &Connector, json: bool) -> Result<(), Fail> {
+    let v = call(c, &AdminCall::Clients).await?;
+    if json {
+        println!("{v}");
+        return Ok(());
+    }
+    let view: ClientsView = decode(v)?;
+    println!(
+        "{:<16} {:<12} {:<8} {:<16} {:>9}  RVP FOR",
+        "HOST", "OFFICE", "STATUS", "ADDRESS", "COMPLETE"
+    );
+    for cl in &view.clients {
+        println!(
+            "{:<16} {:<12} {:<8} {:<16} {:>9}  {}",
+            cl.hostname,
+            cl.office.as_deref().unwrap_or("-"),
+            if cl.online { "online" } else { "offline" },
+            cl.address.as_deref().unwrap_or("-"),
+            cl.complete,
+            cl.rvp_for.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `connector deployments`: progress per deployment (`/api/deployments`).
+pub async fn deployments(c: &Connector, json: bool) -> Result<(), Fail> {
+    let v = call(c, &AdminCall::Deployments).await?;
+    if json {
+        println!("{v}");
+        return Ok(());
+    }
+    let view: DeploymentsView = decode(v)?;
+    for d in &view.deployments {
+        println!(
+            "deployment {}: {} to {}: {}/{} clients done",
+            d.deployment, d.status.content, d.target, d.clients_done, d.clients_total
+        );
+        print!("{}", status_text(&d.status));
+        println!();
+    }
+    let s = &view.savings;
+    println!(
+        "delivered {} MiB; origin read {} MiB (saved {} MiB); WAN saved {} MiB",
+        mib(s.delivered_bytes),
+        mib(s.origin_bytes),
+        mib(s.origin_saved_bytes),
+        mib(s.wan_saved_bytes)
+    );
+    Ok(())
+}
+
+/// `connector transfers`: what crosses each WAN link now (`/api/transfers`, less rates).
+pub async fn transfers(c: &Connector, json: bool) -> Result<(), Fail> {
+    let v = call(c, &AdminCall::Transfers).await?;
+    if json {
+        println!("{v}");
+        return Ok(());
+    }
+    let view: TransfersView = decode(v)?;
+    if view.transfers.is_empty() {
+        println!("no content is crossing a WAN link now");
+    }
+    for t in &view.transfers {
+        println!(
+            "{} -> {}: {} {}/{} MiB, RVP {}",
+            t.parent.as_deref().unwrap_or("origin"),
+            t.office,
+            t.content,
+            mib(t.bytes_wan_in),
+            mib(t.size),
+            t.rvp.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
 }

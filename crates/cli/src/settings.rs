@@ -73,6 +73,7 @@ fn required<T>(v: Option<T>, flag: &str, key: &str) -> Result<T, Fail> {
 pub fn server(config: &Config, args: ServerArgs) -> Result<(ServerOptions, usize), Fail> {
     let c = &config.server;
     let (retry, replay) = policies(config);
+    let admin = admin_options(config, &args)?;
     let opts = ServerOptions {
         data_dir: required(
             args.data_dir.or(c.data_dir.clone()),
@@ -88,6 +89,7 @@ pub fn server(config: &Config, args: ServerArgs) -> Result<(ServerOptions, usize
         retry,
         replay,
         background: background(config),
+        admin,
         content_cache: match c.content_cache_size.trim() {
             "0" | "" => None,
             s => Some(s.parse().map_err(|e| {
@@ -99,6 +101,26 @@ pub fn server(config: &Config, args: ServerArgs) -> Result<(ServerOptions, usize
         },
     };
     Ok((opts, c.threads))
+}
+
+/// The admin endpoint from `[admin]` and the flags; `None` when it is turned off.
+fn admin_options(
+    config: &Config,
+    args: &ServerArgs,
+) -> Result<Option<branchline_server::web::AdminOptions>, Fail> {
+    let a = &config.admin;
+    if args.no_admin || !a.enabled {
+        return Ok(None);
+    }
+    let bind = args.bind.unwrap_or(config.server.bind);
+    let ip = args.admin_address.unwrap_or_else(|| a.address_for(bind));
+    Ok(Some(branchline_server::web::AdminOptions {
+        addr: (ip, args.admin_port.unwrap_or(a.port)).into(),
+        tls: match a.tls.as_str() {
+            "always" => branchline_server::web::TlsMode::Always,
+            _ => branchline_server::web::TlsMode::Auto,
+        },
+    }))
 }
 
 pub fn client(config: &Config, args: ClientArgs) -> Result<ClientOptions, Fail> {
@@ -219,6 +241,27 @@ pub async fn run_server(opts: ServerOptions) -> Result<(), Fail> {
             "  branchline connector --server <this host's IP> --key-file deployment.key health"
         );
         println!();
+    }
+    if let Some(a) = &s.admin {
+        let scheme = if a.tls { "https" } else { "http" };
+        println!(
+            "Admin endpoint: {scheme}://{}/ (dashboard, /metrics, /api); token in {}{}",
+            a.addr,
+            a.token_path.display(),
+            if a.created_token {
+                " (just created)"
+            } else {
+                ""
+            }
+        );
+        if a.tls {
+            println!(
+                "  TLS with the deployment CA ({}): connect by the name {}",
+                data_dir.join("ca").join("ca.crt").display(),
+                branchline_server::web::tls_name()
+            );
+        }
+        tracing::info!(admin = %a.addr, tls = a.tls, "admin endpoint ready");
     }
     tracing::info!(
         %bind,

@@ -51,6 +51,44 @@ impl Default for ServerConfig {
     }
 }
 
+/// The server's admin endpoint (`[admin]`): metrics, JSON and the dashboard over HTTP.
+/// Not in the seed's port table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin endpoint. Default true.
+    pub enabled: bool,
+    /// Address to listen on. Default: `127.0.0.1`, or `server.bind` when that is a
+    /// loopback address. On any address but loopback the endpoint serves TLS only.
+    pub address: Option<IpAddr>,
+    /// Port. Default 34800.
+    pub port: u16,
+    /// `"auto"` (TLS unless the address is loopback) or `"always"`. Default `"auto"`.
+    pub tls: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            address: None,
+            port: 34800,
+            tls: "auto".into(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The address to listen on for a server bound to `server_bind`.
+    pub fn address_for(&self, server_bind: IpAddr) -> IpAddr {
+        self.address.unwrap_or(if server_bind.is_loopback() {
+            server_bind
+        } else {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        })
+    }
+}
+
 /// Client settings (`[client]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -170,6 +208,7 @@ pub struct Config {
     pub connector: ConnectorConfig,
     pub transport: TransportConfig,
     pub background: BackgroundConfig,
+    pub admin: AdminConfig,
 }
 
 /// A configuration that cannot be used.
@@ -276,6 +315,12 @@ impl Config {
                     "{} is below background.floor_bytes_per_s ({})",
                     b.ceiling_bytes_per_s, b.floor_bytes_per_s
                 ),
+            });
+        }
+        if !matches!(self.admin.tls.as_str(), "auto" | "always") {
+            return Err(ConfigError::Invalid {
+                key: "admin.tls".into(),
+                message: format!("{:?}: expected \"auto\" or \"always\"", self.admin.tls),
             });
         }
         if self.server.offline_after_missed_heartbeats == 0 {

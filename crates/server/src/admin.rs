@@ -38,6 +38,14 @@ pub enum AdminCall {
     },
     /// Per office: who is done and where the bytes came from.
     Status { content: String },
+    /// Every client: office, online, cache, RVP roles.
+    Clients,
+    /// The published content items.
+    Catalogue,
+    /// Every deployment with its progress per office, and the bytes saved.
+    Deployments,
+    /// The WAN transfers each office's link carries now.
+    Transfers,
 }
 
 /// How a call failed.
@@ -156,6 +164,109 @@ pub struct OfficeStatus {
     /// Over child offices' links out of it.
     pub bytes_wan_out: u64,
     pub bytes_lan: u64,
+}
+
+/// `clients`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientsView {
+    pub clients: Vec<ClientView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientView {
+    pub client_id: String,
+    pub hostname: String,
+    /// The address the server sees it at.
+    pub address: Option<String>,
+    pub office: Option<String>,
+    pub online: bool,
+    pub last_seen_ms: u64,
+    pub first_seen_ms: u64,
+    pub cache_size_bytes: u64,
+    pub cache_free_bytes: u64,
+    pub version: String,
+    /// Content items (name@version) it is its office's RVP for.
+    pub rvp_for: Vec<String>,
+    /// Content items it holds complete.
+    pub complete: u64,
+}
+
+/// `catalogue`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CatalogueView {
+    pub items: Vec<CatalogueItem>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CatalogueItem {
+    pub content_id: String,
+    pub name: String,
+    pub version: String,
+    pub size: u64,
+    pub origin: String,
+    pub piece_size: u32,
+    pub published_ms: u64,
+    /// Clients holding it complete.
+    pub complete_holders: u64,
+    pub server_holds: bool,
+}
+
+/// `deployments`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentsView {
+    pub deployments: Vec<DeploymentStatus>,
+    /// Over every content item (deployed or fetched with `get`).
+    pub savings: Savings,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentStatus {
+    pub deployment: u64,
+    pub target: String,
+    pub prestage: bool,
+    pub created_ms: u64,
+    /// Targeted clients known now, and those of them holding the content complete.
+    pub clients_done: u64,
+    pub clients_total: u64,
+    /// The content's status (the same as `status CONTENT`).
+    pub status: StatusView,
+}
+
+/// Where the delivered bytes came from, and what that saved against every client
+/// reading the origin.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Savings {
+    /// Verified bytes delivered to clients (every source).
+    pub delivered_bytes: u64,
+    pub origin_bytes: u64,
+    pub server_bytes: u64,
+    pub wan_bytes: u64,
+    pub lan_bytes: u64,
+    /// Bytes the origin did not serve: delivered minus read from the origin.
+    pub origin_saved_bytes: u64,
+    /// Bytes that did not cross WAN links: what the clients outside the Central Office
+    /// received minus what crossed their offices' links.
+    pub wan_saved_bytes: u64,
+}
+
+/// `transfers`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransfersView {
+    pub transfers: Vec<TransferView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransferView {
+    /// The office whose link carries it (into the office, from `parent`).
+    pub office: String,
+    pub parent: Option<String>,
+    pub content_id: String,
+    pub content: String,
+    pub size: u64,
+    /// The office's RVP for it: "HOST (ID)".
+    pub rvp: Option<String>,
+    /// Bytes the office has taken over its link for this content so far.
+    pub bytes_wan_in: u64,
 }
 
 #[derive(Debug)]

@@ -10,7 +10,9 @@ use branchline_wire::ClientId;
 use branchline_wire::msg::Assign;
 
 use crate::admin::{
-    AdminCall, AdminResult, DeployView, OfficeStatus, OfficeView, RvpView, StatusView, TopologyView,
+    AdminCall, AdminResult, CatalogueItem, CatalogueView, ClientView, ClientsView, DeployView,
+    DeploymentStatus, DeploymentsView, OfficeStatus, OfficeView, RvpView, Savings, StatusView,
+    TopologyView, TransferView, TransfersView,
 };
 use crate::deploy::{Deployment, SourceBytes, Target};
 use crate::handler::ServerState;
@@ -64,6 +66,10 @@ pub async fn execute(state: Arc<ServerState>, call: AdminCall) -> AdminResult {
             Ok((id, name)) => AdminResult::ok(status(&state, id, name)),
             Err(e) => e,
         },
+        AdminCall::Clients => AdminResult::ok(clients_view(&state)),
+        AdminCall::Catalogue => AdminResult::ok(catalogue_view(&state)),
+        AdminCall::Deployments => AdminResult::ok(deployments_view(&state)),
+        AdminCall::Transfers => AdminResult::ok(transfers_view(&state)),
     }
 }
 
@@ -348,4 +354,200 @@ pub fn status(state: &ServerState, id: ContentId, name: String) -> StatusView {
         size,
         offices: per_office.into_iter().map(|(s, _)| s).collect(),
     }
+}
+
+fn content_name(state: &ServerState, id: &ContentId) -> String {
+    state
+        .catalogue
+        .lock()
+        .expect("catalogue lock")
+        .get(id)
+        .map(|i| format!("{}@{}", i.meta.name, i.meta.version))
+        .unwrap_or_else(|| id.to_hex())
+}
+
+/// Every content id in the catalogue.
+fn content_ids(state: &ServerState) -> Vec<ContentId> {
+    state
+        .catalogue
+        .lock()
+        .expect("catalogue lock")
+        .list()
+        .iter()
+        .map(|i| ContentId::from_bytes(i.meta.content_id))
+        .collect()
+}
+
+/// Every client with its office, whether it is online, and its RVP roles.
+pub fn clients_view(state: &ServerState) -> ClientsView {
+    let ids = content_ids(state);
+    let now = state.clock.now_ms();
+    let registry = state.registry.lock().expect("registry lock");
+    let offices = state.offices.lock().expect("offices lock");
+    let locations = state.locations.lock().expect("locations lock");
+    let catalogue = state.catalogue.lock().expect("catalogue lock");
+    let rvps = offices.rvps();
+    let clients = registry
+        .snapshot()
+        .into_iter()
+        .map(|r| ClientView {
+            client_id: r.id.to_string(),
+            hostname: r.hostname.clone(),
+            address: seen_ip(&r).map(|ip| ip.to_string()),
+            office: offices
+                .office_of(&r.id)
+                .map(|o| offices.tree().office(o).name.clone()),
+            online: registry.is_online(&r, now),
+            last_seen_ms: r.last_seen_ms,
+            first_seen_ms: r.first_seen_ms,
+            cache_size_bytes: r.cache_size_bytes,
+            cache_free_bytes: r.cache_free_bytes,
+            version: r.version.clone(),
+            rvp_for: rvps
+                .iter()
+                .filter(|(_, _, c)| *c == r.id)
+                .map(|(_, content, _)| {
+                    catalogue
+                        .get(content)
+                        .map(|i| format!("{}@{}", i.meta.name, i.meta.version))
+                        .unwrap_or_else(|| content.to_hex())
+                })
+                .collect(),
+            complete: ids
+                .iter()
+                .filter(|id| locations.have(&r.id, id).is_some_and(|h| h.is_complete()))
+                .count() as u64,
+        })
+        .collect();
+    ClientsView { clients }
+}
+
+/// The catalogue, as `content list` shows it.
+pub fn catalogue_view(state: &ServerState) -> CatalogueView {
+    let cat = state.catalogue.lock().expect("catalogue lock");
+    let items = cat
+        .list()
+        .into_iter()
+        .map(|i| {
+            let m = state.meta_of(i);
+            CatalogueItem {
+                content_id: ContentId::from_bytes(i.meta.content_id).to_hex(),
+                name: m.name,
+                version: m.version,
+                size: m.size,
+                origin: m.origin,
+                piece_size: m.piece_size,
+                published_ms: m.published_ms,
+                complete_holders: u64::from(m.complete_holders),
+                server_holds: m.server_holds,
+            }
+        })
+        .collect();
+    CatalogueView { items }
+}
+
+/// Adds up `offices` into what was delivered and saved.
+pub fn savings_of(offices: &[OfficeStatus], acc: &mut Savings) {
+    for o in offices {
+        let delivered = o.bytes_origin + o.bytes_server + o.bytes_wan_in + o.bytes_lan;
+        acc.delivered_bytes += delivered;
+        acc.origin_bytes += o.bytes_origin;
+        acc.server_bytes += o.bytes_server;
+        acc.wan_bytes += o.bytes_wan_in;
+        acc.lan_bytes += o.bytes_lan;
+        acc.origin_saved_bytes += delivered.saturating_sub(o.bytes_origin);
+        if o.parent.is_some() {
+            acc.wan_saved_bytes += delivered.saturating_sub(o.bytes_wan_in + o.bytes_origin);
+        }
+    }
+}
+
+/// Every deployment with its progress, and the bytes saved over every content item.
+pub fn deployments_view(state: &ServerState) -> DeploymentsView {
+    let list: Vec<Deployment> = state
+        .deployments
+        .lock()
+        .expect("deployments lock")
+        .list()
+        .to_vec();
+    let mut savings = Savings::default();
+    for id in content_ids(state) {
+        let s = status(state, id, String::new());
+        savings_of(&s.offices, &mut savings);
+    }
+    let mut out = Vec::new();
+    for d in list {
+        let (done, total) = {
+            let registry = state.registry.lock().expect("registry lock");
+            let offices = state.offices.lock().expect("offices lock");
+            let locations = state.locations.lock().expect("locations lock");
+            let mut done = 0u64;
+            let mut total = 0u64;
+            for r in registry.snapshot() {
+                let office = offices
+                    .office_of(&r.id)
+                    .map(|o| offices.tree().office(o).name.clone());
+                if crate::deploy::targets(&d.target, r.id, office.as_deref()) {
+                    total += 1;
+                    done += u64::from(
+                        locations
+                            .have(&r.id, &d.content)
+                            .is_some_and(|h| h.is_complete()),
+                    );
+                }
+            }
+            (done, total)
+        };
+        let s = status(state, d.content, content_name(state, &d.content));
+        out.push(DeploymentStatus {
+            deployment: d.id,
+            target: d.target.to_string(),
+            prestage: d.prestage,
+            created_ms: d.created_ms,
+            clients_done: done,
+            clients_total: total,
+            status: s,
+        });
+    }
+    DeploymentsView {
+        deployments: out,
+        savings,
+    }
+}
+
+/// The contents each office's WAN link carries now, with the bytes taken so far.
+pub fn transfers_view(state: &ServerState) -> TransfersView {
+    let links = state.offices.lock().expect("offices lock").transfers();
+    let mut transfers = Vec::new();
+    for (office, contents) in links {
+        for content in contents {
+            let name = content_name(state, &content);
+            let size = state
+                .catalogue
+                .lock()
+                .expect("catalogue lock")
+                .get(&content)
+                .map(|i| i.meta.size)
+                .unwrap_or(0);
+            let s = status(state, content, name.clone());
+            let row = s.offices.iter().find(|o| o.office == office);
+            let parent = {
+                let offices = state.offices.lock().expect("offices lock");
+                let tree = offices.tree();
+                tree.find(&office)
+                    .and_then(|i| tree.parent(i))
+                    .map(|p| tree.office(p).name.clone())
+            };
+            transfers.push(TransferView {
+                office: office.clone(),
+                parent,
+                content_id: content.to_hex(),
+                content: name,
+                size,
+                rvp: row.and_then(|r| r.rvp.clone()),
+                bytes_wan_in: row.map(|r| r.bytes_wan_in).unwrap_or(0),
+            });
+        }
+    }
+    TransfersView { transfers }
 }

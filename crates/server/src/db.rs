@@ -343,6 +343,8 @@ impl DbHealth {
 pub struct Writer {
     tx: mpsc::UnboundedSender<Op>,
     pub health: DbHealth,
+    /// Seconds each commit (one transaction) took, for the admin endpoint's metrics.
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Commit-awaiting writes fail with this when the writer is gone.
@@ -354,8 +356,18 @@ impl Writer {
     pub fn spawn(db: Db) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let health = DbHealth::default();
-        let task = tokio::spawn(run_writer(db, rx, health.clone()));
-        (Writer { tx, health }, task)
+        let commit_seconds = prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14),
+        );
+        let task = tokio::spawn(run_writer(db, rx, health.clone(), commit_seconds.clone()));
+        (
+            Writer {
+                tx,
+                health,
+                commit_seconds,
+            },
+            task,
+        )
     }
 
     /// Stores a client record; resolves once it is committed.
@@ -457,7 +469,12 @@ const MAX_BATCH: usize = 2048;
 /// How often coalesced heartbeats are written.
 const TOUCH_FLUSH: Duration = Duration::from_secs(1);
 
-async fn run_writer(db: Db, mut rx: mpsc::UnboundedReceiver<Op>, health: DbHealth) {
+async fn run_writer(
+    db: Db,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    health: DbHealth,
+    commit_seconds: prometheus_client::metrics::histogram::Histogram,
+) {
     let mut touches: HashMap<ClientId, (u64, u64)> = HashMap::new();
     let mut tick = tokio::time::interval(TOUCH_FLUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -503,7 +520,9 @@ async fn run_writer(db: Db, mut rx: mpsc::UnboundedReceiver<Op>, health: DbHealt
         if durable.is_empty() && !flush_now {
             continue;
         }
+        let started = std::time::Instant::now();
         let r = commit(&db, durable, &mut touches).await;
+        commit_seconds.observe(started.elapsed().as_secs_f64());
         health.set(r);
         for w in flush_waiters {
             let _ = w.send(());

@@ -20,6 +20,7 @@
 //! * [`deploy`]: deployments, assignments and bytes per source kind (pure).
 //! * [`admin`]: admin-call transport (chunked JSON) and the request/result types.
 //! * [`calls`]: running admin calls (topology, deploy, status) against the server state.
+//! * [`web`]: the admin endpoint (HTTP, 34800 by default): metrics, JSON, dashboard.
 //!
 //! The server is its deployment's certificate authority (`DATA_DIR/ca`): it issues each
 //! client a certificate at registration, which QUIC connections between peers require.
@@ -35,6 +36,7 @@ pub mod large;
 pub mod locations;
 pub mod offices;
 pub mod registry;
+pub mod web;
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::DirBuilderExt;
@@ -78,6 +80,8 @@ pub struct ServerOptions {
     pub background: branchline_ledbat::LedbatConfig,
     /// Cap of the server's own content cache; `None`: the server holds no content.
     pub content_cache: Option<branchline_store::CacheCap>,
+    /// The admin endpoint (metrics, JSON, dashboard); `None`: turned off.
+    pub admin: Option<web::AdminOptions>,
 }
 
 /// Unix milliseconds now.
@@ -128,6 +132,8 @@ pub enum ServerError {
     Ca { dir: PathBuf, message: String },
     #[error("the server's content cache in {dir}: {message}")]
     ContentCache { dir: PathBuf, message: String },
+    #[error("admin endpoint: {0}")]
+    Admin(String),
     #[error("the stored office topology cannot be loaded: {0}")]
     Topology(String),
     #[error("cannot start QUIC on {addr} ({name}): {message}")]
@@ -155,6 +161,8 @@ pub struct Setup {
     pub key_path: PathBuf,
     pub db_path: PathBuf,
     pub clients_loaded: usize,
+    /// The admin endpoint, when it is on.
+    pub admin: Option<web::AdminInfo>,
 }
 
 /// A running server.
@@ -347,6 +355,14 @@ impl Server {
                 )))
             }
         };
+        let admin = match &opts.admin {
+            Some(a) => Some(
+                web::bind(a, &opts.data_dir)
+                    .await
+                    .map_err(ServerError::Admin)?,
+            ),
+            None => None,
+        };
         let mut reserved = Vec::new();
         for (port, name) in [(p.adaptive, "server.adaptive")] {
             reserved.push(bind_udp(ip, port, name).await?);
@@ -384,7 +400,17 @@ impl Server {
         let large_bg_task =
             large_bg.serve(move |peer, bytes| large::handle(large_state.clone(), peer, bytes));
         let mut tasks = vec![large_task, large_bg_task];
-        let handler = Arc::new(handler::ServerHandler(state.clone()));
+        let metrics = Arc::new(web::metrics::Metrics::default());
+        let handler = Arc::new(web::metrics::Metered::new(
+            handler::ServerHandler(state.clone()),
+            metrics.clone(),
+        ));
+        let admin_info = admin.as_ref().map(|a| a.info.clone());
+        if let Some(bound) = admin {
+            tasks.push(
+                web::spawn(bound, state.clone(), metrics, &identity).map_err(ServerError::Admin)?,
+            );
+        }
         let serve_ctx = ctx.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = Responder::serve(request, serve_ctx, handler).await {
@@ -423,6 +449,7 @@ impl Server {
                 key_path: opts.data_dir.join(KEY_FILE),
                 db_path,
                 clients_loaded,
+                admin: admin_info,
             },
             state,
             requester,
