@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use branchline_client::{Client, ClientError, ClientOptions};
+use branchline_client::{Client, ClientOptions};
 use branchline_config::Config;
 use branchline_server::{Server, ServerOptions};
 use branchline_transport::{ReplayConfig, RetryPolicy, read_key_file};
@@ -56,6 +56,7 @@ pub fn policies(config: &Config) -> (RetryPolicy, ReplayConfig) {
     };
     let replay = ReplayConfig {
         window: Duration::from_secs_f64(t.replay_window_s),
+        future_skew: Duration::from_secs_f64(t.replay_future_skew_s),
         ..ReplayConfig::default()
     };
     (retry, replay)
@@ -205,13 +206,14 @@ pub async fn run_server(opts: ServerOptions) -> Result<(), Fail> {
         println!("  database: {}", s.db_path.display());
         println!();
         println!(
-            "Deployment key (shown once; kept in {}, mode 0600):",
+            "Deployment key: {} (mode 0600; never printed)",
             s.key_path.display()
         );
+        println!("  fingerprint: {}", s.key.fingerprint());
         println!();
-        println!("  {}", s.key.to_text());
-        println!();
-        println!("Give clients and the connector a copy of that file (keep it secret), e.g.:");
+        println!(
+            "Give clients and the connector a copy of that file (keep it secret, mode 0600), e.g.:"
+        );
         println!(
             "  branchline client --server <this host's IP> --key-file deployment.key --data-dir /var/lib/branchline"
         );
@@ -226,6 +228,8 @@ pub async fn run_server(opts: ServerOptions) -> Result<(), Fail> {
         small_reply = ports.small_reply,
         clients = s.clients_loaded,
         db = %s.db_path.display(),
+        key_file = %s.key_path.display(),
+        key_fingerprint = %s.key.fingerprint(),
         "server ready"
     );
     shutdown_signal().await;
@@ -248,7 +252,6 @@ pub async fn run_client(opts: ClientOptions) -> Result<(), Fail> {
     client.shutdown().await;
     match outcome {
         None => Ok(()),
-        Some(e @ ClientError::KeyMismatch(_)) => Err(Fail::new(exit::KEY_MISMATCH, e.to_string())),
         Some(e) => Err(Fail::new(exit::FAILURE, e.to_string())),
     }
 }

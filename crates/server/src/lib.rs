@@ -37,7 +37,6 @@ pub mod offices;
 pub mod registry;
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -50,7 +49,8 @@ use branchline_quic::{
 };
 use branchline_transport::{
     BindError, Clock, Context, KeyFileError, ReplayConfig, Requester, Responder, RetryPolicy,
-    SystemClock, bind_udp, create_key_file, read_key_file, serve_reserved,
+    SystemClock, bind_small, bind_udp, create_key_file, ensure_private_dir, read_key_file,
+    restrict_file, serve_reserved,
 };
 use branchline_wire::DeploymentKey;
 use rand::Rng;
@@ -168,14 +168,10 @@ pub struct Server {
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<(DeploymentKey, bool), ServerError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| ServerError::DataDir {
-            path: dir.to_owned(),
-            source,
-        })?;
+    ensure_private_dir(dir).map_err(|source| ServerError::DataDir {
+        path: dir.to_owned(),
+        source,
+    })?;
     let key_path = dir.join(KEY_FILE);
     if key_path.exists() {
         return Ok((read_key_file(&key_path)?, false));
@@ -192,6 +188,15 @@ impl Server {
         let (key, created_key) = prepare_data_dir(&opts.data_dir)?;
         let db_path = opts.data_dir.join(DB_FILE);
         let db = Db::open(&db_path).await?;
+        // Not readable by others, whatever the umask made of them.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = db_path.clone().into_os_string();
+            p.push(suffix);
+            restrict_file(Path::new(&p)).map_err(|source| ServerError::DataDir {
+                path: PathBuf::from(p.clone()),
+                source,
+            })?;
+        }
         let records = db.load_clients().await?;
         let connectors = db.count_connectors().await?;
         let contents = db.load_contents().await?;
@@ -244,8 +249,8 @@ impl Server {
         // Bind everything before spawning anything, so a port conflict leaves nothing behind.
         let p = opts.ports;
         let ip = opts.bind;
-        let request = bind_udp(ip, p.small_request, "server.small_request").await?;
-        let reply = bind_udp(ip, p.small_reply, "server.small_reply").await?;
+        let request = bind_small(ip, p.small_request, "server.small_request").await?;
+        let reply = bind_small(ip, p.small_reply, "server.small_reply").await?;
         let large_request = SocketAddr::new(ip, p.large_fg_request);
         let large = LargeMessaging::bind(
             large_request,

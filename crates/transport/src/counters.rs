@@ -37,10 +37,12 @@ pub enum DropReason {
     Unsupported,
     /// Arrived on a port whose protocol this build does not serve yet.
     ReservedPort,
+    /// The sender (source address) already holds its whole quota of remembered messages.
+    OverQuota,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Oversized,
         DropReason::TooShort,
         DropReason::BadMagic,
@@ -56,6 +58,7 @@ impl DropReason {
         DropReason::Invalid,
         DropReason::Unsupported,
         DropReason::ReservedPort,
+        DropReason::OverQuota,
     ];
 
     /// Stable snake_case name, used in health output and metrics labels.
@@ -76,6 +79,7 @@ impl DropReason {
             DropReason::Invalid => "invalid",
             DropReason::Unsupported => "unsupported",
             DropReason::ReservedPort => "reserved_port",
+            DropReason::OverQuota => "over_quota",
         }
     }
 

@@ -66,6 +66,13 @@ impl Drop for Proc {
     }
 }
 
+/// Writes a deployment key file with mode 0600 (a key file others can read is refused).
+pub fn write_key(path: impl AsRef<Path>, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path.as_ref(), text).unwrap();
+    std::fs::set_permissions(path.as_ref(), std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 pub fn run(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
