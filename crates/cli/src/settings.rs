@@ -148,6 +148,8 @@ pub struct ConnectorOptions {
     pub server: std::net::SocketAddr,
     pub reply: std::net::SocketAddr,
     pub key: branchline_wire::DeploymentKey,
+    /// The connector credential file (written by `activate --token`).
+    pub credential: PathBuf,
     pub retry: RetryPolicy,
     pub replay: ReplayConfig,
 }
@@ -166,11 +168,22 @@ pub fn connector(
     let key = read_key_file(&key_file).map_err(|e| Fail::new(exit::USAGE, e.to_string()))?;
     let server = required(args.server.or(c.server), "--server", "connector.server")?;
     let bind = args.bind.unwrap_or(c.bind);
+    // Beside the key file unless set.
+    let credential = args
+        .credential
+        .or(c.credential_file.clone())
+        .unwrap_or_else(|| {
+            key_file
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("connector.credential")
+        });
     Ok((
         ConnectorOptions {
             server: (server, config.ports.server.small_request).into(),
             reply: (bind, config.ports.connector.reply).into(),
             key,
+            credential,
             retry,
             replay,
         },
@@ -222,6 +235,15 @@ pub async fn run_server(opts: ServerOptions) -> Result<(), Fail> {
         );
         println!();
     }
+    println!(
+        "Connector activation token (one use; kept in {}):",
+        s.tokens_path.display()
+    );
+    println!("  {}", s.connector_token.to_text());
+    println!(
+        "  branchline connector --server <this host's IP> --key-file deployment.key activate --token <token>"
+    );
+    println!();
     tracing::info!(
         %bind,
         small_request = ports.small_request,

@@ -102,6 +102,9 @@ pub struct ConnectorConfig {
     pub key_file: Option<PathBuf>,
     /// Address to bind the connector's reply port on. Default `0.0.0.0`.
     pub bind: IpAddr,
+    /// The connector credential file, written by `connector activate --token`. Default:
+    /// `connector.credential` beside the key file.
+    pub credential_file: Option<PathBuf>,
 }
 
 impl Default for ConnectorConfig {
@@ -110,6 +113,7 @@ impl Default for ConnectorConfig {
             server: None,
             key_file: None,
             bind: any(),
+            credential_file: None,
         }
     }
 }

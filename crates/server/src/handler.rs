@@ -49,6 +49,8 @@ pub struct ServerState {
     pub deployments: Mutex<crate::deploy::Deployments>,
     /// Admin call uploads and results.
     pub calls: Mutex<crate::admin::Calls>,
+    /// Enrolled connectors: admin requests need one's credential (issue #10).
+    pub connector_auth: Mutex<crate::trust::ConnectorAuth>,
     /// Server-initiated small messages (assignments) to send from the reply port.
     pub push_tx: tokio::sync::mpsc::Sender<(SocketAddr, Assign)>,
 }
@@ -161,7 +163,7 @@ impl ServerState {
     }
 }
 
-fn error(code: ErrorCode, detail: String, now_ms: u64) -> Body {
+pub(crate) fn error(code: ErrorCode, detail: String, now_ms: u64) -> Body {
     Body::Error(ErrorReply {
         code: code as i32,
         detail,
@@ -185,6 +187,11 @@ impl Handler for ServerHandler {
     fn handle(&self, from: SocketAddr, body: Body) -> Response {
         let s = &self.0;
         let now = s.clock.now_ms();
+        // Admin requests count only inside a connector-signed message (issue #10).
+        let body = match crate::trust::admit(s, from, body, now) {
+            Ok(body) => body,
+            Err(reply) => return Response::Reply(*reply),
+        };
         match body {
             Body::Register(r) => {
                 let reg = match r.validate() {

@@ -35,6 +35,7 @@ pub mod large;
 pub mod locations;
 pub mod offices;
 pub mod registry;
+pub mod trust;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -151,6 +152,10 @@ pub struct Setup {
     pub key_path: PathBuf,
     pub db_path: PathBuf,
     pub clients_loaded: usize,
+    /// The pending one-time token for `connector activate` (printed at start).
+    pub connector_token: branchline_wire::connector::Token,
+    /// Where pending tokens are kept.
+    pub tokens_path: PathBuf,
 }
 
 /// A running server.
@@ -354,6 +359,18 @@ impl Server {
             source,
         })?;
 
+        let mut connectors_auth =
+            trust::ConnectorAuth::load(&opts.data_dir).map_err(|source| ServerError::DataDir {
+                path: opts.data_dir.join(trust::CREDENTIALS_FILE),
+                source,
+            })?;
+        let connector_token =
+            connectors_auth
+                .pending_token()
+                .map_err(|source| ServerError::DataDir {
+                    path: opts.data_dir.join(trust::TOKENS_FILE),
+                    source,
+                })?;
         let (writer, writer_task) = db::Writer::spawn(db.clone());
         let (push_tx, mut push_rx) = tokio::sync::mpsc::channel(PUSH_QUEUE);
         let state = Arc::new(ServerState {
@@ -371,6 +388,7 @@ impl Server {
             offices: Mutex::new(offices),
             deployments: Mutex::new(deploy::Deployments::load(deployments)),
             calls: Mutex::new(admin::Calls::default()),
+            connector_auth: Mutex::new(connectors_auth),
             push_tx,
         });
         let large_state = state.clone();
@@ -419,6 +437,8 @@ impl Server {
                 key_path: opts.data_dir.join(KEY_FILE),
                 db_path,
                 clients_loaded,
+                connector_token,
+                tokens_path: opts.data_dir.join(trust::TOKENS_FILE),
             },
             state,
             requester,

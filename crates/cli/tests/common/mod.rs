@@ -152,7 +152,25 @@ impl Bed {
             ],
         )
     }
+    /// Runs a connector command. Admin commands need the connector's credential (issue
+    /// #10): the first one enrols the connector with the server's pending token (its
+    /// credential lands beside the key file).
     pub fn connector(&self, key: &str, action: &[&str]) -> Output {
+        let admin = matches!(
+            action.first().copied(),
+            Some("publish" | "topology" | "deploy" | "status")
+        );
+        let credential = Path::new(key).with_file_name("connector.credential");
+        if admin && !credential.exists() {
+            let tokens = self.path("server/connector.tokens");
+            let out = self.connector_raw(key, &["activate", "--token-file", &tokens]);
+            assert!(out.status.success(), "enrolment: {out:?}");
+        }
+        self.connector_raw(key, action)
+    }
+
+    /// Runs a connector command as given.
+    pub fn connector_raw(&self, key: &str, action: &[&str]) -> Output {
         let mut args = vec![
             "connector",
             "--server",
