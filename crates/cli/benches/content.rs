@@ -249,6 +249,9 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
+    // Publishing needs the connector's credential (issue #10): enrol with the token.
+    let tokens = Path::new(&bench.key).with_file_name("connector.tokens");
+    bench.connector(&["activate", "--token-file", tokens.to_str().unwrap()]);
     let publish = |file: &Path, name: &str| -> String {
         let out = bench.connector(&[
             "publish",

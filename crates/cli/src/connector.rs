@@ -1,8 +1,12 @@
 //! `branchline connector ...`: requests to the server from the connector's reply port
 //! (34320) to the server's request port (34323).
 
+use branchline_transport::Clock;
 use branchline_transport::{Context, Requester, bind_udp};
-use branchline_wire::msg::{Activate, Health, HealthRequest};
+use branchline_wire::connector::{
+    NONCE_LEN, SECRET_LEN, Token, credential, enroll_proof, hex, unhex,
+};
+use branchline_wire::msg::{Activate, ConnectorEnroll, Health, HealthRequest};
 use branchline_wire::{Body, SOFTWARE_VERSION};
 use clap::Subcommand;
 
@@ -11,8 +15,21 @@ use crate::{Fail, exit};
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum Action {
-    /// Prove the deployment key to the server and record this connector.
-    Activate,
+    /// Prove the deployment key to the server and record this connector; with a token,
+    /// enrol it: admin commands (publish, topology apply, deploy, status) need the
+    /// connector credential this stores (mode 0600), never the deployment key alone.
+    Activate {
+        /// The one-time token the server printed at start (also in its data directory,
+        /// `connector.tokens`).
+        #[arg(long, env = "BRANCHLINE_CONNECTOR_TOKEN", value_name = "TOKEN")]
+        token: Option<String>,
+        /// Read the token from this file instead.
+        #[arg(long, value_name = "FILE", conflicts_with = "token")]
+        token_file: Option<std::path::PathBuf>,
+        /// This connector's name on the server. Default: the host's name.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
     /// Show the server's version, uptime, database state, clients and dropped datagrams.
     Health {
         /// Print one JSON object instead of a table.
@@ -76,10 +93,101 @@ pub enum ContentCommand {
     },
 }
 
-/// A connected connector: its requester on the reply port.
+/// A connected connector: its requester on the reply port, and its credential.
 pub struct Connector {
     req: Requester,
     server: std::net::SocketAddr,
+    credential_path: std::path::PathBuf,
+    credential: std::sync::Mutex<Option<(String, [u8; SECRET_LEN])>>,
+}
+
+/// Prefix of the connector credential file's single line: `blcc1 NAME HEX`.
+const CREDENTIAL_PREFIX: &str = "blcc1";
+
+/// Reads the credential file, if there is one; refuses one others can read.
+fn read_credential(path: &std::path::Path) -> Result<Option<(String, [u8; SECRET_LEN])>, Fail> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Fail::new(
+                exit::USAGE,
+                format!(
+                    "cannot read the connector credential {}: {e}",
+                    path.display()
+                ),
+            ));
+        }
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Fail::new(
+            exit::USAGE,
+            format!(
+                "the connector credential {} has mode {mode:o}, so other users can read it; run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ),
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Fail::new(
+            exit::USAGE,
+            format!(
+                "cannot read the connector credential {}: {e}",
+                path.display()
+            ),
+        )
+    })?;
+    let mut parts = text.split_whitespace();
+    match (parts.next(), parts.next(), parts.next().and_then(unhex)) {
+        (Some(CREDENTIAL_PREFIX), Some(name), Some(c)) => Ok(Some((name.to_owned(), c))),
+        _ => Err(Fail::new(
+            exit::USAGE,
+            format!(
+                "{} does not hold a connector credential; run `branchline connector activate --token TOKEN` again",
+                path.display()
+            ),
+        )),
+    }
+}
+
+fn write_credential(path: &std::path::Path, name: &str, c: &[u8; SECRET_LEN]) -> Result<(), Fail> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let fail = |e: std::io::Error| {
+        Fail::new(
+            exit::FAILURE,
+            format!(
+                "cannot write the connector credential {}: {e}",
+                path.display()
+            ),
+        )
+    };
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(fail)?;
+    writeln!(f, "{CREDENTIAL_PREFIX} {name} {}", hex(c)).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+/// A default connector name from the host's name: letters, digits, '.', '-', '_'.
+pub fn default_name() -> String {
+    let n: String = branchline_client::netinfo::hostname()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .take(64)
+        .collect();
+    if n.is_empty() { "connector".into() } else { n }
 }
 
 impl Connector {
@@ -93,12 +201,58 @@ impl Connector {
         Ok(Connector {
             req: Requester::new(socket, ctx),
             server: opts.server,
+            credential: std::sync::Mutex::new(read_credential(&opts.credential)?),
+            credential_path: opts.credential.clone(),
         })
     }
 
-    /// Sends one small message to the server and returns its answer.
+    /// Sends one small message to the server and returns its answer. Admin requests
+    /// travel signed with the connector's credential.
     pub async fn call(&self, body: Body) -> Result<Body, Fail> {
+        let body = if body.needs_connector() {
+            let cred = self.credential.lock().expect("credential lock").clone();
+            let Some((name, cred)) = cred else {
+                return Err(Fail::new(
+                    exit::USAGE,
+                    format!(
+                        "{} needs this connector's credential ({} does not exist): run `branchline connector activate --token TOKEN` with the token the server printed",
+                        body.kind(),
+                        self.credential_path.display()
+                    ),
+                ));
+            };
+            let now = branchline_transport::SystemClock.now_ms();
+            Body::ConnectorSigned(branchline_wire::connector::signed(
+                &cred,
+                &name,
+                now,
+                rand::random(),
+                body,
+            ))
+        } else {
+            body
+        };
         Ok(self.req.request(self.server, body).await?)
+    }
+
+    /// Enrols this connector with a one-time token and stores its credential (0600).
+    /// Returns whether the name was enrolled before.
+    pub async fn enroll(&self, token: &Token, name: &str) -> Result<bool, Fail> {
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let body = Body::ConnectorEnroll(ConnectorEnroll {
+            name: name.to_owned(),
+            nonce: nonce.to_vec(),
+            proof: enroll_proof(token, name, &nonce).to_vec(),
+        });
+        match self.req.request(self.server, body).await? {
+            Body::ConnectorEnrolled(ok) => {
+                let cred = credential(token, name);
+                write_credential(&self.credential_path, name, &cred)?;
+                *self.credential.lock().expect("credential lock") = Some((name.to_owned(), cred));
+                Ok(ok.replaced)
+            }
+            other => Err(unexpected("ConnectorEnroll", &other)),
+        }
     }
 
     pub async fn activate(&self) -> Result<(String, bool), Fail> {
@@ -197,7 +351,39 @@ pub fn health_table(server: std::net::SocketAddr, h: &Health) -> String {
 pub async fn run(opts: ConnectorOptions, action: Action) -> Result<(), Fail> {
     let c = Connector::open(&opts).await?;
     match action {
-        Action::Activate => {
+        Action::Activate {
+            token,
+            token_file,
+            name,
+        } => {
+            let token = match (token, token_file) {
+                (Some(t), _) => Some(t),
+                (None, Some(f)) => Some(std::fs::read_to_string(&f).map_err(|e| {
+                    Fail::new(exit::USAGE, format!("cannot read {}: {e}", f.display()))
+                })?),
+                (None, None) => None,
+            };
+            if let Some(text) = token {
+                // A token file may hold several; the first line is the one to use.
+                let first = text.lines().next().unwrap_or_default();
+                let token = Token::parse(first).ok_or_else(|| {
+                    Fail::new(
+                        exit::USAGE,
+                        "an activation token is `blct1_` followed by 64 hex digits",
+                    )
+                })?;
+                let name = name.unwrap_or_else(default_name);
+                let replaced = c.enroll(&token, &name).await?;
+                println!(
+                    "enrolled: connector {name:?}{}; its credential is in {} (mode 0600)",
+                    if replaced {
+                        " (replacing its earlier credential)"
+                    } else {
+                        ""
+                    },
+                    opts.credential.display()
+                );
+            }
             let (version, first) = c.activate().await?;
             println!(
                 "activated: the server at {} (version {version}) accepted this connector's key{}",

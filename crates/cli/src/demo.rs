@@ -190,11 +190,15 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
             server: (server_ip, config.ports.server.small_request).into(),
             reply: (addr(&args.net, 2)?, config.ports.connector.reply).into(),
             key: server.setup.key.clone(),
+            credential: dir.join("connector.credential"),
             retry,
             replay,
         })
         .await?,
     );
+    connector
+        .enroll(&server.setup.connector_token, "demo")
+        .await?;
     let (_, _) = connector.activate().await?;
     println!(
         "connector  {}:{} activated",

@@ -157,6 +157,9 @@ pub struct ConnectorArgs {
     /// Address to bind the connector's reply port (34320) on.
     #[arg(long, env = "BRANCHLINE_BIND", value_name = "IP")]
     bind: Option<IpAddr>,
+    /// The connector credential file. Default: `connector.credential` beside the key file.
+    #[arg(long, env = "BRANCHLINE_CONNECTOR_CREDENTIAL", value_name = "FILE")]
+    credential: Option<PathBuf>,
     #[command(subcommand)]
     action: connector::Action,
 }

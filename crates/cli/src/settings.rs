@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use branchline_client::{Client, ClientError, ClientOptions};
+use branchline_client::{Client, ClientOptions};
 use branchline_config::Config;
 use branchline_server::{Server, ServerOptions};
 use branchline_transport::{ReplayConfig, RetryPolicy, read_key_file};
@@ -56,6 +56,7 @@ pub fn policies(config: &Config) -> (RetryPolicy, ReplayConfig) {
     };
     let replay = ReplayConfig {
         window: Duration::from_secs_f64(t.replay_window_s),
+        future_skew: Duration::from_secs_f64(t.replay_future_skew_s),
         ..ReplayConfig::default()
     };
     (retry, replay)
@@ -169,6 +170,8 @@ pub struct ConnectorOptions {
     pub server: std::net::SocketAddr,
     pub reply: std::net::SocketAddr,
     pub key: branchline_wire::DeploymentKey,
+    /// The connector credential file (written by `activate --token`).
+    pub credential: PathBuf,
     pub retry: RetryPolicy,
     pub replay: ReplayConfig,
 }
@@ -187,11 +190,22 @@ pub fn connector(
     let key = read_key_file(&key_file).map_err(|e| Fail::new(exit::USAGE, e.to_string()))?;
     let server = required(args.server.or(c.server), "--server", "connector.server")?;
     let bind = args.bind.unwrap_or(c.bind);
+    // Beside the key file unless set.
+    let credential = args
+        .credential
+        .or(c.credential_file.clone())
+        .unwrap_or_else(|| {
+            key_file
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("connector.credential")
+        });
     Ok((
         ConnectorOptions {
             server: (server, config.ports.server.small_request).into(),
             reply: (bind, config.ports.connector.reply).into(),
             key,
+            credential,
             retry,
             replay,
         },
@@ -227,13 +241,14 @@ pub async fn run_server(opts: ServerOptions) -> Result<(), Fail> {
         println!("  database: {}", s.db_path.display());
         println!();
         println!(
-            "Deployment key (shown once; kept in {}, mode 0600):",
+            "Deployment key: {} (mode 0600; never printed)",
             s.key_path.display()
         );
+        println!("  fingerprint: {}", s.key.fingerprint());
         println!();
-        println!("  {}", s.key.to_text());
-        println!();
-        println!("Give clients and the connector a copy of that file (keep it secret), e.g.:");
+        println!(
+            "Give clients and the connector a copy of that file (keep it secret, mode 0600), e.g.:"
+        );
         println!(
             "  branchline client --server <this host's IP> --key-file deployment.key --data-dir /var/lib/branchline"
         );
@@ -263,12 +278,23 @@ pub async fn run_server(opts: ServerOptions) -> Result<(), Fail> {
         }
         tracing::info!(admin = %a.addr, tls = a.tls, "admin endpoint ready");
     }
+    println!(
+        "Connector activation token (one use; kept in {}):",
+        s.tokens_path.display()
+    );
+    println!("  {}", s.connector_token.to_text());
+    println!(
+        "  branchline connector --server <this host's IP> --key-file deployment.key activate --token <token>"
+    );
+    println!();
     tracing::info!(
         %bind,
         small_request = ports.small_request,
         small_reply = ports.small_reply,
         clients = s.clients_loaded,
         db = %s.db_path.display(),
+        key_file = %s.key_path.display(),
+        key_fingerprint = %s.key.fingerprint(),
         "server ready"
     );
     shutdown_signal().await;
@@ -291,7 +317,6 @@ pub async fn run_client(opts: ClientOptions) -> Result<(), Fail> {
     client.shutdown().await;
     match outcome {
         None => Ok(()),
-        Some(e @ ClientError::KeyMismatch(_)) => Err(Fail::new(exit::KEY_MISMATCH, e.to_string())),
         Some(e) => Err(Fail::new(exit::FAILURE, e.to_string())),
     }
 }

@@ -100,24 +100,32 @@ fn foundation_end_to_end() {
 
     // A wrong key is refused with the key message, not a time-out.
     let wrong = bed.path("wrong.key");
-    std::fs::write(&wrong, format!("blk1_{}\n", "ab".repeat(32))).unwrap();
+    write_key(&wrong, &format!("blk1_{}\n", "ab".repeat(32)));
     let out = bed.connector(&wrong, &["health"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("deployment key does not match"), "{err}");
-    let out = run(&[
-        "client",
-        "--server",
-        &bed.ip(1),
-        "--key-file",
-        &wrong,
-        "--data-dir",
-        &bed.path("client9"),
-        "--bind",
-        &bed.ip(19),
-    ]);
-    assert_eq!(out.status.code(), Some(3), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("deployment key does not match"));
+    // A client daemon with the wrong key does not exit on the (unauthenticated) notice
+    // (issue #10: anyone able to forge the server's address could stop it otherwise): it
+    // logs the mismatch and keeps retrying. Before #10 it exited with code 3.
+    let mut wrong_client = bed.client(9, &wrong);
+    wait_for(
+        "the wrong-key client to log the mismatch",
+        Duration::from_secs(20),
+        &[&wrong_client],
+        || {
+            std::fs::read_to_string(&wrong_client.log)
+                .unwrap_or_default()
+                .contains("deployment key does not match")
+                .then_some(())
+        },
+    );
+    assert!(
+        wrong_client.child.try_wait().unwrap().is_none(),
+        "the client kept running\n{}",
+        wrong_client.log()
+    );
+    wrong_client.kill9();
 
     // 10,000 random datagrams: every one is dropped and counted, the server stays healthy.
     let before = bed.health(&key).unwrap();
@@ -212,7 +220,7 @@ fn bad_cache_size_is_refused_by_key() {
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, "[client]\ncache_size = \"lots\"\n").unwrap();
     let key = dir.path().join("k.key");
-    std::fs::write(&key, format!("blk1_{}\n", "01".repeat(32))).unwrap();
+    write_key(&key, &format!("blk1_{}\n", "01".repeat(32)));
     let out = run(&[
         "--config",
         cfg.to_str().unwrap(),
@@ -235,7 +243,7 @@ fn unreachable_server_is_a_clear_error_after_the_deadline() {
     let cfg = bed.path("fast.toml");
     std::fs::write(&cfg, "[transport]\nrequest_deadline_s = 1.0\n").unwrap();
     let key = bed.path("k.key");
-    std::fs::write(&key, format!("blk1_{}\n", "01".repeat(32))).unwrap();
+    write_key(&key, &format!("blk1_{}\n", "01".repeat(32)));
     let out = run(&[
         "--config",
         &cfg,

@@ -3,7 +3,6 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use branchline_wire::ClientId;
@@ -43,11 +42,7 @@ impl DataDirLock {
             path: dir.to_owned(),
             source,
         };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(err)?;
+        branchline_transport::ensure_private_dir(dir).map_err(err)?;
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)

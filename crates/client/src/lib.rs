@@ -4,8 +4,10 @@
 //! client port of the seed table, registers with the server and heartbeats at a fixed
 //! interval. When the server stops answering it keeps trying with backoff and registers
 //! again as soon as the server is back; when the server has forgotten it (a heartbeat is
-//! answered "unknown"), it registers again at once. A deployment key that does not match
-//! the server's is fatal: nothing will ever work, so the daemon stops with that message.
+//! answered "unknown"), it registers again at once. A key-mismatch notice from the server
+//! is never fatal: the notice is unauthenticated, so anyone who can forge the server's
+//! source address could otherwise stop the daemon. The daemon logs it as an error, shows
+//! it in its status and keeps retrying with backoff (a rotated key may yet arrive).
 //!
 //! * [`identity`]: the client id file and the data-directory lock.
 //! * [`netinfo`]: host name, address, subnet and free space reported to the server.
@@ -30,7 +32,7 @@ use std::time::{Duration, Instant};
 use branchline_config::{ClientPorts, ServerPorts};
 use branchline_transport::{
     BindError, Context, Handler, ReplayConfig, RequestError, Requester, Responder, Response,
-    RetryPolicy, bind_udp, serve_reserved,
+    RetryPolicy, bind_small, bind_udp, serve_reserved,
 };
 use branchline_wire::msg::{
     Ack, Assign, ErrorCode, ErrorReply, Heartbeat, MAX_ASSIGNMENTS, Register, RegisterOk,
@@ -75,8 +77,6 @@ pub enum ClientError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Bind(#[from] BindError),
-    #[error("{0}")]
-    KeyMismatch(RequestError),
     #[error("the server refused this client's registration: {0}")]
     Refused(RequestError),
     #[error("client identity (QUIC key) in {dir}: {message}")]
@@ -194,8 +194,8 @@ impl Client {
         ctx.replay = opts.replay;
 
         let (ip, p) = (opts.bind, opts.ports);
-        let request = bind_udp(ip, p.small_request, "client.small_request").await?;
-        let reply = bind_udp(ip, p.small_reply, "client.small_reply").await?;
+        let request = bind_small(ip, p.small_request, "client.small_request").await?;
+        let reply = bind_small(ip, p.small_reply, "client.small_reply").await?;
         let broadcast_port = bind_udp(ip, p.broadcast, "client.broadcast").await?;
         let adaptive = bind_udp(ip, p.adaptive, "client.adaptive").await?;
         // Held until the first certificate arrives; then QUIC takes these ports over.
@@ -476,6 +476,14 @@ async fn report(svc: &Services, cache: &Cache<FsStorage>, ids: Vec<branchline_st
     }
 }
 
+/// Shows a key-mismatch notice in the status (the daemon keeps running).
+fn key_mismatch(status: &watch::Sender<Status>, e: &RequestError) {
+    let _ = status.send(Status::Unreachable {
+        since: Instant::now(),
+        error: e.to_string(),
+    });
+}
+
 async fn run(
     opts: ClientOptions,
     id: ClientId,
@@ -556,7 +564,14 @@ async fn run(
                 failures += 1;
                 continue;
             }
-            Err(e @ RequestError::KeyMismatch { .. }) => return fail(ClientError::KeyMismatch(e)),
+            Err(e @ RequestError::KeyMismatch { .. }) => {
+                // Unauthenticated, so never final: say so loudly and keep trying.
+                tracing::error!(error = %e, "registration refused with a key-mismatch notice; retrying");
+                key_mismatch(&status, &e);
+                tokio::time::sleep(registration_backoff(failures)).await;
+                failures += 1;
+                continue;
+            }
             Err(
                 e @ RequestError::Refused {
                     code: ErrorCode::Invalid,
@@ -626,7 +641,9 @@ async fn run(
                 }
                 Ok(other) => tracing::warn!(reply = other.kind(), "unexpected reply to Heartbeat"),
                 Err(e @ RequestError::KeyMismatch { .. }) => {
-                    return fail(ClientError::KeyMismatch(e));
+                    tracing::error!(error = %e, "heartbeat refused with a key-mismatch notice; registering again");
+                    key_mismatch(&status, &e);
+                    break;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "heartbeat failed; registering again when the server answers");

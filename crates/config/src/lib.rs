@@ -140,6 +140,9 @@ pub struct ConnectorConfig {
     pub key_file: Option<PathBuf>,
     /// Address to bind the connector's reply port on. Default `0.0.0.0`.
     pub bind: IpAddr,
+    /// The connector credential file, written by `connector activate --token`. Default:
+    /// `connector.credential` beside the key file.
+    pub credential_file: Option<PathBuf>,
 }
 
 impl Default for ConnectorConfig {
@@ -148,6 +151,7 @@ impl Default for ConnectorConfig {
             server: None,
             key_file: None,
             bind: any(),
+            credential_file: None,
         }
     }
 }
@@ -162,8 +166,11 @@ pub struct TransportConfig {
     pub max_retry_s: f64,
     /// Seconds after which an unanswered request fails. Default 10.
     pub request_deadline_s: f64,
-    /// Largest accepted clock difference between sender and receiver, seconds. Default 120.
+    /// Oldest accepted send time, seconds behind the receiver's clock. Default 120.
     pub replay_window_s: f64,
+    /// Newest accepted send time, seconds ahead of the receiver's clock. Kept small, so a
+    /// flood dated ahead cannot hold the replay guard for long. Default 5.
+    pub replay_future_skew_s: f64,
 }
 
 impl Default for TransportConfig {
@@ -173,6 +180,7 @@ impl Default for TransportConfig {
             max_retry_s: 4.0,
             request_deadline_s: 10.0,
             replay_window_s: 120.0,
+            replay_future_skew_s: 5.0,
         }
     }
 }

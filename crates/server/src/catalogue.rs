@@ -19,6 +19,8 @@ pub const CHUNK: usize = 1024;
 pub const MAX_MAP: usize = 8 << 20;
 /// Most uploads in progress at once (an upload is memory until committed).
 pub const MAX_UPLOADS: usize = 64;
+/// Most published items (a quota, so a catalogue cannot grow without bound).
+pub const MAX_ITEMS: usize = 100_000;
 /// An upload with no chunk for this long is dropped (ms).
 pub const UPLOAD_IDLE_MS: u64 = 10 * 60 * 1000;
 
@@ -59,6 +61,16 @@ pub enum PublishError {
         "{id} is already published with different metadata ({what}); publish it under one name and version"
     )]
     Conflict { id: ContentId, what: String },
+    #[error(
+        "{name}@{version} is already published with other bytes ({existing}); a name and version name one content item for ever: publish the new bytes under a new version"
+    )]
+    NameTaken {
+        name: String,
+        version: String,
+        existing: ContentId,
+    },
+    #[error("the catalogue holds its maximum of {MAX_ITEMS} items")]
+    TooManyItems,
 }
 
 /// What a `PublishBegin` found.
@@ -74,6 +86,9 @@ pub enum Begin {
 pub struct Catalogue {
     items: HashMap<ContentId, Item>,
     uploads: HashMap<ContentId, Upload>,
+    /// name@version of every item published or committed (being stored), so two
+    /// different contents can never share one.
+    names: HashMap<(String, String), ContentId>,
 }
 
 impl Catalogue {
@@ -83,8 +98,23 @@ impl Catalogue {
 
     /// Adds an item read back from the database.
     pub fn load(&mut self, item: Item) {
-        self.items
-            .insert(ContentId::from_bytes(item.meta.content_id), item);
+        let id = ContentId::from_bytes(item.meta.content_id);
+        self.names
+            .entry((item.meta.name.clone(), item.meta.version.clone()))
+            .or_insert(id);
+        self.items.insert(id, item);
+    }
+
+    /// Refuses `meta` when its name@version belongs to another content item.
+    fn check_name(&self, id: &ContentId, meta: &Meta) -> Result<(), PublishError> {
+        match self.names.get(&(meta.name.clone(), meta.version.clone())) {
+            Some(existing) if existing != id => Err(PublishError::NameTaken {
+                name: meta.name.clone(),
+                version: meta.version.clone(),
+                existing: *existing,
+            }),
+            _ => Ok(()),
+        }
     }
 
     pub fn get(&self, id: &ContentId) -> Option<&Item> {
@@ -136,6 +166,10 @@ impl Catalogue {
                     what: differences(&item.meta, &meta),
                 })
             };
+        }
+        self.check_name(&id, &meta)?;
+        if self.items.len() >= MAX_ITEMS {
+            return Err(PublishError::TooManyItems);
         }
         if map_len > MAX_MAP {
             return Err(PublishError::MapTooLarge(map_len));
@@ -196,6 +230,7 @@ impl Catalogue {
             return Ok(None);
         }
         let u = self.uploads.get(id).ok_or(PublishError::NoUpload(*id))?;
+        self.check_name(id, &u.meta)?;
         let missing = u.got.iter().filter(|g| !**g).count();
         if missing > 0 {
             return Err(PublishError::Incomplete {
@@ -220,6 +255,8 @@ impl Catalogue {
             return Err(PublishError::BadMap(e));
         }
         let u = self.uploads.remove(id).expect("checked above");
+        self.names
+            .insert((u.meta.name.clone(), u.meta.version.clone()), *id);
         Ok(Some(Item {
             meta: u.meta,
             map: Arc::new(map),
@@ -310,6 +347,32 @@ mod tests {
         assert_eq!(c.find("app", None).unwrap().meta, meta);
         assert_eq!(c.find("app", Some("1.0")).unwrap().meta, meta);
         assert!(c.find("app", Some("2.0")).is_none());
+    }
+
+    /// Issue #10: app@1.0 names one content item for ever; other bytes are refused, even
+    /// while the first is still being stored.
+    #[test]
+    fn name_and_version_are_unique() {
+        let (meta, map) = content(100_000);
+        let (mut other_meta, other_map) = content(100_001);
+        other_meta.name = meta.name.clone();
+        other_meta.version = meta.version.clone();
+        let mut c = Catalogue::new();
+        upload(&mut c, &meta, &map.encode());
+        let item = c.commit(&map.id(), 1).unwrap().unwrap();
+        // Committed, not yet inserted (being stored): already taken.
+        assert!(matches!(
+            c.begin(other_meta.clone(), other_map.encode().len(), 2),
+            Err(PublishError::NameTaken { .. })
+        ));
+        c.insert(item);
+        let err = c
+            .begin(other_meta.clone(), other_map.encode().len(), 3)
+            .unwrap_err();
+        assert!(err.to_string().contains("app@1.0"), "{err}");
+        other_meta.version = "1.1".into();
+        upload(&mut c, &other_meta, &other_map.encode());
+        assert!(c.commit(&other_map.id(), 4).unwrap().is_some());
     }
 
     #[test]

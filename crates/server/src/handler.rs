@@ -51,6 +51,8 @@ pub struct ServerState {
     pub calls: Mutex<crate::admin::Calls>,
     /// The latest drop counters each client reported with its heartbeat.
     pub client_drops: Mutex<ClientDrops>,
+    /// Enrolled connectors: admin requests need one's credential (issue #10).
+    pub connector_auth: Mutex<crate::trust::ConnectorAuth>,
     /// Server-initiated small messages (assignments) to send from the reply port.
     pub push_tx: tokio::sync::mpsc::Sender<(SocketAddr, Assign)>,
 }
@@ -184,7 +186,7 @@ impl ServerState {
     }
 }
 
-fn error(code: ErrorCode, detail: String, now_ms: u64) -> Body {
+pub(crate) fn error(code: ErrorCode, detail: String, now_ms: u64) -> Body {
     Body::Error(ErrorReply {
         code: code as i32,
         detail,
@@ -238,6 +240,11 @@ impl Handler for ServerHandler {
     fn handle(&self, from: SocketAddr, body: Body) -> Response {
         let s = &self.0;
         let now = s.clock.now_ms();
+        // Admin requests count only inside a connector-signed message (issue #10).
+        let body = match crate::trust::admit(s, from, body, now) {
+            Ok(body) => body,
+            Err(reply) => return Response::Reply(*reply),
+        };
         match body {
             Body::Register(r) => {
                 let reg = match r.validate() {

@@ -36,10 +36,10 @@ pub mod large;
 pub mod locations;
 pub mod offices;
 pub mod registry;
+pub mod trust;
 pub mod web;
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -52,7 +52,8 @@ use branchline_quic::{
 };
 use branchline_transport::{
     BindError, Clock, Context, KeyFileError, ReplayConfig, Requester, Responder, RetryPolicy,
-    SystemClock, bind_udp, create_key_file, read_key_file, serve_reserved,
+    SystemClock, bind_small, bind_udp, create_key_file, ensure_private_dir, read_key_file,
+    restrict_file, serve_reserved,
 };
 use branchline_wire::DeploymentKey;
 use rand::Rng;
@@ -163,6 +164,10 @@ pub struct Setup {
     pub clients_loaded: usize,
     /// The admin endpoint, when it is on.
     pub admin: Option<web::AdminInfo>,
+    /// The pending one-time token for `connector activate` (printed at start).
+    pub connector_token: branchline_wire::connector::Token,
+    /// Where pending tokens are kept.
+    pub tokens_path: PathBuf,
 }
 
 /// A running server.
@@ -180,14 +185,10 @@ pub struct Server {
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<(DeploymentKey, bool), ServerError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| ServerError::DataDir {
-            path: dir.to_owned(),
-            source,
-        })?;
+    ensure_private_dir(dir).map_err(|source| ServerError::DataDir {
+        path: dir.to_owned(),
+        source,
+    })?;
     let key_path = dir.join(KEY_FILE);
     if key_path.exists() {
         return Ok((read_key_file(&key_path)?, false));
@@ -204,6 +205,15 @@ impl Server {
         let (key, created_key) = prepare_data_dir(&opts.data_dir)?;
         let db_path = opts.data_dir.join(DB_FILE);
         let db = Db::open(&db_path).await?;
+        // Not readable by others, whatever the umask made of them.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = db_path.clone().into_os_string();
+            p.push(suffix);
+            restrict_file(Path::new(&p)).map_err(|source| ServerError::DataDir {
+                path: PathBuf::from(p.clone()),
+                source,
+            })?;
+        }
         let records = db.load_clients().await?;
         let connectors = db.count_connectors().await?;
         let contents = db.load_contents().await?;
@@ -260,8 +270,8 @@ impl Server {
         // Bind everything before spawning anything, so a port conflict leaves nothing behind.
         let p = opts.ports;
         let ip = opts.bind;
-        let request = bind_udp(ip, p.small_request, "server.small_request").await?;
-        let reply = bind_udp(ip, p.small_reply, "server.small_reply").await?;
+        let request = bind_small(ip, p.small_request, "server.small_request").await?;
+        let reply = bind_small(ip, p.small_reply, "server.small_reply").await?;
         let large_request = SocketAddr::new(ip, p.large_fg_request);
         let large = LargeMessaging::bind(
             large_request,
@@ -373,6 +383,18 @@ impl Server {
             source,
         })?;
 
+        let mut connectors_auth =
+            trust::ConnectorAuth::load(&opts.data_dir).map_err(|source| ServerError::DataDir {
+                path: opts.data_dir.join(trust::CREDENTIALS_FILE),
+                source,
+            })?;
+        let connector_token =
+            connectors_auth
+                .pending_token()
+                .map_err(|source| ServerError::DataDir {
+                    path: opts.data_dir.join(trust::TOKENS_FILE),
+                    source,
+                })?;
         let (writer, writer_task) = db::Writer::spawn(db.clone());
         let (push_tx, mut push_rx) = tokio::sync::mpsc::channel(PUSH_QUEUE);
         let state = Arc::new(ServerState {
@@ -391,6 +413,7 @@ impl Server {
             deployments: Mutex::new(deploy::Deployments::load(deployments)),
             calls: Mutex::new(admin::Calls::default()),
             client_drops: Mutex::new(handler::ClientDrops::default()),
+            connector_auth: Mutex::new(connectors_auth),
             push_tx,
         });
         let large_state = state.clone();
@@ -450,6 +473,8 @@ impl Server {
                 db_path,
                 clients_loaded,
                 admin: admin_info,
+                connector_token,
+                tokens_path: opts.data_dir.join(trust::TOKENS_FILE),
             },
             state,
             requester,

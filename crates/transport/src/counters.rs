@@ -37,6 +37,8 @@ pub enum DropReason {
     Unsupported,
     /// Arrived on a port whose protocol this build does not serve yet.
     ReservedPort,
+    /// The sender (source address) already holds its whole quota of remembered messages.
+    OverQuota,
     /// A subnet-discovery datagram from outside this node's subnet.
     OutOfSubnet,
     /// More discovery requests than this node answers (rate limit).
@@ -44,7 +46,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::Oversized,
         DropReason::TooShort,
         DropReason::BadMagic,
@@ -60,6 +62,7 @@ impl DropReason {
         DropReason::Invalid,
         DropReason::Unsupported,
         DropReason::ReservedPort,
+        DropReason::OverQuota,
         DropReason::OutOfSubnet,
         DropReason::RateLimited,
     ];
@@ -82,6 +85,7 @@ impl DropReason {
             DropReason::Invalid => "invalid",
             DropReason::Unsupported => "unsupported",
             DropReason::ReservedPort => "reserved_port",
+            DropReason::OverQuota => "over_quota",
             DropReason::OutOfSubnet => "out_of_subnet",
             DropReason::RateLimited => "rate_limited",
         }

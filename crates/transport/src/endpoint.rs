@@ -163,6 +163,7 @@ impl Responder {
             }
             let now = ctx.clock.now_ms();
             let verdict = guard.lock().expect("replay guard lock").check(
+                from,
                 envelope.msg_id,
                 envelope.sent_at_ms,
                 now,
@@ -170,6 +171,8 @@ impl Responder {
             match verdict {
                 Verdict::Fresh => {}
                 Verdict::Answered(bytes) => {
+                    // Only ever to the address the original came from (the guard checks),
+                    // a few times at most.
                     ctx.counters.count(DropReason::Duplicate);
                     let _ = socket.send_to(&bytes, from).await;
                     continue;
@@ -178,21 +181,16 @@ impl Responder {
                     ctx.counters.count(DropReason::Duplicate);
                     continue;
                 }
+                Verdict::OverQuota => {
+                    ctx.counters.count(DropReason::OverQuota);
+                    continue;
+                }
                 Verdict::OutOfWindow { skew_ms } => {
+                    // No answer: a replayed capture with a spoofed source must not make
+                    // this node send anything to anyone. The sender times out; its error
+                    // names the clock as a possible cause.
                     ctx.counters.count(DropReason::OutOfWindow);
-                    let body = Body::Error(ErrorReply {
-                        code: ErrorCode::ClockSkew as i32,
-                        detail: format!(
-                            "message sent {:.1} s {} this node's clock; the limit is {} s",
-                            skew_ms.unsigned_abs() as f64 / 1000.0,
-                            if skew_ms < 0 { "behind" } else { "ahead of" },
-                            ctx.replay.window.as_secs()
-                        ),
-                        receiver_time_ms: now,
-                    });
-                    if let Some(bytes) = seal_reply(&ctx, header.key_id, envelope.msg_id, body) {
-                        let _ = socket.send_to(&bytes, from).await;
-                    }
+                    tracing::debug!(%from, skew_ms, "dropped a message outside the replay window");
                     continue;
                 }
             }
@@ -284,7 +282,7 @@ fn is_transient(e: &io::Error) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     #[error(
-        "no answer from {to} after {attempts} attempts in {elapsed:.1?}: check that the peer is running, that UDP port {} is open towards it and that the reply port {reply_port} is open back to this host{}",
+        "no answer from {to} after {attempts} attempts in {elapsed:.1?}: check that the peer is running, that UDP port {} is open towards it, that the reply port {reply_port} is open back to this host and that this host's clock agrees with the peer's (NTP; a message dated outside the peer's replay window is dropped unanswered){}",
         to.port(),
         last_error.as_ref().map(|e| format!(" (last send error: {e})")).unwrap_or_default()
     )]
@@ -338,6 +336,8 @@ enum Outcome {
 struct Pending {
     tx: oneshot::Sender<Outcome>,
     nonce: [u8; 12],
+    /// Where the request went: the only address whose key-mismatch notice counts.
+    to: SocketAddr,
 }
 
 #[derive(Default)]
@@ -428,8 +428,8 @@ impl Requester {
     async fn receive_loop(inner: Arc<RequesterInner>) {
         let mut buf = vec![0u8; RECV_BUF];
         loop {
-            let n = match inner.socket.recv_from(&mut buf).await {
-                Ok((n, _)) => n,
+            let (n, from) = match inner.socket.recv_from(&mut buf).await {
+                Ok(x) => x,
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => {
                     *inner.closed.lock().expect("closed lock") = Some(e.to_string());
@@ -460,14 +460,26 @@ impl Requester {
                     responder_key,
                     echoed_nonce,
                 }) => {
+                    // The notice is unauthenticated: it counts only if it echoes the nonce
+                    // of a request still outstanding *and* comes from the address that
+                    // request went to. Anything else is counted and ignored.
                     let mut t = inner.pending.lock().expect("pending lock");
-                    match t.by_nonce.remove(&echoed_nonce) {
+                    let matching = t
+                        .by_nonce
+                        .get(&echoed_nonce)
+                        .copied()
+                        .filter(|id| t.by_id.get(id).is_some_and(|p| p.to == from));
+                    match matching {
                         Some(id) => {
+                            t.by_nonce.remove(&echoed_nonce);
                             if let Some(p) = t.by_id.remove(&id) {
                                 let _ = p.tx.send(Outcome::KeyMismatch(responder_key));
                             }
                         }
-                        None => counters.count(DropReason::Unsolicited),
+                        None => {
+                            tracing::debug!(%from, "ignored a key-mismatch notice nobody waits for from that address");
+                            counters.count(DropReason::Unsolicited)
+                        }
                     }
                 }
                 Err(e) => counters.count(DropReason::from(e)),
@@ -505,7 +517,7 @@ impl Requester {
                 return Err(RequestError::Closed(reason));
             }
             let mut t = self.inner.pending.lock().expect("pending lock");
-            t.by_id.insert(msg_id, Pending { tx, nonce });
+            t.by_id.insert(msg_id, Pending { tx, nonce, to });
             t.by_nonce.insert(nonce, msg_id);
         }
         let _cleanup = PendingGuard {

@@ -20,6 +20,10 @@ pub enum KeyFileError {
         path: PathBuf,
         source: KeyParseError,
     },
+    #[error(
+        "the deployment key file {path} has mode {mode:o}, so other users can read it; run `chmod 600 {path}` (and keep it secret)"
+    )]
+    TooOpen { path: PathBuf, mode: u32 },
     #[error("cannot create the deployment key file {path}: {source}")]
     Create {
         path: PathBuf,
@@ -27,8 +31,19 @@ pub enum KeyFileError {
     },
 }
 
-/// Reads a deployment key from `path`.
+/// Reads a deployment key from `path`, refusing a file that group or others may access.
 pub fn read_key_file(path: &Path) -> Result<DeploymentKey, KeyFileError> {
+    let meta = std::fs::metadata(path).map_err(|source| KeyFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyFileError::TooOpen {
+            path: path.to_owned(),
+            mode,
+        });
+    }
     let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
         path: path.to_owned(),
         source,
@@ -59,6 +74,41 @@ pub fn create_key_file(path: &Path, key: &DeploymentKey) -> Result<(), KeyFileEr
     Ok(())
 }
 
+/// Creates `dir` (and its parents) with mode 0700, and narrows an existing `dir` that group
+/// or others may enter to 0700 (logged), so nothing inside (keys, databases, caches) is
+/// reachable by other users. Returns whether the mode had to be narrowed.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(false);
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
+    tracing::warn!(
+        dir = %dir.display(),
+        was = format!("{mode:o}"),
+        now = format!("{:o}", mode & 0o700),
+        "data directory was open to other users; narrowed it"
+    );
+    Ok(true)
+}
+
+/// Narrows `path` to mode 0600 if it exists (a database and its journal files).
+pub fn restrict_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,11 +128,35 @@ mod tests {
             create_key_file(&path, &key),
             Err(KeyFileError::Create { .. })
         ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let msg = read_key_file(&path).unwrap_err().to_string();
+        assert!(msg.contains("chmod 600"), "{msg}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&path, "garbage").unwrap();
         let msg = read_key_file(&path).unwrap_err().to_string();
         assert!(msg.contains("does not hold a deployment key"), "{msg}");
         std::fs::remove_dir_all(&dir).unwrap();
         let msg = read_key_file(&path).unwrap_err().to_string();
         assert!(msg.contains("cannot read"), "{msg}");
+    }
+
+    #[test]
+    fn data_directories_are_private() {
+        let root = std::env::temp_dir().join(format!("bl-private-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("a/b");
+        assert!(!ensure_private_dir(&dir).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(ensure_private_dir(&dir).unwrap(), "narrowed");
+        assert_eq!(mode(&dir), 0o700);
+        let f = dir.join("db");
+        std::fs::write(&f, "x").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        restrict_file(&f).unwrap();
+        assert_eq!(mode(&f), 0o600);
+        restrict_file(&dir.join("absent")).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -24,11 +24,15 @@ pub mod ratelimit;
 pub mod replay;
 pub mod retry;
 
-pub use bind::{BindError, bind_udp, serve_reserved};
+pub use bind::{
+    BindError, SMALL_RECV_BUFFER, bind_small, bind_udp, enlarge_receive_buffer, serve_reserved,
+};
 pub use counters::{Counters, DropReason};
 pub use endpoint::{
     Clock, Context, Handler, RequestError, Requester, Responder, Response, SystemClock,
 };
-pub use keyfile::{KeyFileError, create_key_file, read_key_file};
+pub use keyfile::{
+    KeyFileError, create_key_file, ensure_private_dir, read_key_file, restrict_file,
+};
 pub use replay::ReplayConfig;
 pub use retry::RetryPolicy;

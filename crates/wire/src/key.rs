@@ -66,6 +66,19 @@ impl DeploymentKey {
         s
     }
 
+    /// A fingerprint to show people instead of the key: 128 bits derived with HKDF
+    /// (`info = "fingerprint"`), as 8 groups of 4 hex digits. It identifies the key (two
+    /// files hold the same key when their fingerprints agree) and reveals nothing of it.
+    pub fn fingerprint(&self) -> String {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(&self.0);
+        let mut fp = [0u8; 16];
+        fill(&prk, b"fingerprint", &mut fp);
+        fp.chunks(2)
+            .map(|c| format!("{:02x}{:02x}", c[0], c[1]))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
     /// Derives the keys used on the wire.
     pub fn derive(&self) -> SealingKey {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(&self.0);
@@ -184,6 +197,16 @@ impl fmt::Debug for SealingKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprint_identifies_the_key_without_showing_it() {
+        let k = DeploymentKey::from_bytes([7; 32]);
+        let fp = k.fingerprint();
+        assert_eq!(fp.len(), 8 * 4 + 7, "{fp}");
+        assert_eq!(fp, DeploymentKey::from_bytes([7; 32]).fingerprint());
+        assert_ne!(fp, DeploymentKey::from_bytes([8; 32]).fingerprint());
+        assert!(!k.to_text().contains(&fp.replace(':', "")[..8]));
+    }
 
     #[test]
     fn text_round_trip() {

@@ -11,9 +11,11 @@
 //! * [`msg`]: the message schema and its evolution rules.
 //! * [`large`]: the schema of large messages (QUIC), same rules.
 //! * [`validate`]: typed values that handlers act on.
+//! * [`connector`]: the connector's own credential (tokens, enrolment, signed admin requests).
 //!
 //! The protocol is written down for people in `docs/protocol.md`.
 
+pub mod connector;
 pub mod frame;
 pub mod key;
 pub mod large;

@@ -21,7 +21,7 @@ pub struct Envelope {
     pub in_reply_to: u64,
     #[prost(
         oneof = "Body",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 40, 41, 42"
     )]
     pub body: Option<Body>,
 }
@@ -103,6 +103,18 @@ pub enum Body {
     /// this content. Answered with [`Ack`].
     #[prost(message, tag = "32")]
     IHave(IHave),
+    // Tags 31-39 are reserved for the offices work; trust (issue #10) uses 40-59.
+    /// connector -> server: enrol this connector with a one-time token (the token itself
+    /// never travels: `proof` is an HMAC keyed by it). Answered with [`ConnectorEnrolled`].
+    #[prost(message, tag = "40")]
+    ConnectorEnroll(ConnectorEnroll),
+    /// server -> connector: reply to [`ConnectorEnroll`].
+    #[prost(message, tag = "41")]
+    ConnectorEnrolled(ConnectorEnrolled),
+    /// connector -> server: an admin request (publish, admin calls) authenticated with
+    /// the connector's own credential. Answered as the request inside it.
+    #[prost(message, tag = "42")]
+    ConnectorSigned(ConnectorSigned),
 }
 
 impl Body {
@@ -132,8 +144,67 @@ impl Body {
             Body::Assign(_) => "Assign",
             Body::WhoHas(_) => "WhoHas",
             Body::IHave(_) => "IHave",
+            Body::ConnectorEnroll(_) => "ConnectorEnroll",
+            Body::ConnectorEnrolled(_) => "ConnectorEnrolled",
+            Body::ConnectorSigned(_) => "ConnectorSigned",
         }
     }
+
+    /// Whether the server acts on this request only inside [`ConnectorSigned`], i.e. with
+    /// the connector's credential and never with the deployment key alone.
+    pub fn needs_connector(&self) -> bool {
+        matches!(
+            self,
+            Body::PublishBegin(_)
+                | Body::PublishChunk(_)
+                | Body::PublishCommit(_)
+                | Body::AdminChunk(_)
+                | Body::AdminRun(_)
+        )
+    }
+}
+
+/// See [`Body::ConnectorEnroll`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConnectorEnroll {
+    /// The connector's name (a host-name-like label).
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// 16 random bytes.
+    #[prost(bytes = "vec", tag = "2")]
+    pub nonce: Vec<u8>,
+    /// HMAC-SHA256 keyed by the token (see `branchline_wire::connector`).
+    #[prost(bytes = "vec", tag = "3")]
+    pub proof: Vec<u8>,
+}
+
+/// See [`Body::ConnectorEnrolled`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConnectorEnrolled {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// True when the name had a credential before (it is replaced).
+    #[prost(bool, tag = "2")]
+    pub replaced: bool,
+}
+
+/// See [`Body::ConnectorSigned`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConnectorSigned {
+    #[prost(string, tag = "1")]
+    pub connector: String,
+    /// The connector's clock when it signed (Unix milliseconds).
+    #[prost(uint64, tag = "2")]
+    pub issued_ms: u64,
+    /// 16 random bytes, never used twice.
+    #[prost(bytes = "vec", tag = "3")]
+    pub nonce: Vec<u8>,
+    /// An [`Envelope`] holding only the request's body, encoded.
+    #[prost(bytes = "vec", tag = "4")]
+    pub request: Vec<u8>,
+    /// HMAC-SHA256 by the connector's credential (see `branchline_wire::connector`).
+    #[prost(bytes = "vec", tag = "5")]
+    pub mac: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -157,6 +228,8 @@ pub enum ErrorCode {
     Unavailable = 4,
     /// The thing asked for does not exist (e.g. no such content).
     NotFound = 5,
+    /// The request needs a credential the sender did not show (e.g. the connector's).
+    Unauthorized = 6,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

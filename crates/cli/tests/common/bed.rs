@@ -212,7 +212,24 @@ impl Deployment {
         );
     }
 
+    /// Runs a connector command; the first admin command enrols the connector with the
+    /// server's pending token (issue #10: admin commands need the connector credential).
     pub fn connector(&self, args: &[&str]) -> std::process::Output {
+        let admin = matches!(
+            args.first().copied(),
+            Some("publish" | "topology" | "deploy" | "status")
+        );
+        let key = std::path::Path::new(&self.key);
+        if admin && !key.with_file_name("connector.credential").exists() {
+            let tokens = key.with_file_name("connector.tokens");
+            let out = self.connector_raw(&["activate", "--token-file", tokens.to_str().unwrap()]);
+            assert!(out.status.success(), "enrolment: {out:?}");
+        }
+        self.connector_raw(args)
+    }
+
+    /// Runs a connector command as given.
+    pub fn connector_raw(&self, args: &[&str]) -> std::process::Output {
         let mut c = self.tb.command("server", BIN).unwrap();
         c.args([
             "connector",

@@ -66,6 +66,13 @@ impl Drop for Proc {
     }
 }
 
+/// Writes a deployment key file with mode 0600 (a key file others can read is refused).
+pub fn write_key(path: impl AsRef<Path>, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path.as_ref(), text).unwrap();
+    std::fs::set_permissions(path.as_ref(), std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 pub fn run(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
@@ -145,7 +152,25 @@ impl Bed {
             ],
         )
     }
+    /// Runs a connector command. Admin commands need the connector's credential (issue
+    /// #10): the first one enrols the connector with the server's pending token (its
+    /// credential lands beside the key file).
     pub fn connector(&self, key: &str, action: &[&str]) -> Output {
+        let admin = matches!(
+            action.first().copied(),
+            Some("publish" | "topology" | "deploy" | "status")
+        );
+        let credential = Path::new(key).with_file_name("connector.credential");
+        if admin && !credential.exists() {
+            let tokens = self.path("server/connector.tokens");
+            let out = self.connector_raw(key, &["activate", "--token-file", &tokens]);
+            assert!(out.status.success(), "enrolment: {out:?}");
+        }
+        self.connector_raw(key, action)
+    }
+
+    /// Runs a connector command as given.
+    pub fn connector_raw(&self, key: &str, action: &[&str]) -> Output {
         let mut args = vec![
             "connector",
             "--server",
