@@ -81,6 +81,19 @@ pub enum Action {
         #[arg(long)]
         json: bool,
     },
+    /// Pause or resume one live WAN transfer (its id from `transfers`).
+    Transfer {
+        #[command(subcommand)]
+        command: TransferCommand,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum TransferCommand {
+    /// Stop the transfer: its link carries none of it until it is resumed.
+    Pause { id: u64 },
+    /// Go on from where it stopped (no verified piece is fetched again).
+    Resume { id: u64 },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -408,6 +421,25 @@ pub async fn run(opts: ConnectorOptions, action: Action) -> Result<(), Fail> {
         Action::Clients { json } => crate::offices::clients(&c, json).await?,
         Action::Deployments { json } => crate::offices::deployments(&c, json).await?,
         Action::Transfers { json } => crate::offices::transfers(&c, json).await?,
+        Action::Transfer { command } => {
+            let (call, verb) = match command {
+                TransferCommand::Pause { id } => (
+                    branchline_server::admin::AdminCall::TransferPause { id },
+                    "paused",
+                ),
+                TransferCommand::Resume { id } => (
+                    branchline_server::admin::AdminCall::TransferResume { id },
+                    "resumed",
+                ),
+            };
+            let v = crate::offices::call(&c, &call).await?;
+            println!(
+                "transfer {} {verb}: {} into office {}",
+                v["transfer_id"],
+                v["content_id"].as_str().unwrap_or("?"),
+                v["office"].as_str().unwrap_or("?")
+            );
+        }
         Action::Health { json } => {
             let h = c.health().await?;
             if json {

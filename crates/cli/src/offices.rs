@@ -354,13 +354,19 @@ pub async fn transfers(c: &Connector, json: bool) -> Result<(), Fail> {
     }
     for t in &view.transfers {
         println!(
-            "{} -> {}: {} {}/{} MiB, RVP {}",
+            "{:>4} {:<8} {} -> {}: {} {}/{} MiB at {:.1} Mbit/s, RVP {}, {} sender(s)",
+            t.transfer_id
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into()),
+            t.state,
             t.parent.as_deref().unwrap_or("origin"),
             t.office,
             t.content,
             mib(t.bytes_wan_in),
             mib(t.size),
-            t.rvp.as_deref().unwrap_or("-")
+            t.signalled_rate_bytes_per_s as f64 * 8.0 / 1e6,
+            t.rvp.as_deref().unwrap_or("-"),
+            t.senders.len()
         );
     }
     Ok(())

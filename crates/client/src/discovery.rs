@@ -86,6 +86,9 @@ pub struct Discovery {
     /// Where `WhoHas` goes: the subnet's broadcast address and the broadcast port.
     target: Option<SocketAddr>,
     office: Mutex<(String, String)>,
+    /// Where the last office and type the server told are kept, so a client restarted
+    /// while the server is down still knows whether it may broadcast.
+    office_file: Option<std::path::PathBuf>,
     cache: Arc<Cache<FsStorage>>,
     found: broadcast::Sender<Found>,
     asked: Mutex<HashMap<ContentId, Instant>>,
@@ -103,6 +106,7 @@ impl Discovery {
         subnet: Subnet,
         broadcast_port: u16,
         cache: Arc<Cache<FsStorage>>,
+        office_file: Option<std::path::PathBuf>,
     ) -> Arc<Discovery> {
         let target = broadcast_address(&subnet).map(|ip| SocketAddr::new(ip, broadcast_port));
         if target.is_some()
@@ -118,7 +122,13 @@ impl Discovery {
             content_port,
             subnet,
             target,
-            office: Mutex::new((String::new(), String::new())),
+            office: Mutex::new(
+                office_file
+                    .as_deref()
+                    .and_then(load_office)
+                    .unwrap_or_default(),
+            ),
+            office_file,
             cache,
             found: broadcast::channel(256).0,
             asked: Mutex::new(HashMap::new()),
@@ -137,10 +147,18 @@ impl Discovery {
 
     /// Records the office the server placed us in (from registration and heartbeats).
     pub fn set_office(&self, name: &str, kind: &str) {
+        if name.is_empty() {
+            return;
+        }
         let mut o = self.office.lock().unwrap_or_else(|e| e.into_inner());
         if o.0 != name || o.1 != kind {
             tracing::info!(office = name, kind, "office");
             *o = (name.to_owned(), kind.to_owned());
+            if let Some(path) = &self.office_file
+                && let Err(e) = save_office(path, name, kind)
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot keep the office on disk");
+            }
         }
     }
 
@@ -312,6 +330,22 @@ impl Discovery {
     }
 }
 
+/// Reads "NAME\nKIND\n" written by [`save_office`].
+fn load_office(path: &std::path::Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    let (name, kind) = (lines.next()?.trim(), lines.next()?.trim());
+    let known = ["default", "wifi", "vpn"];
+    (!name.is_empty() && known.contains(&kind)).then(|| (name.to_owned(), kind.to_owned()))
+}
+
+/// Keeps the office and its type (temporary file, then rename).
+fn save_office(path: &std::path::Path, name: &str, kind: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{name}\n{kind}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Serves the broadcast port (34329): `WhoHas` only, never answered there.
 pub struct BroadcastHandler(pub Arc<Discovery>);
 
@@ -343,6 +377,17 @@ pub fn bind_broadcast_listener(addr: SocketAddr) -> std::io::Result<tokio::net::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_office_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("office");
+        assert_eq!(load_office(&path), None);
+        save_office(&path, "north", "wifi").unwrap();
+        assert_eq!(load_office(&path), Some(("north".into(), "wifi".into())));
+        std::fs::write(&path, "north\nsomething\n").unwrap();
+        assert_eq!(load_office(&path), None, "an unknown type is not trusted");
+    }
 
     #[test]
     fn broadcast_addresses() {

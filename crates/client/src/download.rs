@@ -46,8 +46,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
+use crate::adaptive::PROGRESS_EVERY as SIGNAL_EVERY;
 use crate::discovery::Found;
 use crate::services::{ServerCallError, Services, now_ms};
+use branchline_wire::msg::SignalKind;
 
 /// The server is asked where the pieces are after 1 s, then less and less often, up to
 /// every [`LOCATE_MAX`]: what peers hold is asked of the peers themselves
@@ -62,6 +64,9 @@ const DISCOVER_EVERY: Duration = Duration::from_secs(15);
 const HAVE_EVERY: Duration = Duration::from_millis(500);
 /// Most have queries in flight at once.
 const MAX_HAVE_QUERIES: usize = 16;
+/// How long to wait for the server's catalogue entry when the cache holds the item's
+/// piece map already (then the download goes on without the server).
+const CACHED_MAP_WAIT: Duration = Duration::from_secs(5);
 /// Longest wait for the final have report when a download ends.
 const FINAL_REPORT_WAIT: Duration = Duration::from_secs(5);
 /// How often a growing have-set is reported to the server.
@@ -216,13 +221,24 @@ pub async fn download(
             version.clone().unwrap_or_default(),
         ),
     };
-    let answer = svc
-        .call(Request::GetContent(GetContent {
-            content_id,
-            name,
-            version,
-        }))
-        .await;
+    let ask = svc.call(Request::GetContent(GetContent {
+        content_id,
+        name,
+        version,
+    }));
+    // With the piece map in the cache, an unreachable server need not be waited for long.
+    let cached = matches!(&target, Target::Id(id) if svc.cache.piece_map(id).is_some());
+    let answer = if cached {
+        match tokio::time::timeout(CACHED_MAP_WAIT, ask).await {
+            Ok(a) => a,
+            Err(_) => Err(ServerCallError::Exchange(format!(
+                "no answer within {} s",
+                CACHED_MAP_WAIT.as_secs()
+            ))),
+        }
+    } else {
+        ask.await
+    };
     let (id, map, label, origin_text) = match answer {
         Ok(Response::Content(info)) => {
             let meta = info.meta.ok_or(DownloadError::Unexpected("GetContent"))?;
@@ -298,6 +314,10 @@ pub async fn download(
         budget: Budget::default(),
         locates: 0,
         reporting: None,
+        signalled: false,
+        signal_addrs: HashMap::new(),
+        admin_paused: false,
+        wan_at_signal: (Instant::now(), 0),
         link_change: None,
         whole: Default::default(),
     };
@@ -413,6 +433,12 @@ struct Download {
     locates: u32,
     /// The have report on its way to the server, if any.
     reporting: Option<JoinHandle<()>>,
+    /// Control signals: whether this RVP told the server its WAN transfer started, the
+    /// senders' Adaptive Protocol addresses, an admin's pause.
+    signalled: bool,
+    signal_addrs: HashMap<String, SocketAddr>,
+    admin_paused: bool,
+    wan_at_signal: (Instant, u64),
     /// When the office link's allowed-hours window opens or closes next.
     link_change: Option<Instant>,
     /// Sources known to hold every piece (no more have queries).
@@ -439,8 +465,14 @@ impl Download {
         let mut found = self.svc.discovery.subscribe();
         let mut locating: Option<JoinHandle<Result<Locations, DownloadError>>> = None;
         let mut next_ask = Instant::now();
+        let mut controls = self.svc.signals.subscribe();
+        let mut next_signal = Instant::now() + Duration::from_millis(300);
         while !sched.is_complete() {
             let now = Instant::now();
+            if now >= next_signal {
+                self.signal_progress(now);
+                next_signal = now + SIGNAL_EVERY;
+            }
             if now >= next_ask {
                 self.svc.discovery.ask(self.id).await;
                 next_ask = now + DISCOVER_EVERY;
@@ -506,6 +538,7 @@ impl Download {
             let wake = [
                 Some(next_locate),
                 Some(next_ask),
+                Some(next_signal),
                 Some(next_have),
                 Some(next_report),
                 sched.next_deadline(),
@@ -556,6 +589,15 @@ impl Download {
                         next_locate = next_locate.min(change);
                     }
                 }
+                control = controls.recv() => match control {
+                    Ok(c) if c.content_id.as_slice() == self.id.as_bytes() => {
+                        self.set_paused(&mut sched, c.pause, Instant::now());
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        controls = self.svc.signals.subscribe();
+                    }
+                },
                 got = found.recv() => match got {
                     Ok(f) => self.on_found(&mut sched, f),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -613,6 +655,15 @@ impl Download {
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
+        if self.signalled {
+            let senders: Vec<SocketAddr> = self.signal_addrs.values().copied().collect();
+            self.svc
+                .signals
+                .to_server(self.id, SignalKind::End, self.from_wan, 0, Vec::new());
+            self.svc
+                .signals
+                .to_senders(self.id, SignalKind::Cancel, &senders);
+        }
         // Anything still in flight is a duplicate of a piece we now hold.
         tasks.abort_all();
         haves.abort_all();
@@ -620,6 +671,71 @@ impl Download {
             l.abort();
         }
         Ok(())
+    }
+
+    /// Pauses or resumes pulling over the WAN link (an admin's request): stops issuing
+    /// requests to upstream sources and resets those in flight (their pieces go back to
+    /// the pool, no source is judged), and tells the senders.
+    fn set_paused(&mut self, sched: &mut Scheduler, paused: bool, now: Instant) {
+        if paused == self.admin_paused {
+            return;
+        }
+        self.admin_paused = paused;
+        tracing::info!(content = %self.id, paused, "WAN transfer paused or resumed by the server");
+        if paused {
+            self.link_open = false;
+            let upstream: Vec<(SourceId, u32)> = self
+                .in_flight
+                .keys()
+                .filter(|(s, _)| matches!(self.sources.get(s), Some(SourceInfo::Upstream { .. })))
+                .copied()
+                .collect();
+            for (source, piece) in upstream {
+                if let Some(h) = self.in_flight.remove(&(source, piece)) {
+                    h.abort();
+                }
+                let _ = sched.on_piece_failed(source, piece, Failure::Local, now);
+            }
+            self.progress
+                .send_modify(|p| p.paused = Some("paused by an admin".into()));
+        } else {
+            self.link_open = true;
+            self.progress.send_modify(|p| p.paused = None);
+        }
+        let kind = if paused {
+            SignalKind::Pause
+        } else {
+            SignalKind::Resume
+        };
+        let senders: Vec<SocketAddr> = self.signal_addrs.values().copied().collect();
+        self.svc.signals.to_senders(self.id, kind, &senders);
+    }
+
+    /// Control signals of a running WAN transfer: start (to the server and the senders),
+    /// then progress to the server.
+    fn signal_progress(&mut self, now: Instant) {
+        if !self.am_rvp || self.upstream.is_empty() || !self.link_open {
+            return;
+        }
+        let (then, bytes_then) = self.wan_at_signal;
+        let secs = now.saturating_duration_since(then).as_secs_f64().max(0.001);
+        let rate = (self.from_wan.saturating_sub(bytes_then) as f64 / secs) as u64;
+        self.wan_at_signal = (now, self.from_wan);
+        let senders: Vec<String> = self.upstream.keys().cloned().collect();
+        if !self.signalled {
+            self.signalled = true;
+            let addrs: Vec<SocketAddr> = self.signal_addrs.values().copied().collect();
+            self.svc
+                .signals
+                .to_senders(self.id, SignalKind::Start, &addrs);
+            self.svc
+                .signals
+                .to_server(self.id, SignalKind::Start, self.from_wan, 0, senders);
+        } else {
+            self.svc
+                .signals
+                .to_server(self.id, SignalKind::Progress, self.from_wan, rate, senders);
+        }
     }
 
     /// Adds (or refreshes) a same-office peer: listed by the server, or found on the
@@ -983,16 +1099,22 @@ impl Download {
         }
         self.office = located.office.clone();
         self.am_rvp = located.am_rvp;
-        let (open, queued, ceiling) = located
+        let (open, queued, paused, ceiling) = located
             .link
             .as_ref()
-            .map(|l| (l.open, l.queued, l.ceiling_bytes_per_s))
-            .unwrap_or((true, false, 0));
+            .map(|l| (l.open, l.queued, l.paused, l.ceiling_bytes_per_s))
+            .unwrap_or((true, false, false, 0));
+        if paused != self.admin_paused {
+            self.set_paused(sched, paused, Instant::now());
+        }
+        let queued = queued || paused;
         if (open && !queued) != self.link_open {
             tracing::info!(content = %self.id, open, queued, "the office's WAN link changed");
             self.progress.send_modify(|p| {
                 p.paused = if !open {
                     Some("outside the WAN link's allowed hours".into())
+                } else if self.admin_paused {
+                    Some("paused by an admin".into())
                 } else if queued {
                     Some("waiting for the WAN link (another transfer is using it)".into())
                 } else {
@@ -1034,6 +1156,12 @@ impl Download {
             let Some((addr, have)) = peer_entry(&peer, pieces) else {
                 continue;
             };
+            if let Ok(port) = u16::try_from(peer.adaptive_port)
+                && port != 0
+            {
+                self.signal_addrs
+                    .insert(peer.client_id.clone(), SocketAddr::new(addr.ip(), port));
+            }
             let source = match self.upstream.get(&peer.client_id) {
                 Some(s) => *s,
                 None => {

@@ -16,6 +16,7 @@
 //! * [`download`]: fetching a content item from peers and (when assigned) the origin.
 //! * [`local`]: the Unix-socket API `branchline get` talks to.
 
+pub mod adaptive;
 pub mod discovery;
 pub mod download;
 pub mod identity;
@@ -46,7 +47,9 @@ use tokio::task::JoinHandle;
 pub use identity::IdentityError;
 pub use services::Services;
 
-use branchline_quic::{CertificateDer, ClientIdentity, ClientName, DeploymentName, Role};
+use branchline_quic::{
+    CertificateDer, ClientIdentity, ClientName, DeploymentName, NodeIdentity, Role,
+};
 use branchline_store::{Cache, CacheCap, FsStorage};
 
 /// Everything needed to start a client.
@@ -125,6 +128,7 @@ struct ClientHandler {
     server: IpAddr,
     assignments: tokio::sync::mpsc::Sender<Assign>,
     discovery: Arc<discovery::Discovery>,
+    signals: Arc<adaptive::Signals>,
 }
 
 impl Handler for ClientHandler {
@@ -137,6 +141,7 @@ impl Handler for ClientHandler {
                 Response::Reply(Body::Ack(Ack {}))
             }
             Body::IHave(h) => self.discovery.on_answer(from, h),
+            Body::TransferControl(c) if from.ip() == self.server => self.signals.on_control(c),
             other => Response::Reply(Body::Error(ErrorReply {
                 code: ErrorCode::Unsupported as i32,
                 detail: format!("a client does not accept {} messages", other.kind()),
@@ -223,6 +228,13 @@ impl Client {
             netinfo::subnet_of(address),
             p.broadcast,
             cache.clone(),
+            Some(opts.data_dir.join("office")),
+        );
+        let signals = adaptive::Signals::new(
+            requester.clone(),
+            ctx.counters.clone(),
+            id,
+            SocketAddr::new(opts.server, opts.server_ports.adaptive),
         );
         let mut tasks = Vec::new();
         let serve_ctx = ctx.clone();
@@ -231,6 +243,7 @@ impl Client {
             server: opts.server,
             assignments: assign_tx.clone(),
             discovery: discovery.clone(),
+            signals: signals.clone(),
         });
         tasks.push(tokio::spawn(async move {
             if let Err(e) = Responder::serve(request, serve_ctx, handler).await {
@@ -261,7 +274,15 @@ impl Client {
                 }
             }));
         }
-        tasks.push(tokio::spawn(serve_reserved(adaptive, ctx.counters.clone())));
+        let peer_signals = Arc::new(adaptive::PeerSignalHandler {
+            counters: ctx.counters.clone(),
+        });
+        let signals_ctx = ctx.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = Responder::serve(adaptive, signals_ctx, peer_signals).await {
+                tracing::error!(error = %e, "client adaptive port failed");
+            }
+        }));
         let held: Vec<JoinHandle<()>> = quic_ports
             .into_iter()
             .map(|s| tokio::spawn(serve_reserved(s, ctx.counters.clone())))
@@ -274,6 +295,7 @@ impl Client {
             services: services_tx,
             cache: cache.clone(),
             discovery: discovery.clone(),
+            signals: signals.clone(),
         };
         let listener = local::bind(&opts.data_dir).map_err(|e| {
             ClientError::Services(format!(
@@ -389,9 +411,65 @@ struct Quic {
     services: watch::Sender<Option<Arc<Services>>>,
     cache: Arc<Cache<FsStorage>>,
     discovery: Arc<discovery::Discovery>,
+    signals: Arc<adaptive::Signals>,
 }
 
 impl Quic {
+    /// Starts the QUIC services with `node`'s certificate, once.
+    async fn start_services(
+        &mut self,
+        node: &NodeIdentity,
+        ca: CertificateDer<'static>,
+        opts: &ClientOptions,
+    ) -> Result<bool, ClientError> {
+        if self.services.borrow().is_some() {
+            return Ok(false);
+        }
+        for h in self.held.drain(..) {
+            h.abort();
+            let _ = h.await;
+        }
+        let trust = services::trust_of(node, ca);
+        let svc = Services::start(
+            opts,
+            node,
+            trust,
+            self.cache.clone(),
+            self.discovery.clone(),
+            self.signals.clone(),
+        )
+        .map_err(ClientError::Services)?;
+        tracing::info!(
+            content_port = opts.ports.content_fg,
+            "QUIC services started"
+        );
+        let _ = self.services.send(Some(Arc::new(svc)));
+        Ok(true)
+    }
+
+    /// Starts the QUIC services with the certificate the server issued at an earlier
+    /// registration, while it is still valid: a client restarted while the server is
+    /// unreachable still serves its office and finishes what it had started, from
+    /// peers found on the subnet.
+    async fn start_from_stored(&mut self, opts: &ClientOptions) {
+        if self.services.borrow().is_some() {
+            return;
+        }
+        match self.identity.load_certificate(std::time::SystemTime::now()) {
+            Ok(Some((node, ca))) => match self.start_services(&node, ca, opts).await {
+                Ok(true) => tracing::info!("QUIC services started with the stored certificate"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start QUIC with the stored certificate; waiting for registration")
+                }
+            },
+            Ok(None) => {}
+            Err(e) => {
+                tracing::info!(error = %e, "the stored certificate is not usable; waiting for registration")
+            }
+        }
+    }
+
     /// Installs the certificate from a registration reply and, the first time, starts the
     /// QUIC services. Re-reports every cached content item to the server.
     async fn on_registered(
@@ -420,26 +498,8 @@ impl Quic {
                 std::time::SystemTime::now(),
             )
             .map_err(|e| ClientError::Certificate(e.to_string()))?;
-        if self.services.borrow().is_none() {
-            for h in self.held.drain(..) {
-                h.abort();
-                let _ = h.await;
-            }
-            let trust = services::trust_of(&node, ca.clone().into_owned());
-            let svc = Services::start(
-                opts,
-                &node,
-                trust,
-                self.cache.clone(),
-                self.discovery.clone(),
-            )
-            .map_err(ClientError::Services)?;
-            tracing::info!(
-                content_port = opts.ports.content_fg,
-                "QUIC services started"
-            );
-            let _ = self.services.send(Some(Arc::new(svc)));
-        }
+        self.start_services(&node, ca.clone().into_owned(), opts)
+            .await?;
         let svc = self.services.borrow().clone();
         if let Some(svc) = svc {
             let cache = self.cache.clone();
@@ -582,6 +642,9 @@ async fn run(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "registration failed; retrying");
+                // Serve the office and finish started items meanwhile, if an earlier
+                // registration left a valid certificate.
+                quic.start_from_stored(&opts).await;
                 if !matches!(status.borrow().clone(), Status::Unreachable { .. }) {
                     let _ = status.send(Status::Unreachable {
                         since: Instant::now(),

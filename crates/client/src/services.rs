@@ -59,6 +59,8 @@ pub struct Services {
     pub upstream_pool: ConnectionPool,
     /// Subnet discovery (34329): peers found without the server.
     pub discovery: Arc<crate::discovery::Discovery>,
+    /// Adaptive Protocol control signals (34545 / 34546).
+    pub signals: Arc<crate::adaptive::Signals>,
     /// One download per content item at a time (a `get` and a deployment share it).
     pub downloads: Mutex<std::collections::HashMap<ContentId, Arc<tokio::sync::Mutex<()>>>>,
     pub server_large: SocketAddr,
@@ -144,6 +146,7 @@ impl Services {
         trust: DeploymentTrust,
         cache: Arc<Cache<FsStorage>>,
         discovery: Arc<crate::discovery::Discovery>,
+        signals: Arc<crate::adaptive::Signals>,
     ) -> Result<Services, String> {
         let (bind, ports, server, server_ports) =
             (opts.bind, &opts.ports, opts.server, &opts.server_ports);
@@ -250,6 +253,7 @@ impl Services {
             peer_pool,
             upstream_pool,
             discovery,
+            signals,
             downloads: Mutex::default(),
             server_large: SocketAddr::new(server, server_ports.large_fg_request),
             content_port: ports.content_fg,

@@ -38,6 +38,10 @@ pub enum AdminCall {
     },
     /// Per office: who is done and where the bytes came from.
     Status { content: String },
+    /// Pause a live WAN transfer (its id from `transfers`).
+    TransferPause { id: u64 },
+    /// Resume a paused WAN transfer.
+    TransferResume { id: u64 },
     /// Every client: office, online, cache, RVP roles.
     Clients,
     /// The published content items.
@@ -267,6 +271,19 @@ pub struct TransferView {
     pub rvp: Option<String>,
     /// Bytes the office has taken over its link for this content so far.
     pub bytes_wan_in: u64,
+    /// The server's id for the transfer (from the RVP's control signals), for
+    /// `connector transfer pause|resume ID`; absent until the RVP has signalled.
+    #[serde(default)]
+    pub transfer_id: Option<u64>,
+    /// running, paused (by an admin) or queued (the link carries other transfers).
+    #[serde(default)]
+    pub state: String,
+    /// The receive rate the RVP last signalled (bytes/s).
+    #[serde(default)]
+    pub signalled_rate_bytes_per_s: u64,
+    /// The sending clients (ids) the RVP pulls from.
+    #[serde(default)]
+    pub senders: Vec<String>,
 }
 
 #[derive(Debug)]

@@ -70,6 +70,8 @@ pub async fn execute(state: Arc<ServerState>, call: AdminCall) -> AdminResult {
         AdminCall::Catalogue => AdminResult::ok(catalogue_view(&state)),
         AdminCall::Deployments => AdminResult::ok(deployments_view(&state)),
         AdminCall::Transfers => AdminResult::ok(transfers_view(&state)),
+        AdminCall::TransferPause { id } => pause(&state, id, true),
+        AdminCall::TransferResume { id } => pause(&state, id, false),
     }
 }
 
@@ -515,12 +517,59 @@ pub fn deployments_view(state: &ServerState) -> DeploymentsView {
     }
 }
 
+/// Pauses or resumes transfer `id` and tells its RVP at once (its next locate says so
+/// too, should the message be lost).
+fn pause(state: &ServerState, id: u64, paused: bool) -> AdminResult {
+    let Some(t) = state
+        .transfers
+        .lock()
+        .expect("transfers lock")
+        .set_paused(id, paused)
+    else {
+        return AdminResult::not_found(format!(
+            "no live transfer {id} (`connector transfers` lists them)"
+        ));
+    };
+    let to = state
+        .registry
+        .lock()
+        .expect("registry lock")
+        .get(&t.receiver)
+        .and_then(small_addr);
+    if let Some(to) = to {
+        state.push_control(
+            to,
+            branchline_wire::msg::TransferControl {
+                content_id: t.content.as_bytes().to_vec(),
+                pause: paused,
+                transfer_id: id,
+            },
+        );
+    }
+    tracing::info!(transfer = id, office = %t.office, content = %t.content, paused, "WAN transfer paused or resumed by an admin");
+    AdminResult::ok(serde_json::json!({
+        "transfer_id": id,
+        "office": t.office,
+        "content_id": t.content.to_hex(),
+        "paused": paused,
+    }))
+}
+
 /// The contents each office's WAN link carries now, with the bytes taken so far.
 pub fn transfers_view(state: &ServerState) -> TransfersView {
     let links = state.offices.lock().expect("offices lock").transfers();
+    let live = state
+        .transfers
+        .lock()
+        .expect("transfers lock")
+        .list(state.clock.now_ms());
     let mut transfers = Vec::new();
     for (office, contents) in links {
         for content in contents {
+            let signalled = live
+                .iter()
+                .find(|t| t.office == office && t.content == content)
+                .cloned();
             let name = content_name(state, &content);
             let size = state
                 .catalogue
@@ -545,7 +594,21 @@ pub fn transfers_view(state: &ServerState) -> TransfersView {
                 content: name,
                 size,
                 rvp: row.and_then(|r| r.rvp.clone()),
-                bytes_wan_in: row.map(|r| r.bytes_wan_in).unwrap_or(0),
+                bytes_wan_in: row
+                    .map(|r| r.bytes_wan_in)
+                    .unwrap_or(0)
+                    .max(signalled.as_ref().map_or(0, |t| t.bytes)),
+                transfer_id: signalled.as_ref().map(|t| t.id),
+                state: if signalled.as_ref().is_some_and(|t| t.paused) {
+                    "paused".into()
+                } else {
+                    "running".into()
+                },
+                signalled_rate_bytes_per_s: signalled.as_ref().map_or(0, |t| t.rate),
+                senders: signalled
+                    .as_ref()
+                    .map(|t| t.senders.iter().map(|c| c.to_string()).collect())
+                    .unwrap_or_default(),
             });
         }
     }

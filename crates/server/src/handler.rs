@@ -51,17 +51,19 @@ pub struct ServerState {
     pub calls: Mutex<crate::admin::Calls>,
     /// The latest drop counters each client reported with its heartbeat.
     pub client_drops: Mutex<ClientDrops>,
+    /// Live WAN transfers (Adaptive Protocol control signals) and the admin's pauses.
+    pub transfers: Mutex<crate::transfers::Transfers>,
     /// Enrolled connectors: admin requests need one's credential (issue #10).
     pub connector_auth: Mutex<crate::trust::ConnectorAuth>,
     /// Server-initiated small messages (assignments) to send from the reply port.
-    pub push_tx: tokio::sync::mpsc::Sender<(SocketAddr, Assign)>,
+    pub push_tx: tokio::sync::mpsc::Sender<(SocketAddr, Body)>,
 }
 
 impl ServerState {
     /// Queues an assignment for a client (dropped when the queue is full: the client's
     /// next heartbeat reply carries it anyway).
     pub fn push(&self, to: SocketAddr, assign: Assign) {
-        if self.push_tx.try_send((to, assign)).is_err() {
+        if self.push_tx.try_send((to, Body::Assign(assign))).is_err() {
             tracing::debug!(%to, "assignment queue full; the heartbeat reply will carry it");
         }
     }
@@ -76,6 +78,17 @@ impl ServerState {
                 (spec.name.clone(), spec.kind.as_str().to_owned())
             }
             None => (String::new(), String::new()),
+        }
+    }
+
+    /// Queues a pause or resume for a transfer's RVP.
+    pub fn push_control(&self, to: SocketAddr, control: branchline_wire::msg::TransferControl) {
+        if self
+            .push_tx
+            .try_send((to, Body::TransferControl(control)))
+            .is_err()
+        {
+            tracing::debug!(%to, "push queue full; the RVP's next locate carries the pause");
         }
     }
 

@@ -289,6 +289,11 @@ fn locate(
                 have.as_bytes().to_vec()
             },
             same_subnet: true,
+            adaptive_port: r
+                .ports
+                .map(|p| p.adaptive)
+                .unwrap_or(branchline_config::ClientPorts::default().adaptive)
+                .into(),
         })
     };
     let mut peers: Vec<PeerHolding> = plan
@@ -356,12 +361,18 @@ fn locate(
         }
     }
     let spec = offices.tree().office(plan.office);
+    let paused = state
+        .transfers
+        .lock()
+        .expect("transfers lock")
+        .is_paused(&spec.name, &id);
     let link = plan.am_rvp.then(|| {
         let wan = &spec.wan;
         LinkPolicy {
             ceiling_bytes_per_s: wan.ceiling_bytes_per_s.unwrap_or(0),
             open: wan.is_open(wall),
             queued: plan.queued,
+            paused,
             change_in_ms: wan
                 .allowed_hours
                 .map(|h| h.next_change(wall).saturating_sub(wall))

@@ -36,6 +36,7 @@ pub mod large;
 pub mod locations;
 pub mod offices;
 pub mod registry;
+pub mod transfers;
 pub mod trust;
 pub mod web;
 
@@ -53,7 +54,7 @@ use branchline_quic::{
 use branchline_transport::{
     BindError, Clock, Context, KeyFileError, ReplayConfig, Requester, Responder, RetryPolicy,
     SystemClock, bind_small, bind_udp, create_key_file, ensure_private_dir, read_key_file,
-    restrict_file, serve_reserved,
+    restrict_file,
 };
 use branchline_wire::DeploymentKey;
 use rand::Rng;
@@ -373,10 +374,7 @@ impl Server {
             ),
             None => None,
         };
-        let mut reserved = Vec::new();
-        for (port, name) in [(p.adaptive, "server.adaptive")] {
-            reserved.push(bind_udp(ip, port, name).await?);
-        }
+        let adaptive = bind_udp(ip, p.adaptive, "server.adaptive").await?;
         let request_addr = request.local_addr().map_err(|source| BindError {
             addr: SocketAddr::new(ip, p.small_request),
             name: "server.small_request".into(),
@@ -413,6 +411,7 @@ impl Server {
             deployments: Mutex::new(deploy::Deployments::load(deployments)),
             calls: Mutex::new(admin::Calls::default()),
             client_drops: Mutex::new(handler::ClientDrops::default()),
+            transfers: Mutex::new(transfers::Transfers::default()),
             connector_auth: Mutex::new(connectors_auth),
             push_tx,
         });
@@ -440,25 +439,28 @@ impl Server {
                 tracing::error!(error = %e, "server request port failed");
             }
         }));
-        for s in reserved {
-            tasks.push(tokio::spawn(serve_reserved(s, ctx.counters.clone())));
-        }
+        // Adaptive Protocol control signals from the RVPs (34545).
+        let signals = Arc::new(transfers::SignalHandler(state.clone()));
+        let signals_ctx = ctx.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = Responder::serve(adaptive, signals_ctx, signals).await {
+                tracing::error!(error = %e, "server adaptive port failed");
+            }
+        }));
         let requester = Arc::new(Requester::new(reply, ctx));
         // Assignments pushed to clients, from the reply port (34322) to their 34325; a
         // few at a time, each retried by the requester until acknowledged.
         let pusher = requester.clone();
         tasks.push(tokio::spawn(async move {
             let limit = Arc::new(tokio::sync::Semaphore::new(64));
-            while let Some((to, assign)) = push_rx.recv().await {
+            while let Some((to, body)) = push_rx.recv().await {
                 let Ok(permit) = limit.clone().acquire_owned().await else {
                     return;
                 };
                 let pusher = pusher.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Err(e) = pusher
-                        .request(to, branchline_wire::Body::Assign(assign))
-                        .await
+                    if let Err(e) = pusher.request(to, body).await
                     {
                         tracing::debug!(%to, error = %e, "assignment push failed; the heartbeat reply carries it");
                     }

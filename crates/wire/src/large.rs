@@ -104,6 +104,9 @@ pub struct PeerHolding {
     pub have: Vec<u8>,
     #[prost(bool, tag = "6")]
     pub same_subnet: bool,
+    /// The peer's Adaptive Protocol port (34546), for control signals.
+    #[prost(uint32, tag = "7")]
+    pub adaptive_port: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -159,6 +162,9 @@ pub struct LinkPolicy {
     /// it) and ask again.
     #[prost(bool, tag = "4")]
     pub queued: bool,
+    /// An admin paused this transfer: pull nothing over the link until resumed.
+    #[prost(bool, tag = "5")]
+    pub paused: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -99,6 +99,8 @@ mod tests {
             Body::Assign(Assign::default()),
             Body::WhoHas(WhoHas::default()),
             Body::IHave(IHave::default()),
+            Body::TransferSignal(TransferSignal::default()),
+            Body::TransferControl(TransferControl::default()),
         ];
         let k = key(1);
         for body in bodies {

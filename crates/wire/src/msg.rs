@@ -21,7 +21,7 @@ pub struct Envelope {
     pub in_reply_to: u64,
     #[prost(
         oneof = "Body",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 40, 41, 42"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 40, 41, 42"
     )]
     pub body: Option<Body>,
 }
@@ -103,6 +103,15 @@ pub enum Body {
     /// this content. Answered with [`Ack`].
     #[prost(message, tag = "32")]
     IHave(IHave),
+    /// Adaptive Protocol control signal about a WAN transfer: the receiving RVP to the
+    /// server's 34545 (start, progress, end) and to each sending client's 34546 (start,
+    /// pause, resume, cancel). Answered with [`Ack`].
+    #[prost(message, tag = "33")]
+    TransferSignal(TransferSignal),
+    /// server -> the receiving RVP (its 34325): pause or resume a WAN transfer (an
+    /// admin's request). Answered with [`Ack`].
+    #[prost(message, tag = "34")]
+    TransferControl(TransferControl),
     // Tags 31-39 are reserved for the offices work; trust (issue #10) uses 40-59.
     /// connector -> server: enrol this connector with a one-time token (the token itself
     /// never travels: `proof` is an HMAC keyed by it). Answered with [`ConnectorEnrolled`].
@@ -144,6 +153,8 @@ impl Body {
             Body::Assign(_) => "Assign",
             Body::WhoHas(_) => "WhoHas",
             Body::IHave(_) => "IHave",
+            Body::TransferSignal(_) => "TransferSignal",
+            Body::TransferControl(_) => "TransferControl",
             Body::ConnectorEnroll(_) => "ConnectorEnroll",
             Body::ConnectorEnrolled(_) => "ConnectorEnrolled",
             Body::ConnectorSigned(_) => "ConnectorSigned",
@@ -358,6 +369,52 @@ pub struct HeartbeatAck {
     pub office: String,
     #[prost(string, tag = "4")]
     pub office_kind: String,
+}
+
+/// What a [`TransferSignal`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum SignalKind {
+    Unspecified = 0,
+    Start = 1,
+    Progress = 2,
+    End = 3,
+    Pause = 4,
+    Resume = 5,
+    Cancel = 6,
+}
+
+/// A control signal about one WAN transfer (a content item pulled over an office's link).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TransferSignal {
+    #[prost(bytes = "vec", tag = "1")]
+    pub content_id: Vec<u8>,
+    #[prost(enumeration = "SignalKind", tag = "2")]
+    pub kind: i32,
+    /// Bytes received over the link so far.
+    #[prost(uint64, tag = "3")]
+    pub bytes: u64,
+    /// Receive rate now (bytes/s).
+    #[prost(uint64, tag = "4")]
+    pub rate: u64,
+    /// The sending clients (ids), in signals to the server.
+    #[prost(string, repeated, tag = "5")]
+    pub senders: Vec<String>,
+    /// The receiving client's id (the server checks it against the source address).
+    #[prost(string, tag = "6")]
+    pub client_id: String,
+}
+
+/// Pause or resume a WAN transfer.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TransferControl {
+    #[prost(bytes = "vec", tag = "1")]
+    pub content_id: Vec<u8>,
+    #[prost(bool, tag = "2")]
+    pub pause: bool,
+    /// The server's id for the transfer.
+    #[prost(uint64, tag = "3")]
+    pub transfer_id: u64,
 }
 
 /// Who holds pieces of a content item (subnet broadcast on 34329).

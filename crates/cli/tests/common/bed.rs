@@ -28,7 +28,13 @@ pub struct Procs(Vec<(String, Child, std::path::PathBuf)>);
 
 impl Procs {
     pub fn spawn(&mut self, tb: &Testbed, dir: &Path, host: &str, name: &str, args: &[&str]) {
-        let log = dir.join(format!("{name}.log"));
+        // A process started again under the same name gets a log of its own.
+        let again = self.0.iter().filter(|(n, _, _)| n == name).count();
+        let log = if again == 0 {
+            dir.join(format!("{name}.log"))
+        } else {
+            dir.join(format!("{name}-{}.log", again + 1))
+        };
         let out = std::fs::File::create(&log).unwrap();
         let mut c: Command = tb.command(host, BIN).unwrap();
         c.args(args)
