@@ -11,9 +11,16 @@
 //!
 //! * [`identity`]: the client id file and the data-directory lock.
 //! * [`netinfo`]: host name, address, subnet and free space reported to the server.
-//! * [`services`]: once registered (and issued a certificate): the content cache served to
-//!   peers over QUIC, and large messages to the server.
+//! * [`services`]: once it holds a certificate (issued at registration, or left by an
+//!   earlier one while the server is unreachable): the content cache served to peers over
+//!   QUIC, and large messages to the server.
 //! * [`download`]: fetching a content item from peers and (when assigned) the origin.
+//! * [`jobs`]: content the server assigned (deployments, relaying for a child office),
+//!   fetched with nobody calling `branchline get`.
+//! * [`discovery`]: subnet discovery: `WhoHas` broadcasts on 34329 and `IHave` answers,
+//!   to find office peers beside the server's answers and while it is unreachable.
+//! * [`adaptive`]: Adaptive Protocol control signals about WAN transfers (to the server's
+//!   34545 and the senders' 34546) and the server's pause and resume.
 //! * [`local`]: the Unix-socket API `branchline get` talks to.
 
 pub mod adaptive;
@@ -22,6 +29,7 @@ pub mod download;
 pub mod identity;
 pub mod jobs;
 pub mod local;
+pub mod metrics;
 pub mod netinfo;
 pub mod services;
 
@@ -67,6 +75,8 @@ pub struct ClientOptions {
     pub cache_cap: CacheCap,
     /// LEDBAT++ settings of the Background ports (ceiling, floor).
     pub background: branchline_ledbat::LedbatConfig,
+    /// Serve Prometheus metrics here (a loopback address only); `None`: off.
+    pub metrics: Option<SocketAddr>,
     /// Reported name; the host's name when `None`.
     pub hostname: Option<String>,
     pub retry: RetryPolicy,
@@ -237,6 +247,18 @@ impl Client {
             SocketAddr::new(opts.server, opts.server_ports.adaptive),
         );
         let mut tasks = Vec::new();
+        let client_metrics = Arc::new(metrics::ClientMetrics::default());
+        if let Some(addr) = opts.metrics {
+            let task = metrics::serve(
+                addr,
+                client_metrics.clone(),
+                cache.clone(),
+                ctx.counters.clone(),
+            )
+            .await
+            .map_err(|e| ClientError::Services(format!("client metrics on {addr}: {e}")))?;
+            tasks.push(task);
+        }
         let serve_ctx = ctx.clone();
         let (assign_tx, assign_rx) = tokio::sync::mpsc::channel(64);
         let handler = Arc::new(ClientHandler {
@@ -296,6 +318,7 @@ impl Client {
             cache: cache.clone(),
             discovery: discovery.clone(),
             signals: signals.clone(),
+            metrics: client_metrics.clone(),
         };
         let listener = local::bind(&opts.data_dir).map_err(|e| {
             ClientError::Services(format!(
@@ -412,6 +435,7 @@ struct Quic {
     cache: Arc<Cache<FsStorage>>,
     discovery: Arc<discovery::Discovery>,
     signals: Arc<adaptive::Signals>,
+    metrics: Arc<metrics::ClientMetrics>,
 }
 
 impl Quic {
@@ -437,6 +461,7 @@ impl Quic {
             self.cache.clone(),
             self.discovery.clone(),
             self.signals.clone(),
+            self.metrics.clone(),
         )
         .map_err(ClientError::Services)?;
         tracing::info!(
