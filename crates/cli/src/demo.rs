@@ -167,6 +167,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
             retry,
             replay,
             background: crate::settings::background(config),
+            metrics: None,
         })
         .await
         .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;

@@ -144,6 +144,9 @@ pub struct ClientArgs {
     /// Cache cap: bytes ("20GiB") or a share of the disk ("25%").
     #[arg(long, value_name = "SIZE")]
     cache_size: Option<String>,
+    /// Serve Prometheus metrics on this loopback port (0: off).
+    #[arg(long, value_name = "PORT")]
+    metrics_port: Option<u16>,
 }
 
 #[derive(Args, Debug)]

@@ -162,6 +162,18 @@ pub fn client(config: &Config, args: ClientArgs) -> Result<ClientOptions, Fail> 
         retry,
         replay,
         background: background(config),
+        metrics: match args.metrics_port.unwrap_or(c.metrics_port) {
+            0 => None,
+            port => {
+                let bind = args.bind.unwrap_or(c.bind);
+                let ip = if bind.is_loopback() {
+                    bind
+                } else {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                };
+                Some(std::net::SocketAddr::new(ip, port))
+            }
+        },
     })
 }
 

@@ -468,3 +468,132 @@ fn a_server_restarted_mid_download_keeps_one_origin_reader() {
         served as f64 / SIZE as f64
     );
 }
+
+/// `GET /metrics` from a client's loopback metrics port.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+/// The value of one sample line (`name{labels} value`) in a scrape.
+fn sample(text: &str, line_start: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in\n{text}")) as u64
+}
+
+#[test]
+fn client_metrics_count_where_the_bytes_came_from() {
+    const SIZE: usize = 8 << 20;
+    let Lan {
+        bed,
+        server,
+        key,
+        origin: _origin,
+        data,
+        id,
+    } = lan(SIZE, "metered", &["--version", "1"]);
+    let port = |n: u8| 35800 + u16::from(n);
+    let clients: Vec<Proc> = (1..=2u8)
+        .map(|n| {
+            Proc::spawn(
+                bed.dir.path(),
+                &format!("client{n}"),
+                &[
+                    "client",
+                    "--server",
+                    &bed.ip(1),
+                    "--key-file",
+                    &key,
+                    "--data-dir",
+                    &bed.path(&format!("client{n}")),
+                    "--bind",
+                    &bed.ip(10 + n),
+                    "--heartbeat-interval",
+                    "0.3",
+                    "--metrics-port",
+                    &port(n).to_string(),
+                ],
+            )
+        })
+        .collect();
+    let mut all: Vec<&Proc> = vec![&server];
+    all.extend(clients.iter());
+    wait_registered(&bed, &key, 2, &all);
+    let before = scrape(&format!("{}:{}", bed.ip(11), port(1)));
+    assert_eq!(
+        sample(
+            &before,
+            "branchline_client_fetched_bytes_total{source=\"origin\"}"
+        ),
+        0
+    );
+    for n in 1..=2u8 {
+        let out = PathBuf::from(bed.path(&format!("m{n}.bin")));
+        let v = finish(get_proc(&bed, n, &id, &out), "get", &all);
+        assert_eq!(v["size"], SIZE as u64);
+        assert!(std::fs::read(&out).unwrap() == data);
+    }
+    let (a, b) = (
+        scrape(&format!("{}:{}", bed.ip(11), port(1))),
+        scrape(&format!("{}:{}", bed.ip(12), port(2))),
+    );
+    let fetched = |t: &str, s: &str| {
+        sample(
+            t,
+            &format!("branchline_client_fetched_bytes_total{{source=\"{s}\"}}"),
+        )
+    };
+    // The first reads the origin; the second takes everything from it (one office).
+    assert_eq!(
+        fetched(&a, "origin") + fetched(&a, "lan"),
+        SIZE as u64,
+        "{a}"
+    );
+    assert_eq!(
+        fetched(&b, "origin") + fetched(&b, "lan"),
+        SIZE as u64,
+        "{b}"
+    );
+    assert_eq!(fetched(&a, "origin") + fetched(&b, "origin"), SIZE as u64);
+    assert!(
+        sample(&a, "branchline_client_served_bytes_total")
+            + sample(&b, "branchline_client_served_bytes_total")
+            >= SIZE as u64
+    );
+    assert_eq!(
+        sample(&a, "branchline_client_cache_items{state=\"complete\"}"),
+        1
+    );
+    assert_eq!(sample(&a, "branchline_client_downloads_active"), 0);
+    // The text passes Prometheus's own check.
+    for text in [&a, &b] {
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian package prometheus; .ci/apt-packages.txt lists it)");
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use branchline_origin::Origin;
-use branchline_quic::{ClientName, ContentError, PieceRequest, Role, fetch_piece};
+use branchline_quic::{ClientName, ContentError, PieceRequest, PieceSink, Role, fetch_piece};
 use branchline_sched::{
     Failure, Have, PieceSet, SchedConfig, Scheduler, SourceId, SourceKind, Verdict,
 };
@@ -39,7 +39,6 @@ use branchline_wire::large::{
     GetContent, Locate, Locations, PeerHolding, ReportBadPeer, ReportHave, Request, Response,
     SendContent, SourceBytes,
 };
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -281,6 +280,7 @@ pub async fn download(
     // the second finds the item complete.
     let lock = svc.download_lock(id);
     let _one = lock.lock().await;
+    let _running = crate::metrics::Running::start(&svc.metrics.downloads);
     let cache = svc.cache.clone();
     let status = {
         let (cache, map) = (cache.clone(), (*map).clone());
@@ -301,6 +301,8 @@ pub async fn download(
         origin_source: None,
         in_flight: HashMap::new(),
         streamed: HashMap::new(),
+        partials: HashMap::new(),
+        assembled: Default::default(),
         from_peers: 0,
         from_origin: 0,
         from_server: 0,
@@ -364,6 +366,17 @@ pub async fn download(
     })
 }
 
+/// A WAN piece fetch in flight: where its bytes go, how many the scheduler was told
+/// about, and the prefix an earlier abandoned fetch left (asked only for the rest).
+struct Streamed {
+    sink: Arc<PieceSink>,
+    told: u64,
+    prefix: Option<Bytes>,
+}
+
+/// Most abandoned WAN piece prefixes kept.
+const MAX_PARTIALS: usize = 64;
+
 /// A token bucket that keeps what the RVP pulls over its office's WAN link under the
 /// link's ceiling: a request is issued only when the bucket holds the piece's bytes.
 #[derive(Debug, Default)]
@@ -416,7 +429,13 @@ struct Download {
     in_flight: HashMap<(SourceId, u32), AbortHandle>,
     /// Bytes arrived so far of pieces streaming from upstream sources, and how many of
     /// them the scheduler has been told about.
-    streamed: HashMap<(SourceId, u32), (Arc<AtomicU64>, u64)>,
+    streamed: HashMap<(SourceId, u32), Streamed>,
+    /// The first bytes of WAN pieces whose fetch was abandoned (a pause, a late
+    /// request): the next request over the link asks only for the rest.
+    partials: HashMap<u32, Bytes>,
+    /// Requests whose piece is an earlier prefix plus the rest: if it fails verification
+    /// nobody can tell which source was wrong, so neither is judged.
+    assembled: std::collections::HashSet<(SourceId, u32)>,
     from_peers: u64,
     from_origin: u64,
     from_server: u64,
@@ -443,6 +462,17 @@ struct Download {
     link_change: Option<Instant>,
     /// Sources known to hold every piece (no more have queries).
     whole: std::collections::HashSet<SourceId>,
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        if self.signalled {
+            self.svc
+                .metrics
+                .wan_transfers
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl Download {
@@ -724,6 +754,10 @@ impl Download {
         let senders: Vec<String> = self.upstream.keys().cloned().collect();
         if !self.signalled {
             self.signalled = true;
+            self.svc
+                .metrics
+                .wan_transfers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let addrs: Vec<SocketAddr> = self.signal_addrs.values().copied().collect();
             self.svc
                 .signals
@@ -841,13 +875,49 @@ impl Download {
     /// Tells the scheduler about bytes of upstream pieces still streaming, so a slow but
     /// flowing piece over the WAN is never taken for a stalled one.
     fn report_streamed(&mut self, sched: &mut Scheduler, now: Instant) {
-        let in_flight = &self.in_flight;
-        self.streamed.retain(|k, _| in_flight.contains_key(k));
-        for ((source, _), (counter, told)) in &mut self.streamed {
-            let seen = counter.load(Ordering::Relaxed);
-            if seen > *told {
-                sched.on_progress(*source, seen - *told, now);
-                *told = seen;
+        // Fetches that ended: a piece not received keeps what arrived, for the next
+        // request to continue from.
+        let ended: Vec<(SourceId, u32)> = self
+            .streamed
+            .keys()
+            .filter(|k| !self.in_flight.contains_key(k))
+            .copied()
+            .collect();
+        for key in ended {
+            let Some(st) = self.streamed.remove(&key) else {
+                continue;
+            };
+            let rest = st.sink.take();
+            if sched.has_piece(key.1) {
+                continue;
+            }
+            let kept = match st.prefix {
+                Some(p) if rest.is_empty() => p,
+                Some(p) => {
+                    let mut whole = bytes::BytesMut::with_capacity(p.len() + rest.len());
+                    whole.extend_from_slice(&p);
+                    whole.extend_from_slice(&rest);
+                    whole.freeze()
+                }
+                None => rest,
+            };
+            if kept.is_empty() {
+                continue;
+            }
+            let longer = self
+                .partials
+                .get(&key.1)
+                .is_none_or(|old| old.len() < kept.len());
+            if longer && (self.partials.len() < MAX_PARTIALS || self.partials.contains_key(&key.1))
+            {
+                self.partials.insert(key.1, kept);
+            }
+        }
+        for ((source, _), st) in &mut self.streamed {
+            let seen = st.sink.received();
+            if seen > st.told {
+                sched.on_progress(*source, seen - st.told, now);
+                st.told = seen;
             }
         }
     }
@@ -879,11 +949,28 @@ impl Download {
                     SourceInfo::Upstream { client, addr } => {
                         let (svc, client, addr, id) =
                             (self.svc.clone(), client.clone(), *addr, self.id);
-                        let counter = Arc::new(AtomicU64::new(0));
-                        self.streamed.insert((source, piece), (counter.clone(), 0));
+                        let sink = Arc::new(PieceSink::new());
+                        // What an abandoned fetch of this piece left: ask for the rest.
+                        let prefix = self
+                            .partials
+                            .remove(&piece)
+                            .filter(|p| (p.len() as u64) < u64::from(len));
+                        if prefix.is_some() {
+                            self.assembled.insert((source, piece));
+                        }
+                        self.streamed.insert(
+                            (source, piece),
+                            Streamed {
+                                sink: sink.clone(),
+                                told: 0,
+                                prefix: prefix.clone(),
+                            },
+                        );
                         tasks.spawn(async move {
-                            let result =
-                                fetch_from_upstream(&svc, &client, addr, id, piece, &counter).await;
+                            let result = fetch_from_upstream(
+                                &svc, &client, addr, id, piece, len, prefix, &sink,
+                            )
+                            .await;
                             Fetched {
                                 source,
                                 piece,
@@ -970,17 +1057,36 @@ impl Download {
                 written_once.push(piece);
                 !bad.contains(&piece)
             };
+            let assembled = self.assembled.remove(&(source, piece));
             if !good {
-                self.apply_verdict(sched, source, piece, Failure::BadPiece, now)
-                    .await;
+                let failure = if assembled {
+                    tracing::warn!(content = %self.id, piece, "a piece continued from an abandoned fetch failed verification; fetching it whole");
+                    Failure::Local
+                } else {
+                    Failure::BadPiece
+                };
+                self.apply_verdict(sched, source, piece, failure, now).await;
                 continue;
             }
             let len = bytes.len() as u64;
+            let m = &self.svc.metrics;
             match self.sources.get(&source) {
-                Some(SourceInfo::Origin(_)) => self.from_origin += len,
-                Some(SourceInfo::Peer { .. }) => self.from_peers += len,
-                Some(SourceInfo::Upstream { .. }) => self.from_wan += len,
-                Some(SourceInfo::Server) => self.from_server += len,
+                Some(SourceInfo::Origin(_)) => {
+                    self.from_origin += len;
+                    m.fetched(crate::metrics::ORIGIN, len);
+                }
+                Some(SourceInfo::Peer { .. }) => {
+                    self.from_peers += len;
+                    m.fetched(crate::metrics::LAN, len);
+                }
+                Some(SourceInfo::Upstream { .. }) => {
+                    self.from_wan += len;
+                    m.fetched(crate::metrics::WAN, len);
+                }
+                Some(SourceInfo::Server) => {
+                    self.from_server += len;
+                    m.fetched(crate::metrics::SERVER, len);
+                }
                 None => {}
             }
             let received = sched
@@ -1334,15 +1440,20 @@ fn peer_entry(peer: &PeerHolding, pieces: u32) -> Option<(SocketAddr, Have)> {
     Some((SocketAddr::new(ip, port), have))
 }
 
-/// A piece from a parent-office peer, over Background (our 34750 to its 34750); bytes
-/// are counted in `progress` as they arrive.
+/// A piece from a parent-office peer, over Background (our 34750 to its 34750). Bytes
+/// go into `sink` as they arrive, so an abandoned fetch leaves them for the next
+/// request; `prefix` is what an earlier, abandoned fetch of this piece left, and then
+/// only the rest is asked for. The whole piece is verified by the caller as usual.
+#[allow(clippy::too_many_arguments)]
 async fn fetch_from_upstream(
     svc: &Services,
     client: &str,
     addr: SocketAddr,
     id: ContentId,
     piece: u32,
-    progress: &AtomicU64,
+    piece_len: u32,
+    prefix: Option<Bytes>,
+    sink: &PieceSink,
 ) -> Result<Bytes, Failure> {
     let name = ClientName::new(client.to_owned()).map_err(|_| Failure::Transport)?;
     let (conn, _) = svc
@@ -1353,18 +1464,27 @@ async fn fetch_from_upstream(
             tracing::debug!(peer = %client, %addr, error = %e, "cannot connect to the parent-office peer");
             Failure::Transport
         })?;
+    let offset = prefix.as_ref().map_or(0, |p| p.len() as u32);
     let request = PieceRequest {
         content: *id.as_bytes(),
         piece,
-        offset: 0,
-        len: 0,
+        offset,
+        len: if offset == 0 { 0 } else { piece_len - offset },
     };
-    map_fetch(
+    let rest = map_fetch(
         client,
         piece,
-        branchline_quic::fetch_piece_progress(&conn, &request, svc.content.config(), progress)
-            .await,
-    )
+        branchline_quic::fetch_piece_into(&conn, &request, svc.content.config(), sink).await,
+    )?;
+    Ok(match prefix {
+        None => rest,
+        Some(p) => {
+            let mut whole = bytes::BytesMut::with_capacity(piece_len as usize);
+            whole.extend_from_slice(&p);
+            whole.extend_from_slice(&rest);
+            whole.freeze()
+        }
+    })
 }
 
 async fn fetch_from_peer(

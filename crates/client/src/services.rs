@@ -61,6 +61,8 @@ pub struct Services {
     pub discovery: Arc<crate::discovery::Discovery>,
     /// Adaptive Protocol control signals (34545 / 34546).
     pub signals: Arc<crate::adaptive::Signals>,
+    /// Counters for the optional metrics endpoint.
+    pub metrics: Arc<crate::metrics::ClientMetrics>,
     /// One download per content item at a time (a `get` and a deployment share it).
     pub downloads: Mutex<std::collections::HashMap<ContentId, Arc<tokio::sync::Mutex<()>>>>,
     pub server_large: SocketAddr,
@@ -147,6 +149,7 @@ impl Services {
         cache: Arc<Cache<FsStorage>>,
         discovery: Arc<crate::discovery::Discovery>,
         signals: Arc<crate::adaptive::Signals>,
+        metrics: Arc<crate::metrics::ClientMetrics>,
     ) -> Result<Services, String> {
         let (bind, ports, server, server_ports) =
             (opts.bind, &opts.ports, opts.server, &opts.server_ports);
@@ -254,6 +257,7 @@ impl Services {
             upstream_pool,
             discovery,
             signals,
+            metrics,
             downloads: Mutex::default(),
             server_large: SocketAddr::new(server, server_ports.large_fg_request),
             content_port: ports.content_fg,

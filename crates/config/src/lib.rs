@@ -108,6 +108,9 @@ pub struct ClientConfig {
     pub cache_size: String,
     /// Name reported to the server. Default: the host's name.
     pub hostname: Option<String>,
+    /// Serve Prometheus metrics on this port of a loopback address (the client's bind
+    /// address when that is loopback, else 127.0.0.1). Default 0: off.
+    pub metrics_port: u16,
 }
 
 impl Default for ClientConfig {
@@ -120,6 +123,7 @@ impl Default for ClientConfig {
             heartbeat_interval_s: 30.0,
             cache_size: "10GiB".into(),
             hostname: None,
+            metrics_port: 0,
         }
     }
 }

@@ -245,6 +245,93 @@ pub async fn fetch_piece_progress(
     .await
 }
 
+/// Where [`fetch_piece_into`] puts a piece's bytes as they arrive, so that what came
+/// before a fetch was abandoned (a paused transfer, a late request) is kept: the caller
+/// can ask for the rest only (`offset`) instead of the whole piece again.
+#[derive(Debug, Default)]
+pub struct PieceSink {
+    buf: std::sync::Mutex<bytes::BytesMut>,
+    received: AtomicU64,
+}
+
+impl PieceSink {
+    /// An empty sink.
+    pub fn new() -> PieceSink {
+        PieceSink::default()
+    }
+
+    /// Data bytes received so far (also after the fetch was abandoned).
+    pub fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes the bytes received so far, leaving the sink empty.
+    pub fn take(&self) -> Bytes {
+        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        self.received.store(0, std::sync::atomic::Ordering::Relaxed);
+        buf.split().freeze()
+    }
+}
+
+/// Like [`fetch_piece_progress`], but the data goes into `sink` as it arrives (no
+/// extra copy): when the future is dropped midway, what arrived stays in the sink.
+/// On success the sink is emptied and the bytes returned.
+pub async fn fetch_piece_into(
+    conn: &Connection,
+    request: &PieceRequest,
+    config: &ContentConfig,
+    sink: &PieceSink,
+) -> Result<Bytes, ContentError> {
+    within(config.piece_timeout, async {
+        let mut recv = send_request(conn, &request.encode()).await?;
+        let header = read_ok_header(&mut recv).await?;
+        if header.len > config.max_piece_len {
+            let _ = recv.stop(STREAM_BAD_FRAME);
+            return Err(ContentError::TooLong {
+                len: header.len,
+                max: config.max_piece_len,
+            });
+        }
+        if request.len != 0 && header.len != request.len {
+            let _ = recv.stop(STREAM_BAD_FRAME);
+            return Err(ContentError::WrongLength {
+                asked: request.len,
+                got: header.len,
+            });
+        }
+        let len = header.len as usize;
+        let mut got = 0usize;
+        while got < len {
+            match recv
+                .read_chunk(len - got, true)
+                .await
+                .map_err(|e| ContentError::from(crate::large::read_error(e)))?
+            {
+                Some(chunk) => {
+                    got += chunk.bytes.len();
+                    sink.buf
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend_from_slice(&chunk.bytes);
+                    sink.received.fetch_add(
+                        chunk.bytes.len() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
+                None => {
+                    return Err(ContentError::from(crate::large::LargeError::Truncated {
+                        expected: RESPONSE_HEADER_LEN as u64 + len as u64,
+                        got: RESPONSE_HEADER_LEN as u64 + got as u64,
+                    }));
+                }
+            }
+        }
+        expect_end(&mut recv).await?;
+        Ok(sink.take())
+    })
+    .await
+}
+
 /// Asks `conn`'s peer which pieces of `content` it holds: `Some(bitfield)` in
 /// `branchline_store::Bitfield::as_bytes` form (check its length against the
 /// piece count before use, e.g. with `Bitfield::from_bytes`), or `None` if the

@@ -111,7 +111,7 @@ pub enum LargeError {
     Timeout(Duration),
 }
 
-fn read_error(e: quinn::ReadError) -> LargeError {
+pub(crate) fn read_error(e: quinn::ReadError) -> LargeError {
     match e {
         quinn::ReadError::Reset(code) => LargeError::Aborted(code.into_inner()),
         quinn::ReadError::ConnectionLost(c) => LargeError::Connection(c),

@@ -143,8 +143,8 @@ pub mod tls;
 
 pub use ca::DeploymentCa;
 pub use content::{
-    ContentConfig, ContentError, ContentNode, PieceError, PieceSource, fetch_have, fetch_piece,
-    fetch_piece_progress,
+    ContentConfig, ContentError, ContentNode, PieceError, PieceSink, PieceSource, fetch_have,
+    fetch_piece, fetch_piece_into, fetch_piece_progress,
 };
 pub use endpoint::{
     ALPN_CONTENT, ALPN_LARGE, Congestion, Direction, QuicError, TransportSettings,
