@@ -597,3 +597,60 @@ fn client_metrics_count_where_the_bytes_came_from() {
         );
     }
 }
+
+#[test]
+fn json_logs_carry_the_client_content_and_office() {
+    const SIZE: usize = 2 << 20;
+    let Lan {
+        bed,
+        server,
+        key,
+        origin: _origin,
+        data,
+        id,
+    } = lan(SIZE, "logged", &["--version", "1"]);
+    let client = Proc::spawn(
+        bed.dir.path(),
+        "client1",
+        &[
+            "--log-format",
+            "json",
+            "client",
+            "--server",
+            &bed.ip(1),
+            "--key-file",
+            &key,
+            "--data-dir",
+            &bed.path("client1"),
+            "--bind",
+            &bed.ip(11),
+            "--heartbeat-interval",
+            "0.3",
+        ],
+    );
+    wait_registered(&bed, &key, 1, &[&server, &client]);
+    let out = PathBuf::from(bed.path("logged.bin"));
+    finish(get_proc(&bed, 1, &id, &out), "get", &[&server, &client]);
+    assert!(std::fs::read(&out).unwrap() == data);
+    let log = std::fs::read_to_string(&client.log).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let spans_of = |v: &Value| v["spans"].as_array().cloned().unwrap_or_default();
+    let with = |field: &str| {
+        lines
+            .iter()
+            .any(|v| spans_of(v).iter().any(|s| s.get(field).is_some()))
+    };
+    assert!(with("client"), "no line carries the client id:\n{log}");
+    let download = lines.iter().find(|v| {
+        spans_of(v)
+            .iter()
+            .any(|s| s["content"] == id.as_str() && s.get("office").is_some())
+    });
+    assert!(
+        download.is_some(),
+        "no line carries the content id and office:\n{log}"
+    );
+}

@@ -338,7 +338,9 @@ pub async fn download(
         config.seed = seed;
         let sched = Scheduler::new(map.piece_count(), have, config)
             .map_err(|e| DownloadError::Internal(e.to_string()))?;
-        dl.run(sched).await?;
+        // The download's lines carry the content id and, once the server said, the office.
+        let span = tracing::info_span!("download", content = %id, office = tracing::field::Empty);
+        tracing::Instrument::instrument(dl.run(sched), span).await?;
     }
     dl.report_have(true).await;
     let complete = {
@@ -1202,6 +1204,9 @@ impl Download {
         let pieces = self.map.piece_count();
         if self.office != located.office || self.am_rvp != located.am_rvp {
             tracing::info!(content = %self.id, office = %located.office, rvp = %located.rvp, am_rvp = located.am_rvp, "office plan");
+        }
+        if self.office != located.office {
+            tracing::Span::current().record("office", located.office.as_str());
         }
         self.office = located.office.clone();
         self.am_rvp = located.am_rvp;

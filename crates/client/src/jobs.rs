@@ -48,29 +48,33 @@ pub async fn run(
             continue;
         }
         let (running, limit) = (running.clone(), limit.clone());
-        tokio::spawn(async move {
-            let Ok(_permit) = limit.acquire_owned().await else {
-                return;
-            };
-            tracing::info!(content = %id, deployment = a.deployment, "fetching assigned content");
-            let (tx, _rx) = watch::channel(DownloadProgress::default());
-            match download(svc, Target::Id(id), seed, tx).await {
-                Ok(d) => tracing::info!(
-                    content = %id,
-                    from_origin = d.from_origin,
-                    from_server = d.from_server,
-                    from_wan = d.from_wan,
-                    from_lan = d.from_peers,
-                    "assigned content complete"
-                ),
-                Err(e) => {
-                    tracing::warn!(content = %id, error = %e, "assigned download failed; retried when the server repeats it")
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let Ok(_permit) = limit.acquire_owned().await else {
+                    return;
+                };
+                tracing::info!(content = %id, deployment = a.deployment, "fetching assigned content");
+                let (tx, _rx) = watch::channel(DownloadProgress::default());
+                match download(svc, Target::Id(id), seed, tx).await {
+                    Ok(d) => tracing::info!(
+                        content = %id,
+                        from_origin = d.from_origin,
+                        from_server = d.from_server,
+                        from_wan = d.from_wan,
+                        from_lan = d.from_peers,
+                        "assigned content complete"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(content = %id, error = %e, "assigned download failed; retried when the server repeats it")
+                    }
                 }
-            }
-            running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
-        });
+                running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+            },
+            span,
+        ));
     }
 }

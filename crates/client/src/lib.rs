@@ -51,6 +51,7 @@ use branchline_wire::{Body, ClientId, DeploymentKey, SOFTWARE_VERSION};
 use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 pub use identity::IdentityError;
 pub use services::Services;
@@ -327,10 +328,17 @@ impl Client {
             ))
         })?;
         let seed = u64::from_le_bytes(id.0[..8].try_into().expect("8 bytes"));
-        tasks.push(tokio::spawn(local::serve(listener, services.clone(), seed)));
-        tasks.push(tokio::spawn(jobs::run(assign_rx, services.clone(), seed)));
+        // Every line the daemon logs carries its client id (JSON logs: in the span list).
+        let span = tracing::info_span!("client", client = %id);
+        tasks.push(tokio::spawn(
+            local::serve(listener, services.clone(), seed).instrument(span.clone()),
+        ));
+        tasks.push(tokio::spawn(
+            jobs::run(assign_rx, services.clone(), seed).instrument(span.clone()),
+        ));
         let hostname = opts.hostname.clone().unwrap_or_else(netinfo::hostname);
-        let main = tokio::spawn(run(opts, id, requester, status_tx, quic, assign_tx));
+        let main =
+            tokio::spawn(run(opts, id, requester, status_tx, quic, assign_tx).instrument(span));
         Ok(Client {
             id,
             hostname,
