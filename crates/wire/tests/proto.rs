@@ -584,3 +584,34 @@ fn a_missing_or_changed_field_is_reported() {
         "{body:?}"
     );
 }
+
+/// `docs/wire.md`'s register of body tags names the same tags and messages as the .proto
+/// (which the test above holds to the Rust code).
+#[test]
+fn wire_spec_body_register_matches_the_proto() {
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/wire.md"))
+        .expect("docs/wire.md");
+    let section = spec
+        .split("### 4.2 Body tag register")
+        .nth(1)
+        .and_then(|s| s.split("\n### ").next())
+        .expect("docs/wire.md has a section 4.2 Body tag register");
+    let documented: BTreeMap<u32, String> = section
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let tag = cells.get(1)?.parse().ok()?;
+            Some((tag, cells.get(2)?.trim_matches('`').to_owned()))
+        })
+        .collect();
+    let proto = proto();
+    let body: BTreeMap<u32, String> = proto.messages["Envelope"]
+        .iter()
+        .filter(|(_, _, _, oneof)| oneof.as_deref() == Some("body"))
+        .map(|(tag, ty, _, _)| (*tag, ty.clone()))
+        .collect();
+    assert_eq!(
+        documented, body,
+        "docs/wire.md section 4.2 (left) and the .proto (right)"
+    );
+}
