@@ -18,7 +18,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use branchline_origin::testserver::CountingServer;
-use rand::{Rng, RngCore};
 
 const BIN: &str = env!("CARGO_BIN_EXE_branchline");
 
@@ -63,7 +62,7 @@ fn random_file(path: &Path, bytes: u64) {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     let mut buf = vec![0u8; 1 << 20];
     for _ in 0..(bytes >> 20) {
-        rand::rng().fill_bytes(&mut buf);
+        rand::fill(&mut buf[..]);
         f.write_all(&buf).unwrap();
     }
     f.flush().unwrap();
@@ -190,13 +189,12 @@ fn main() {
         .unwrap_or(6);
     let size = mib << 20;
     let tmp = tempfile::tempdir().unwrap();
-    let mut r = rand::rng();
     let bench = Bench {
         dir: tmp.path().to_owned(),
         net: format!(
             "127.{}.{}",
-            r.random_range(100..=250u8),
-            r.random_range(1..=254u8)
+            rand::random_range(100..=250u8),
+            rand::random_range(1..=254u8)
         ),
         key: tmp
             .path()

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use branchline_wire::frame::{open, seal};
 use branchline_wire::msg::{Heartbeat, Register};
 use branchline_wire::{Body, ClientId, Envelope, Incoming, SealingKey};
-use rand::Rng;
 
 const BIN: &str = env!("CARGO_BIN_EXE_branchline");
 const WINDOW: usize = 64;
@@ -108,21 +107,20 @@ fn drive(
                     sock.set_read_timeout(Some(Duration::from_millis(100)))
                         .unwrap();
                     let keys = std::slice::from_ref(key);
-                    let mut rng = rand::rng();
                     let mut next = t;
                     let mut inflight: HashMap<u64, usize> = HashMap::new();
                     let mut done = 0usize;
                     let mut buf = [0u8; 2048];
                     while start.elapsed() < limit {
                         while inflight.len() < WINDOW && next < total {
-                            let msg_id = rng.random_range(1..u64::MAX);
+                            let msg_id = rand::random_range(1..u64::MAX);
                             let env = Envelope {
                                 msg_id,
                                 sent_at_ms: now_ms(),
                                 in_reply_to: 0,
                                 body: Some(make(next)),
                             };
-                            let dg = seal(key, rng.random(), &env).unwrap();
+                            let dg = seal(key, rand::random(), &env).unwrap();
                             sock.send_to(&dg, server).unwrap();
                             inflight.insert(msg_id, next);
                             next += THREADS;
@@ -154,12 +152,12 @@ fn drive(
                                 let lost: Vec<usize> = inflight.drain().map(|(_, i)| i).collect();
                                 for i in lost {
                                     let env = Envelope {
-                                        msg_id: rng.random_range(1..u64::MAX),
+                                        msg_id: rand::random_range(1..u64::MAX),
                                         sent_at_ms: now_ms(),
                                         in_reply_to: 0,
                                         body: Some(make(i)),
                                     };
-                                    let dg = seal(key, rng.random(), &env).unwrap();
+                                    let dg = seal(key, rand::random(), &env).unwrap();
                                     sock.send_to(&dg, server).unwrap();
                                     inflight.insert(env.msg_id, i);
                                 }
@@ -191,11 +189,10 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bench.toml");
     std::fs::write(&cfg, "[server]\nthreads = 1\n").unwrap();
-    let mut r = rand::rng();
     let net = format!(
         "127.{}.{}",
-        r.random_range(100..=250u8),
-        r.random_range(1..=254u8)
+        rand::random_range(100..=250u8),
+        rand::random_range(1..=254u8)
     );
     let server_ip: std::net::IpAddr = format!("{net}.1").parse().unwrap();
     let load_ip: std::net::IpAddr = format!("{net}.2").parse().unwrap();
@@ -234,7 +231,7 @@ fn main() {
         .unwrap()
         .derive();
     let target: SocketAddr = (server_ip, 34323).into();
-    let ids: Vec<ClientId> = (0..clients).map(|_| ClientId(r.random())).collect();
+    let ids: Vec<ClientId> = (0..clients).map(|_| ClientId(rand::random())).collect();
 
     println!("Branchline small-message benchmark");
     println!(

@@ -263,11 +263,10 @@ async fn distribute(
     {
         let pkg = pkg.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use rand::RngCore;
             let mut f = std::io::BufWriter::new(std::fs::File::create(&pkg)?);
             let mut buf = vec![0u8; 1 << 20];
             for _ in 0..(size >> 20) {
-                rand::rng().fill_bytes(&mut buf);
+                rand::fill(&mut buf[..]);
                 std::io::Write::write_all(&mut f, &buf)?;
             }
             std::io::Write::flush(&mut f)

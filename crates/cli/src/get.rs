@@ -1,7 +1,9 @@
-//! `branchline get CONTENT [--out PATH]`: asks the local client daemon (Unix socket in its
-//! data directory) for a content item, shows progress, prints the verified file's path.
+//! `branchline get CONTENT [--out PATH] [--timeout SECS]`: asks the local client daemon
+//! (Unix socket in its data directory) for a content item, shows progress, prints the
+//! verified file's path.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use branchline_client::local::{LocalReply, LocalRequest, SOCKET};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -24,10 +26,57 @@ pub struct GetArgs {
     /// No progress bar; print one JSON object at the end.
     #[arg(long)]
     pub json: bool,
+    /// Give up after this many seconds (default: wait as long as the download goes on).
+    /// The daemon keeps fetching in the background; `get` again picks it up.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
 }
 
 pub async fn run(args: GetArgs, config_data_dir: Option<PathBuf>) -> Result<(), Fail> {
-    let dir = args.data_dir.or(config_data_dir).ok_or_else(|| {
+    let pb = if args.json {
+        ProgressBar::hidden()
+    } else {
+        let pb = ProgressBar::new(0);
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb
+    };
+    let Some(secs) = args.timeout else {
+        return get(&args, config_data_dir, &pb).await;
+    };
+    match tokio::time::timeout(Duration::from_secs(secs), get(&args, config_data_dir, &pb)).await {
+        Ok(result) => result,
+        Err(_) => {
+            pb.abandon();
+            let had = match pb.length() {
+                Some(size) if size > 0 => {
+                    format!(" ({} of {size} bytes verified so far)", pb.position())
+                }
+                _ => String::new(),
+            };
+            Err(Fail::new(
+                exit::FAILURE,
+                format!(
+                    "gave up on {} after {secs} s (--timeout){had}; the client daemon keeps \
+                     fetching it, and `branchline get` again picks up where it is",
+                    args.content
+                ),
+            ))
+        }
+    }
+}
+
+async fn get(
+    args: &GetArgs,
+    config_data_dir: Option<PathBuf>,
+    pb: &ProgressBar,
+) -> Result<(), Fail> {
+    let dir = args.data_dir.clone().or(config_data_dir).ok_or_else(|| {
         Fail::new(
             exit::USAGE,
             "--data-dir is required (the client daemon's data directory, or set client.data_dir in the config file)",
@@ -53,19 +102,6 @@ pub async fn run(args: GetArgs, config_data_dir: Option<PathBuf>) -> Result<(), 
     w.write_all(&line)
         .await
         .map_err(|e| Fail::new(exit::FAILURE, format!("writing to the client daemon: {e}")))?;
-    let pb = if args.json {
-        ProgressBar::hidden()
-    } else {
-        let pb = ProgressBar::new(0);
-        pb.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        pb
-    };
     let mut lines = BufReader::new(r).lines();
     loop {
         let Some(line) = lines.next_line().await.map_err(|e| {

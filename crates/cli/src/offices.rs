@@ -10,7 +10,6 @@ use branchline_server::admin::{
 use branchline_wire::Body;
 use branchline_wire::msg::{AdminChunk, AdminRun};
 use clap::Subcommand;
-use rand::Rng;
 
 use crate::connector::{Connector, unexpected};
 use crate::{Fail, exit};
@@ -35,7 +34,7 @@ pub enum TopologyCommand {
 pub async fn call(c: &Connector, request: &AdminCall) -> Result<serde_json::Value, Fail> {
     let body = serde_json::to_vec(request)
         .map_err(|e| Fail::new(exit::FAILURE, format!("cannot encode the request: {e}")))?;
-    let call_id: u64 = rand::rng().random();
+    let call_id: u64 = rand::random();
     let total_len = u32::try_from(body.len())
         .map_err(|_| Fail::new(exit::USAGE, "the request is too large"))?;
     for (i, chunk) in body.chunks(CHUNK).enumerate() {

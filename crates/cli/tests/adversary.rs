@@ -12,7 +12,6 @@ use std::time::Duration;
 use branchline_transport::{Context, RequestError, Requester};
 use branchline_wire::msg::{ContentMeta, ErrorCode, PublishBegin};
 use branchline_wire::{Body, connector};
-use rand::RngCore;
 
 mod common;
 
@@ -102,7 +101,7 @@ fn a_device_with_the_deployment_key_cannot_publish_or_replace_a_package() {
     write_key(&evil_key, &std::fs::read_to_string(&key).unwrap());
     let pkg = bed.path("app.bin");
     let mut data = vec![0u8; 300_000];
-    rand::rng().fill_bytes(&mut data);
+    rand::fill(&mut data[..]);
     std::fs::write(&pkg, &data).unwrap();
     let out = bed.connector_raw(
         &evil_key,
@@ -207,11 +206,10 @@ fn forged_key_mismatch_notices_do_not_stop_a_client() {
     rt.block_on(async {
         let ip: IpAddr = bed.ip(66).parse().unwrap();
         let s = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
-        let mut rng = rand::rng();
         for _ in 0..1_000 {
             let mut notice = [0u8; 20];
             notice[..4].copy_from_slice(&[b'B', b'L', 1, 2]);
-            rng.fill_bytes(&mut notice[4..]);
+            rand::fill(&mut notice[4..]);
             s.send_to(&notice, target).await.unwrap();
         }
     });

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use branchline_client::local::{LocalReply, LocalRequest};
 use branchline_origin::testserver::CountingServer;
-use rand::RngCore;
 use serde_json::Value;
 
 mod common;
@@ -50,7 +49,7 @@ impl Origin {
 
 fn random_file(path: &Path, len: usize) -> Vec<u8> {
     let mut data = vec![0u8; len];
-    rand::rng().fill_bytes(&mut data);
+    rand::fill(&mut data[..]);
     std::fs::write(path, &data).unwrap();
     data
 }

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rand::RngCore;
 use serde_json::Value;
 
 #[path = "common/browser.rs"]
@@ -320,10 +319,9 @@ fn dashboard_in_a_browser_matches_the_api_and_the_connector() {
     }
 
     // A finished deployment of a small package.
-    let mut rng = rand::rng();
     let small = bed.dir.path().join("small.bin");
     let mut data = vec![0u8; SMALL];
-    rng.fill_bytes(&mut data);
+    rand::fill(&mut data[..]);
     std::fs::write(&small, &data).unwrap();
     let small_id = publish(&bed, &key, &small, "tools");
     let out = bed.connector(&key, &["deploy", &small_id, "--to", "all"]);
@@ -465,7 +463,7 @@ fn dashboard_in_a_browser_matches_the_api_and_the_connector() {
     // A live WAN transfer: a larger package crosses east's slow link.
     let large = bed.dir.path().join("large.bin");
     let mut data = vec![0u8; LARGE];
-    rng.fill_bytes(&mut data);
+    rand::fill(&mut data[..]);
     std::fs::write(&large, &data).unwrap();
     let large_id = publish(&bed, &key, &large, "suite");
     browser.goto(&format!("{base}/"));

@@ -6,7 +6,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use rand::Rng;
 use serde_json::Value;
 
 mod common;
@@ -162,12 +161,11 @@ fn flood(bed: &Bed, key_file: &str, n: usize) {
             tokio::net::UdpSocket::bind((ip, 34320)).await.unwrap(),
             Context::new(vec![key.derive()]),
         );
-        let mut rng = rand::rng();
         let mut sent = 0;
         while sent < n {
             for _ in 0..50.min(n - sent) {
-                let len = rng.random_range(0..1400usize);
-                let mut d: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                let len = rand::random_range(0..1400usize);
+                let mut d: Vec<u8> = (0..len).map(|_| rand::random()).collect();
                 match sent % 3 {
                     0 => {}
                     kind => {

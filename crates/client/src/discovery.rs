@@ -24,7 +24,6 @@ use branchline_transport::{Counters, DropReason, Handler, Requester, Response};
 use branchline_wire::msg::{Ack, IHave, WhoHas};
 use branchline_wire::validate::{Holding, Subnet};
 use branchline_wire::{Body, ClientId};
-use rand::Rng;
 use tokio::sync::broadcast;
 
 /// A client asks its subnet about one content item at most this often.
@@ -293,7 +292,7 @@ impl Discovery {
             },
         };
         let to = SocketAddr::new(from.ip(), ask.reply_port);
-        let delay = rand::rng().random_range(Duration::ZERO..=ANSWER_DELAY_MAX);
+        let delay = rand::random_range(Duration::ZERO..=ANSWER_DELAY_MAX);
         let requester = self.requester.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;

@@ -6,7 +6,6 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use branchline_wire::ClientId;
-use rand::Rng;
 
 /// File holding the client id.
 pub const ID_FILE: &str = "client-id";
@@ -76,7 +75,7 @@ pub fn load_or_create(dir: &Path) -> Result<ClientId, IdentityError> {
                 })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = ClientId(rand::rng().random());
+            let id = ClientId(rand::random());
             let err = |source| IdentityError::DataDir {
                 path: dir.to_owned(),
                 source,

@@ -48,7 +48,6 @@ use branchline_wire::msg::{
 };
 use branchline_wire::validate::Ports;
 use branchline_wire::{Body, ClientId, DeploymentKey, SOFTWARE_VERSION};
-use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -430,7 +429,7 @@ impl Client {
 /// to 30 s, ±25 % jitter.
 fn registration_backoff(failures: u32) -> Duration {
     let base = (1u64 << failures.min(5)).min(30) as f64;
-    let jitter: f64 = rand::rng().random_range(0.75..1.25);
+    let jitter: f64 = rand::random_range(0.75..1.25);
     Duration::from_secs_f64(base * jitter)
 }
 

@@ -255,18 +255,19 @@ mod tests {
         assert!(p.problems().is_empty());
     }
 
-    /// Where the seed file itself is at hand (a checkout beside `shared/`), every port it
-    /// names is one of ours and every one of ours is in it.
+    /// Every port the seed file names is one of ours and every one of ours is in it. The
+    /// seed file is not in this repository: it sits in `shared/` beside the checkout, so
+    /// the test is ignored unless asked for (`-- --include-ignored`, as `.ci/run` does),
+    /// and then fails, saying where it looked, when the file is missing.
     #[test]
-    fn defaults_cover_the_seed_file_when_present() {
+    #[ignore = "needs shared/seed-port-table.txt beside the checkout"]
+    fn defaults_cover_the_seed_file() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../../shared/seed-port-table.txt"
         );
-        let Ok(seed) = std::fs::read_to_string(path) else {
-            eprintln!("skipping: {path} not present (only the inline table was checked)");
-            return;
-        };
+        let seed = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("cannot read the seed port table {path}: {e}"));
         let mut seed_ports: Vec<u16> = seed
             .lines()
             .filter_map(|l| {

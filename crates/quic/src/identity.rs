@@ -8,9 +8,10 @@
 //! | the server | `s.<deployment>` | `s.acme` |
 //! | a client | `<client>.c.<deployment>` | `0f3a9c.c.acme` |
 //!
-//! The same name is the TLS server name (SNI) a node asks for when it connects, so
-//! the connecting side checks that it reached the node it meant to reach, not just
-//! some member of the deployment. This module is pure: no I/O, no clock.
+//! The same name is the TLS server name the connecting side verifies the peer's
+//! certificate against, so it checks that it reached the node it meant to reach, not
+//! just some member of the deployment. The name is not sent as SNI (see [`crate::tls`]).
+//! This module is pure: no I/O, no clock.
 
 use std::fmt;
 
@@ -157,8 +158,8 @@ pub enum Role {
 }
 
 impl Role {
-    /// The DNS name for this role in `deployment`: the certificate SAN and the SNI
-    /// used to connect to its holder.
+    /// The DNS name for this role in `deployment`: the certificate SAN, and the name the
+    /// connecting side verifies its holder's certificate against (never sent as SNI).
     pub fn dns_name(&self, deployment: &DeploymentName) -> String {
         match self {
             Role::Server => format!("{SERVER_LABEL}.{deployment}"),

@@ -57,7 +57,6 @@ use branchline_transport::{
     restrict_file,
 };
 use branchline_wire::DeploymentKey;
-use rand::Rng;
 use tokio::task::JoinHandle;
 
 pub use db::{Db, DbError, SCHEMA_VERSION};
@@ -194,7 +193,7 @@ fn prepare_data_dir(dir: &Path) -> Result<(DeploymentKey, bool), ServerError> {
     if key_path.exists() {
         return Ok((read_key_file(&key_path)?, false));
     }
-    let key = DeploymentKey::from_bytes(rand::rng().random());
+    let key = DeploymentKey::from_bytes(rand::random());
     create_key_file(&key_path, &key)?;
     Ok((key, true))
 }

@@ -41,8 +41,11 @@
 //! their own headers and the relay only sees frames it can put back on a
 //! wire.
 //!
-//! Everything here needs root; tests call [`require_root`] and skip with a
-//! clear message without it.
+//! Everything here needs root. The tests that build namespaces are
+//! `#[ignore = "needs root: network namespaces"]`, so a normal user's `cargo test`
+//! lists them as ignored (never as passed); CI runs them as root with
+//! `-- --include-ignored`. Benchmarks call [`require_root`] and skip with a clear
+//! message without it.
 //!
 //! ```no_run
 //! use branchline_testbed::{Testbed, Topology, WanLink};

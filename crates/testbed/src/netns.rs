@@ -25,8 +25,10 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// For tests: returns true when running as root; otherwise prints a clear
-/// skip message (naming `what`) on stderr and returns false.
+/// For benchmarks and tools: returns true when running as root; otherwise prints
+/// a clear skip message (naming `what`) on stderr and returns false. Tests do not
+/// use it: a root-only test is `#[ignore = "needs root: ..."]` instead, so it is
+/// never reported as passed when it did not run.
 ///
 /// ```no_run
 /// if !branchline_testbed::require_root("two_offices_come_up") { return; }

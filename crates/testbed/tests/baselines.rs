@@ -1,12 +1,12 @@
-//! The download baselines on a small topology (root only; the BitTorrent
-//! one also needs aria2). They check real outcomes: every client gets the
+//! The download baselines on a small topology (root only: ignored unless run with
+//! `-- --include-ignored`; the BitTorrent one also needs aria2, which CI installs). They check real outcomes: every client gets the
 //! whole package (checked byte for byte) and the WAN link carries what the
 //! method implies.
 
 use std::time::Duration;
 
 use branchline_testbed::baseline::{DownloadOptions, bittorrent, http};
-use branchline_testbed::{Direction, Testbed, Topology, WanLink, require_root};
+use branchline_testbed::{Direction, Testbed, Topology, WanLink};
 
 fn topo() -> Topology {
     Topology::two_offices(
@@ -30,10 +30,8 @@ fn inbound(r: &branchline_testbed::baseline::DownloadReport) -> f64 {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn http_baseline_sends_one_copy_per_client_over_the_wan() {
-    if !require_root("http_baseline_sends_one_copy_per_client_over_the_wan") {
-        return;
-    }
     let tb = Testbed::up(&topo()).unwrap();
     let opts = DownloadOptions {
         size: 2 << 20,
@@ -50,19 +48,12 @@ fn http_baseline_sends_one_copy_per_client_over_the_wan() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn bittorrent_baseline_completes_with_aria2() {
-    if !require_root("bittorrent_baseline_completes_with_aria2") {
-        return;
-    }
-    if !bittorrent::aria2_available() {
-        use std::io::Write;
-        // Not eprintln!: the harness hides that output of passing tests.
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipping bittorrent_baseline_completes_with_aria2: aria2c is not installed (Debian package aria2)"
-        );
-        return;
-    }
+    assert!(
+        bittorrent::aria2_available(),
+        "aria2c is not installed: install the Debian package aria2 (.ci/apt-packages.txt)"
+    );
     let tb = Testbed::up(&topo()).unwrap();
     let opts = DownloadOptions {
         size: 2 << 20,

@@ -1,4 +1,5 @@
-//! The command line against real namespaces (root only): `up` in the
+//! The command line against real namespaces (root only: ignored unless run with
+//! `-- --include-ignored`): `up` in the
 //! background, `exec`, `counters`, and teardown by SIGINT and by `down`.
 
 use std::io::{BufRead, BufReader};
@@ -7,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use branchline_testbed::{netns, require_root};
+use branchline_testbed::netns;
 
 const BIN: &str = env!("CARGO_BIN_EXE_branchline-testbed");
 
@@ -89,10 +90,8 @@ fn wait_exit(c: &mut Child, limit: Duration) -> std::process::ExitStatus {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn cli_up_exec_counters_then_interrupt_tears_down() {
-    if !require_root("cli_up_exec_counters_then_interrupt_tears_down") {
-        return;
-    }
     let topo = topo_file("int");
     let (mut up, run) = start_up(&topo);
     assert_eq!(run_netns(&run).len(), 6);
@@ -170,10 +169,8 @@ fn cli_up_exec_counters_then_interrupt_tears_down() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn cli_down_stops_a_running_up() {
-    if !require_root("cli_down_stops_a_running_up") {
-        return;
-    }
     let topo = topo_file("down");
     let (mut up, run) = start_up(&topo);
     let out = Command::new(BIN).args(["down", &run]).output().unwrap();
@@ -190,10 +187,8 @@ fn cli_down_stops_a_running_up() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn cli_rejects_a_bad_topology_clearly() {
-    if !require_root("cli_rejects_a_bad_topology_clearly") {
-        return;
-    }
     let p = std::env::temp_dir().join(format!("bl-cli-{}-bad.toml", std::process::id()));
     std::fs::write(&p, TOPO.replace("198.18.2.0/24", "10.1.2.0/24")).unwrap();
     let out = Command::new(BIN).arg("up").arg(&p).output().unwrap();

@@ -1,14 +1,12 @@
-//! Real-namespace tests of the test bed (root only; they skip with a
-//! message otherwise). Each test builds its own run with unique names, so
+//! Real-namespace tests of the test bed (root only: ignored unless run as root
+//! with `-- --include-ignored`). Each test builds its own run with unique names, so
 //! they run in parallel, and every run is torn down even when a test fails.
 
 use std::time::Duration;
 
 use branchline_testbed::baseline::tcp::{TcpOptions, Until, tcp_bulk};
 use branchline_testbed::probe::{broadcast_reach, icmp_rtt, udp_rtt};
-use branchline_testbed::{
-    Direction, LinkCounters, Testbed, Topology, WanLink, netns, require_root,
-};
+use branchline_testbed::{Direction, LinkCounters, Testbed, Topology, WanLink, netns};
 
 fn wan(rate_mbit: Option<f64>, delay_ms: f64) -> WanLink {
     WanLink {
@@ -29,10 +27,8 @@ fn run_netns(tb: &Testbed) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn two_offices_come_up_and_broadcast_stays_in_office() {
-    if !require_root("two_offices_come_up_and_broadcast_stays_in_office") {
-        return;
-    }
     let topo = Topology::two_offices(&["server", "c1", "c2"], &["c3", "c4"], wan(Some(50.0), 0.0));
     let tb = Testbed::up(&topo).unwrap();
     assert_eq!(run_netns(&tb).len(), 7, "router, switch and five hosts");
@@ -82,10 +78,8 @@ fn two_offices_come_up_and_broadcast_stays_in_office() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn tcp_over_20mbit_link_and_counters_agree() {
-    if !require_root("tcp_over_20mbit_link_and_counters_agree") {
-        return;
-    }
     let topo = Topology::two_offices(&["server"], &["c1"], wan(Some(20.0), 0.0));
     let tb = Testbed::up(&topo).unwrap();
     let before = tb.wan_counters().unwrap();
@@ -145,10 +139,8 @@ fn tcp_over_20mbit_link_and_counters_agree() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn relay_adds_configured_delay() {
-    if !require_root("relay_adds_configured_delay") {
-        return;
-    }
     let topo = Topology::two_offices(&["server"], &["c1", "c2"], wan(Some(100.0), 25.0));
     let tb = Testbed::up(&topo).unwrap();
     // Same office: no relay on the path.
@@ -189,10 +181,8 @@ fn relay_adds_configured_delay() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn nothing_left_behind_after_a_failed_test() {
-    if !require_root("nothing_left_behind_after_a_failed_test") {
-        return;
-    }
     let topo = Topology::two_offices(&["server"], &["c1"], wan(Some(10.0), 5.0));
     let (tx, rx) = std::sync::mpsc::channel();
     let result = std::thread::spawn(move || {
@@ -237,10 +227,8 @@ fn nothing_left_behind_after_a_failed_test() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn random_loss_drops_about_the_configured_share() {
-    if !require_root("random_loss_drops_about_the_configured_share") {
-        return;
-    }
     let mut link = wan(Some(100.0), 0.0);
     link.loss_percent = 10.0;
     let topo = Topology::two_offices(&["server"], &["c1"], link);
@@ -301,10 +289,8 @@ fn random_loss_drops_about_the_configured_share() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn leftovers_of_a_killed_process_are_reaped() {
-    if !require_root("leftovers_of_a_killed_process_are_reaped") {
-        return;
-    }
     // A process that has exited stands for a test killed with SIGKILL,
     // whose Drop never ran: its namespaces are still there.
     let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -333,10 +319,8 @@ fn leftovers_of_a_killed_process_are_reaped() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn asymmetric_link_shapes_each_direction_at_its_rate() {
-    if !require_root("asymmetric_link_shapes_each_direction_at_its_rate") {
-        return;
-    }
     let mut link = wan(Some(40.0), 0.0);
     link.rate_out_mbit = Some(8.0);
     let topo = Topology::two_offices(&["server"], &["c1"], link);

@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use branchline_wire::frame::{self, Header};
 use branchline_wire::msg::{ErrorCode, ErrorReply};
 use branchline_wire::{Body, Envelope, Incoming, KeyId, OpenError, SealingKey};
-use rand::Rng;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -78,16 +77,16 @@ impl Context {
 }
 
 fn random_msg_id() -> u64 {
-    rand::rng().random_range(1..=u64::MAX)
+    rand::random_range(1..=u64::MAX)
 }
 
 fn random_nonce() -> [u8; 12] {
-    rand::rng().random()
+    rand::random()
 }
 
 /// Uniform in `[0, 1)`, for retransmission jitter.
 fn jitter_sample() -> f64 {
-    rand::rng().random()
+    rand::random()
 }
 
 /// Receive buffer: larger than any valid datagram so oversized ones are seen as such.

@@ -9,8 +9,10 @@
 //!   notice, see [`crate::frame`]) from "forged or garbled" (answer: silent drop).
 //!
 //! The key id reveals nothing useful about the key (it is an HKDF output) and lets a
-//! receiver hold more than one key at a time, which is how rotation works: the server
-//! accepts the old and the new key until every client has the new one.
+//! receiver hold more than one key at a time ([`crate::frame::open`] takes a list). That is
+//! what key rotation will rest on (the server accepting the old and the new key until
+//! every client has the new one), but rotation is not built yet: every node holds exactly
+//! one key today.
 
 use std::fmt;
 use std::str::FromStr;

@@ -176,7 +176,8 @@ pub struct ReportHave {
     pub have: Vec<u8>,
     #[prost(bool, tag = "3")]
     pub complete: bool,
-    /// The port this client serves content on (Foreground).
+    /// The port this client serves content on (Foreground). Ignored by the server, which
+    /// uses the port the client registered (`Register.ports.content_fg`).
     #[prost(uint32, tag = "4")]
     pub content_port: u32,
     /// Verified bytes this client has taken of this content, by source kind, since it

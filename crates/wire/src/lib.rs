@@ -13,7 +13,9 @@
 //! * [`validate`]: typed values that handlers act on.
 //! * [`connector`]: the connector's own credential (tokens, enrolment, signed admin requests).
 //!
-//! The protocol is written down for people in `docs/protocol.md`.
+//! The wire format is specified in `docs/wire.md` (normative, with the test vectors in
+//! `tests/vectors/` and the messages in `proto/branchline.proto`); the transport's
+//! behaviour is in `docs/protocol.md`.
 
 pub mod connector;
 pub mod frame;

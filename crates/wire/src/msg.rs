@@ -1,5 +1,6 @@
 //! The small-message schema (protobuf encoding via `prost`, written out by hand so no
-//! code generator is needed; `docs/protocol.md` lists the same tags).
+//! code generator is needed). `proto/branchline.proto` describes the same messages, and
+//! `tests/proto.rs` fails if the two differ; `docs/wire.md` is the normative text.
 //!
 //! Evolution rules, which keep a server and clients of different versions working together:
 //! * a field's tag and type never change; removed tags are never reused;
@@ -10,7 +11,9 @@
 /// The unit of every datagram: ids for reliability and replay protection, and the body.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Envelope {
-    /// Random, non-zero, unique per sender; retransmissions reuse it.
+    /// Uniformly random over 1..=2^64-1 for every new message (replies too);
+    /// retransmissions reuse it. Receivers remember ids across all senders, so an id
+    /// must never be a counter or otherwise predictable.
     #[prost(uint64, tag = "1")]
     pub msg_id: u64,
     /// Sender's clock when the message was first sent (Unix milliseconds).
@@ -112,7 +115,7 @@ pub enum Body {
     /// admin's request). Answered with [`Ack`].
     #[prost(message, tag = "34")]
     TransferControl(TransferControl),
-    // Tags 31-39 are reserved for the offices work; trust (issue #10) uses 40-59.
+    // Tags 35-39 and 43-59 are unassigned; a new body takes a tag never used before.
     /// connector -> server: enrol this connector with a one-time token (the token itself
     /// never travels: `proof` is an HMAC keyed by it). Answered with [`ConnectorEnrolled`].
     #[prost(message, tag = "40")]

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use branchline_origin::testserver::CountingServer;
 use branchline_testbed::{Direction, Testbed, Topology};
-use rand::RngCore;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_branchline");
@@ -318,7 +317,7 @@ impl Deployment {
 
 pub fn random(len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
-    rand::rng().fill_bytes(&mut v);
+    rand::fill(&mut v[..]);
     v
 }
 

@@ -6,7 +6,6 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use serde_json::{Value, json};
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
@@ -39,7 +38,7 @@ impl Browser {
             );
         }
         let agent = agent();
-        let port: u16 = rand::rng().random_range(20000..60000);
+        let port: u16 = rand::random_range(20000..60000);
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())

@@ -5,18 +5,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_branchline");
 
 /// A random /24 inside 127.0.0.0/8, as "127.X.Y".
 pub fn net() -> String {
-    let mut r = rand::rng();
     format!(
         "127.{}.{}",
-        r.random_range(100..=250u8),
-        r.random_range(1..=254u8)
+        rand::random_range(100..=250u8),
+        rand::random_range(1..=254u8)
     )
 }
 
