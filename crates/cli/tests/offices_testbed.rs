@@ -445,6 +445,17 @@ fn an_office_completes_through_subnet_discovery_with_the_server_down() {
         start.elapsed().as_secs_f64()
     );
     d.client(member);
+    // Its local socket answers once the daemon is up again.
+    let sock = d.dir.path().join(member).join("client.sock");
+    let up = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            up.elapsed() < Duration::from_secs(30),
+            "{member} did not start again\n{}",
+            d.procs.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for h in ["n1", "n2", "n3"] {
         let got = get_file(&d, h, &id, Duration::from_secs(180))
             .unwrap_or_else(|e| panic!("{h}: {e}\n{}", d.procs.logs()));

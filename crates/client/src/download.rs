@@ -319,6 +319,8 @@ pub async fn download(
         signalled: false,
         signal_addrs: HashMap::new(),
         admin_paused: false,
+        last_control: None,
+        locate_sent: Instant::now(),
         wan_at_signal: (Instant::now(), 0),
         link_change: None,
         whole: Default::default(),
@@ -459,6 +461,10 @@ struct Download {
     signalled: bool,
     signal_addrs: HashMap<String, SocketAddr>,
     admin_paused: bool,
+    /// When the server last pushed a pause or resume, and when the last locate went out
+    /// (an answer older than the push does not undo it).
+    last_control: Option<Instant>,
+    locate_sent: Instant,
     wan_at_signal: (Instant, u64),
     /// When the office link's allowed-hours window opens or closes next.
     link_change: Option<Instant>,
@@ -623,6 +629,7 @@ impl Download {
                 }
                 control = controls.recv() => match control {
                     Ok(c) if c.content_id.as_slice() == self.id.as_bytes() => {
+                        self.last_control = Some(Instant::now());
                         self.set_paused(&mut sched, c.pause, Instant::now());
                     }
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -1177,7 +1184,8 @@ impl Download {
     /// Asks the server where the pieces are and updates the scheduler's sources.
     /// Starts asking the server where the pieces are, in a task of its own: the download
     /// goes on with what it has while the server is slow or unreachable.
-    fn start_locate(&self) -> JoinHandle<Result<Locations, DownloadError>> {
+    fn start_locate(&mut self) -> JoinHandle<Result<Locations, DownloadError>> {
+        self.locate_sent = Instant::now();
         let (svc, request) = (
             self.svc.clone(),
             Locate {
@@ -1215,10 +1223,13 @@ impl Download {
             .as_ref()
             .map(|l| (l.open, l.queued, l.paused, l.ceiling_bytes_per_s))
             .unwrap_or((true, false, false, 0));
-        if paused != self.admin_paused {
+        // A pause or resume pushed by the server after this locate was sent is newer
+        // than what the answer says.
+        let stale = self.last_control.is_some_and(|c| c > self.locate_sent);
+        if !stale && paused != self.admin_paused {
             self.set_paused(sched, paused, Instant::now());
         }
-        let queued = queued || paused;
+        let queued = queued || self.admin_paused;
         if (open && !queued) != self.link_open {
             tracing::info!(content = %self.id, open, queued, "the office's WAN link changed");
             self.progress.send_modify(|p| {
