@@ -530,6 +530,7 @@ fn wifi_offices_do_not_broadcast_and_hostile_discovery_datagrams_are_counted() {
             content_id: vec![7; 32],
             client_id: "00112233445566778899aabbccddeeff".into(),
             reply_port: 34325,
+            office: "north".into(),
         })
     };
     let mut forged = sealed(&d.key, ask());

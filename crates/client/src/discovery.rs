@@ -161,6 +161,15 @@ impl Discovery {
         }
     }
 
+    /// The office's name ("" until the server has told).
+    pub fn office_name(&self) -> String {
+        self.office
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
     /// The office type ("" until the server has told).
     pub fn office_kind(&self) -> String {
         self.office
@@ -205,6 +214,7 @@ impl Discovery {
             content_id: content.as_bytes().to_vec(),
             client_id: self.client_id.to_string(),
             reply_port: self.reply_port.into(),
+            office: self.office_name(),
         });
         match self.requester.send_oneway(target, ask).await {
             Ok(()) => {
@@ -257,11 +267,18 @@ impl Discovery {
 
     /// A `WhoHas` arrived on the broadcast port: answer later, never on that port.
     fn on_ask(self: &Arc<Self>, from: SocketAddr, ask: WhoHas) {
+        let office = ask.office.clone();
         let Ok(ask) = ask.validate() else {
             self.counters.count(DropReason::Invalid);
             return;
         };
         if !self.in_subnet(from) || ask.client_id == self.client_id {
+            return;
+        }
+        // Only the asker's own office answers: one subnet (one broadcast domain) may hold
+        // several offices, and peers of another office are not served over the LAN.
+        let mine = self.office_name();
+        if mine.is_empty() || office != mine {
             return;
         }
         if self.office_kind() == "vpn" {
@@ -284,6 +301,7 @@ impl Discovery {
             content_id: content.as_bytes().to_vec(),
             client_id: self.client_id.to_string(),
             content_port: self.content_port.into(),
+            office: self.office_name(),
             complete,
             have: if complete || bits.len() > MAX_HAVE_IN_ANSWER {
                 Vec::new()
@@ -304,6 +322,7 @@ impl Discovery {
 
     /// An `IHave` arrived on our request port.
     pub fn on_answer(&self, from: SocketAddr, answer: IHave) -> Response {
+        let same_office = answer.office == self.office_name() && !answer.office.is_empty();
         let h: Holding = match answer.validate() {
             Ok(h) => h,
             Err(e) => {
@@ -317,6 +336,10 @@ impl Discovery {
         };
         if !self.in_subnet(from) {
             return Response::Silent;
+        }
+        if !same_office {
+            // Acknowledged (it was a valid answer) but not used.
+            return Response::Reply(Body::Ack(Ack {}));
         }
         let _ = self.found.send(Found {
             content: ContentId::from_bytes(h.content_id),

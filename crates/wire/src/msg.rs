@@ -432,6 +432,10 @@ pub struct WhoHas {
     /// The asker's small-message request port (34325), where answers go.
     #[prost(uint32, tag = "3")]
     pub reply_port: u32,
+    /// The asker's office (as the server told it): only clients of that office answer.
+    /// A subnet may hold several offices, or the interface's subnet be wider than one.
+    #[prost(string, tag = "4")]
+    pub office: String,
 }
 
 /// An answer to [`WhoHas`].
@@ -451,6 +455,9 @@ pub struct IHave {
     /// asker then asks the holder directly otherwise).
     #[prost(bytes = "vec", tag = "5")]
     pub have: Vec<u8>,
+    /// The holder's office: the asker takes holders of its own office only.
+    #[prost(string, tag = "6")]
+    pub office: String,
 }
 
 /// Most assignments carried in one heartbeat reply (they fit in one datagram).

@@ -455,6 +455,9 @@ pub struct Ask {
     pub reply_port: u16,
 }
 
+/// Longest office name in discovery messages (bytes).
+pub const MAX_OFFICE_NAME: usize = 64;
+
 impl crate::msg::WhoHas {
     pub fn validate(&self) -> Result<Ask, Invalid> {
         Ok(Ask {
