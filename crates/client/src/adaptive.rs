@@ -19,6 +19,7 @@ use branchline_transport::{Counters, DropReason, Handler, Requester, Response};
 use branchline_wire::msg::{Ack, SignalKind, TransferControl, TransferSignal};
 use branchline_wire::{Body, ClientId};
 use tokio::sync::broadcast;
+use tokio::task::AbortHandle;
 
 /// How often the RVP reports a running transfer's progress to the server.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -31,6 +32,9 @@ pub struct Signals {
     /// The server's IP and Adaptive Protocol port (34545).
     server: SocketAddr,
     controls: broadcast::Sender<TransferControl>,
+    /// The WAN piece fetches running per content item, so that a pause stops them at
+    /// once, even while the download's loop is busy writing pieces.
+    wan_fetches: std::sync::Mutex<std::collections::HashMap<ContentId, Vec<AbortHandle>>>,
 }
 
 impl Signals {
@@ -46,6 +50,7 @@ impl Signals {
             client_id,
             server,
             controls: broadcast::channel(64).0,
+            wan_fetches: Default::default(),
         })
     }
 
@@ -55,14 +60,43 @@ impl Signals {
     }
 
     /// A `TransferControl` from the server (checked to come from the server's address by
-    /// the caller).
+    /// the caller). A pause stops the content's WAN fetches here and now (the streams
+    /// are reset, what arrived is kept by the download); the download then stops
+    /// requesting.
     pub fn on_control(&self, c: TransferControl) -> Response {
-        if c.content_id.len() != 32 {
+        let Ok(id) = <[u8; 32]>::try_from(c.content_id.as_slice()) else {
             self.counters.count(DropReason::Invalid);
             return Response::Silent;
+        };
+        if c.pause {
+            let fetches = self
+                .wan_fetches
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ContentId::from_bytes(id))
+                .unwrap_or_default();
+            for f in fetches {
+                f.abort();
+            }
         }
         let _ = self.controls.send(c);
         Response::Reply(Body::Ack(Ack {}))
+    }
+
+    /// Notes a running WAN fetch of `content` (a pause aborts it at once).
+    pub fn track(&self, content: ContentId, fetch: AbortHandle) {
+        let mut m = self.wan_fetches.lock().unwrap_or_else(|e| e.into_inner());
+        let v = m.entry(content).or_default();
+        v.retain(|f| !f.is_finished());
+        v.push(fetch);
+    }
+
+    /// Forgets `content`'s fetches (its download ended).
+    pub fn untrack(&self, content: ContentId) {
+        self.wan_fetches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&content);
     }
 
     fn signal(

@@ -474,6 +474,7 @@ struct Download {
 
 impl Drop for Download {
     fn drop(&mut self) {
+        self.svc.signals.untrack(self.id);
         if self.signalled {
             self.svc
                 .metrics
@@ -975,7 +976,7 @@ impl Download {
                                 prefix: prefix.clone(),
                             },
                         );
-                        tasks.spawn(async move {
+                        let handle = tasks.spawn(async move {
                             let result = fetch_from_upstream(
                                 &svc, &client, addr, id, piece, len, prefix, &sink,
                             )
@@ -985,7 +986,9 @@ impl Download {
                                 piece,
                                 result,
                             }
-                        })
+                        });
+                        self.svc.signals.track(self.id, handle.clone());
+                        handle
                     }
                     SourceInfo::Peer { client, addr } => {
                         let (svc, client, addr, id) =
