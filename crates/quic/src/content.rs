@@ -203,6 +203,31 @@ pub async fn fetch_piece(
     fetch_piece_progress(conn, request, config, &AtomicU64::new(0)).await
 }
 
+/// Reads a piece answer's header and checks its length against the request and the
+/// configured maximum (stopping the stream when it is wrong).
+async fn read_piece_header(
+    recv: &mut RecvStream,
+    request: &PieceRequest,
+    config: &ContentConfig,
+) -> Result<ResponseHeader, ContentError> {
+    let header = read_ok_header(recv).await?;
+    if header.len > config.max_piece_len {
+        let _ = recv.stop(STREAM_BAD_FRAME);
+        return Err(ContentError::TooLong {
+            len: header.len,
+            max: config.max_piece_len,
+        });
+    }
+    if request.len != 0 && header.len != request.len {
+        let _ = recv.stop(STREAM_BAD_FRAME);
+        return Err(ContentError::WrongLength {
+            asked: request.len,
+            got: header.len,
+        });
+    }
+    Ok(header)
+}
+
 /// [`fetch_piece`], also adding the number of data bytes received to `progress`
 /// as they arrive (not at the end), so a scheduler can tell a slow piece that is
 /// still flowing from a stalled one. Only the piece's data counts (not headers
@@ -217,21 +242,7 @@ pub async fn fetch_piece_progress(
 ) -> Result<Bytes, ContentError> {
     within(config.piece_timeout, async {
         let mut recv = send_request(conn, &request.encode()).await?;
-        let header = read_ok_header(&mut recv).await?;
-        if header.len > config.max_piece_len {
-            let _ = recv.stop(STREAM_BAD_FRAME);
-            return Err(ContentError::TooLong {
-                len: header.len,
-                max: config.max_piece_len,
-            });
-        }
-        if request.len != 0 && header.len != request.len {
-            let _ = recv.stop(STREAM_BAD_FRAME);
-            return Err(ContentError::WrongLength {
-                asked: request.len,
-                got: header.len,
-            });
-        }
+        let header = read_piece_header(&mut recv, request, config).await?;
         let data = read_payload_counted(
             &mut recv,
             header.len as usize,
@@ -284,21 +295,7 @@ pub async fn fetch_piece_into(
 ) -> Result<Bytes, ContentError> {
     within(config.piece_timeout, async {
         let mut recv = send_request(conn, &request.encode()).await?;
-        let header = read_ok_header(&mut recv).await?;
-        if header.len > config.max_piece_len {
-            let _ = recv.stop(STREAM_BAD_FRAME);
-            return Err(ContentError::TooLong {
-                len: header.len,
-                max: config.max_piece_len,
-            });
-        }
-        if request.len != 0 && header.len != request.len {
-            let _ = recv.stop(STREAM_BAD_FRAME);
-            return Err(ContentError::WrongLength {
-                asked: request.len,
-                got: header.len,
-            });
-        }
+        let header = read_piece_header(&mut recv, request, config).await?;
         let len = header.len as usize;
         let mut got = 0usize;
         while got < len {
