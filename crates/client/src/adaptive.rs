@@ -175,7 +175,9 @@ impl Handler for PeerSignalHandler {
                     | SignalKind::Pause
                     | SignalKind::Resume
                     | SignalKind::Cancel => {
-                        tracing::info!(
+                        // Debug: any enrolled device may send these, so they must not
+                        // fill the logs.
+                        tracing::debug!(
                             content = %ContentId::from_bytes(id),
                             receiver = %receiver,
                             from = %from_ip(from),

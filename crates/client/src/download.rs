@@ -56,6 +56,8 @@ use branchline_wire::msg::SignalKind;
 const LOCATE_EVERY: Duration = Duration::from_secs(1);
 /// Longest gap between two locates once sources are known.
 const LOCATE_MAX: Duration = Duration::from_secs(10);
+/// Most office peers a download keeps (from the server and the subnet together).
+const MAX_FOUND_PEERS: usize = 64;
 /// How often a downloading client asks its subnet who holds the content (besides the
 /// server's answers; at once when the server does not answer).
 const DISCOVER_EVERY: Duration = Duration::from_secs(15);
@@ -812,6 +814,13 @@ impl Download {
         if found.content != self.id || self.svc.discovery.office_kind() == "vpn" {
             return;
         }
+        // A hostile device of the office could claim many ids: peers found on the subnet
+        // are bounded like the server's lists.
+        let client = found.client.to_string();
+        if !self.peers.contains_key(&client) && self.peers.len() >= MAX_FOUND_PEERS {
+            tracing::debug!(content = %self.id, "peer found on the subnet ignored: enough peers already");
+            return;
+        }
         let pieces = self.map.piece_count();
         let have = if found.complete {
             Have::All
@@ -822,7 +831,6 @@ impl Download {
                 Err(_) => Have::Some(PieceSet::new(pieces)),
             }
         };
-        let client = found.client.to_string();
         if self.peers.contains_key(&client) {
             tracing::debug!(content = %self.id, peer = %client, addr = %found.addr, "found on the subnet again");
         } else {
