@@ -6,7 +6,8 @@
 //!
 //! 1. relay accuracy: UDP round trips over a link with 25 ms each way;
 //! 2. relay capacity: TCP over a 1000 Mbit/s link with 10 ms each way;
-//! 3. TCP bulk over the default 20 Mbit/s link, cubic and bbr;
+//! 3. TCP bulk over the default 20 Mbit/s link, cubic and bbr, and over an
+//!    asymmetric 40/8 Mbit/s link;
 //! 4. the HTTP and BitTorrent baselines of an 8 MiB package to three
 //!    branch clients (`topologies/two-offices.toml`).
 
@@ -96,6 +97,24 @@ fn main() -> Result<(), branchline_testbed::Error> {
         );
         tb.down()?;
     }
+
+    // An asymmetric link: 40 Mbit/s into the office, 8 Mbit/s out of it.
+    let mut asym = link(40.0, 50.0, 10.0);
+    asym.rate_out_mbit = Some(8.0);
+    let tb = Testbed::up(&Topology::two_offices(&["server"], &["c1"], asym))?;
+    let opts = |port| TcpOptions {
+        until: Until::Bytes(8 << 20),
+        congestion: Some("cubic".into()),
+        port,
+        ..Default::default()
+    };
+    let up = tcp_bulk(&tb, "c1", "server", &opts(5102))?;
+    let down = tcp_bulk(&tb, "server", "c1", &opts(5103))?;
+    println!(
+        "asymmetric link 40 Mbit/s in, 8 Mbit/s out, 10 ms each way, cubic: out {:.2} Mbit/s, in {:.2} Mbit/s after warm-up",
+        up.steady_mbit, down.steady_mbit
+    );
+    tb.down()?;
 
     let opts = DownloadOptions::default();
     let tb = Testbed::up(&default)?;

@@ -113,17 +113,32 @@ pub struct QueueStats {
     pub backlog_bytes: u64,
     /// Frames waiting in the queue now.
     pub backlog_packets: u64,
+    /// The shaper's configured rate (bits per second), as the kernel reports it.
+    pub rate_bps: u64,
 }
 
-/// Parses `tc -s -j qdisc show dev X` output: the root qdisc's counters.
-pub fn parse_tc_json(text: &str) -> Option<(u64, u64, u64, u64)> {
+/// Parses `tc -s -j qdisc show dev X` output: the root qdisc's counters
+/// (sent bytes, drops, backlog bytes, backlog frames) and its configured rate
+/// in bits per second (tc reports bytes per second; 0 when it has none).
+pub fn parse_tc_json(text: &str) -> Option<(u64, u64, u64, u64, u64)> {
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
     let q = v
         .as_array()?
         .iter()
         .find(|q| q.get("root").and_then(|r| r.as_bool()) == Some(true))?;
     let n = |k: &str| q.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-    Some((n("bytes"), n("drops"), n("backlog"), n("qlen")))
+    let rate = q
+        .get("options")
+        .and_then(|o| o.get("rate"))
+        .and_then(|r| r.as_u64())
+        .unwrap_or(0);
+    Some((
+        n("bytes"),
+        n("drops"),
+        n("backlog"),
+        n("qlen"),
+        rate.saturating_mul(8),
+    ))
 }
 
 /// One host of a run.
@@ -327,8 +342,8 @@ impl RunState {
                         .args(["-n", ns, "-s", "-j", "qdisc", "show", "dev", dev]),
                 )?;
                 let text = String::from_utf8_lossy(&out_.stdout);
-                let (sent_bytes, drops, backlog_bytes, backlog_packets) = parse_tc_json(&text)
-                    .ok_or_else(|| {
+                let (sent_bytes, drops, backlog_bytes, backlog_packets, rate_bps) =
+                    parse_tc_json(&text).ok_or_else(|| {
                         Error::Teardown(format!("no root qdisc on {dev} in {ns}: {text}"))
                     })?;
                 out.push(QueueStats {
@@ -338,6 +353,7 @@ impl RunState {
                     drops,
                     backlog_bytes,
                     backlog_packets,
+                    rate_bps,
                 });
             }
         }
@@ -1000,7 +1016,7 @@ mod tests {
     #[test]
     fn parses_tc_json() {
         let t = r#"[{"kind":"tbf","handle":"8025:","root":true,"refcnt":3,"options":{"rate":2500000},"bytes":1234,"packets":3,"drops":7,"overlimits":0,"requeues":0,"backlog":3028,"qlen":2}]"#;
-        assert_eq!(parse_tc_json(t), Some((1234, 7, 3028, 2)));
+        assert_eq!(parse_tc_json(t), Some((1234, 7, 3028, 2, 20_000_000)));
         assert_eq!(parse_tc_json("[]"), None);
         assert_eq!(parse_tc_json("not json"), None);
     }
