@@ -81,6 +81,10 @@ fn get_proc(bed: &Bed, n: u8, content: &str, out: &Path) -> Child {
             "get",
             content,
             "--json",
+            // Bounds `finish`: a download that stalls fails the test with `get`'s
+            // message instead of hanging it.
+            "--timeout",
+            "600",
             "--data-dir",
             &bed.path(&format!("client{n}")),
         ])

@@ -346,6 +346,8 @@ pub fn check_copies(d: &Deployment, hosts: &[&str], id: &str, data: &[u8]) {
         c.args([
             "get",
             id,
+            "--timeout",
+            "120",
             "--data-dir",
             data_dir.to_str().unwrap(),
             "--out",
