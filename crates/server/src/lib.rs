@@ -4,9 +4,8 @@
 //! It keeps the client registry (in memory, with SQLite as its durable copy), answers
 //! small messages on its request port (34323), sends server-initiated messages
 //! (assignments) from its reply port (34322), and serves large messages over QUIC
-//! (Foreground 34333, Background 34341). It binds the Adaptive Protocol port of the seed
-//! table (34545) so the firewall contract holds; what arrives there is counted as
-//! `reserved_port` drops until that protocol lands.
+//! (Foreground 34333, Background 34341). On the Adaptive Protocol port (34545) it takes
+//! the RVPs' transfer signals (`transfers`), which the admin's pause and resume act on.
 //!
 //! * [`registry`]: pure client bookkeeping (online/offline from missed heartbeats).
 //! * [`db`]: SQLite with embedded, versioned migrations and a batching writer.
