@@ -93,8 +93,11 @@ pub fn now_ms() -> u64 {
 }
 
 /// After a restart, no new RVP or origin reader is chosen for this long unless a client
-/// says it held the role: the downloads under way keep their roles.
-pub const RESTART_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// says it held the role: the downloads under way keep their roles. Clients say so in
+/// their next locate, which may come up to 10 s (the client's longest gap between
+/// locates) after the last one before the restart, plus the locate's own retries on a
+/// busy machine: 5 s let a second origin reader start on a loaded machine.
+pub const RESTART_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Most server-initiated assignments queued for sending.
 const PUSH_QUEUE: usize = 4096;
