@@ -50,12 +50,7 @@ impl Drop for Server {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use branchline_time::now_ms;
 
 fn register(id: ClientId, n: usize) -> Body {
     Body::Register(Register {

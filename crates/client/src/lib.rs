@@ -428,9 +428,11 @@ impl Client {
 /// Backoff between registration attempts while the server is unreachable: 1 s doubling
 /// to 30 s, ±25 % jitter.
 fn registration_backoff(failures: u32) -> Duration {
-    let base = (1u64 << failures.min(5)).min(30) as f64;
-    let jitter: f64 = rand::random_range(0.75..1.25);
-    Duration::from_secs_f64(base * jitter)
+    branchline_time::Backoff::doubling(Duration::from_secs(1), Duration::from_secs(30)).spread(
+        failures.saturating_add(1),
+        0.25,
+        rand::random_range(0.0..1.0),
+    )
 }
 
 /// The QUIC side's state inside the registration loop.
