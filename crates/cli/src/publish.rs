@@ -311,13 +311,12 @@ pub async fn list(c: &Connector) -> Result<Vec<ContentMeta>, Fail> {
 }
 
 pub fn print_list(items: &[ContentMeta], json: bool) {
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     if json {
         let v: Vec<serde_json::Value> = items
             .iter()
             .map(|m| {
                 serde_json::json!({
-                    "content_id": hex(&m.content_id),
+                    "content_id": hex::encode(&m.content_id),
                     "name": m.name,
                     "version": m.version,
                     "size": m.size,
@@ -343,7 +342,7 @@ pub fn print_list(items: &[ContentMeta], json: bool) {
             m.version,
             m.size,
             m.complete_holders,
-            hex(&m.content_id),
+            hex::encode(&m.content_id),
             m.origin
         );
     }

@@ -81,29 +81,17 @@ impl OfficeSpec {
 
 /// Parses a client id written as 32 lowercase hex digits.
 pub fn parse_client_key(s: &str) -> Option<crate::ClientKey> {
-    let b = s.as_bytes();
-    if b.len() != 32 {
+    if !s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
-    let nib = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
     let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = (nib(b[2 * i])? << 4) | nib(b[2 * i + 1])?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 
 /// Writes a client id as 32 lowercase hex digits.
 pub fn client_key_hex(k: &crate::ClientKey) -> String {
-    let mut s = String::with_capacity(32);
-    for b in k {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    hex::encode(k)
 }
 
 /// The topology file: what `connector topology apply/export` read and write.

@@ -108,7 +108,7 @@ pub fn load_or_create_token(dir: &Path) -> std::io::Result<(String, PathBuf, boo
         Err(e) => return Err(e),
     }
     let bytes: [u8; 32] = rand::random();
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = hex::encode(bytes);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
