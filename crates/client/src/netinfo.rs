@@ -95,12 +95,9 @@ pub fn subnet_of(addr: IpAddr) -> Subnet {
 
 /// Bytes available to this user on the file system holding `path`.
 pub fn free_space(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    branchline_store::storage::statvfs(path)
+        .ok()
+        .map(|s| s.available)
 }
 
 #[cfg(test)]

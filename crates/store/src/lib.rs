@@ -107,7 +107,8 @@
 //! threads at once.
 //!
 //! Sizes are in bytes and times in milliseconds since the Unix epoch throughout. The
-//! crate is Unix-only (positioned I/O, `statvfs`).
+//! crate is Unix-only because of positioned I/O (`std::os::unix::fs::FileExt`); free space
+//! comes from the portable `fs4`.
 
 #![warn(missing_docs)]
 
