@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::msg::{ClientPorts, ContentMeta, Heartbeat, Register};
 
 /// Longest hostname accepted (bytes), as in DNS.
@@ -90,19 +92,10 @@ pub struct Subnet {
 
 impl Subnet {
     /// The subnet of `addr` with the given prefix length (host bits cleared).
+    /// A prefix longer than the address family allows counts as the whole address.
     pub fn of(addr: IpAddr, prefix: u8) -> Subnet {
-        let network = match addr {
-            IpAddr::V4(a) => {
-                let p = prefix.min(32);
-                let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
-                IpAddr::V4((u32::from(a) & mask).into())
-            }
-            IpAddr::V6(a) => {
-                let p = prefix.min(128);
-                let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
-                IpAddr::V6((u128::from(a) & mask).into())
-            }
-        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let network = IpNet::new_assert(addr, prefix.min(max)).network();
         Subnet { network, prefix }
     }
 
