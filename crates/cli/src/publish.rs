@@ -62,20 +62,23 @@ fn bar(total: u64, what: &str, quiet: bool) -> ProgressBar {
 
 /// Downloads `url` to a temporary file so it can be hashed (the connector must compute
 /// the hash itself: the catalogue trusts nobody else's).
-async fn fetch_url(url: &str, quiet: bool) -> Result<(tempfile_path::TempPath, u64), Fail> {
+async fn fetch_url(url: &str, quiet: bool) -> Result<(tempfile::TempPath, u64), Fail> {
     let origin = branchline_origin::Origin::parse(url)
         .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;
     let size = origin
         .size()
         .await
         .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;
-    let tmp = tempfile_path::TempPath::new()?;
-    let mut file = std::fs::File::create(tmp.path()).map_err(|e| {
-        Fail::new(
-            exit::FAILURE,
-            format!("cannot create a temporary file: {e}"),
-        )
-    })?;
+    let (mut file, tmp) = tempfile::Builder::new()
+        .prefix("branchline-publish-")
+        .tempfile()
+        .map_err(|e| {
+            Fail::new(
+                exit::FAILURE,
+                format!("cannot create a temporary file: {e}"),
+            )
+        })?
+        .into_parts();
     let pb = bar(size, "downloading", quiet);
     let mut offset = 0;
     while offset < size {
@@ -91,37 +94,6 @@ async fn fetch_url(url: &str, quiet: bool) -> Result<(tempfile_path::TempPath, u
     }
     pb.finish_and_clear();
     Ok((tmp, size))
-}
-
-/// A temporary file path removed on drop (no extra crate for one file).
-mod tempfile_path {
-    use crate::{Fail, exit};
-    use std::path::{Path, PathBuf};
-
-    pub struct TempPath(PathBuf);
-
-    impl TempPath {
-        pub fn new() -> Result<Self, Fail> {
-            let p = std::env::temp_dir().join(format!(
-                "branchline-publish-{}-{}",
-                std::process::id(),
-                rand::random::<u64>()
-            ));
-            std::fs::File::create(&p).map_err(|e| {
-                Fail::new(exit::FAILURE, format!("cannot create {}: {e}", p.display()))
-            })?;
-            Ok(TempPath(p))
-        }
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
 }
 
 fn hash(path: &Path, piece_size: PieceSize, quiet: bool) -> Result<PieceMap, Fail> {
@@ -192,7 +164,7 @@ pub async fn publish_outcome(c: Arc<Connector>, args: &PublishArgs) -> Result<Ou
     let quiet = args.json;
     let (map, default_origin, file_name) = if is_url {
         let (tmp, _) = fetch_url(&args.source, quiet).await?;
-        let map = hash(tmp.path(), piece_size, quiet)?;
+        let map = hash(&tmp, piece_size, quiet)?;
         let name = args
             .source
             .rsplit('/')
