@@ -46,7 +46,6 @@ use branchline_transport::{
 use branchline_wire::msg::{
     Ack, Assign, ErrorCode, ErrorReply, Heartbeat, MAX_ASSIGNMENTS, Register, RegisterOk,
 };
-use branchline_wire::validate::Ports;
 use branchline_wire::{Body, ClientId, DeploymentKey, SOFTWARE_VERSION};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -158,21 +157,6 @@ impl Handler for ClientHandler {
                 receiver_time_ms: 0,
             })),
         }
-    }
-}
-
-fn wire_ports(p: &ClientPorts) -> Ports {
-    Ports {
-        small_request: p.small_request,
-        small_reply: p.small_reply,
-        large_fg_request: p.large_fg_request,
-        large_fg_reply: p.large_fg_reply,
-        large_bg_request: p.large_bg_request,
-        large_bg_reply: p.large_bg_reply,
-        broadcast: p.broadcast,
-        content_fg: p.content_fg,
-        content_bg: p.content_bg,
-        adaptive: p.adaptive,
     }
 }
 
@@ -626,7 +610,7 @@ async fn run(
             cache_free_bytes: cache_free(),
             version: SOFTWARE_VERSION.into(),
             heartbeat_interval_ms: interval.as_millis().min(u32::MAX as u128) as u32,
-            ports: Some(wire_ports(&opts.ports).to_wire()),
+            ports: Some(branchline_wire::validate::ports_to_wire(&opts.ports)),
             cert_request: match quic.identity.cert_request() {
                 Ok(r) => r.encode().to_vec(),
                 Err(e) => {
