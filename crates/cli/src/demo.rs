@@ -14,8 +14,8 @@ use branchline_server::{Server, ServerOptions};
 use clap::Args;
 
 use crate::connector::{Connector, health_table};
+use crate::fail::{Fail, exit};
 use crate::settings::{ConnectorOptions, policies, shutdown_signal};
-use crate::{Fail, exit};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -275,7 +275,7 @@ async fn distribute(
         .map_err(|e| fail(&e))?
         .map_err(|e| fail(&e))?;
     }
-    let args = crate::publish::PublishArgs {
+    let args = crate::args::PublishArgs {
         source: pkg.display().to_string(),
         name: Some("demo-package".into()),
         version: "1.0".into(),

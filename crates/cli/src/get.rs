@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::{Fail, exit};
+use crate::fail::{Fail, exit};
 
 #[derive(clap::Args, Debug)]
 pub struct GetArgs {

@@ -13,36 +13,14 @@ use branchline_wire::msg::{
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::task::JoinSet;
 
+use crate::args::PublishArgs;
 use crate::connector::Connector;
-use crate::{Fail, exit};
+use crate::fail::{Fail, exit};
 
 /// Bytes of piece map per chunk (the server's `catalogue::CHUNK`).
 const CHUNK: usize = 1024;
 /// Chunk messages in flight at once.
 const IN_FLIGHT: usize = 32;
-
-/// What to publish.
-#[derive(clap::Args, Debug, Clone)]
-pub struct PublishArgs {
-    /// The package: a file path or an HTTP(S) URL.
-    pub source: String,
-    /// Name in the catalogue (default: the file name).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Version in the catalogue.
-    #[arg(long, default_value = "1")]
-    pub version: String,
-    /// Where clients read the bytes when no peer has them (default: the URL, or the
-    /// file's absolute path).
-    #[arg(long, value_name = "URL|PATH")]
-    pub origin: Option<String>,
-    /// Piece size in bytes (a power of two, 16 KiB to 16 MiB).
-    #[arg(long, default_value_t = 1 << 20)]
-    pub piece_size: u32,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
 
 fn bar(total: u64, what: &str, quiet: bool) -> ProgressBar {
     if quiet {
