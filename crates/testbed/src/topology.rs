@@ -52,7 +52,6 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::testbed::Direction;
 
 /// The only address range the test bed hands out: 198.18.0.0/15.
 pub const BENCHMARK_RANGE: Subnet = Subnet {
@@ -311,6 +310,26 @@ impl<'de> Deserialize<'de> for Subnet {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which way frames cross a WAN link, seen from the office (a link's rate and queue
+/// may differ per direction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// From the router into the office (downloads into a branch).
+    Inbound,
+    /// From the office to the router (uploads out of a branch).
+    Outbound,
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        })
     }
 }
 
