@@ -689,7 +689,9 @@ impl Download {
                         if matches!(have, Have::All) {
                             self.whole.insert(source);
                         }
-                        let _ = sched.set_source_pieces(source, have);
+                        if let Err(e) = sched.set_source_pieces(source, have) {
+                            tracing::debug!(content = %self.id, error = %e, "a peer's have set was refused");
+                        }
                     }
                 }
                 joined = tasks.join_next(), if !tasks.is_empty() => {
@@ -840,7 +842,9 @@ impl Download {
         if sched.add_source(source, SourceKind::Peer).is_ok()
             || sched.source_stats(source).is_some()
         {
-            let _ = sched.set_source_pieces(source, have);
+            if let Err(e) = sched.set_source_pieces(source, have) {
+                tracing::debug!(content = %self.id, error = %e, "a peer's have set was refused");
+            }
         }
     }
 
@@ -1354,7 +1358,9 @@ impl Download {
                 || sched.source_stats(source).is_some()
             {
                 let _ = sched.set_source_group(source, Some(WAN_GROUP));
-                let _ = sched.set_source_pieces(source, have);
+                if let Err(e) = sched.set_source_pieces(source, have) {
+                    tracing::debug!(content = %self.id, error = %e, "an upstream peer's have set was refused");
+                }
             }
         }
         for peer in located.peers {
@@ -1373,10 +1379,11 @@ impl Download {
                 } else {
                     located.origin.clone()
                 };
-                let origin = Origin::parse(&origin_text).map_err(|source| DownloadError::Origin {
-                    origin: origin_text.clone(),
-                    source,
-                })?;
+                let origin =
+                    Origin::parse(&origin_text).map_err(|source| DownloadError::Origin {
+                        origin: origin_text.clone(),
+                        source,
+                    })?;
                 let s = self.new_source(SourceInfo::Origin(origin));
                 sched
                     .add_source(s, SourceKind::Origin)
