@@ -839,12 +839,11 @@ impl Download {
         if matches!(have, Have::All) {
             self.whole.insert(source);
         }
-        if sched.add_source(source, SourceKind::Peer).is_ok()
-            || sched.source_stats(source).is_some()
+        if (sched.add_source(source, SourceKind::Peer).is_ok()
+            || sched.source_stats(source).is_some())
+            && let Err(e) = sched.set_source_pieces(source, have)
         {
-            if let Err(e) = sched.set_source_pieces(source, have) {
-                tracing::debug!(content = %self.id, error = %e, "a peer's have set was refused");
-            }
+            tracing::debug!(content = %self.id, error = %e, "a peer's have set was refused");
         }
     }
 
