@@ -22,6 +22,8 @@
 //! * [`adaptive`]: Adaptive Protocol control signals about WAN transfers (to the server's
 //!   34545 and the senders' 34546) and the server's pause and resume.
 //! * [`local`]: the Unix-socket API `branchline get` talks to.
+//! * [`platform`]: every operating-system call that portable `std` does not cover, and
+//!   the list of the client's `cfg(unix)` boundaries.
 
 pub mod adaptive;
 pub mod discovery;
@@ -31,6 +33,7 @@ pub mod jobs;
 pub mod local;
 pub mod metrics;
 pub mod netinfo;
+pub mod platform;
 pub mod services;
 
 use std::net::{IpAddr, SocketAddr};
