@@ -1,6 +1,8 @@
 //! `branchline connector ...`: requests to the server from the connector's reply port
 //! (34320) to the server's request port (34323).
 
+use std::sync::PoisonError;
+
 use branchline_transport::Clock;
 use branchline_transport::{Context, Requester, bind_udp};
 use branchline_wire::connector::{
@@ -129,7 +131,11 @@ impl Connector {
     /// travel signed with the connector's credential.
     pub async fn call(&self, body: Body) -> Result<Body, Fail> {
         let body = if body.needs_connector() {
-            let cred = self.credential.lock().expect("credential lock").clone();
+            let cred = self
+                .credential
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
             let Some((name, cred)) = cred else {
                 return Err(Fail::new(
                     exit::USAGE,
@@ -167,7 +173,10 @@ impl Connector {
             Body::ConnectorEnrolled(ok) => {
                 let cred = credential(token, name);
                 write_credential(&self.credential_path, name, &cred)?;
-                *self.credential.lock().expect("credential lock") = Some((name.to_owned(), cred));
+                *self
+                    .credential
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some((name.to_owned(), cred));
                 Ok(ok.replaced)
             }
             other => Err(unexpected("ConnectorEnroll", &other)),

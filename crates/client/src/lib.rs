@@ -38,7 +38,7 @@ pub mod services;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use branchline_config::{ClientPorts, ServerPorts};
@@ -707,10 +707,11 @@ async fn run(
                     }
                     let svc = quic.services.borrow().clone();
                     if let Some(svc) = svc {
-                        let ids: Vec<_> =
-                            std::mem::take(&mut *svc.corrupted.lock().expect("corrupted lock"))
-                                .into_iter()
-                                .collect();
+                        let ids: Vec<_> = std::mem::take(
+                            &mut *svc.corrupted.lock().unwrap_or_else(PoisonError::into_inner),
+                        )
+                        .into_iter()
+                        .collect();
                         if !ids.is_empty() {
                             let cache = quic.cache.clone();
                             tokio::spawn(async move { report(&svc, &cache, ids).await });

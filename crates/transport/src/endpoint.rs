@@ -8,7 +8,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use branchline_wire::frame::{self, Header};
@@ -161,7 +161,7 @@ impl Responder {
                 continue;
             }
             let now = ctx.clock.now_ms();
-            let verdict = guard.lock().expect("replay guard lock").check(
+            let verdict = guard.lock().unwrap_or_else(PoisonError::into_inner).check(
                 from,
                 envelope.msg_id,
                 envelope.sent_at_ms,
@@ -211,11 +211,10 @@ impl Responder {
             match response {
                 Response::Reply(body) => {
                     if let Some(bytes) = seal_reply(&ctx, header.key_id, request_id, body) {
-                        guard.lock().expect("replay guard lock").complete(
-                            request_id,
-                            bytes.clone(),
-                            now,
-                        );
+                        guard
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .complete(request_id, bytes.clone(), now);
                         let _ = socket.send_to(&bytes, from).await;
                     }
                 }
@@ -225,11 +224,10 @@ impl Responder {
                         let body = fut.await;
                         if let Some(bytes) = seal_reply(&ctx, header.key_id, request_id, body) {
                             let now = ctx.clock.now_ms();
-                            guard.lock().expect("replay guard lock").complete(
-                                request_id,
-                                bytes.clone(),
-                                now,
-                            );
+                            guard
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .complete(request_id, bytes.clone(), now);
                             let _ = socket.send_to(&bytes, from).await;
                         }
                     });
@@ -372,7 +370,7 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        let mut t = self.table.lock().expect("pending lock");
+        let mut t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(p) = t.by_id.remove(&self.msg_id) {
             t.by_nonce.remove(&p.nonce);
         }
@@ -431,9 +429,10 @@ impl Requester {
                 Ok(x) => x,
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => {
-                    *inner.closed.lock().expect("closed lock") = Some(e.to_string());
+                    *inner.closed.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(e.to_string());
                     // Wake every waiter: dropping the senders makes them fail fast.
-                    let mut t = inner.pending.lock().expect("pending lock");
+                    let mut t = inner.pending.lock().unwrap_or_else(PoisonError::into_inner);
                     t.by_id.clear();
                     t.by_nonce.clear();
                     return;
@@ -442,7 +441,7 @@ impl Requester {
             let counters = &inner.ctx.counters;
             match frame::open(&inner.ctx.keys, &buf[..n]) {
                 Ok(Incoming::Message { envelope, .. }) => {
-                    let mut t = inner.pending.lock().expect("pending lock");
+                    let mut t = inner.pending.lock().unwrap_or_else(PoisonError::into_inner);
                     match (envelope.in_reply_to, envelope.body) {
                         (0, _) => counters.count(DropReason::Unsolicited),
                         (id, Some(body)) => match t.by_id.remove(&id) {
@@ -462,7 +461,7 @@ impl Requester {
                     // The notice is unauthenticated: it counts only if it echoes the nonce
                     // of a request still outstanding *and* comes from the address that
                     // request went to. Anything else is counted and ignored.
-                    let mut t = inner.pending.lock().expect("pending lock");
+                    let mut t = inner.pending.lock().unwrap_or_else(PoisonError::into_inner);
                     let matching = t
                         .by_nonce
                         .get(&echoed_nonce)
@@ -512,10 +511,20 @@ impl Requester {
         let datagram = frame::seal(&ctx.keys[0], nonce, &envelope)?;
         let (tx, mut rx) = oneshot::channel();
         {
-            if let Some(reason) = self.inner.closed.lock().expect("closed lock").clone() {
+            if let Some(reason) = self
+                .inner
+                .closed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+            {
                 return Err(RequestError::Closed(reason));
             }
-            let mut t = self.inner.pending.lock().expect("pending lock");
+            let mut t = self
+                .inner
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             t.by_id.insert(msg_id, Pending { tx, nonce, to });
             t.by_nonce.insert(nonce, msg_id);
         }
@@ -534,7 +543,7 @@ impl Requester {
                 r = &mut rx => match r {
                     Ok(o) => break o,
                     Err(_) => {
-                        let reason = self.inner.closed.lock().expect("closed lock").clone();
+                        let reason = self.inner.closed.lock().unwrap_or_else(PoisonError::into_inner).clone();
                         return Err(RequestError::Closed(reason.unwrap_or_else(|| "endpoint dropped".into())));
                     }
                 },
