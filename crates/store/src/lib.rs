@@ -110,7 +110,6 @@
 //! crate is Unix-only because of positioned I/O (`std::os::unix::fs::FileExt`); free space
 //! comes from the portable `fs4`.
 
-
 pub mod bitfield;
 pub mod cache;
 pub mod error;
