@@ -50,6 +50,7 @@ pub struct OfficeSpec {
     pub subnets: Vec<IpNet>,
     /// None only for the root (the Central Office).
     pub parent: Option<String>,
+    /// How its clients share content: default (broadcast), WiFi or VPN.
     pub kind: OfficeKind,
     /// Policy of this office's WAN link to its parent office.
     pub wan: LinkPolicy,
@@ -118,6 +119,7 @@ pub fn client_key_hex(k: &crate::ClientKey) -> String {
 /// Unknown fields are an error naming the field.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TopologyFile {
+    /// Every office of the tree, the root (no parent) included, in file order.
     pub offices: Vec<OfficeSpec>,
 }
 
@@ -126,9 +128,13 @@ pub struct TopologyFile {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{}", render(.office, .field, .message, .line))]
 pub struct TopologyError {
+    /// The office concerned, when there is one.
     pub office: Option<String>,
+    /// The field at fault (e.g. `subnets`), or what the error is about.
     pub field: String,
+    /// What is wrong and what to do.
     pub message: String,
+    /// The line of the TOML text, when the error was found in text.
     pub line: Option<usize>,
 }
 
