@@ -15,8 +15,11 @@ use crate::counters::{Counters, DropReason};
     hint = hint(source)
 )]
 pub struct BindError {
+    /// The address and port asked for.
     pub addr: SocketAddr,
+    /// The port's name in the port table (e.g. `server.small_request`).
     pub name: String,
+    /// What the OS said.
     pub source: std::io::Error,
 }
 
