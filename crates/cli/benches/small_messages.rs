@@ -28,6 +28,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_branchline");
 const WINDOW: usize = 64;
 const THREADS: usize = 4;
 
+#[allow(unsafe_code)] // sched_setaffinity
 fn pin_to(cpu: usize) -> bool {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
     unsafe {
@@ -56,12 +57,7 @@ impl Drop for Server {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use branchline_time::now_ms;
 
 fn register(id: ClientId, n: usize, cert_request: Vec<u8>) -> Body {
     Body::Register(Register {
@@ -265,6 +261,7 @@ fn main() {
     if cores > 1 {
         use std::os::unix::process::CommandExt;
         // SAFETY: only async-signal-safe work (sched_setaffinity) between fork and exec.
+        #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(|| {
                 pin_to(0);

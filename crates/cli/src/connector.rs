@@ -1,6 +1,8 @@
 //! `branchline connector ...`: requests to the server from the connector's reply port
 //! (34320) to the server's request port (34323).
 
+use std::sync::PoisonError;
+
 use branchline_transport::Clock;
 use branchline_transport::{Context, Requester, bind_udp};
 use branchline_wire::connector::{
@@ -8,103 +10,9 @@ use branchline_wire::connector::{
 };
 use branchline_wire::msg::{Activate, ConnectorEnroll, Health, HealthRequest};
 use branchline_wire::{Body, SOFTWARE_VERSION};
-use clap::Subcommand;
 
+use crate::fail::{Fail, exit};
 use crate::settings::ConnectorOptions;
-use crate::{Fail, exit};
-
-#[derive(Subcommand, Debug, Clone)]
-pub enum Action {
-    /// Prove the deployment key to the server and record this connector; with a token,
-    /// enrol it: admin commands (publish, topology apply, deploy, status) need the
-    /// connector credential this stores (mode 0600), never the deployment key alone.
-    Activate {
-        /// The one-time token the server printed at start (also in its data directory,
-        /// `connector.tokens`).
-        #[arg(long, env = "BRANCHLINE_CONNECTOR_TOKEN", value_name = "TOKEN")]
-        token: Option<String>,
-        /// Read the token from this file instead.
-        #[arg(long, value_name = "FILE", conflicts_with = "token")]
-        token_file: Option<std::path::PathBuf>,
-        /// This connector's name on the server. Default: the host's name.
-        #[arg(long, value_name = "NAME")]
-        name: Option<String>,
-    },
-    /// Show the server's version, uptime, database state, clients and dropped datagrams.
-    Health {
-        /// Print one JSON object instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Hash a package locally and publish its metadata and piece map to the catalogue.
-    Publish(crate::publish::PublishArgs),
-    /// The content catalogue.
-    Content {
-        #[command(subcommand)]
-        command: ContentCommand,
-    },
-    /// The office tree: offices, subnets, parents, WAN link policy.
-    Topology {
-        #[command(subcommand)]
-        command: crate::offices::TopologyCommand,
-    },
-    /// Make clients fetch a content item with nobody calling `get`.
-    Deploy {
-        /// Content id or name[@version].
-        content: String,
-        /// all, office:NAME or client:ID.
-        #[arg(long = "to", value_name = "TARGET")]
-        to: String,
-        /// Fill the caches only.
-        #[arg(long)]
-        prestage: bool,
-    },
-    /// Per office: clients done, the RVP, and where the bytes came from.
-    Status {
-        /// Content id or name[@version].
-        content: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Every client: office, online, cache, RVP roles.
-    Clients {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Every deployment with its progress per office, and the bytes saved.
-    Deployments {
-        #[arg(long)]
-        json: bool,
-    },
-    /// The content crossing each office's WAN link now.
-    Transfers {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Pause or resume one live WAN transfer (its id from `transfers`).
-    Transfer {
-        #[command(subcommand)]
-        command: TransferCommand,
-    },
-}
-
-#[derive(Subcommand, Debug, Clone)]
-pub enum TransferCommand {
-    /// Stop the transfer: its link carries none of it until it is resumed.
-    Pause { id: u64 },
-    /// Go on from where it stopped (no verified piece is fetched again).
-    Resume { id: u64 },
-}
-
-#[derive(Subcommand, Debug, Clone)]
-pub enum ContentCommand {
-    /// List every published content item.
-    List {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 /// A connected connector: its requester on the reply port, and its credential.
 pub struct Connector {
@@ -223,7 +131,11 @@ impl Connector {
     /// travel signed with the connector's credential.
     pub async fn call(&self, body: Body) -> Result<Body, Fail> {
         let body = if body.needs_connector() {
-            let cred = self.credential.lock().expect("credential lock").clone();
+            let cred = self
+                .credential
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
             let Some((name, cred)) = cred else {
                 return Err(Fail::new(
                     exit::USAGE,
@@ -261,7 +173,10 @@ impl Connector {
             Body::ConnectorEnrolled(ok) => {
                 let cred = credential(token, name);
                 write_credential(&self.credential_path, name, &cred)?;
-                *self.credential.lock().expect("credential lock") = Some((name.to_owned(), cred));
+                *self
+                    .credential
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some((name.to_owned(), cred));
                 Ok(ok.replaced)
             }
             other => Err(unexpected("ConnectorEnroll", &other)),
@@ -359,95 +274,4 @@ pub fn health_table(server: std::net::SocketAddr, h: &Health) -> String {
         format!("{} datagrams{detail}", h.dropped_datagrams),
     );
     out
-}
-
-pub async fn run(opts: ConnectorOptions, action: Action) -> Result<(), Fail> {
-    let c = Connector::open(&opts).await?;
-    match action {
-        Action::Activate {
-            token,
-            token_file,
-            name,
-        } => {
-            let token = match (token, token_file) {
-                (Some(t), _) => Some(t),
-                (None, Some(f)) => Some(std::fs::read_to_string(&f).map_err(|e| {
-                    Fail::new(exit::USAGE, format!("cannot read {}: {e}", f.display()))
-                })?),
-                (None, None) => None,
-            };
-            if let Some(text) = token {
-                // A token file may hold several; the first line is the one to use.
-                let first = text.lines().next().unwrap_or_default();
-                let token = Token::parse(first).ok_or_else(|| {
-                    Fail::new(
-                        exit::USAGE,
-                        "an activation token is `blct1_` followed by 64 hex digits",
-                    )
-                })?;
-                let name = name.unwrap_or_else(default_name);
-                let replaced = c.enroll(&token, &name).await?;
-                println!(
-                    "enrolled: connector {name:?}{}; its credential is in {} (mode 0600)",
-                    if replaced {
-                        " (replacing its earlier credential)"
-                    } else {
-                        ""
-                    },
-                    opts.credential.display()
-                );
-            }
-            let (version, first) = c.activate().await?;
-            println!(
-                "activated: the server at {} (version {version}) accepted this connector's key{}",
-                opts.server,
-                if first { " (first activation)" } else { "" }
-            );
-        }
-        Action::Publish(args) => crate::publish::publish(c, args).await?,
-        Action::Content {
-            command: ContentCommand::List { json },
-        } => {
-            let items = crate::publish::list(&c).await?;
-            crate::publish::print_list(&items, json);
-        }
-        Action::Topology { command } => crate::offices::topology(&c, command).await?,
-        Action::Deploy {
-            content,
-            to,
-            prestage,
-        } => crate::offices::deploy(&c, content, to, prestage).await?,
-        Action::Status { content, json } => crate::offices::status(&c, content, json).await?,
-        Action::Clients { json } => crate::offices::clients(&c, json).await?,
-        Action::Deployments { json } => crate::offices::deployments(&c, json).await?,
-        Action::Transfers { json } => crate::offices::transfers(&c, json).await?,
-        Action::Transfer { command } => {
-            let (call, verb) = match command {
-                TransferCommand::Pause { id } => (
-                    branchline_server::admin::AdminCall::TransferPause { id },
-                    "paused",
-                ),
-                TransferCommand::Resume { id } => (
-                    branchline_server::admin::AdminCall::TransferResume { id },
-                    "resumed",
-                ),
-            };
-            let v = crate::offices::call(&c, &call).await?;
-            println!(
-                "transfer {} {verb}: {} into office {}",
-                v["transfer_id"],
-                v["content_id"].as_str().unwrap_or("?"),
-                v["office"].as_str().unwrap_or("?")
-            );
-        }
-        Action::Health { json } => {
-            let h = c.health().await?;
-            if json {
-                println!("{}", health_json(opts.server, &h));
-            } else {
-                print!("{}", health_table(opts.server, &h));
-            }
-        }
-    }
-    Ok(())
 }

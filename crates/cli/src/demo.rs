@@ -3,7 +3,7 @@
 //! port numbers, exactly as separate machines would, in one process.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use branchline_client::download::{DownloadProgress, Target, download};
@@ -14,8 +14,8 @@ use branchline_server::{Server, ServerOptions};
 use clap::Args;
 
 use crate::connector::{Connector, health_table};
+use crate::fail::{Fail, exit};
 use crate::settings::{ConnectorOptions, policies, shutdown_signal};
-use crate::{Fail, exit};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -275,7 +275,7 @@ async fn distribute(
         .map_err(|e| fail(&e))?
         .map_err(|e| fail(&e))?;
     }
-    let args = crate::publish::PublishArgs {
+    let args = crate::args::PublishArgs {
         source: pkg.display().to_string(),
         name: Some("demo-package".into()),
         version: "1.0".into(),
@@ -365,7 +365,11 @@ async fn print_report(
 ) -> Result<(), Fail> {
     let state = server.state();
     let now = state.clock.now_ms();
-    let records = state.registry.lock().expect("registry lock").snapshot();
+    let records = state
+        .registry
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .snapshot();
     println!(
         "{:<15} {:<34} {:<13} {:<14} {:<8} LAST HEARD",
         "CLIENT", "ID", "ADDRESS", "SUBNET", "STATUS"
@@ -374,7 +378,7 @@ async fn print_report(
         let online = state
             .registry
             .lock()
-            .expect("registry lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .is_online(r, now);
         println!(
             "{:<15} {:<34} {:<13} {:<14} {:<8} {:.1} s ago",

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use branchline_client::local::{LocalReply, LocalRequest, SOCKET};
+use branchline_client::platform::local_socket;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
-use crate::{Fail, exit};
+use crate::fail::{Fail, exit};
 
 #[derive(clap::Args, Debug)]
 pub struct GetArgs {
@@ -83,7 +83,7 @@ async fn get(
         )
     })?;
     let socket = dir.join(SOCKET);
-    let stream = UnixStream::connect(&socket).await.map_err(|e| {
+    let stream = local_socket::connect(&socket).await.map_err(|e| {
         Fail::new(
             exit::FAILURE,
             format!(

@@ -2,58 +2,23 @@
 //! config file, start the library that does the work, and turn its errors into messages
 //! and exit codes.
 
+mod args;
+mod commands;
 mod connector;
 mod demo;
+mod fail;
 mod get;
 mod offices;
 mod publish;
 mod settings;
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
-/// Exit codes, documented in README.md.
-pub mod exit {
-    /// Something failed (the message says what).
-    pub const FAILURE: u8 = 1;
-    /// Bad command line or configuration.
-    pub const USAGE: u8 = 2;
-    /// The deployment key does not match the server's.
-    pub const KEY_MISMATCH: u8 = 3;
-    /// The server did not answer before the deadline.
-    pub const UNREACHABLE: u8 = 4;
-}
-
-/// A failure with the exit code it maps to.
-#[derive(Debug)]
-pub struct Fail {
-    pub code: u8,
-    pub message: String,
-}
-
-impl Fail {
-    pub fn new(code: u8, message: impl Into<String>) -> Fail {
-        Fail {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<branchline_transport::RequestError> for Fail {
-    fn from(e: branchline_transport::RequestError) -> Fail {
-        use branchline_transport::RequestError as E;
-        let code = match &e {
-            E::KeyMismatch { .. } => exit::KEY_MISMATCH,
-            E::Timeout { .. } => exit::UNREACHABLE,
-            _ => exit::FAILURE,
-        };
-        Fail::new(code, e.to_string())
-    }
-}
+use crate::args::{ClientArgs, ConnectorArgs, LogFormat, ServerArgs};
+use crate::fail::{Fail, exit};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -96,82 +61,6 @@ enum Command {
     Get(get::GetArgs),
     /// Run a server and a few clients on loopback addresses and show them registered.
     Demo(demo::DemoArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct ServerArgs {
-    /// Data directory (created on first start: database and deployment key).
-    #[arg(long, env = "BRANCHLINE_DATA_DIR", value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// Address to bind every server port on.
-    #[arg(long, env = "BRANCHLINE_BIND", value_name = "IP")]
-    bind: Option<IpAddr>,
-    /// Heartbeat intervals a client may miss before it is shown offline.
-    #[arg(long, value_name = "N")]
-    offline_after: Option<u32>,
-    /// Address of the admin endpoint (metrics, JSON, dashboard); default 127.0.0.1, or
-    /// the bind address when that is a loopback address.
-    #[arg(long, env = "BRANCHLINE_ADMIN_ADDRESS", value_name = "IP")]
-    admin_address: Option<IpAddr>,
-    /// Port of the admin endpoint (default 34800).
-    #[arg(long, value_name = "PORT")]
-    admin_port: Option<u16>,
-    /// Turn the admin endpoint off.
-    #[arg(long)]
-    no_admin: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct ClientArgs {
-    /// The server's address.
-    #[arg(long, env = "BRANCHLINE_SERVER", value_name = "IP")]
-    server: Option<IpAddr>,
-    /// File holding the deployment key (copy of the server's deployment.key).
-    #[arg(long, env = "BRANCHLINE_KEY_FILE", value_name = "FILE")]
-    key_file: Option<PathBuf>,
-    /// Data directory (client id, cache).
-    #[arg(long, env = "BRANCHLINE_DATA_DIR", value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// Address to bind every client port on.
-    #[arg(long, env = "BRANCHLINE_BIND", value_name = "IP")]
-    bind: Option<IpAddr>,
-    /// Seconds between heartbeats.
-    #[arg(long, value_name = "SECS")]
-    heartbeat_interval: Option<f64>,
-    /// Name to report instead of the host's name.
-    #[arg(long, value_name = "NAME")]
-    hostname: Option<String>,
-    /// Cache cap: bytes ("20GiB") or a share of the disk ("25%").
-    #[arg(long, value_name = "SIZE")]
-    cache_size: Option<String>,
-    /// Serve Prometheus metrics on this loopback port (0: off).
-    #[arg(long, value_name = "PORT")]
-    metrics_port: Option<u16>,
-}
-
-#[derive(Args, Debug)]
-pub struct ConnectorArgs {
-    /// The server's address.
-    #[arg(long, env = "BRANCHLINE_SERVER", value_name = "IP")]
-    server: Option<IpAddr>,
-    /// File holding the deployment key.
-    #[arg(long, env = "BRANCHLINE_KEY_FILE", value_name = "FILE")]
-    key_file: Option<PathBuf>,
-    /// Address to bind the connector's reply port (34320) on.
-    #[arg(long, env = "BRANCHLINE_BIND", value_name = "IP")]
-    bind: Option<IpAddr>,
-    /// The connector credential file. Default: `connector.credential` beside the key file.
-    #[arg(long, env = "BRANCHLINE_CONNECTOR_CREDENTIAL", value_name = "FILE")]
-    credential: Option<PathBuf>,
-    #[command(subcommand)]
-    action: connector::Action,
-}
-
-/// `--log-format`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 fn init_logging(filter: Option<&str>, default: &str, format: LogFormat) {
@@ -237,7 +126,7 @@ fn main() -> ExitCode {
             }
             Command::Connector(args) => {
                 let (opts, action) = settings::connector(&config, args)?;
-                runtime(1)?.block_on(connector::run(opts, action))
+                runtime(1)?.block_on(commands::run(opts, action))
             }
             Command::Get(args) => {
                 runtime(1)?.block_on(get::run(args, config.client.data_dir.clone()))

@@ -1,34 +1,16 @@
 //! `branchline connector topology|deploy|status`: admin calls (JSON in chunked small
 //! messages, `branchline_server::admin`).
 
-use std::path::PathBuf;
-
 use branchline_server::admin::{
     AdminCall, AdminResult, CHUNK, ClientsView, DeployView, DeploymentsView, FailKind, StatusView,
     TopologyView, TransfersView,
 };
 use branchline_wire::Body;
 use branchline_wire::msg::{AdminChunk, AdminRun};
-use clap::Subcommand;
 
+use crate::args::TopologyCommand;
 use crate::connector::{Connector, unexpected};
-use crate::{Fail, exit};
-
-#[derive(Subcommand, Debug, Clone)]
-pub enum TopologyCommand {
-    /// Replace the declared offices with FILE (declarative and idempotent).
-    Apply {
-        /// TOML file: [[office]] name, subnets, parent, type, [office.wan] (docs/offices.md).
-        file: PathBuf,
-    },
-    /// The office tree with clients online and current RVPs.
-    Show {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Today's tree, automatic offices included, as TOML that `apply` accepts.
-    Export,
-}
+use crate::fail::{Fail, exit};
 
 /// Sends an admin call and returns its result.
 pub async fn call(c: &Connector, request: &AdminCall) -> Result<serde_json::Value, Fail> {

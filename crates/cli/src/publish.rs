@@ -13,36 +13,14 @@ use branchline_wire::msg::{
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::task::JoinSet;
 
+use crate::args::PublishArgs;
 use crate::connector::Connector;
-use crate::{Fail, exit};
+use crate::fail::{Fail, exit};
 
 /// Bytes of piece map per chunk (the server's `catalogue::CHUNK`).
 const CHUNK: usize = 1024;
 /// Chunk messages in flight at once.
 const IN_FLIGHT: usize = 32;
-
-/// What to publish.
-#[derive(clap::Args, Debug, Clone)]
-pub struct PublishArgs {
-    /// The package: a file path or an HTTP(S) URL.
-    pub source: String,
-    /// Name in the catalogue (default: the file name).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Version in the catalogue.
-    #[arg(long, default_value = "1")]
-    pub version: String,
-    /// Where clients read the bytes when no peer has them (default: the URL, or the
-    /// file's absolute path).
-    #[arg(long, value_name = "URL|PATH")]
-    pub origin: Option<String>,
-    /// Piece size in bytes (a power of two, 16 KiB to 16 MiB).
-    #[arg(long, default_value_t = 1 << 20)]
-    pub piece_size: u32,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
 
 fn bar(total: u64, what: &str, quiet: bool) -> ProgressBar {
     if quiet {
@@ -62,20 +40,23 @@ fn bar(total: u64, what: &str, quiet: bool) -> ProgressBar {
 
 /// Downloads `url` to a temporary file so it can be hashed (the connector must compute
 /// the hash itself: the catalogue trusts nobody else's).
-async fn fetch_url(url: &str, quiet: bool) -> Result<(tempfile_path::TempPath, u64), Fail> {
+async fn fetch_url(url: &str, quiet: bool) -> Result<(tempfile::TempPath, u64), Fail> {
     let origin = branchline_origin::Origin::parse(url)
         .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;
     let size = origin
         .size()
         .await
         .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;
-    let tmp = tempfile_path::TempPath::new()?;
-    let mut file = std::fs::File::create(tmp.path()).map_err(|e| {
-        Fail::new(
-            exit::FAILURE,
-            format!("cannot create a temporary file: {e}"),
-        )
-    })?;
+    let (mut file, tmp) = tempfile::Builder::new()
+        .prefix("branchline-publish-")
+        .tempfile()
+        .map_err(|e| {
+            Fail::new(
+                exit::FAILURE,
+                format!("cannot create a temporary file: {e}"),
+            )
+        })?
+        .into_parts();
     let pb = bar(size, "downloading", quiet);
     let mut offset = 0;
     while offset < size {
@@ -91,37 +72,6 @@ async fn fetch_url(url: &str, quiet: bool) -> Result<(tempfile_path::TempPath, u
     }
     pb.finish_and_clear();
     Ok((tmp, size))
-}
-
-/// A temporary file path removed on drop (no extra crate for one file).
-mod tempfile_path {
-    use crate::{Fail, exit};
-    use std::path::{Path, PathBuf};
-
-    pub struct TempPath(PathBuf);
-
-    impl TempPath {
-        pub fn new() -> Result<Self, Fail> {
-            let p = std::env::temp_dir().join(format!(
-                "branchline-publish-{}-{}",
-                std::process::id(),
-                rand::random::<u64>()
-            ));
-            std::fs::File::create(&p).map_err(|e| {
-                Fail::new(exit::FAILURE, format!("cannot create {}: {e}", p.display()))
-            })?;
-            Ok(TempPath(p))
-        }
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
 }
 
 fn hash(path: &Path, piece_size: PieceSize, quiet: bool) -> Result<PieceMap, Fail> {
@@ -192,7 +142,7 @@ pub async fn publish_outcome(c: Arc<Connector>, args: &PublishArgs) -> Result<Ou
     let quiet = args.json;
     let (map, default_origin, file_name) = if is_url {
         let (tmp, _) = fetch_url(&args.source, quiet).await?;
-        let map = hash(tmp.path(), piece_size, quiet)?;
+        let map = hash(&tmp, piece_size, quiet)?;
         let name = args
             .source
             .rsplit('/')
@@ -311,13 +261,12 @@ pub async fn list(c: &Connector) -> Result<Vec<ContentMeta>, Fail> {
 }
 
 pub fn print_list(items: &[ContentMeta], json: bool) {
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     if json {
         let v: Vec<serde_json::Value> = items
             .iter()
             .map(|m| {
                 serde_json::json!({
-                    "content_id": hex(&m.content_id),
+                    "content_id": hex::encode(&m.content_id),
                     "name": m.name,
                     "version": m.version,
                     "size": m.size,
@@ -343,7 +292,7 @@ pub fn print_list(items: &[ContentMeta], json: bool) {
             m.version,
             m.size,
             m.complete_holders,
-            hex(&m.content_id),
+            hex::encode(&m.content_id),
             m.origin
         );
     }

@@ -8,7 +8,8 @@ use branchline_config::Config;
 use branchline_server::{Server, ServerOptions};
 use branchline_transport::{ReplayConfig, RetryPolicy, read_key_file};
 
-use crate::{ClientArgs, ConnectorArgs, Fail, ServerArgs, exit};
+use crate::args::{Action, ClientArgs, ConnectorArgs, ServerArgs};
+use crate::fail::{Fail, exit};
 
 /// Reads the config file (or the defaults) and applies `--port` overrides.
 pub fn load(path: Option<&Path>, ports: &[String]) -> Result<Config, Fail> {
@@ -188,10 +189,7 @@ pub struct ConnectorOptions {
     pub replay: ReplayConfig,
 }
 
-pub fn connector(
-    config: &Config,
-    args: ConnectorArgs,
-) -> Result<(ConnectorOptions, crate::connector::Action), Fail> {
+pub fn connector(config: &Config, args: ConnectorArgs) -> Result<(ConnectorOptions, Action), Fail> {
     let c = &config.connector;
     let (retry, replay) = policies(config);
     let key_file: PathBuf = required(

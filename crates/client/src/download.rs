@@ -171,18 +171,41 @@ pub struct Downloaded {
 pub enum DownloadError {
     #[error("{0}")]
     Server(#[from] ServerCallError),
-    #[error("the server's piece map for {id} does not match the content id: {message}")]
-    BadMap { id: String, message: String },
+    #[error("the server's piece map for {id} does not match the content id: {source}")]
+    BadMap {
+        id: String,
+        #[source]
+        source: branchline_store::MapError,
+    },
     #[error("the server sent an unexpected answer to {0}")]
     Unexpected(&'static str),
     #[error("content cache: {0}")]
     Store(#[from] StoreError),
-    #[error("the origin {origin} cannot be read: {message}")]
-    Origin { origin: String, message: String },
+    #[error("the origin {origin} cannot be read: {source}")]
+    Origin {
+        origin: String,
+        #[source]
+        source: branchline_origin::OriginError,
+    },
     #[error("no progress for {secs} s: {why}")]
     Stalled { secs: u64, why: String },
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A task of the download (cache I/O, locating sources) panicked or was cancelled.
+    #[error("a download task ({what}) stopped before it finished: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The piece scheduler refused an event: a bug in the download's bookkeeping.
+    #[error("the piece scheduler refused {what}: {source}")]
+    Sched {
+        what: &'static str,
+        #[source]
+        source: branchline_sched::SchedError,
+    },
+    /// The content finished, but the cache cannot hand out its file.
+    #[error("content {id} finished downloading, but {why}; get it again")]
+    NotInCache { id: String, why: &'static str },
 }
 
 enum SourceInfo {
@@ -249,10 +272,10 @@ pub async fn download(
                     .try_into()
                     .map_err(|_| DownloadError::Unexpected("GetContent"))?,
             );
-            let map = PieceMap::decode(&info.piece_map, &id, meta.size).map_err(|e| {
+            let map = PieceMap::decode(&info.piece_map, &id, meta.size).map_err(|source| {
                 DownloadError::BadMap {
                     id: id.to_hex(),
-                    message: e.to_string(),
+                    source,
                 }
             })?;
             (
@@ -288,7 +311,10 @@ pub async fn download(
         let (cache, map) = (cache.clone(), (*map).clone());
         tokio::task::spawn_blocking(move || cache.begin(map, now_ms()))
             .await
-            .map_err(|e| DownloadError::Internal(e.to_string()))??
+            .map_err(|source| DownloadError::Task {
+                what: "opening the content in the cache",
+                source,
+            })??
     };
     let mut dl = Download {
         svc: svc.clone(),
@@ -340,8 +366,12 @@ pub async fn download(
             .unwrap_or_default();
         let mut config = SchedConfig::new(u64::from(map.piece_size().bytes()));
         config.seed = seed;
-        let sched = Scheduler::new(map.piece_count(), have, config)
-            .map_err(|e| DownloadError::Internal(e.to_string()))?;
+        let sched = Scheduler::new(map.piece_count(), have, config).map_err(|source| {
+            DownloadError::Sched {
+                what: "the download's piece count",
+                source,
+            }
+        })?;
         // The download's lines carry the content id and, once the server said, the office.
         let span = tracing::info_span!("download", content = %id, office = tracing::field::Empty);
         tracing::Instrument::instrument(dl.run(sched), span).await?;
@@ -351,14 +381,19 @@ pub async fn download(
         let cache = cache.clone();
         tokio::task::spawn_blocking(move || cache.open_complete(&id, now_ms()))
             .await
-            .map_err(|e| DownloadError::Internal(e.to_string()))??
+            .map_err(|source| DownloadError::Task {
+                what: "opening the finished file",
+                source,
+            })??
     };
-    let complete = complete.ok_or_else(|| {
-        DownloadError::Internal("the cache does not hold the finished file".into())
+    let complete = complete.ok_or_else(|| DownloadError::NotInCache {
+        id: id.to_hex(),
+        why: "the cache no longer holds it (evicted or removed meanwhile)",
     })?;
-    let path = complete
-        .path
-        .ok_or_else(|| DownloadError::Internal("the cache has no file path".into()))?;
+    let path = complete.path.ok_or_else(|| DownloadError::NotInCache {
+        id: id.to_hex(),
+        why: "the cache keeps it in memory, not in a file",
+    })?;
     Ok(Downloaded {
         content_id: id.to_hex(),
         size: complete.size,
@@ -598,7 +633,7 @@ impl Download {
                     let applied = match answer {
                         Ok(Ok(located)) => self.apply_located(&mut sched, located).await,
                         Ok(Err(e)) => Err(e),
-                        Err(e) => Err(DownloadError::Internal(format!("locate task: {e}"))),
+                        Err(source) => Err(DownloadError::Task { what: "locating sources", source }),
                     };
                     match applied {
                         Ok(()) => {
@@ -654,7 +689,9 @@ impl Download {
                         if matches!(have, Have::All) {
                             self.whole.insert(source);
                         }
-                        let _ = sched.set_source_pieces(source, have);
+                        if let Err(e) = sched.set_source_pieces(source, have) {
+                            tracing::debug!(content = %self.id, error = %e, "a peer's have set was refused");
+                        }
                     }
                 }
                 joined = tasks.join_next(), if !tasks.is_empty() => {
@@ -681,7 +718,7 @@ impl Download {
                     match self.store(&mut sched, batch, Instant::now()).await {
                         Ok(true) => last_progress = Instant::now(),
                         Ok(false) => {}
-                        Err(StoreError::DiskFull { .. }) => {
+                        Err(DownloadError::Store(StoreError::DiskFull { .. })) => {
                             tracing::warn!(content = %self.id, "disk full: download paused");
                             self.progress.send_modify(|p| p.paused = Some("disk full".into()));
                             paused_until = Some(Instant::now() + DISK_FULL_RETRY);
@@ -691,7 +728,7 @@ impl Download {
                             }
                             last_progress = Instant::now();
                         }
-                        Err(e) => return Err(e.into()),
+                        Err(e) => return Err(e),
                     }
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {}
@@ -802,10 +839,11 @@ impl Download {
         if matches!(have, Have::All) {
             self.whole.insert(source);
         }
-        if sched.add_source(source, SourceKind::Peer).is_ok()
-            || sched.source_stats(source).is_some()
+        if (sched.add_source(source, SourceKind::Peer).is_ok()
+            || sched.source_stats(source).is_some())
+            && let Err(e) = sched.set_source_pieces(source, have)
         {
-            let _ = sched.set_source_pieces(source, have);
+            tracing::debug!(content = %self.id, error = %e, "a peer's have set was refused");
         }
     }
 
@@ -1052,7 +1090,7 @@ impl Download {
         sched: &mut Scheduler,
         batch: Vec<(SourceId, u32, Bytes)>,
         now: Instant,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, DownloadError> {
         // Endgame can deliver two copies of one piece in one batch: write the first, check
         // the others in memory.
         let mut first: Vec<(u32, Bytes)> = Vec::new();
@@ -1067,7 +1105,10 @@ impl Download {
             cache.write_pieces(&id, &refs, now_ms())
         })
         .await
-        .map_err(|e| StoreError::InUse(format!("writer task failed: {e}")))??;
+        .map_err(|source| DownloadError::Task {
+            what: "writing pieces",
+            source,
+        })??;
         let bad: Vec<u32> = written.bad.iter().map(|(p, _)| *p).collect();
         let mut written_once: Vec<u32> = Vec::new();
         for (source, piece, bytes) in batch {
@@ -1111,7 +1152,10 @@ impl Download {
             }
             let received = sched
                 .on_piece_received(source, piece, len, now)
-                .map_err(|e| StoreError::InUse(e.to_string()))?;
+                .map_err(|source| DownloadError::Sched {
+                    what: "a received piece",
+                    source,
+                })?;
             for (s, p) in received.cancel {
                 if let Some(h) = self.in_flight.remove(&(s, p)) {
                     h.abort();
@@ -1313,7 +1357,9 @@ impl Download {
                 || sched.source_stats(source).is_some()
             {
                 let _ = sched.set_source_group(source, Some(WAN_GROUP));
-                let _ = sched.set_source_pieces(source, have);
+                if let Err(e) = sched.set_source_pieces(source, have) {
+                    tracing::debug!(content = %self.id, error = %e, "an upstream peer's have set was refused");
+                }
             }
         }
         for peer in located.peers {
@@ -1332,14 +1378,18 @@ impl Download {
                 } else {
                     located.origin.clone()
                 };
-                let origin = Origin::parse(&origin_text).map_err(|e| DownloadError::Origin {
-                    origin: origin_text.clone(),
-                    message: e.to_string(),
-                })?;
+                let origin =
+                    Origin::parse(&origin_text).map_err(|source| DownloadError::Origin {
+                        origin: origin_text.clone(),
+                        source,
+                    })?;
                 let s = self.new_source(SourceInfo::Origin(origin));
                 sched
                     .add_source(s, SourceKind::Origin)
-                    .map_err(|e| DownloadError::Internal(e.to_string()))?;
+                    .map_err(|source| DownloadError::Sched {
+                        what: "the origin as a source",
+                        source,
+                    })?;
                 let _ = sched.set_source_pieces(s, Have::All);
                 self.origin_source = Some(s);
                 tracing::info!(content = %self.id, origin = %origin_text, "reading from the origin");

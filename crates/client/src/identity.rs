@@ -2,7 +2,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use branchline_wire::ClientId;
@@ -27,8 +26,9 @@ pub enum IdentityError {
     Corrupt { path: PathBuf, reason: String },
 }
 
-/// An exclusive `flock` on `DIR/client.lock`, released when dropped (or when the process
-/// dies, however it dies).
+/// An exclusive lock on `DIR/client.lock` (`flock` on Unix, `LockFileEx` on Windows,
+/// through [`crate::platform::try_lock_exclusive`]), released when dropped (or when the
+/// process dies, however it dies).
 #[derive(Debug)]
 pub struct DataDirLock {
     _file: File,
@@ -48,15 +48,8 @@ impl DataDirLock {
             .write(true)
             .open(dir.join(LOCK_FILE))
             .map_err(err)?;
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                IdentityError::InUse(dir.to_owned())
-            } else {
-                err(e)
-            });
+        if !crate::platform::try_lock_exclusive(&file).map_err(err)? {
+            return Err(IdentityError::InUse(dir.to_owned()));
         }
         Ok(DataDirLock { _file: file })
     }

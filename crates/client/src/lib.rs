@@ -22,6 +22,8 @@
 //! * [`adaptive`]: Adaptive Protocol control signals about WAN transfers (to the server's
 //!   34545 and the senders' 34546) and the server's pause and resume.
 //! * [`local`]: the Unix-socket API `branchline get` talks to.
+//! * [`platform`]: every operating-system call that portable `std` does not cover, and
+//!   the list of the client's `cfg(unix)` boundaries.
 
 pub mod adaptive;
 pub mod discovery;
@@ -31,11 +33,12 @@ pub mod jobs;
 pub mod local;
 pub mod metrics;
 pub mod netinfo;
+pub mod platform;
 pub mod services;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use branchline_config::{ClientPorts, ServerPorts};
@@ -46,7 +49,6 @@ use branchline_transport::{
 use branchline_wire::msg::{
     Ack, Assign, ErrorCode, ErrorReply, Heartbeat, MAX_ASSIGNMENTS, Register, RegisterOk,
 };
-use branchline_wire::validate::Ports;
 use branchline_wire::{Body, ClientId, DeploymentKey, SOFTWARE_VERSION};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -158,21 +160,6 @@ impl Handler for ClientHandler {
                 receiver_time_ms: 0,
             })),
         }
-    }
-}
-
-fn wire_ports(p: &ClientPorts) -> Ports {
-    Ports {
-        small_request: p.small_request,
-        small_reply: p.small_reply,
-        large_fg_request: p.large_fg_request,
-        large_fg_reply: p.large_fg_reply,
-        large_bg_request: p.large_bg_request,
-        large_bg_reply: p.large_bg_reply,
-        broadcast: p.broadcast,
-        content_fg: p.content_fg,
-        content_bg: p.content_bg,
-        adaptive: p.adaptive,
     }
 }
 
@@ -428,9 +415,11 @@ impl Client {
 /// Backoff between registration attempts while the server is unreachable: 1 s doubling
 /// to 30 s, ±25 % jitter.
 fn registration_backoff(failures: u32) -> Duration {
-    let base = (1u64 << failures.min(5)).min(30) as f64;
-    let jitter: f64 = rand::random_range(0.75..1.25);
-    Duration::from_secs_f64(base * jitter)
+    branchline_time::Backoff::doubling(Duration::from_secs(1), Duration::from_secs(30)).spread(
+        failures.saturating_add(1),
+        0.25,
+        rand::random_range(0.0..1.0),
+    )
 }
 
 /// The QUIC side's state inside the registration loop.
@@ -624,7 +613,7 @@ async fn run(
             cache_free_bytes: cache_free(),
             version: SOFTWARE_VERSION.into(),
             heartbeat_interval_ms: interval.as_millis().min(u32::MAX as u128) as u32,
-            ports: Some(wire_ports(&opts.ports).to_wire()),
+            ports: Some(branchline_wire::validate::ports_to_wire(&opts.ports)),
             cert_request: match quic.identity.cert_request() {
                 Ok(r) => r.encode().to_vec(),
                 Err(e) => {
@@ -718,10 +707,11 @@ async fn run(
                     }
                     let svc = quic.services.borrow().clone();
                     if let Some(svc) = svc {
-                        let ids: Vec<_> =
-                            std::mem::take(&mut *svc.corrupted.lock().expect("corrupted lock"))
-                                .into_iter()
-                                .collect();
+                        let ids: Vec<_> = std::mem::take(
+                            &mut *svc.corrupted.lock().unwrap_or_else(PoisonError::into_inner),
+                        )
+                        .into_iter()
+                        .collect();
                         if !ids.is_empty() {
                             let cache = quic.cache.clone();
                             tokio::spawn(async move { report(&svc, &cache, ids).await });

@@ -1,23 +1,22 @@
 //! The local API: how `branchline get` (the installer's entry point) asks the client
 //! daemon for content. A Unix socket in the data directory (`client.sock`, mode 0600),
-//! never a network port.
+//! never a network port; the socket itself is behind [`crate::platform::local_socket`].
 //!
 //! Protocol: the caller writes one JSON line, `{"get": "<id or name[@version]>"}`; the
 //! daemon answers with JSON lines: `{"progress": {...}}` while it works (at most 5 a
 //! second), then exactly one of `{"done": {...}}` or `{"error": "..."}`.
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use crate::download::{DownloadProgress, Downloaded, Target, download};
+use crate::platform::local_socket::{self, Listener, Stream, WriteHalf};
 use crate::services::Services;
 
 /// Socket file name inside the data directory.
@@ -89,12 +88,8 @@ impl From<Downloaded> for DoneLine {
 
 /// Binds the socket (replacing a stale one left by a killed daemon; the data-dir lock
 /// guarantees no live daemon owns it).
-pub fn bind(data_dir: &Path) -> std::io::Result<UnixListener> {
-    let path = data_dir.join(SOCKET);
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+pub fn bind(data_dir: &Path) -> std::io::Result<Listener> {
+    local_socket::bind(&data_dir.join(SOCKET))
 }
 
 /// One download per content item at a time: later requests for the same item wait.
@@ -102,7 +97,7 @@ type Locks = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
 
 /// Serves the socket until the task is aborted.
 pub async fn serve(
-    listener: UnixListener,
+    listener: Listener,
     services: watch::Receiver<Option<Arc<Services>>>,
     seed: u64,
 ) {
@@ -121,14 +116,14 @@ pub async fn serve(
     }
 }
 
-async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &LocalReply) -> std::io::Result<()> {
+async fn send(w: &mut WriteHalf, reply: &LocalReply) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
     line.push(b'\n');
     w.write_all(&line).await
 }
 
 async fn handle(
-    stream: UnixStream,
+    stream: Stream,
     mut services: watch::Receiver<Option<Arc<Services>>>,
     locks: Locks,
     seed: u64,

@@ -7,20 +7,7 @@ use branchline_wire::validate::Subnet;
 
 /// The host's name, or `unknown-host` if it cannot be read.
 pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success
-    // when the name fits, and we force a terminator at the end regardless.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
-    if rc != 0 {
-        return "unknown-host".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len() - 1);
-    let name = String::from_utf8_lossy(&buf[..end]).trim().to_owned();
-    if name.is_empty() {
-        "unknown-host".into()
-    } else {
-        name
-    }
+    crate::platform::hostname()
 }
 
 /// The local address this host uses to reach `server`: `bind` itself when it is a
@@ -39,10 +26,6 @@ pub fn local_address(bind: IpAddr, server: SocketAddr) -> IpAddr {
         .unwrap_or(bind)
 }
 
-fn prefix_of_mask(mask: &[u8]) -> u8 {
-    mask.iter().map(|b| b.count_ones() as u8).sum()
-}
-
 /// The subnet of `addr` from the interface that carries it; a host route (/32, /128)
 /// when no interface does.
 pub fn subnet_of(addr: IpAddr) -> Subnet {
@@ -50,57 +33,15 @@ pub fn subnet_of(addr: IpAddr) -> Subnet {
         IpAddr::V4(_) => 32,
         IpAddr::V6(_) => 128,
     };
-    let mut prefix = host;
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `ifap` with a list we walk read-only and free once.
-    unsafe {
-        if libc::getifaddrs(&mut ifap) == 0 {
-            let mut cur = ifap;
-            while !cur.is_null() {
-                let ifa = &*cur;
-                if !ifa.ifa_addr.is_null() && !ifa.ifa_netmask.is_null() {
-                    match (i32::from((*ifa.ifa_addr).sa_family), addr) {
-                        (libc::AF_INET, IpAddr::V4(want)) => {
-                            let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                            let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
-                            let have = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-                            let mask = u32::from_be(m.sin_addr.s_addr).to_be_bytes();
-                            let p = prefix_of_mask(&mask);
-                            if have == want
-                                || (ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0
-                                    && Subnet::of(have.into(), p).contains(addr))
-                            {
-                                prefix = p;
-                                break;
-                            }
-                        }
-                        (libc::AF_INET6, IpAddr::V6(want)) => {
-                            let a = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                            let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in6);
-                            if Ipv6Addr::from(a.sin6_addr.s6_addr) == want {
-                                prefix = prefix_of_mask(&m.sin6_addr.s6_addr);
-                                break;
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                cur = ifa.ifa_next;
-            }
-            libc::freeifaddrs(ifap);
-        }
-    }
-    Subnet::of(addr, prefix)
+    Subnet::of(
+        addr,
+        crate::platform::interface_prefix(addr).unwrap_or(host),
+    )
 }
 
 /// Bytes available to this user on the file system holding `path`.
 pub fn free_space(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    crate::platform::free_space(path)
 }
 
 #[cfg(test)]

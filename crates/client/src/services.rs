@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use branchline_quic::{
     Congestion, ConnectionPool, ContentConfig, ContentNode, DeploymentTrust, LargeConfig,
@@ -19,12 +19,7 @@ use prost::Message as _;
 use tokio::task::JoinHandle;
 
 /// Unix milliseconds now (the cache's clock).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use branchline_time::now_ms;
 
 /// A large exchange with the server failed.
 #[derive(Debug, thiserror::Error)]

@@ -129,6 +129,7 @@ impl Default for ClientConfig {
 }
 
 impl ClientConfig {
+    /// The heartbeat interval as a [`Duration`].
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_secs_f64(self.heartbeat_interval_s)
     }
@@ -214,34 +215,61 @@ impl Default for BackgroundConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `[ports.*]`: the port table.
     pub ports: Ports,
+    /// `[server]`: the server daemon.
     pub server: ServerConfig,
+    /// `[client]`: the client daemon.
     pub client: ClientConfig,
+    /// `[connector]`: the admin's command line.
     pub connector: ConnectorConfig,
+    /// `[transport]`: small-message retries and replay protection.
     pub transport: TransportConfig,
+    /// `[background]`: the Background (LEDBAT++) rate limits.
     pub background: BackgroundConfig,
+    /// `[admin]`: the server's admin endpoint.
     pub admin: AdminConfig,
 }
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The file is not valid TOML for these settings, at a known place.
     #[error("config file {path}, line {line}, key `{key}`: {message}")]
     Parse {
+        /// The file.
         path: PathBuf,
+        /// The line (1-based).
         line: usize,
+        /// The key at fault.
         key: String,
+        /// What is wrong.
         message: String,
     },
+    /// The file is not valid TOML for these settings, at no known place.
     #[error("config file {path}: {message}")]
-    ParseNoLocation { path: PathBuf, message: String },
+    ParseNoLocation {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A setting has a value that cannot be used.
     #[error("invalid setting {key}: {message}")]
-    Invalid { key: String, message: String },
+    Invalid {
+        /// The setting, dotted (e.g. `client.heartbeat_interval_s`).
+        key: String,
+        /// What is wrong and what to use.
+        message: String,
+    },
 }
 
 impl Config {

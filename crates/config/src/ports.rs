@@ -105,18 +105,24 @@ impl Default for ConnectorPorts {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Ports {
+    /// `[ports.server]`.
     pub server: ServerPorts,
+    /// `[ports.client]`.
     pub client: ClientPorts,
+    /// `[ports.connector]`.
     pub connector: ConnectorPorts,
 }
 
 /// Why a `--port NAME=VALUE` override was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PortOverrideError {
+    /// Not of the form NAME=VALUE.
     #[error("--port takes NAME=VALUE (e.g. server.small_request=44323), got {0:?}")]
     Syntax(String),
+    /// No port has this name (the second field lists the names there are).
     #[error("--port: unknown port name {0:?}; known names: {1}")]
     UnknownName(String, String),
+    /// The value is not a port number.
     #[error("--port {0}: {1:?} is not a port number (1-65535)")]
     BadValue(String, String),
 }

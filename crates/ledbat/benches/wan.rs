@@ -898,6 +898,7 @@ impl TcpRun {
                 l_linger: 0,
             };
             // SAFETY: passes a valid `linger` of the stated length for a socket we own.
+            #[allow(unsafe_code)]
             let rc = unsafe {
                 libc::setsockopt(
                     std::os::fd::AsRawFd::as_raw_fd(&s),

@@ -50,6 +50,7 @@ pub struct OfficeSpec {
     pub subnets: Vec<IpNet>,
     /// None only for the root (the Central Office).
     pub parent: Option<String>,
+    /// How its clients share content: default (broadcast), WiFi or VPN.
     pub kind: OfficeKind,
     /// Policy of this office's WAN link to its parent office.
     pub wan: LinkPolicy,
@@ -81,29 +82,17 @@ impl OfficeSpec {
 
 /// Parses a client id written as 32 lowercase hex digits.
 pub fn parse_client_key(s: &str) -> Option<crate::ClientKey> {
-    let b = s.as_bytes();
-    if b.len() != 32 {
+    if !s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
-    let nib = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
     let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = (nib(b[2 * i])? << 4) | nib(b[2 * i + 1])?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 
 /// Writes a client id as 32 lowercase hex digits.
 pub fn client_key_hex(k: &crate::ClientKey) -> String {
-    let mut s = String::with_capacity(32);
-    for b in k {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    hex::encode(k)
 }
 
 /// The topology file: what `connector topology apply/export` read and write.
@@ -130,6 +119,7 @@ pub fn client_key_hex(k: &crate::ClientKey) -> String {
 /// Unknown fields are an error naming the field.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TopologyFile {
+    /// Every office of the tree, the root (no parent) included, in file order.
     pub offices: Vec<OfficeSpec>,
 }
 
@@ -138,9 +128,13 @@ pub struct TopologyFile {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{}", render(.office, .field, .message, .line))]
 pub struct TopologyError {
+    /// The office concerned, when there is one.
     pub office: Option<String>,
+    /// The field at fault (e.g. `subnets`), or what the error is about.
     pub field: String,
+    /// What is wrong and what to do.
     pub message: String,
+    /// The line of the TOML text, when the error was found in text.
     pub line: Option<usize>,
 }
 

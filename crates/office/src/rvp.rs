@@ -5,19 +5,27 @@ use crate::ClientKey;
 /// How a client reaches its LAN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum LinkMedium {
+    /// The client did not say.
     #[default]
     Unknown,
+    /// A wired LAN.
     Wired,
+    /// WiFi.
     Wifi,
 }
 
 /// One client of an office, as the server sees it, for one content.
 #[derive(Clone, Debug)]
 pub struct Candidate {
+    /// The client's id.
     pub client: ClientKey,
+    /// Whether it is online now (only online clients are eligible).
     pub online: bool,
+    /// Seconds the server has known it (since it was first seen).
     pub uptime_s: u64,
+    /// Free space in its cache, in bytes.
     pub cache_free_bytes: u64,
+    /// How it reaches its LAN.
     pub medium: LinkMedium,
     /// On a VPN: never an RVP for others.
     pub vpn: bool,
@@ -82,6 +90,7 @@ pub fn score(c: &Candidate) -> Option<i64> {
 /// The current RVP of one office for one content.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RvpState {
+    /// The RVP's client id.
     pub client: ClientKey,
     /// When it was elected (Unix ms).
     pub elected_ms: u64,
@@ -99,7 +108,9 @@ pub enum Election {
     /// A new RVP (`replaced` is the previous one, if any; it may equal `client` when a
     /// stalled RVP is the only eligible candidate and is elected afresh).
     Elected {
+        /// The new RVP.
         client: ClientKey,
+        /// The RVP it replaces, if there was one.
         replaced: Option<ClientKey>,
     },
     /// Nobody is eligible; the RVP is cleared.

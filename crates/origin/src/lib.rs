@@ -46,15 +46,17 @@
 //!
 //! # Testing aid
 //!
-//! [`testserver::CountingServer`] is a small HTTP/1.1 file server on tokio that counts
+//! `testserver::CountingServer` is a small HTTP/1.1 file server on tokio that counts
 //! the body bytes it sends and can inject failures, for tests and benchmarks here and
-//! in other crates.
+//! in other crates. It is built only with the `test-util` feature, which the crates'
+//! dev-dependencies turn on: it is not part of the library that clients ship.
 
 mod error;
 mod http;
 mod location;
 pub mod range;
 mod retry;
+#[cfg(feature = "test-util")]
 pub mod testserver;
 mod version;
 

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use branchline_time::Backoff;
+
 /// How often and how long to retry transient failures (connection resets, 5xx, short
 /// bodies) of one origin request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,11 +54,7 @@ impl RetryPolicy {
         if attempts_made >= self.max_attempts {
             return None;
         }
-        let shift = attempts_made.saturating_sub(1).min(30);
-        let step = self
-            .initial_backoff
-            .saturating_mul(1u32 << shift)
-            .min(self.max_backoff);
+        let step = Backoff::doubling(self.initial_backoff, self.max_backoff).step(attempts_made);
         let jitter = if jitter.is_finite() {
             jitter.clamp(0.0, 1.0)
         } else {

@@ -2,7 +2,6 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use branchline_store::{Cache, ContentId, FsStorage, StoreError};
 use bytes::Bytes;
@@ -10,12 +9,7 @@ use bytes::Bytes;
 use crate::content::{PieceError, PieceSource};
 use crate::identity::PeerIdentity;
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use branchline_time::now_ms;
 
 /// Serves pieces from the cache. Every piece is verified again as it is read, so a piece
 /// corrupted on disk is never passed on (the cache forgets it and it is fetched again).

@@ -132,8 +132,7 @@ impl ClientName {
     /// `branchline-wire`'s `ClientId` displays it (16 bytes give 32 characters).
     /// Ids of 1 to 31 bytes fit a DNS label.
     pub fn from_id(id: &[u8]) -> Result<Self, NameError> {
-        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        Self::new(hex)
+        Self::new(hex::encode(id))
     }
 
     /// The name as text.

@@ -127,8 +127,6 @@
 //! [`ContentError`]) and an Error/BadRequest answer to the peer; they never
 //! panic. Every decoder is property-tested.
 
-#![warn(missing_docs)]
-
 pub mod ca;
 pub mod cache_source;
 pub mod content;

@@ -1063,12 +1063,7 @@ async fn a_slow_peer_hits_the_piece_timeout_and_the_connection_stays_usable() {
     .expect("test hung");
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use branchline_time::now_ms;
 
 #[tokio::test]
 async fn have_queries_follow_the_cache_as_it_grows() {

@@ -212,8 +212,8 @@
 //! # Units
 //!
 //! Pieces are indices `0..piece_count`; sizes are bytes; rates bytes per second; time is
-//! [`std::time::Instant`] supplied by the caller (tests and the [`sim`] module use a fixed
-//! base plus virtual offsets).
+//! [`std::time::Instant`] supplied by the caller (tests and the `sim` module, built with
+//! the `test-util` feature, use a fixed base plus virtual offsets).
 //!
 //! # Costs
 //!
@@ -232,6 +232,7 @@ mod group;
 mod pieceset;
 mod rng;
 mod scheduler;
+#[cfg(feature = "test-util")]
 pub mod sim;
 mod source;
 

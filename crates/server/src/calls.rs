@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use branchline_office::{OfficeKind, TopologyFile};
 use branchline_store::ContentId;
@@ -51,7 +51,7 @@ pub async fn execute(state: Arc<ServerState>, call: AdminCall) -> AdminResult {
             let toml = state
                 .offices
                 .lock()
-                .expect("offices lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .tree()
                 .export()
                 .to_toml();
@@ -85,7 +85,10 @@ async fn apply(state: &Arc<ServerState>, toml: String) -> AdminResult {
         return AdminResult::invalid(e.to_string());
     }
     let clients: Vec<(ClientId, IpAddr)> = {
-        let registry = state.registry.lock().expect("registry lock");
+        let registry = state
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         registry
             .snapshot()
             .iter()
@@ -95,7 +98,7 @@ async fn apply(state: &Arc<ServerState>, toml: String) -> AdminResult {
     // Check first on a copy, so that a refused file leaves nothing half-applied and the
     // database write happens before the change takes effect.
     {
-        let offices = state.offices.lock().expect("offices lock");
+        let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
         let mut probe = offices.tree().clone();
         if let Err(e) = probe.apply(&file) {
             return AdminResult::invalid(e.to_string());
@@ -107,7 +110,7 @@ async fn apply(state: &Arc<ServerState>, toml: String) -> AdminResult {
     let applied = state
         .offices
         .lock()
-        .expect("offices lock")
+        .unwrap_or_else(PoisonError::into_inner)
         .apply(&file, clients);
     match applied {
         Ok(()) => {
@@ -121,9 +124,15 @@ async fn apply(state: &Arc<ServerState>, toml: String) -> AdminResult {
 /// The tree with clients per office and current RVPs.
 pub fn topology_view(state: &ServerState) -> TopologyView {
     let now = state.clock.now_ms();
-    let registry = state.registry.lock().expect("registry lock");
-    let offices = state.offices.lock().expect("offices lock");
-    let catalogue = state.catalogue.lock().expect("catalogue lock");
+    let registry = state
+        .registry
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
+    let catalogue = state
+        .catalogue
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let tree = offices.tree();
     let rvps = offices.rvps();
     let mut out = Vec::new();
@@ -167,7 +176,10 @@ pub fn topology_view(state: &ServerState) -> TopologyView {
 
 /// A content id or name[@version] from the catalogue.
 fn resolve(state: &ServerState, text: &str) -> Result<(ContentId, String), AdminResult> {
-    let cat = state.catalogue.lock().expect("catalogue lock");
+    let cat = state
+        .catalogue
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let item = if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
         text.parse::<ContentId>().ok().and_then(|id| cat.get(&id))
     } else {
@@ -206,7 +218,7 @@ async fn deploy(
         && state
             .offices
             .lock()
-            .expect("offices lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .tree()
             .find(n)
             .is_none()
@@ -217,7 +229,10 @@ async fn deploy(
     }
     let now = state.clock.now_ms();
     let (deployment, new) = {
-        let mut d = state.deployments.lock().expect("deployments lock");
+        let mut d = state
+            .deployments
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let next = d.next_id();
         match d.add(Deployment {
             id: next,
@@ -236,9 +251,15 @@ async fn deploy(
     // Push to the targeted clients that are online now; the rest learn it from their
     // heartbeat replies.
     let targets: Vec<SocketAddr> = {
-        let registry = state.registry.lock().expect("registry lock");
-        let offices = state.offices.lock().expect("offices lock");
-        let locations = state.locations.lock().expect("locations lock");
+        let registry = state
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
+        let locations = state
+            .locations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         registry
             .snapshot()
             .iter()
@@ -277,15 +298,24 @@ async fn deploy(
 
 /// Per office: who is done, the RVP, and where the bytes came from.
 pub fn status(state: &ServerState, id: ContentId, name: String) -> StatusView {
-    let registry = state.registry.lock().expect("registry lock");
-    let offices = state.offices.lock().expect("offices lock");
-    let locations = state.locations.lock().expect("locations lock");
-    let deployments = state.deployments.lock().expect("deployments lock");
+    let registry = state
+        .registry
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
+    let locations = state
+        .locations
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let deployments = state
+        .deployments
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let tree = offices.tree();
     let size = state
         .catalogue
         .lock()
-        .expect("catalogue lock")
+        .unwrap_or_else(PoisonError::into_inner)
         .get(&id)
         .map(|i| i.meta.size)
         .unwrap_or(0);
@@ -362,7 +392,7 @@ fn content_name(state: &ServerState, id: &ContentId) -> String {
     state
         .catalogue
         .lock()
-        .expect("catalogue lock")
+        .unwrap_or_else(PoisonError::into_inner)
         .get(id)
         .map(|i| format!("{}@{}", i.meta.name, i.meta.version))
         .unwrap_or_else(|| id.to_hex())
@@ -373,7 +403,7 @@ fn content_ids(state: &ServerState) -> Vec<ContentId> {
     state
         .catalogue
         .lock()
-        .expect("catalogue lock")
+        .unwrap_or_else(PoisonError::into_inner)
         .list()
         .iter()
         .map(|i| ContentId::from_bytes(i.meta.content_id))
@@ -384,10 +414,19 @@ fn content_ids(state: &ServerState) -> Vec<ContentId> {
 pub fn clients_view(state: &ServerState) -> ClientsView {
     let ids = content_ids(state);
     let now = state.clock.now_ms();
-    let registry = state.registry.lock().expect("registry lock");
-    let offices = state.offices.lock().expect("offices lock");
-    let locations = state.locations.lock().expect("locations lock");
-    let catalogue = state.catalogue.lock().expect("catalogue lock");
+    let registry = state
+        .registry
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
+    let locations = state
+        .locations
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let catalogue = state
+        .catalogue
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let rvps = offices.rvps();
     let clients = registry
         .snapshot()
@@ -426,7 +465,10 @@ pub fn clients_view(state: &ServerState) -> ClientsView {
 
 /// The catalogue, as `content list` shows it.
 pub fn catalogue_view(state: &ServerState) -> CatalogueView {
-    let cat = state.catalogue.lock().expect("catalogue lock");
+    let cat = state
+        .catalogue
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let items = cat
         .list()
         .into_iter()
@@ -469,7 +511,7 @@ pub fn deployments_view(state: &ServerState) -> DeploymentsView {
     let list: Vec<Deployment> = state
         .deployments
         .lock()
-        .expect("deployments lock")
+        .unwrap_or_else(PoisonError::into_inner)
         .list()
         .to_vec();
     let mut savings = Savings::default();
@@ -480,9 +522,15 @@ pub fn deployments_view(state: &ServerState) -> DeploymentsView {
     let mut out = Vec::new();
     for d in list {
         let (done, total) = {
-            let registry = state.registry.lock().expect("registry lock");
-            let offices = state.offices.lock().expect("offices lock");
-            let locations = state.locations.lock().expect("locations lock");
+            let registry = state
+                .registry
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
+            let locations = state
+                .locations
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let mut done = 0u64;
             let mut total = 0u64;
             for r in registry.snapshot() {
@@ -523,7 +571,7 @@ fn pause(state: &ServerState, id: u64, paused: bool) -> AdminResult {
     let Some(t) = state
         .transfers
         .lock()
-        .expect("transfers lock")
+        .unwrap_or_else(PoisonError::into_inner)
         .set_paused(id, paused)
     else {
         return AdminResult::not_found(format!(
@@ -533,7 +581,7 @@ fn pause(state: &ServerState, id: u64, paused: bool) -> AdminResult {
     let to = state
         .registry
         .lock()
-        .expect("registry lock")
+        .unwrap_or_else(PoisonError::into_inner)
         .get(&t.receiver)
         .and_then(small_addr);
     if let Some(to) = to {
@@ -557,11 +605,15 @@ fn pause(state: &ServerState, id: u64, paused: bool) -> AdminResult {
 
 /// The contents each office's WAN link carries now, with the bytes taken so far.
 pub fn transfers_view(state: &ServerState) -> TransfersView {
-    let links = state.offices.lock().expect("offices lock").transfers();
+    let links = state
+        .offices
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .transfers();
     let live = state
         .transfers
         .lock()
-        .expect("transfers lock")
+        .unwrap_or_else(PoisonError::into_inner)
         .list(state.clock.now_ms());
     let mut transfers = Vec::new();
     for (office, contents) in links {
@@ -574,14 +626,14 @@ pub fn transfers_view(state: &ServerState) -> TransfersView {
             let size = state
                 .catalogue
                 .lock()
-                .expect("catalogue lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .get(&content)
                 .map(|i| i.meta.size)
                 .unwrap_or(0);
             let s = status(state, content, name.clone());
             let row = s.offices.iter().find(|o| o.office == office);
             let parent = {
-                let offices = state.offices.lock().expect("offices lock");
+                let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
                 let tree = offices.tree();
                 tree.find(&office)
                     .and_then(|i| tree.parent(i))

@@ -56,7 +56,9 @@ pub enum PublishError {
     #[error("{missing} of {total} map chunks have not arrived")]
     Incomplete { missing: usize, total: usize },
     #[error("the piece map does not match the content id and size: {0}")]
-    BadMap(String),
+    BadMap(#[source] branchline_store::MapError),
+    #[error("the map has {map}-byte pieces, the metadata says {meta}")]
+    PieceSizeMismatch { map: u32, meta: u32 },
     #[error(
         "{id} is already published with different metadata ({what}); publish it under one name and version"
     )]
@@ -242,17 +244,16 @@ impl Catalogue {
             Ok(m) => m,
             Err(e) => {
                 self.uploads.remove(id);
-                return Err(PublishError::BadMap(e.to_string()));
+                return Err(PublishError::BadMap(e));
             }
         };
         if map.piece_size().bytes() != u.meta.piece_size {
-            let e = format!(
-                "the map has {}-byte pieces, the metadata says {}",
-                map.piece_size().bytes(),
-                u.meta.piece_size
-            );
+            let e = PublishError::PieceSizeMismatch {
+                map: map.piece_size().bytes(),
+                meta: u.meta.piece_size,
+            };
             self.uploads.remove(id);
-            return Err(PublishError::BadMap(e));
+            return Err(e);
         }
         let u = self.uploads.remove(id).expect("checked above");
         self.names

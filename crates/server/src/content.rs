@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use branchline_quic::cache_source::CacheSource;
 use branchline_quic::{ClientName, ContentNode, Role};
@@ -96,7 +96,11 @@ impl ServerContent {
     /// requests on it.
     pub async fn send_to(&self, client: &ClientRecord) -> Result<(), String> {
         let key = client.id.to_string();
-        if let Some((conn, _)) = self.sending.lock().expect("sending lock").get(&key)
+        if let Some((conn, _)) = self
+            .sending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
             && conn.close_reason().is_none()
         {
             return Ok(());
@@ -121,7 +125,7 @@ impl ServerContent {
         if let Some((old, old_task)) = self
             .sending
             .lock()
-            .expect("sending lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(key, (conn, task))
         {
             old.close(0u32.into(), b"replaced");

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use branchline_wire::ClientId;
@@ -328,13 +328,13 @@ pub struct DbHealth(Arc<Mutex<Option<String>>>);
 
 impl DbHealth {
     pub fn describe(&self) -> String {
-        match &*self.0.lock().expect("db health lock") {
+        match &*self.0.lock().unwrap_or_else(PoisonError::into_inner) {
             None => "ok".into(),
             Some(e) => format!("write failing: {e}"),
         }
     }
     fn set(&self, r: Result<(), String>) {
-        *self.0.lock().expect("db health lock") = r.err();
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = r.err();
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use branchline_quic::{CertRequest, ClientName, DeploymentCa};
@@ -71,7 +71,7 @@ impl ServerState {
     /// The office a client sits in and its type, for its registration and heartbeat
     /// replies.
     pub fn office_of(&self, client: &ClientId) -> (String, String) {
-        let offices = self.offices.lock().expect("offices lock");
+        let offices = self.offices.lock().unwrap_or_else(PoisonError::into_inner);
         match offices.office_of(client) {
             Some(o) => {
                 let spec = offices.tree().office(o);
@@ -95,16 +95,19 @@ impl ServerState {
     /// What a client should fetch now, for its heartbeat reply.
     pub fn assignments_of(&self, client: ClientId) -> Vec<Assign> {
         let office = {
-            let offices = self.offices.lock().expect("offices lock");
+            let offices = self.offices.lock().unwrap_or_else(PoisonError::into_inner);
             offices
                 .office_of(&client)
                 .map(|o| offices.tree().office(o).name.clone())
         };
-        let locations = self.locations.lock().expect("locations lock");
+        let locations = self
+            .locations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let complete = |c: &ContentId| locations.have(&client, c).is_some_and(|h| h.is_complete());
         self.deployments
             .lock()
-            .expect("deployments lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .assignments(client, office.as_deref(), complete, MAX_ASSIGNMENTS)
             .into_iter()
             .map(|(c, d)| Assign {
@@ -117,7 +120,11 @@ impl ServerState {
     /// The answer to a health request.
     pub fn health(&self) -> Health {
         let now = self.clock.now_ms();
-        let (total, online) = self.registry.lock().expect("registry lock").counts(now);
+        let (total, online) = self
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .counts(now);
         Health {
             version: SOFTWARE_VERSION.into(),
             uptime_s: self.started.elapsed().as_secs(),
@@ -141,7 +148,7 @@ impl ServerState {
             client_drops: self
                 .client_drops
                 .lock()
-                .expect("client drops lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .sums()
                 .into_iter()
                 .map(|(reason, count)| DropCount { reason, count })
@@ -163,7 +170,7 @@ impl ServerState {
             complete_holders: self
                 .locations
                 .lock()
-                .expect("locations lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .complete_holders(&id) as u32,
             server_holds: self.content.as_ref().is_some_and(|c| c.holds(&id)),
         }
@@ -280,14 +287,14 @@ impl Handler for ServerHandler {
                     )
                 };
                 let (what, record) = {
-                    let mut registry = s.registry.lock().expect("registry lock");
+                    let mut registry = s.registry.lock().unwrap_or_else(PoisonError::into_inner);
                     let (what, rec) = registry.register(reg, from, now);
                     (what, rec.clone())
                 };
                 // Placed by the address the server sees, never by what the client says.
                 s.offices
                     .lock()
-                    .expect("offices lock")
+                    .unwrap_or_else(PoisonError::into_inner)
                     .place(record.id, from.ip());
                 if what == Registered::New {
                     tracing::info!(client = %record.id, host = %record.hostname, %from, "client enrolled");
@@ -324,7 +331,7 @@ impl Handler for ServerHandler {
                     Err(e) => return s.refuse(e),
                 };
                 let known = {
-                    let mut registry = s.registry.lock().expect("registry lock");
+                    let mut registry = s.registry.lock().unwrap_or_else(PoisonError::into_inner);
                     registry
                         .heartbeat(&beat, now)
                         .map(|r| (r.last_seen_ms, r.cache_free_bytes))
@@ -336,7 +343,7 @@ impl Handler for ServerHandler {
                     if let Ok(drops) = branchline_wire::validate::drop_counts(&h.drops) {
                         s.client_drops
                             .lock()
-                            .expect("client drops lock")
+                            .unwrap_or_else(PoisonError::into_inner)
                             .record(beat.client_id, drops);
                     } else {
                         s.counters.count(DropReason::Invalid);
@@ -402,11 +409,11 @@ impl Handler for ServerHandler {
                     }
                 };
                 let id = meta.content_id;
-                let begun = s.catalogue.lock().expect("catalogue lock").begin(
-                    meta,
-                    b.map_len as usize,
-                    now,
-                );
+                let begun = s
+                    .catalogue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .begin(meta, b.map_len as usize, now);
                 match begun {
                     Ok(begin) => Response::Reply(Body::Published(Published {
                         content_id: id.to_vec(),
@@ -421,12 +428,11 @@ impl Handler for ServerHandler {
                     Ok(id) => ContentId::from_bytes(id),
                     Err(e) => return s.refuse(e),
                 };
-                let stored = s.catalogue.lock().expect("catalogue lock").chunk(
-                    &id,
-                    c.offset as usize,
-                    &c.data,
-                    now,
-                );
+                let stored = s
+                    .catalogue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .chunk(&id, c.offset as usize, &c.data, now);
                 match stored {
                     Ok(()) => Response::Reply(Body::Ack(Ack {})),
                     Err(e) => Response::Reply(publish_error(e, now)),
@@ -437,7 +443,11 @@ impl Handler for ServerHandler {
                     Ok(id) => ContentId::from_bytes(id),
                     Err(e) => return s.refuse(e),
                 };
-                let committed = s.catalogue.lock().expect("catalogue lock").commit(&id, now);
+                let committed = s
+                    .catalogue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .commit(&id, now);
                 match committed {
                     Ok(None) => Response::Reply(Body::Published(Published {
                         content_id: id.as_bytes().to_vec(),
@@ -454,7 +464,11 @@ impl Handler for ServerHandler {
                                     if let Some(c) = &state.content {
                                         c.import_after_publish(&item);
                                     }
-                                    state.catalogue.lock().expect("catalogue lock").insert(item);
+                                    state
+                                        .catalogue
+                                        .lock()
+                                        .unwrap_or_else(PoisonError::into_inner)
+                                        .insert(item);
                                     Body::Published(Published {
                                         content_id: id.as_bytes().to_vec(),
                                         new_content: true,
@@ -476,7 +490,7 @@ impl Handler for ServerHandler {
             }
             Body::ListContent(l) => {
                 let metas: Vec<ContentMeta> = {
-                    let cat = s.catalogue.lock().expect("catalogue lock");
+                    let cat = s.catalogue.lock().unwrap_or_else(PoisonError::into_inner);
                     cat.list().into_iter().map(|i| s.meta_of(i)).collect()
                 };
                 let total = metas.len() as u32;
@@ -497,24 +511,28 @@ impl Handler for ServerHandler {
                 Response::Reply(Body::ContentList(page))
             }
             Body::AdminChunk(c) => {
-                let stored = s.calls.lock().expect("calls lock").chunk(
-                    c.call_id,
-                    c.total_len as usize,
-                    c.offset as usize,
-                    &c.data,
-                    now,
-                );
+                let stored = s
+                    .calls
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .chunk(
+                        c.call_id,
+                        c.total_len as usize,
+                        c.offset as usize,
+                        &c.data,
+                        now,
+                    );
                 match stored {
                     Ok(()) => Response::Reply(Body::Ack(Ack {})),
                     Err(e) => Response::Reply(error(ErrorCode::Invalid, e.to_string(), now)),
                 }
             }
             Body::AdminRun(r) => {
-                let found =
-                    s.calls
-                        .lock()
-                        .expect("calls lock")
-                        .run(r.call_id, r.offset as usize, now);
+                let found = s.calls.lock().unwrap_or_else(PoisonError::into_inner).run(
+                    r.call_id,
+                    r.offset as usize,
+                    now,
+                );
                 let call_id = r.call_id;
                 match found {
                     Ok(crate::admin::Run::Page { total_len, data }) => {
@@ -536,7 +554,8 @@ impl Handler for ServerHandler {
                                     )),
                                 };
                             let now = state.clock.now_ms();
-                            let mut calls = state.calls.lock().expect("calls lock");
+                            let mut calls =
+                                state.calls.lock().unwrap_or_else(PoisonError::into_inner);
                             calls.finish(call_id, &result, now);
                             match calls.run(call_id, 0, now) {
                                 Ok(crate::admin::Run::Page { total_len, data }) => {

@@ -2,7 +2,7 @@
 //! can I get X", and what clients hold. The requester is the client named by its verified
 //! certificate; no field of the request says who is asking.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use branchline_quic::{HandlerError, PeerIdentity, Role};
 use branchline_store::{Bitfield, ContentId};
@@ -53,7 +53,7 @@ pub async fn handle(
     state
         .registry
         .lock()
-        .expect("registry lock")
+        .unwrap_or_else(PoisonError::into_inner)
         .seen(&client, state.clock.now_ms());
     let request = LargeRequest::decode(request).map_err(|e| {
         state.counters.count(DropReason::Decode);
@@ -89,7 +89,7 @@ async fn send_content(state: &ServerState, client: ClientId, content_id: &[u8]) 
     let record = state
         .registry
         .lock()
-        .expect("registry lock")
+        .unwrap_or_else(PoisonError::into_inner)
         .get(&client)
         .cloned();
     let Some(record) = record else {
@@ -116,7 +116,10 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
     let id_of = content_id_of;
     match request {
         Request::GetContent(g) => {
-            let cat = state.catalogue.lock().expect("catalogue lock");
+            let cat = state
+                .catalogue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let item = if !g.content_id.is_empty() {
                 match id_of(&g.content_id) {
                     Ok(id) => cat.get(&id),
@@ -141,7 +144,12 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                 Ok(id) => id,
                 Err(e) => return error(ErrorCode::Invalid, e.to_string()),
             };
-            let (origin, pieces) = match state.catalogue.lock().expect("catalogue lock").get(&id) {
+            let (origin, pieces) = match state
+                .catalogue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&id)
+            {
                 Some(item) => (item.meta.origin.clone(), item.map.piece_count()),
                 None => return error(ErrorCode::NotFound, "no such content in the catalogue"),
             };
@@ -152,7 +160,12 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                 Ok(id) => id,
                 Err(e) => return error(ErrorCode::Invalid, e.to_string()),
             };
-            let pieces = match state.catalogue.lock().expect("catalogue lock").get(&id) {
+            let pieces = match state
+                .catalogue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&id)
+            {
                 Some(item) => item.map.piece_count(),
                 None => return error(ErrorCode::NotFound, "no such content in the catalogue"),
             };
@@ -177,24 +190,28 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
             state
                 .locations
                 .lock()
-                .expect("locations lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .report(client, id, have, now);
             state
                 .offices
                 .lock()
-                .expect("offices lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .progress(client, id, pieces, complete, now);
             if let Some(b) = h.sources {
-                state.deployments.lock().expect("deployments lock").record(
-                    id,
-                    client,
-                    SourceBytes {
-                        origin: b.origin,
-                        server: b.server,
-                        wan: b.wan,
-                        lan: b.lan,
-                    },
-                );
+                state
+                    .deployments
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .record(
+                        id,
+                        client,
+                        SourceBytes {
+                            origin: b.origin,
+                            server: b.server,
+                            wan: b.wan,
+                            lan: b.lan,
+                        },
+                    );
             }
             Response::Ack(Ack {})
         }
@@ -214,7 +231,7 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
             state
                 .locations
                 .lock()
-                .expect("locations lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .forget(&bad, &id);
             Response::Ack(Ack {})
         }
@@ -234,17 +251,23 @@ fn locate(
     now: u64,
 ) -> Response {
     let wall = crate::now_ms();
-    let registry = state.registry.lock().expect("registry lock");
+    let registry = state
+        .registry
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let Some(me) = registry.get(&client).cloned() else {
         return error(ErrorCode::NotFound, "unknown client: register first");
     };
-    let mut offices = state.offices.lock().expect("offices lock");
+    let mut offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
     if offices.office_of(&client).is_none()
         && let Some(ip) = crate::calls::seen_ip(&me)
     {
         offices.place(client, ip);
     }
-    let mut locations = state.locations.lock().expect("locations lock");
+    let mut locations = state
+        .locations
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let open: Vec<bool> = offices
         .tree()
         .iter()
@@ -347,7 +370,7 @@ fn locate(
         state
             .deployments
             .lock()
-            .expect("deployments lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .relay(relay, id);
         if let Some(addr) = registry.get(&relay).and_then(crate::calls::small_addr) {
             tracing::info!(relay = %relay, content = %id, "asked to fetch for a child office");
@@ -364,7 +387,7 @@ fn locate(
     let paused = state
         .transfers
         .lock()
-        .expect("transfers lock")
+        .unwrap_or_else(PoisonError::into_inner)
         .is_paused(&spec.name, &id);
     let link = plan.am_rvp.then(|| {
         let wan = &spec.wan;

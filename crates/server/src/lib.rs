@@ -84,13 +84,8 @@ pub struct ServerOptions {
     pub admin: Option<web::AdminOptions>,
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// Unix milliseconds now (one clock for the whole workspace).
+pub use branchline_time::now_ms;
 
 /// After a restart, no new RVP or origin reader is chosen for this long unless a client
 /// says it held the role: the downloads under way keep their roles. Clients say so in

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use branchline_store::ContentId;
 use branchline_transport::{DropReason, Handler, Response};
@@ -47,7 +47,7 @@ impl SignalHandler {
         let seen = state
             .registry
             .lock()
-            .expect("registry lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .get(&client)
             .and_then(crate::calls::seen_ip);
         if seen != Some(from.ip()) {
@@ -63,7 +63,7 @@ impl SignalHandler {
             _ => return self.refuse(format!("signal kind {} is not for the server", s.kind)),
         };
         let Some(office) = ({
-            let offices = state.offices.lock().expect("offices lock");
+            let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
             offices
                 .office_of(&client)
                 .map(|o| offices.tree().office(o).name.clone())
@@ -76,7 +76,10 @@ impl SignalHandler {
             .take(MAX_SENDERS)
             .filter_map(|c| c.parse().ok())
             .collect();
-        let mut transfers = state.transfers.lock().expect("transfers lock");
+        let mut transfers = state
+            .transfers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(t) = transfers.signal(
             &office, content, client, senders, what, s.bytes, s.rate, now,
         ) {

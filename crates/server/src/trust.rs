@@ -11,6 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::PoisonError;
 
 use branchline_wire::Body;
 use branchline_wire::connector::{self, NONCE_LEN, SECRET_LEN, Token};
@@ -243,7 +244,11 @@ pub fn admit(
     };
     match body {
         Body::ConnectorEnroll(e) => {
-            let enrolled = s.connector_auth.lock().expect("auth lock").enroll(&e);
+            let enrolled = s
+                .connector_auth
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .enroll(&e);
             match enrolled {
                 Ok(replaced) => {
                     tracing::info!(connector = %e.name, %from, replaced, "connector enrolled");
@@ -259,7 +264,7 @@ pub fn admit(
             let inner = s
                 .connector_auth
                 .lock()
-                .expect("auth lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .verify(&signed, now_ms);
             match inner {
                 Ok(Body::ConnectorSigned(_) | Body::ConnectorEnroll(_)) => {

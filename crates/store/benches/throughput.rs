@@ -30,6 +30,7 @@ fn best<T>(rounds: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
 
 /// Writes back all dirty pages first, so one write figure does not pay for the
 /// write-back of the data before it.
+#[allow(unsafe_code)] // sync(2)
 fn flush_disks() {
     // SAFETY: sync(2) has no preconditions and cannot fail.
     unsafe { libc::sync() };

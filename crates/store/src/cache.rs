@@ -569,6 +569,8 @@ impl<S: Storage> Cache<S> {
                     .replace_aux(&id, Aux::Have, &encode_have(&id, &have))
             });
         if let Err(e) = created {
+            // The error that matters is `e`, returned below; a directory this removal
+            // leaves behind is half-created, and the next open discards it.
             let _ = self.storage.remove(&id);
             return Err(if is_disk_full(&e) {
                 bump(&self.metrics.disk_full_events, 1);

@@ -107,9 +107,8 @@
 //! threads at once.
 //!
 //! Sizes are in bytes and times in milliseconds since the Unix epoch throughout. The
-//! crate is Unix-only (positioned I/O, `statvfs`).
-
-#![warn(missing_docs)]
+//! crate is Unix-only because of positioned I/O (`std::os::unix::fs::FileExt`); free space
+//! comes from the portable `fs4`.
 
 pub mod bitfield;
 pub mod cache;

@@ -9,10 +9,8 @@
 //! backend must leave the other files untouched.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -260,21 +258,14 @@ impl Storage for FsStorage {
     }
 }
 
-/// Capacity and available space of the file system holding `path`.
+/// Capacity and available space of the file system holding `path` (`fs4`: `statvfs` on
+/// Unix, `GetDiskFreeSpaceExW` on Windows). `available` is what this user may still
+/// write, which excludes any blocks reserved for root.
 pub fn statvfs(path: &Path) -> io::Result<DiskSpace> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    // SAFETY: `c` is a valid NUL-terminated string and `st` a properly sized out-buffer
-    // that statvfs fully initialises when it returns 0.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let frsize = st.f_frsize as u64;
+    let st = fs4::statvfs(path)?;
     Ok(DiskSpace {
-        total: (st.f_blocks as u64).saturating_mul(frsize),
-        available: (st.f_bavail as u64).saturating_mul(frsize),
+        total: st.total_space(),
+        available: st.available_space(),
     })
 }
 

@@ -671,6 +671,7 @@ struct Tmpfs {
 
 impl Tmpfs {
     /// Mounts a tmpfs of `size` bytes, or says why it cannot.
+    #[allow(unsafe_code)] // geteuid
     fn mount(size: u64) -> Result<Self, String> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {

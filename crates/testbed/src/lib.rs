@@ -75,7 +75,7 @@ pub use error::{Error, Result};
 pub use netns::{is_root, require_root};
 pub use relay::{DelayLine, Relay, RelayStats};
 pub use testbed::{
-    Direction, FinalRun, HostState, IfStats, LinkCounters, QueueStats, RunState, Testbed,
-    reap_stale, remove_run, teardown_all_live,
+    FinalRun, HostState, IfStats, LinkCounters, QueueStats, RunState, Testbed, reap_stale,
+    remove_run, teardown_all_live,
 };
-pub use topology::{Office, Subnet, Topology, WanLink};
+pub use topology::{Direction, Office, Subnet, Topology, WanLink};

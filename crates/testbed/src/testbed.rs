@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::netns::{self, ip_batch, tc_batch};
 use crate::relay::{Relay, RelayStats};
-use crate::topology::Topology;
+use crate::topology::{Direction, Topology};
 
 /// Prefix of every namespace the test bed creates.
 pub const PREFIX: &str = "bl";
@@ -52,25 +52,6 @@ static RUN_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Runs of this process that are up, for [`teardown_all_live`].
 static LIVE: Mutex<Vec<RunState>> = Mutex::new(Vec::new());
-
-/// Which way frames crossed a WAN link, seen from the office.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Direction {
-    /// From the router into the office (downloads into a branch).
-    Inbound,
-    /// From the office to the router (uploads out of a branch).
-    Outbound,
-}
-
-impl std::fmt::Display for Direction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        })
-    }
-}
 
 /// Traffic that crossed one WAN link in one direction (interface
 /// statistics: whole Ethernet frames, counted since the link came up).

@@ -48,10 +48,10 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::testbed::Direction;
 
 /// The only address range the test bed hands out: 198.18.0.0/15.
 pub const BENCHMARK_RANGE: Subnet = Subnet {
@@ -231,31 +231,32 @@ pub struct Subnet {
 }
 
 impl Subnet {
+    /// The same subnet as an `ipnet::Ipv4Net`, which does the arithmetic (a prefix over
+    /// 32, which parsing never yields, counts as 32).
+    pub fn net(&self) -> Ipv4Net {
+        Ipv4Net::new_assert(self.addr, self.prefix.min(32))
+    }
+
     /// Netmask as a number.
     pub fn mask(&self) -> u32 {
-        if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - self.prefix)
-        }
+        u32::from(self.net().netmask())
     }
 
     /// Whether `ip` lies in this subnet.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == u32::from(self.addr)
+        self.net().contains(&ip)
     }
 
     /// Whether the two subnets share any address.
     pub fn overlaps(&self, other: &Subnet) -> bool {
-        let m = self.mask() & other.mask();
-        u32::from(self.addr) & m == u32::from(other.addr) & m
+        let (a, b) = (self.net(), other.net());
+        a.contains(&b) || b.contains(&a)
     }
 
     /// The `n`th address of the subnet (0 is the network address).
     pub fn nth(&self, n: u32) -> Option<Ipv4Addr> {
-        let size = 1u64 << (32 - self.prefix);
         // Exclude the network (0) and broadcast (size-1) addresses.
-        if n == 0 || u64::from(n) >= size - 1 {
+        if n == 0 || u64::from(n) > self.host_capacity() {
             return None;
         }
         Some(Ipv4Addr::from(u32::from(self.addr) + n))
@@ -263,12 +264,12 @@ impl Subnet {
 
     /// The directed broadcast address.
     pub fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+        self.net().broadcast()
     }
 
     /// How many host addresses the subnet has.
     pub fn host_capacity(&self) -> u64 {
-        (1u64 << (32 - self.prefix)).saturating_sub(2)
+        (1u64 << (32 - self.prefix.min(32))).saturating_sub(2)
     }
 }
 
@@ -281,25 +282,21 @@ impl fmt::Display for Subnet {
 impl FromStr for Subnet {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || {
+        let net: Ipv4Net = s.trim().parse().map_err(|_| {
             Error::Topology(format!(
                 "{s:?} is not a subnet; write it like 198.18.1.0/24"
             ))
-        };
-        let (a, p) = s.split_once('/').ok_or_else(bad)?;
-        let addr: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
-        let prefix: u8 = p.trim().parse().map_err(|_| bad())?;
-        if prefix > 32 {
-            return Err(bad());
-        }
-        let net = Subnet { addr, prefix };
-        if u32::from(addr) & !net.mask() != 0 {
+        })?;
+        if net.trunc() != net {
             return Err(Error::Topology(format!(
                 "{s:?} has host bits set; the network address is {}",
-                Ipv4Addr::from(u32::from(addr) & net.mask())
+                net.network()
             )));
         }
-        Ok(net)
+        Ok(Subnet {
+            addr: net.addr(),
+            prefix: net.prefix_len(),
+        })
     }
 }
 
@@ -313,6 +310,26 @@ impl<'de> Deserialize<'de> for Subnet {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which way frames cross a WAN link, seen from the office (a link's rate and queue
+/// may differ per direction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// From the router into the office (downloads into a branch).
+    Inbound,
+    /// From the office to the router (uploads out of a branch).
+    Outbound,
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        })
     }
 }
 

@@ -15,8 +15,11 @@ use crate::counters::{Counters, DropReason};
     hint = hint(source)
 )]
 pub struct BindError {
+    /// The address and port asked for.
     pub addr: SocketAddr,
+    /// The port's name in the port table (e.g. `server.small_request`).
     pub name: String,
+    /// What the OS said.
     pub source: std::io::Error,
 }
 
@@ -48,6 +51,7 @@ pub async fn bind_udp(ip: IpAddr, port: u16, name: &str) -> Result<UdpSocket, Bi
 /// of 10,000 datagrams sent at 20k/s).
 pub const SMALL_RECV_BUFFER: usize = 4 << 20;
 
+#[allow(unsafe_code)] // getsockopt has no safe wrapper in std
 fn sockopt_int(fd: i32, opt: i32) -> std::io::Result<usize> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -67,6 +71,7 @@ fn sockopt_int(fd: i32, opt: i32) -> std::io::Result<usize> {
     Ok(v.max(0) as usize)
 }
 
+#[allow(unsafe_code)] // setsockopt has no safe wrapper in std
 fn set_sockopt_int(fd: i32, opt: i32, value: usize) -> std::io::Result<()> {
     let v = value.min(libc::c_int::MAX as usize) as libc::c_int;
     // SAFETY: `fd` is an open socket; `v` is a valid c_int for the call's duration.
@@ -166,6 +171,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[allow(unsafe_code)] // geteuid
     async fn small_message_sockets_get_a_large_receive_buffer() {
         let s = bind_small("127.0.0.1".parse().unwrap(), 0, "server.small_request")
             .await

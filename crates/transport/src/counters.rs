@@ -46,6 +46,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// Every reason, in the order the counters are kept and shown.
     pub const ALL: [DropReason; 18] = [
         DropReason::Oversized,
         DropReason::TooShort,
@@ -122,10 +123,12 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Counts one drop for `reason`.
     pub fn count(&self, reason: DropReason) {
         self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The drops counted so far for `reason`.
     pub fn get(&self, reason: DropReason) -> u64 {
         self.drops[reason.index()].load(Ordering::Relaxed)
     }

@@ -8,8 +8,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use branchline_wire::frame::{self, Header};
 use branchline_wire::msg::{ErrorCode, ErrorReply};
@@ -25,6 +25,7 @@ use crate::retry::{Retransmit, RetryPolicy, Step};
 
 /// Wall-clock source for send times and replay windows (Unix milliseconds).
 pub trait Clock: Send + Sync + 'static {
+    /// Unix milliseconds now.
     fn now_ms(&self) -> u64;
 }
 
@@ -34,10 +35,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        branchline_time::now_ms()
     }
 }
 
@@ -46,9 +44,13 @@ impl Clock for SystemClock {
 pub struct Context {
     /// Keys this node accepts; the first one seals new requests.
     pub keys: Arc<[SealingKey]>,
+    /// Datagrams dropped, by reason.
     pub counters: Arc<Counters>,
+    /// Send times and replay windows are read from this clock.
     pub clock: Arc<dyn Clock>,
+    /// How requests are retransmitted until answered.
     pub retry: RetryPolicy,
+    /// The replay guard's window and bounds.
     pub replay: ReplayConfig,
     /// Most key-mismatch notices sent per second (bursts of the same size allowed).
     pub mismatch_notices_per_s: u32,
@@ -107,6 +109,7 @@ pub enum Response {
 /// (the endpoint never calls it twice for one id), but should tolerate the same *content*
 /// arriving again under a new id.
 pub trait Handler: Send + Sync + 'static {
+    /// Answers one request `body` that arrived from `from`.
     fn handle(&self, from: SocketAddr, body: Body) -> Response;
 }
 
@@ -161,7 +164,7 @@ impl Responder {
                 continue;
             }
             let now = ctx.clock.now_ms();
-            let verdict = guard.lock().expect("replay guard lock").check(
+            let verdict = guard.lock().unwrap_or_else(PoisonError::into_inner).check(
                 from,
                 envelope.msg_id,
                 envelope.sent_at_ms,
@@ -211,11 +214,10 @@ impl Responder {
             match response {
                 Response::Reply(body) => {
                     if let Some(bytes) = seal_reply(&ctx, header.key_id, request_id, body) {
-                        guard.lock().expect("replay guard lock").complete(
-                            request_id,
-                            bytes.clone(),
-                            now,
-                        );
+                        guard
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .complete(request_id, bytes.clone(), now);
                         let _ = socket.send_to(&bytes, from).await;
                     }
                 }
@@ -225,11 +227,10 @@ impl Responder {
                         let body = fut.await;
                         if let Some(bytes) = seal_reply(&ctx, header.key_id, request_id, body) {
                             let now = ctx.clock.now_ms();
-                            guard.lock().expect("replay guard lock").complete(
-                                request_id,
-                                bytes.clone(),
-                                now,
-                            );
+                            guard
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .complete(request_id, bytes.clone(), now);
                             let _ = socket.send_to(&bytes, from).await;
                         }
                     });
@@ -285,44 +286,68 @@ pub enum RequestError {
         to.port(),
         last_error.as_ref().map(|e| format!(" (last send error: {e})")).unwrap_or_default()
     )]
+    /// No answer came before the retry policy's deadline.
     Timeout {
+        /// The peer asked.
         to: SocketAddr,
+        /// Sends made, the first one included.
         attempts: u32,
+        /// Time from the first send to giving up.
         elapsed: Duration,
+        /// This endpoint's port, where the answer was expected.
         reply_port: u16,
+        /// The last error the socket reported when sending, if any.
         last_error: Option<String>,
     },
     #[error(
         "the deployment key does not match the one used by {to} (this key has id {ours}, the peer's has id {theirs}): copy deployment.key from the server's data directory and try again"
     )]
+    /// The peer answered that it uses another deployment key.
     KeyMismatch {
+        /// The peer.
         to: SocketAddr,
+        /// The id of this node's key.
         ours: KeyId,
+        /// The id of the peer's key.
         theirs: KeyId,
     },
     #[error(
         "{to} refused the message because the clocks differ by {:.1} s (limit {window_s} s): synchronise this host's clock (NTP)",
         skew_ms.unsigned_abs() as f64 / 1000.0
     )]
+    /// The peer refused the message as dated outside its replay window.
     ClockSkew {
+        /// The peer.
         to: SocketAddr,
+        /// This node's send time minus the peer's clock when it refused (ms).
         skew_ms: i64,
+        /// This node's replay window (s), which the peer is expected to share.
         window_s: u64,
     },
     #[error("{to} does not support {kind} messages (it runs an older version): {detail}")]
+    /// The peer does not know this kind of message.
     Unsupported {
+        /// The peer.
         to: SocketAddr,
+        /// The kind of message sent.
         kind: &'static str,
+        /// What the peer said.
         detail: String,
     },
     #[error("{to} refused the request ({code:?}): {detail}")]
+    /// The peer answered with an error.
     Refused {
+        /// The peer.
         to: SocketAddr,
+        /// The error's code.
         code: ErrorCode,
+        /// What the peer said.
         detail: String,
     },
+    /// The request could not be sealed into one datagram.
     #[error("the request does not fit in a datagram: {0}")]
     TooLarge(#[from] branchline_wire::SealError),
+    /// The requester cannot send or receive any more.
     #[error("the requester's receive loop stopped: {0}")]
     Closed(String),
 }
@@ -372,7 +397,7 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        let mut t = self.table.lock().expect("pending lock");
+        let mut t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(p) = t.by_id.remove(&self.msg_id) {
             t.by_nonce.remove(&p.nonce);
         }
@@ -392,6 +417,7 @@ impl Requester {
         Requester { inner, task }
     }
 
+    /// The address and port this requester's socket is bound to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.socket.local_addr()
     }
@@ -420,6 +446,7 @@ impl Requester {
             .map_err(|e| RequestError::Closed(format!("cannot send to {to}: {e}")))
     }
 
+    /// The keys, counters, clock and policies this requester uses.
     pub fn context(&self) -> &Context {
         &self.inner.ctx
     }
@@ -431,9 +458,10 @@ impl Requester {
                 Ok(x) => x,
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => {
-                    *inner.closed.lock().expect("closed lock") = Some(e.to_string());
+                    *inner.closed.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(e.to_string());
                     // Wake every waiter: dropping the senders makes them fail fast.
-                    let mut t = inner.pending.lock().expect("pending lock");
+                    let mut t = inner.pending.lock().unwrap_or_else(PoisonError::into_inner);
                     t.by_id.clear();
                     t.by_nonce.clear();
                     return;
@@ -442,7 +470,7 @@ impl Requester {
             let counters = &inner.ctx.counters;
             match frame::open(&inner.ctx.keys, &buf[..n]) {
                 Ok(Incoming::Message { envelope, .. }) => {
-                    let mut t = inner.pending.lock().expect("pending lock");
+                    let mut t = inner.pending.lock().unwrap_or_else(PoisonError::into_inner);
                     match (envelope.in_reply_to, envelope.body) {
                         (0, _) => counters.count(DropReason::Unsolicited),
                         (id, Some(body)) => match t.by_id.remove(&id) {
@@ -462,7 +490,7 @@ impl Requester {
                     // The notice is unauthenticated: it counts only if it echoes the nonce
                     // of a request still outstanding *and* comes from the address that
                     // request went to. Anything else is counted and ignored.
-                    let mut t = inner.pending.lock().expect("pending lock");
+                    let mut t = inner.pending.lock().unwrap_or_else(PoisonError::into_inner);
                     let matching = t
                         .by_nonce
                         .get(&echoed_nonce)
@@ -512,10 +540,20 @@ impl Requester {
         let datagram = frame::seal(&ctx.keys[0], nonce, &envelope)?;
         let (tx, mut rx) = oneshot::channel();
         {
-            if let Some(reason) = self.inner.closed.lock().expect("closed lock").clone() {
+            if let Some(reason) = self
+                .inner
+                .closed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+            {
                 return Err(RequestError::Closed(reason));
             }
-            let mut t = self.inner.pending.lock().expect("pending lock");
+            let mut t = self
+                .inner
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             t.by_id.insert(msg_id, Pending { tx, nonce, to });
             t.by_nonce.insert(nonce, msg_id);
         }
@@ -534,7 +572,7 @@ impl Requester {
                 r = &mut rx => match r {
                     Ok(o) => break o,
                     Err(_) => {
-                        let reason = self.inner.closed.lock().expect("closed lock").clone();
+                        let reason = self.inner.closed.lock().unwrap_or_else(PoisonError::into_inner).clone();
                         return Err(RequestError::Closed(reason.unwrap_or_else(|| "endpoint dropped".into())));
                     }
                 },

@@ -10,23 +10,38 @@ use branchline_wire::key::KeyParseError;
 /// Why a key file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
+    /// The file cannot be read.
     #[error("cannot read the deployment key file {path}: {source}")]
     Read {
+        /// The key file.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
+    /// The file's text is not a deployment key.
     #[error("{path} does not hold a deployment key: {source}")]
     Parse {
+        /// The key file.
         path: PathBuf,
+        /// What is wrong with the text.
         source: KeyParseError,
     },
     #[error(
         "the deployment key file {path} has mode {mode:o}, so other users can read it; run `chmod 600 {path}` (and keep it secret)"
     )]
-    TooOpen { path: PathBuf, mode: u32 },
+    /// Users other than the owner may read the file.
+    TooOpen {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A new key file cannot be written.
     #[error("cannot create the deployment key file {path}: {source}")]
     Create {
+        /// The key file.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
 }

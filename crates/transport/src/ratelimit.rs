@@ -10,6 +10,8 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
+    /// A full bucket refilled at `rate_per_s` tokens a second, holding at most `burst`
+    /// (at least 1).
     pub fn new(rate_per_s: f64, burst: f64) -> Self {
         TokenBucket {
             rate_per_ms: rate_per_s.max(0.0) / 1000.0,

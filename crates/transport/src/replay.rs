@@ -75,7 +75,10 @@ pub enum Verdict {
     /// resent enough, or the copy comes from another address).
     Duplicate,
     /// Send time outside the window; `skew_ms` is sender minus receiver. Send nothing.
-    OutOfWindow { skew_ms: i64 },
+    OutOfWindow {
+        /// Sender's send time minus the receiver's clock (ms).
+        skew_ms: i64,
+    },
     /// The sender holds its whole quota of remembered ids. Send nothing.
     OverQuota,
 }
@@ -106,6 +109,7 @@ pub struct ReplayGuard {
 }
 
 impl ReplayGuard {
+    /// An empty guard with the given window and bounds.
     pub fn new(config: ReplayConfig) -> Self {
         ReplayGuard {
             config,
@@ -124,6 +128,7 @@ impl ReplayGuard {
         self.entries.len()
     }
 
+    /// Whether no id is remembered.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

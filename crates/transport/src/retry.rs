@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use branchline_time::Backoff;
+
 /// How a request is retried until it is answered.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RetryPolicy {
@@ -36,13 +38,15 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The wait after attempt number `attempt` (1 = the first send), before jitter.
     pub fn base_timeout(&self, attempt: u32) -> Duration {
-        let factor = self
-            .backoff
-            .max(1.0)
-            .powi(attempt.saturating_sub(1).min(64) as i32);
-        let secs =
-            (self.initial_timeout.as_secs_f64() * factor).min(self.max_timeout.as_secs_f64());
-        Duration::from_secs_f64(secs)
+        self.steps().step(attempt)
+    }
+
+    fn steps(&self) -> Backoff {
+        Backoff {
+            initial: self.initial_timeout,
+            factor: self.backoff,
+            max: self.max_timeout,
+        }
     }
 }
 
@@ -80,10 +84,10 @@ impl Retransmit {
     }
 
     fn schedule(&mut self, now: Instant, jitter_sample: f64) {
-        let base = self.policy.base_timeout(self.attempts).as_secs_f64();
-        let j = self.policy.jitter.clamp(0.0, 1.0);
-        let scale = 1.0 - j + 2.0 * j * jitter_sample.clamp(0.0, 1.0);
-        let wait = Duration::from_secs_f64(base * scale);
+        let wait = self
+            .policy
+            .steps()
+            .spread(self.attempts, self.policy.jitter, jitter_sample);
         let deadline = self.started + self.policy.deadline;
         self.next_at = (now + wait).min(deadline);
     }

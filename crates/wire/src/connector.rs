@@ -46,18 +46,13 @@ impl Token {
 
 /// Lowercase hex.
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 /// Parses exactly `SECRET_LEN` bytes of hex.
 pub fn unhex(h: &str) -> Option<[u8; SECRET_LEN]> {
-    if h.len() != 2 * SECRET_LEN || !h.is_ascii() {
-        return None;
-    }
     let mut out = [0u8; SECRET_LEN];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok()?;
-    }
+    hex::decode_to_slice(h, &mut out).ok()?;
     Some(out)
 }
 

@@ -60,12 +60,7 @@ impl DeploymentKey {
 
     /// The file and copy-paste form: `blk1_` followed by 64 lowercase hex digits.
     pub fn to_text(&self) -> String {
-        let mut s = String::with_capacity(KEY_PREFIX.len() + 2 * DEPLOYMENT_KEY_LEN);
-        s.push_str(KEY_PREFIX);
-        for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+        format!("{KEY_PREFIX}{}", hex::encode(self.0))
     }
 
     /// A fingerprint to show people instead of the key: 128 bits derived with HKDF
@@ -75,10 +70,7 @@ impl DeploymentKey {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(&self.0);
         let mut fp = [0u8; 16];
         fill(&prk, b"fingerprint", &mut fp);
-        fp.chunks(2)
-            .map(|c| format!("{:02x}{:02x}", c[0], c[1]))
-            .collect::<Vec<_>>()
-            .join(":")
+        fp.chunks(2).map(hex::encode).collect::<Vec<_>>().join(":")
     }
 
     /// Derives the keys used on the wire.

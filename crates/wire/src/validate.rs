@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::msg::{ClientPorts, ContentMeta, Heartbeat, Register};
 
 /// Longest hostname accepted (bytes), as in DNS.
@@ -42,10 +44,7 @@ pub struct ClientId(pub [u8; 16]);
 
 impl fmt::Display for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(self.0))
     }
 }
 
@@ -93,19 +92,10 @@ pub struct Subnet {
 
 impl Subnet {
     /// The subnet of `addr` with the given prefix length (host bits cleared).
+    /// A prefix longer than the address family allows counts as the whole address.
     pub fn of(addr: IpAddr, prefix: u8) -> Subnet {
-        let network = match addr {
-            IpAddr::V4(a) => {
-                let p = prefix.min(32);
-                let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
-                IpAddr::V4((u32::from(a) & mask).into())
-            }
-            IpAddr::V6(a) => {
-                let p = prefix.min(128);
-                let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
-                IpAddr::V6((u128::from(a) & mask).into())
-            }
-        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let network = IpNet::new_assert(addr, prefix.min(max)).network();
         Subnet { network, prefix }
     }
 
@@ -147,57 +137,46 @@ impl FromStr for Subnet {
     }
 }
 
-/// A client's listening ports, each in 1..=65535.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Ports {
-    pub small_request: u16,
-    pub small_reply: u16,
-    pub large_fg_request: u16,
-    pub large_fg_reply: u16,
-    pub large_bg_request: u16,
-    pub large_bg_reply: u16,
-    pub broadcast: u16,
-    pub content_fg: u16,
-    pub content_bg: u16,
-    pub adaptive: u16,
+/// A client's listening ports, each in 1..=65535: the client half of the port table,
+/// one type for the configuration and the wire.
+pub use branchline_config::ClientPorts as Ports;
+
+/// A client's ports as the wire carries them.
+pub fn ports_to_wire(p: &Ports) -> ClientPorts {
+    ClientPorts {
+        small_request: p.small_request.into(),
+        small_reply: p.small_reply.into(),
+        large_fg_request: p.large_fg_request.into(),
+        large_fg_reply: p.large_fg_reply.into(),
+        large_bg_request: p.large_bg_request.into(),
+        large_bg_reply: p.large_bg_reply.into(),
+        broadcast: p.broadcast.into(),
+        content_fg: p.content_fg.into(),
+        content_bg: p.content_bg.into(),
+        adaptive: p.adaptive.into(),
+    }
 }
 
-impl Ports {
-    pub fn to_wire(&self) -> ClientPorts {
-        ClientPorts {
-            small_request: self.small_request.into(),
-            small_reply: self.small_reply.into(),
-            large_fg_request: self.large_fg_request.into(),
-            large_fg_reply: self.large_fg_reply.into(),
-            large_bg_request: self.large_bg_request.into(),
-            large_bg_reply: self.large_bg_reply.into(),
-            broadcast: self.broadcast.into(),
-            content_fg: self.content_fg.into(),
-            content_bg: self.content_bg.into(),
-            adaptive: self.adaptive.into(),
-        }
-    }
-
-    pub fn from_wire(p: &ClientPorts) -> Result<Ports, Invalid> {
-        let port = |v: u32, name: &'static str| -> Result<u16, Invalid> {
-            u16::try_from(v)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| invalid(name, format!("{v} is not a port (1-65535)")))
-        };
-        Ok(Ports {
-            small_request: port(p.small_request, "ports.small_request")?,
-            small_reply: port(p.small_reply, "ports.small_reply")?,
-            large_fg_request: port(p.large_fg_request, "ports.large_fg_request")?,
-            large_fg_reply: port(p.large_fg_reply, "ports.large_fg_reply")?,
-            large_bg_request: port(p.large_bg_request, "ports.large_bg_request")?,
-            large_bg_reply: port(p.large_bg_reply, "ports.large_bg_reply")?,
-            broadcast: port(p.broadcast, "ports.broadcast")?,
-            content_fg: port(p.content_fg, "ports.content_fg")?,
-            content_bg: port(p.content_bg, "ports.content_bg")?,
-            adaptive: port(p.adaptive, "ports.adaptive")?,
-        })
-    }
+/// Checks the ports a client reported: every one must be in 1..=65535.
+pub fn ports_from_wire(p: &ClientPorts) -> Result<Ports, Invalid> {
+    let port = |v: u32, name: &'static str| -> Result<u16, Invalid> {
+        u16::try_from(v)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid(name, format!("{v} is not a port (1-65535)")))
+    };
+    Ok(Ports {
+        small_request: port(p.small_request, "ports.small_request")?,
+        small_reply: port(p.small_reply, "ports.small_reply")?,
+        large_fg_request: port(p.large_fg_request, "ports.large_fg_request")?,
+        large_fg_reply: port(p.large_fg_reply, "ports.large_fg_reply")?,
+        large_bg_request: port(p.large_bg_request, "ports.large_bg_request")?,
+        large_bg_reply: port(p.large_bg_reply, "ports.large_bg_reply")?,
+        broadcast: port(p.broadcast, "ports.broadcast")?,
+        content_fg: port(p.content_fg, "ports.content_fg")?,
+        content_bg: port(p.content_bg, "ports.content_bg")?,
+        adaptive: port(p.adaptive, "ports.adaptive")?,
+    })
 }
 
 /// A validated [`Register`].
@@ -277,7 +256,7 @@ impl Register {
                 ),
             ));
         }
-        let ports = self.ports.as_ref().map(Ports::from_wire).transpose()?;
+        let ports = self.ports.as_ref().map(ports_from_wire).transpose()?;
         if self.cert_request.len() > 256 {
             return Err(invalid("cert_request", "longer than 256 bytes"));
         }

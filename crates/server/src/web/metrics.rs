@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use branchline_transport::{Handler, Response};
 use branchline_wire::Body;
@@ -217,7 +217,11 @@ impl Collector for StateCollector {
         )?;
 
         // WAN transfers admitted to each office's link.
-        let transfers = s.offices.lock().expect("offices lock").transfers();
+        let transfers = s
+            .offices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .transfers();
         let active: Vec<(Labels, i64)> = topo
             .offices
             .iter()
@@ -242,7 +246,7 @@ impl Collector for StateCollector {
         let ids: Vec<(branchline_store::ContentId, String)> = s
             .catalogue
             .lock()
-            .expect("catalogue lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .list()
             .iter()
             .map(|i| {
@@ -296,7 +300,11 @@ impl Collector for StateCollector {
             &wan,
         )?;
 
-        let elections = s.offices.lock().expect("offices lock").elections;
+        let elections = s
+            .offices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elections;
         counters(
             &mut e,
             "rvp_elections",

@@ -25,7 +25,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -108,7 +108,7 @@ pub fn load_or_create_token(dir: &Path) -> std::io::Result<(String, PathBuf, boo
         Err(e) => return Err(e),
     }
     let bytes: [u8; 32] = rand::random();
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = hex::encode(bytes);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -167,7 +167,7 @@ impl App {
     /// counter.
     pub fn rate(&self, office: &str, content: &str, bytes: u64) -> f64 {
         let now = self.state.clock.now_ms();
-        let mut samples = self.samples.lock().expect("samples lock");
+        let mut samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (office.to_owned(), content.to_owned());
         match samples.get_mut(&key) {
             None => {

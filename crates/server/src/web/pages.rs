@@ -5,7 +5,7 @@
 //! Every figure a test or a script may want is also in a `data-*` attribute.
 
 use std::fmt::Write;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -208,7 +208,12 @@ fn summary(app: &App) -> String {
     let h = app.state.health();
     let deps = crate::calls::deployments_view(&app.state);
     let s: &Savings = &deps.savings;
-    let items = app.state.catalogue.lock().expect("catalogue lock").len();
+    let items = app
+        .state
+        .catalogue
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .len();
     let mut out = String::from(r#"<div class="cards">"#);
     out.push_str(&card(
         "clients online",

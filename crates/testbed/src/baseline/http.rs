@@ -1,28 +1,28 @@
 //! The naive way: every client downloads the package over HTTP from the
 //! origin host, all at once.
 //!
-//! A small HTTP/1.1 server (one thread per connection, `Connection: close`)
-//! runs in the origin host and serves the package from memory; each client
-//! host runs a GET on its own thread and checks every byte. The same server
-//! carries the BitTorrent baseline's tracker.
+//! A small HTTP/1.1 server (`axum` on a tokio runtime of its own) runs in the
+//! origin host and serves the package from memory; each client host runs a GET
+//! (`ureq`) on its own thread and checks every byte. The same server carries the
+//! BitTorrent baseline's tracker. Neither side is hand-written HTTP.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
+use tokio::sync::oneshot;
 
 use crate::baseline::{ClientResult, DownloadOptions, DownloadReport, Package};
 use crate::error::{Error, Result};
 use crate::testbed::Testbed;
 
-/// Largest request head the server reads, in bytes.
-pub const MAX_REQUEST_HEAD: usize = 16 << 10;
 /// Port of the package server in the origin host.
 pub const HTTP_PORT: u16 = 8080;
 
-/// A parsed request line and the peer that sent it.
+/// A request's method, path, query and the peer that sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     /// Method, e.g. `GET`.
@@ -60,66 +60,57 @@ impl Response {
 /// Request handler of [`HttpServer`].
 pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
-/// Parses the head of an HTTP/1.x request (`METHOD TARGET VERSION`).
-pub fn parse_request_line(head: &[u8], peer: SocketAddr) -> Option<Request> {
-    let text = std::str::from_utf8(head).ok()?;
-    let line = text.lines().next()?;
-    let mut parts = line.split(' ');
-    let method = parts.next()?.to_string();
-    let target = parts.next()?;
-    let version = parts.next()?;
-    if !version.starts_with("HTTP/1.") || parts.next().is_some() || !target.starts_with('/') {
-        return None;
-    }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    Some(Request {
-        method,
-        path: path.to_string(),
-        query: query.to_string(),
-        peer,
-    })
-}
-
 /// A tiny HTTP/1.1 server running inside a host until stopped or dropped.
 pub struct HttpServer {
-    stop: Arc<AtomicBool>,
+    stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<Result<()>>>>,
 }
 
 impl HttpServer {
-    /// Listens on `port` in `host` and answers every request with `handler`.
+    /// Listens on `port` in `host` and answers every `GET` with `handler` (other
+    /// methods get a 405).
     pub fn start(tb: &Testbed, host: &str, port: u16, handler: Handler) -> Result<HttpServer> {
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
-        let stop2 = stop.clone();
         let thread = tb.spawn_in(host, move || -> Result<()> {
-            let l = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)) {
-                Ok(l) => l,
+            let started = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(|l| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_io()
+                        .build()?;
+                    let l = rt.block_on(async { tokio::net::TcpListener::from_std(l) })?;
+                    Ok((rt, l))
+                });
+            let (rt, listener) = match started {
+                Ok(v) => v,
                 Err(e) => {
                     let err = Error::io(format!("HTTP server: listening on port {port}"), e);
                     let _ = ready_tx.send(Err(Error::Baseline(err.to_string())));
                     return Err(err);
                 }
             };
-            l.set_nonblocking(true)
-                .map_err(|e| Error::io("HTTP server: set_nonblocking", e))?;
             let _ = ready_tx.send(Ok(()));
-            while !stop2.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((s, peer)) => {
-                        let h = handler.clone();
-                        std::thread::spawn(move || serve_one(s, peer, &h));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    Err(e) => return Err(Error::io("HTTP server: accept", e)),
-                }
-            }
-            Ok(())
+            let app = axum::Router::new().fallback(
+                move |ConnectInfo(peer): ConnectInfo<SocketAddr>, req: axum::extract::Request| {
+                    let handler = handler.clone();
+                    async move { answer(&handler, peer, &req) }
+                },
+            );
+            rt.block_on(async move {
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+            })
+            .map_err(|e| Error::io("HTTP server", e))
         })?;
         let server = HttpServer {
-            stop,
+            stop: Some(stop_tx),
             thread: Some(thread),
         };
         ready_rx
@@ -128,13 +119,17 @@ impl HttpServer {
         Ok(server)
     }
 
-    /// Stops accepting connections (running transfers finish on their own).
+    /// Stops accepting connections and waits for the running transfers to finish.
     pub fn stop(mut self) -> Result<()> {
         self.stop_inner()
     }
 
     fn stop_inner(&mut self) -> Result<()> {
-        self.stop.store(true, Ordering::SeqCst);
+        if let Some(stop) = self.stop.take() {
+            // The server is gone already when the receiver is dropped; its result
+            // comes from the join below.
+            let _ = stop.send(());
+        }
         match self.thread.take() {
             Some(t) => match t.join() {
                 Ok(r) => r?,
@@ -147,130 +142,69 @@ impl HttpServer {
 
 impl Drop for HttpServer {
     fn drop(&mut self) {
+        // A failure here was already reported by `stop`, or nobody is left to tell.
         let _ = self.stop_inner();
     }
 }
 
-fn serve_one(mut s: TcpStream, peer: SocketAddr, handler: &Handler) {
-    let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(30)));
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-        if head.len() > MAX_REQUEST_HEAD {
-            let _ = s.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-            return;
-        }
-    }
-    let resp = match parse_request_line(&head, peer) {
-        Some(req) if req.method == "GET" => handler(&req),
-        Some(_) => Response {
+fn answer(
+    handler: &Handler,
+    peer: SocketAddr,
+    req: &axum::extract::Request,
+) -> axum::response::Response {
+    let resp = if req.method() == axum::http::Method::GET {
+        handler(&Request {
+            method: req.method().to_string(),
+            path: req.uri().path().to_string(),
+            query: req.uri().query().unwrap_or("").to_string(),
+            peer,
+        })
+    } else {
+        Response {
             status: 405,
             content_type: "text/plain",
             body: Arc::new(b"only GET\n".to_vec()),
-        },
-        None => Response {
-            status: 400,
-            content_type: "text/plain",
-            body: Arc::new(b"bad request\n".to_vec()),
-        },
-    };
-    let reason = match resp.status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Status",
-    };
-    let hdr = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        resp.status,
-        resp.content_type,
-        resp.body.len()
-    );
-    if s.write_all(hdr.as_bytes()).is_err() {
-        return;
-    }
-    for chunk in resp.body.chunks(64 << 10) {
-        if s.write_all(chunk).is_err() {
-            return;
         }
-    }
-    let _ = s.shutdown(std::net::Shutdown::Write);
-    // Drain until the client closes, so the last bytes are not reset away.
-    let _ = s.read(&mut buf);
+    };
+    let status = axum::http::StatusCode::from_u16(resp.status)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let body = axum::body::Body::from(bytes::Bytes::from_owner(ArcBody(resp.body)));
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, resp.content_type)],
+        body,
+    )
+        .into_response()
 }
 
-/// GETs `path` from `addr` (HTTP/1.1, `Connection: close`); returns the
-/// status and the body. Fails on malformed responses or a short body.
+/// Lets a shared body go out without a copy.
+struct ArcBody(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for ArcBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// GETs `path` from `addr`; returns the status and the body. Fails on a
+/// malformed response, a short body or when `timeout` passes.
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| Error::io(format!("HTTP client: connecting to {addr}"), e))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| Error::io("HTTP client: set_read_timeout", e))?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .map_err(|e| Error::io(format!("HTTP client: sending to {addr}"), e))?;
-    let mut data = Vec::new();
-    let mut buf = vec![0u8; 256 << 10];
-    let head_end = loop {
-        if let Some(p) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        if data.len() > MAX_REQUEST_HEAD {
-            return Err(Error::Baseline(format!(
-                "HTTP response head from {addr} too long"
-            )));
-        }
-        let n = s
-            .read(&mut buf)
-            .map_err(|e| Error::io(format!("HTTP client: reading from {addr}"), e))?;
-        if n == 0 {
-            return Err(Error::Baseline(format!(
-                "{addr} closed before the response head ended"
-            )));
-        }
-        data.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
-    let status: u16 = head
-        .lines()
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| Error::Baseline(format!("bad HTTP status line from {addr}")))?;
-    let len: Option<usize> = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse().ok())?
-    });
-    let mut body = data.split_off(head_end);
-    if let Some(l) = len {
-        body.reserve(l.saturating_sub(body.len()));
-    }
-    loop {
-        let n = s
-            .read(&mut buf)
-            .map_err(|e| Error::io(format!("HTTP client: reading body from {addr}"), e))?;
-        if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&buf[..n]);
-    }
-    if let Some(l) = len
-        && body.len() != l
-    {
-        return Err(Error::Baseline(format!(
-            "HTTP body from {addr} has {} bytes, Content-Length said {l}",
-            body.len()
-        )));
-    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .get(&format!("http://{addr}{path}"))
+        .call()
+        .map_err(|e| Error::Baseline(format!("HTTP GET {path} from {addr}: {e}")))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
+        .map_err(|e| Error::Baseline(format!("HTTP body from {addr}: {e}")))?;
     Ok((status, body))
 }
 
@@ -349,36 +283,4 @@ pub fn run(tb: &Testbed, opts: &DownloadOptions) -> Result<DownloadReport> {
         wan: DownloadReport::wan_use(&before, &after, pkg.len()),
         origin_tx_bytes: origin_after.tx_bytes - origin_before.tx_bytes,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn peer() -> SocketAddr {
-        "127.0.0.1:1".parse().unwrap()
-    }
-
-    #[test]
-    fn parses_request_lines() {
-        let r = parse_request_line(
-            b"GET /announce?a=1&b=%20 HTTP/1.1\r\nHost: x\r\n\r\n",
-            peer(),
-        )
-        .unwrap();
-        assert_eq!(r.method, "GET");
-        assert_eq!(r.path, "/announce");
-        assert_eq!(r.query, "a=1&b=%20");
-        assert!(parse_request_line(b"GET / HTTP/2\r\n", peer()).is_none());
-        assert!(parse_request_line(b"GET x HTTP/1.1\r\n", peer()).is_none());
-        assert!(parse_request_line(b"\xff\xfe", peer()).is_none());
-        assert!(parse_request_line(b"", peer()).is_none());
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn request_parser_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
-            let _ = parse_request_line(&b, peer());
-        }
-    }
 }

@@ -21,7 +21,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::testbed::{Direction, LinkCounters, Testbed};
+use crate::testbed::{LinkCounters, Testbed};
+use crate::topology::Direction;
 
 pub mod bittorrent;
 pub mod http;
