@@ -86,6 +86,11 @@ pub enum Action {
         #[command(subcommand)]
         command: TransferCommand,
     },
+    /// Client identities: list, approve, reset or revoke (each id is bound to its key).
+    Client {
+        #[command(subcommand)]
+        command: crate::clients::ClientCommand,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -440,6 +445,7 @@ pub async fn run(opts: ConnectorOptions, action: Action) -> Result<(), Fail> {
                 v["office"].as_str().unwrap_or("?")
             );
         }
+        Action::Client { command } => crate::clients::run(&c, command).await?,
         Action::Health { json } => {
             let h = c.health().await?;
             if json {

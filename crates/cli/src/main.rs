@@ -2,6 +2,7 @@
 //! config file, start the library that does the work, and turn its errors into messages
 //! and exit codes.
 
+mod clients;
 mod connector;
 mod demo;
 mod get;

@@ -11,8 +11,8 @@ use branchline_wire::ClientId;
 use std::net::SocketAddr;
 
 use branchline_wire::large::{
-    ContentInfo, LargeError, LargeRequest, LargeResponse, LinkPolicy, Locations, PeerHolding,
-    Request, Response,
+    ContentInfo, LargeError, LargeRequest, LargeResponse, LinkPolicy, Locations, MAX_SERVED_BY,
+    PeerHolding, Request, Response, Revocations,
 };
 use branchline_wire::msg::{Ack, ErrorCode};
 use branchline_wire::validate::content_id;
@@ -23,6 +23,7 @@ use crate::deploy::SourceBytes;
 use crate::handler::ServerState;
 use crate::offices::{Member, Upstream};
 use crate::registry::ClientRecord;
+use crate::reports::BadVerdict;
 
 fn error(code: ErrorCode, detail: impl Into<String>) -> Response {
     Response::Error(LargeError {
@@ -59,7 +60,25 @@ pub async fn handle(
         state.counters.count(DropReason::Decode);
         HandlerError(format!("undecodable large request: {e}"))
     })?;
+    // A revoked (or not yet approved) client gets nothing, even on a connection it
+    // opened before the revocation.
+    let may = state
+        .identities
+        .lock()
+        .expect("identities lock")
+        .may_serve(&client);
     let response = match request.request {
+        _ if !may => error(
+            ErrorCode::Unauthorized,
+            "this client is revoked or not approved by the admin",
+        ),
+        Some(Request::GetRevocations(_)) => {
+            let ids = state.identities.lock().expect("identities lock");
+            Response::Revocations(Revocations {
+                epoch: ids.epoch(),
+                clients: ids.revoked().iter().map(|c| c.to_string()).collect(),
+            })
+        }
         None => {
             state.counters.count(DropReason::Unsupported);
             error(ErrorCode::Unsupported, "unknown large request kind")
@@ -174,6 +193,20 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                 }
             };
             let (pieces, complete) = (have.count_ones(), have.is_complete());
+            // Evidence that peers serve: counted only for peers named to this client.
+            let served: Vec<ClientId> = h
+                .served_by
+                .iter()
+                .take(MAX_SERVED_BY)
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            if !served.is_empty() {
+                state
+                    .reports
+                    .lock()
+                    .expect("reports lock")
+                    .served_by(client, id, served);
+            }
             state
                 .locations
                 .lock()
@@ -199,8 +232,8 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
             Response::Ack(Ack {})
         }
         // Answered asynchronously by `send_content` before this function is called.
-        Request::SendContent(_) => {
-            error(ErrorCode::Unsupported, "SendContent is answered elsewhere")
+        Request::SendContent(_) | Request::GetRevocations(_) => {
+            error(ErrorCode::Unsupported, "answered elsewhere")
         }
         Request::ReportBadPeer(b) => {
             let id = match id_of(&b.content_id) {
@@ -210,12 +243,39 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
             let Ok(bad) = b.peer_id.parse::<ClientId>() else {
                 return error(ErrorCode::Invalid, "peer_id: not a client id");
             };
-            tracing::warn!(reporter = %client, peer = %bad, content = %id, reason = %b.reason, "peer sent a bad piece; no longer offered for this content");
-            state
-                .locations
+            // The address the server sees the reporter at: one device with several ids
+            // counts once.
+            let ip = state
+                .registry
                 .lock()
-                .expect("locations lock")
-                .forget(&bad, &id);
+                .expect("registry lock")
+                .get(&client)
+                .and_then(crate::calls::seen_ip);
+            let Some(ip) = ip else {
+                return error(ErrorCode::NotFound, "unknown client: register first");
+            };
+            let verdict = state
+                .reports
+                .lock()
+                .expect("reports lock")
+                .bad_peer(client, ip, id, bad, now);
+            match verdict {
+                BadVerdict::Drop => {
+                    tracing::warn!(reporter = %client, peer = %bad, content = %id, reason = %b.reason, "peer reported bad by several clients; no longer offered for this content");
+                    state
+                        .locations
+                        .lock()
+                        .expect("locations lock")
+                        .forget(&bad, &id);
+                }
+                BadVerdict::Counted { reporters } => {
+                    tracing::info!(reporter = %client, peer = %bad, content = %id, reason = %b.reason, reporters, "bad-peer report counted; more reporters are needed to drop the peer");
+                }
+                BadVerdict::NotNamed | BadVerdict::Full => {
+                    state.counters.count(DropReason::Invalid);
+                    tracing::info!(reporter = %client, peer = %bad, content = %id, ?verdict, "ignored a bad-peer report about a peer the server did not name to the reporter");
+                }
+            }
             Response::Ack(Ack {})
         }
     }
@@ -244,6 +304,7 @@ fn locate(
     {
         offices.place(client, ip);
     }
+    let identities = state.identities.lock().expect("identities lock");
     let mut locations = state.locations.lock().expect("locations lock");
     let open: Vec<bool> = offices
         .tree()
@@ -253,6 +314,9 @@ fn locate(
     let plan = {
         let loc = &*locations;
         let member = |c: &ClientId| {
+            if !identities.may_serve(c) {
+                return None;
+            }
             let r = registry.get(c)?;
             let have = loc.have(c, &id);
             Some(Member {
@@ -273,6 +337,10 @@ fn locate(
     };
     let empty = Bitfield::new(pieces);
     let holding = |c: &ClientId, port_of: &dyn Fn(&ClientRecord) -> Option<SocketAddr>| {
+        // Revoked clients are never named to peers.
+        if !identities.may_serve(c) {
+            return None;
+        }
         let r = registry.get(c)?;
         // A peer that holds nothing yet (it is fetching too) is listed with an empty set.
         let have = locations.have(c, &id).unwrap_or(&empty);
@@ -330,8 +398,17 @@ fn locate(
                     .content
                     .as_ref()
                     .is_some_and(|c| c.holds(&id) && c.serves(&me));
-            // A complete copy in the office covers it; otherwise one origin reader.
-            let covered = peers.iter().any(|p| p.complete);
+            // A complete copy in the office covers it, once its holder has shown it
+            // serves (another client received bytes from it: a bare `complete` claim
+            // stops nobody's origin reads); otherwise one origin reader.
+            let reports = state.reports.lock().expect("reports lock");
+            let covered = peers.iter().any(|p| {
+                p.complete
+                    && p.client_id
+                        .parse::<ClientId>()
+                        .is_ok_and(|c| reports.has_served(&id, &c))
+            });
+            drop(reports);
             let online = |c: &ClientId| registry.get(c).is_some_and(|r| registry.is_online(r, now));
             // After a restart, the reader of before says so and keeps reading; nobody
             // else becomes one during the grace period.
@@ -343,6 +420,18 @@ fn locate(
         None => {}
     }
     drop(locations);
+    drop(identities);
+    // Remember whom this client was given: its reports count only about them.
+    let named: Vec<ClientId> = peers
+        .iter()
+        .chain(upstream.iter())
+        .filter_map(|p| p.client_id.parse().ok())
+        .collect();
+    state
+        .reports
+        .lock()
+        .expect("reports lock")
+        .named(client, id, &named);
     if let Some(relay) = plan.relay {
         state
             .deployments
