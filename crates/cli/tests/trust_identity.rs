@@ -21,8 +21,7 @@ use branchline_quic::{
 };
 use branchline_transport::{Context, RequestError, Requester};
 use branchline_wire::large::{
-    LargeRequest, LargeResponse, Locate, Locations, ReportBadPeer, ReportHave, Request,
-    Response,
+    LargeRequest, LargeResponse, Locate, Locations, ReportBadPeer, ReportHave, Request, Response,
 };
 use branchline_wire::msg::{ErrorCode, Register, RegisterOk};
 use branchline_wire::{Body, ClientId};
@@ -335,10 +334,11 @@ impl Device {
             len: 0,
         };
         self.rt.block_on(async {
-            let (conn, _) = tokio::time::timeout(Duration::from_secs(10), node.connect(addr, &role))
-                .await
-                .map_err(|_| "connect timed out".to_string())?
-                .map_err(|e| format!("handshake refused: {e}"))?;
+            let (conn, _) =
+                tokio::time::timeout(Duration::from_secs(10), node.connect(addr, &role))
+                    .await
+                    .map_err(|_| "connect timed out".to_string())?
+                    .map_err(|e| format!("handshake refused: {e}"))?;
             let got = tokio::time::timeout(Duration::from_secs(10), node.fetch(&conn, &request))
                 .await
                 .map_err(|_| "fetch timed out".to_string())?
@@ -460,7 +460,9 @@ fn one_hostile_reporter_cannot_get_an_honest_peer_dropped() {
         h.register(bed.ip(66).parse().unwrap()).unwrap();
         let l = h.locate(&id);
         assert!(
-            l.peers.iter().any(|p| p.client_id == honest_id && p.complete),
+            l.peers
+                .iter()
+                .any(|p| p.client_id == honest_id && p.complete),
             "the honest peer is offered: {l:?}"
         );
         for _ in 0..10 {
@@ -601,4 +603,65 @@ fn a_revoked_client_cannot_fetch_from_any_peer() {
     let last = answer(&bed.ip(12), &c2_id);
     assert!(last.is_err(), "client 2 served a revoked client: {last:?}");
     assert!(c1.log().contains("revocation list updated"), "{}", c1.log());
+}
+
+#[test]
+fn in_approve_mode_a_new_client_waits_for_the_admin() {
+    let bed = Bed::new();
+    let config = bed.path("approve.toml");
+    std::fs::write(&config, "[server]\nenrollment = \"approve\"\n").unwrap();
+    let server = bed.server_with(&["--config", &config]);
+    let key = bed.path("server/deployment.key");
+    wait_for("the server", Duration::from_secs(30), &[&server], || {
+        bed.health(&key)
+    });
+    // The connector enrols (its credential is needed for `client` commands).
+    let tokens = bed.path("server/connector.tokens");
+    let out = bed.connector_raw(&key, &["activate", "--token-file", &tokens]);
+    assert!(out.status.success(), "{out:?}");
+
+    let c1 = bed.client(1, &key);
+    let pending = wait_for(
+        "the new client to be pending",
+        Duration::from_secs(30),
+        &[&server, &c1],
+        || identity_of(&bed, &key, "client-1").filter(|i| i["state"] == "pending"),
+    );
+    wait_for(
+        "the client to say it waits",
+        Duration::from_secs(30),
+        &[&server, &c1],
+        || {
+            c1.log()
+                .contains("waiting for the admin's approval")
+                .then_some(())
+        },
+    );
+    // Not enrolled meanwhile: no record, nobody is given it, it gets no certificate.
+    let h = bed.health(&key).unwrap();
+    assert_eq!(h["clients_total"], 0, "{h}");
+    assert!(!c1.log().contains("QUIC services started"));
+
+    let id = pending["client_id"].as_str().unwrap();
+    let out = bed.connector_raw(&key, &["client", "approve", id]);
+    assert!(
+        out.status.success(),
+        "approve: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_online(&bed, &key, 1, &[&server, &c1]);
+    wait_for(
+        "the approved client's QUIC services",
+        Duration::from_secs(30),
+        &[&server, &c1],
+        || c1.log().contains("QUIC services started").then_some(()),
+    );
+    assert_eq!(
+        identity_of(&bed, &key, "client-1").unwrap()["state"],
+        "active"
+    );
+    // Approving twice says so.
+    let out = bed.connector_raw(&key, &["client", "approve", id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already active"));
 }

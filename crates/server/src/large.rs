@@ -398,16 +398,17 @@ fn locate(
                     .content
                     .as_ref()
                     .is_some_and(|c| c.holds(&id) && c.serves(&me));
-            // A complete copy in the office covers it, once its holder has shown it
-            // serves (another client received bytes from it: a bare `complete` claim
-            // stops nobody's origin reads); otherwise one origin reader.
-            let reports = state.reports.lock().expect("reports lock");
-            let covered = peers.iter().any(|p| {
-                p.complete
-                    && p.client_id
-                        .parse::<ClientId>()
-                        .is_ok_and(|c| reports.has_served(&id, &c))
-            });
+            // A complete copy in the office covers it once its holder has shown it
+            // serves (another client received bytes from it), or while its claim is
+            // new (see `crate::reports`): a bare `complete` claim never stops origin
+            // reads for good. Otherwise one origin reader.
+            let mut reports = state.reports.lock().expect("reports lock");
+            let mut covered = false;
+            for p in peers.iter().filter(|p| p.complete) {
+                if let Ok(c) = p.client_id.parse::<ClientId>() {
+                    covered |= reports.complete_covers(id, c, now);
+                }
+            }
             drop(reports);
             let online = |c: &ClientId| registry.get(c).is_some_and(|r| registry.is_online(r, now));
             // After a restart, the reader of before says so and keeps reading; nobody

@@ -11,10 +11,13 @@
 //!   addresses) reported it within [`BAD_REPORT_WINDOW_MS`]. One reporter, however many
 //!   times it reports, is not enough. Each reporter still drops the peer for itself.
 //! * **Complete claims.** A client's `complete` claim stops other clients' origin reads
-//!   only once it has *served*: another client that was given it as a peer reported
-//!   (`ReportHave.served_by`) that it received verified bytes of that content from it.
-//!   Until then the claimant is still offered as a peer (so it gets its chance to serve)
-//!   and the current origin reader keeps its role for the usual stall time.
+//!   for good only once it has *served*: another client that was given it as a peer
+//!   reported (`ReportHave.served_by`) that it received verified bytes of that content
+//!   from it. An unproven claim is given [`PROVE_WINDOW_MS`] from the first time the
+//!   server offers the claimant to another client (so an honest holder, e.g. after a
+//!   server restart forgot who served, gets the chance to serve before anyone reads the
+//!   origin again); after that it stops nothing. A false claim delays origin reads by at
+//!   most that window, once.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -34,8 +37,12 @@ pub const MAX_NAMED_PER_CLIENT: usize = 256;
 pub const MAX_NAMED_CLIENTS: usize = 200_000;
 /// Most (content, peer) pairs with pending bad-peer reports.
 pub const MAX_BAD_PAIRS: usize = 100_000;
-/// Most (content, peer) pairs known to have served.
+/// Most (content, peer) pairs known to have served, and most unproven complete claims
+/// being given their window.
 pub const MAX_SERVED: usize = 1_000_000;
+/// How long an unproven `complete` claim keeps others from reading the origin, from the
+/// first time the claimant is offered to another client (ms).
+pub const PROVE_WINDOW_MS: u64 = 20_000;
 
 /// What a bad-peer report did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +74,8 @@ pub struct Reports {
     named_order: VecDeque<ClientId>,
     bad: HashMap<(ContentId, ClientId), Vec<BadReport>>,
     served: HashSet<(ContentId, ClientId)>,
+    /// Unproven complete claims: when the claimant was first offered as complete.
+    offered: HashMap<(ContentId, ClientId), u64>,
 }
 
 impl Default for Reports {
@@ -77,6 +86,7 @@ impl Default for Reports {
             named_order: VecDeque::new(),
             bad: HashMap::new(),
             served: HashSet::new(),
+            offered: HashMap::new(),
         }
     }
 }
@@ -202,6 +212,7 @@ impl Reports {
                 continue;
             }
             self.served.insert((content, peer));
+            self.offered.remove(&(content, peer));
             n += 1;
         }
         n
@@ -212,11 +223,30 @@ impl Reports {
         self.served.contains(&(*content, *peer))
     }
 
+    /// Whether `peer`'s complete copy of `content`, about to be offered at `now_ms`, may
+    /// stand in for the origin: it has served, or its claim is still within its
+    /// [`PROVE_WINDOW_MS`] (which starts now if this is the first offer).
+    pub fn complete_covers(&mut self, content: ContentId, peer: ClientId, now_ms: u64) -> bool {
+        if self.served.contains(&(content, peer)) {
+            return true;
+        }
+        let first = match self.offered.get(&(content, peer)) {
+            Some(t) => *t,
+            None if self.offered.len() >= MAX_SERVED => return false,
+            None => {
+                self.offered.insert((content, peer), now_ms);
+                now_ms
+            }
+        };
+        now_ms.saturating_sub(first) < PROVE_WINDOW_MS
+    }
+
     /// Forgets everything about `client` (its identity was reset or revoked).
     pub fn forget_client(&mut self, client: &ClientId) {
         self.named.remove(client);
         self.named_order.retain(|c| c != client);
         self.served.retain(|(_, p)| p != client);
+        self.offered.retain(|(_, p), _| p != client);
         self.bad.retain(|(_, p), _| p != client);
     }
 }
@@ -292,6 +322,25 @@ mod tests {
         assert!(!r.was_named(&c(1), &X, &c(0)));
         assert!(r.was_named(&c(1), &X, &c(255)));
         assert_eq!(r.named[&c(1)].len(), MAX_NAMED_PER_CLIENT);
+    }
+
+    #[test]
+    fn an_unproven_complete_claim_covers_only_for_its_window() {
+        let mut r = Reports::new();
+        assert!(
+            r.complete_covers(X, c(9), 1000),
+            "first offer: window starts"
+        );
+        assert!(r.complete_covers(X, c(9), 1000 + PROVE_WINDOW_MS - 1));
+        assert!(
+            !r.complete_covers(X, c(9), 1000 + PROVE_WINDOW_MS),
+            "window over, never served"
+        );
+        assert!(r.complete_covers(Y, c(9), 50_000), "per content");
+        // Once someone it was named to confirms bytes from it, it covers for good.
+        r.named(c(1), X, &[c(9)]);
+        r.served_by(c(1), X, [c(9)]);
+        assert!(r.complete_covers(X, c(9), 10_000_000));
     }
 
     #[test]
