@@ -678,7 +678,7 @@ async fn run(
                 let wait = format!(
                     "waiting for the admin's approval: branchline connector client approve {id}"
                 );
-                if failures % 10 == 0 {
+                if failures.is_multiple_of(10) {
                     tracing::warn!(client = %id, %server, "{wait}; registering again until then");
                 } else {
                     tracing::debug!(client = %id, "still {wait}");

@@ -195,40 +195,38 @@ impl ServerState {
         Ok(cert.to_vec())
     }
 
-    /// Checks a registration against the id's key binding (issue #10). `Ok(Some(b))`:
-    /// go on, storing the new binding `b` if there is one; `Ok(None)`: go on, the
-    /// registration carries no key (allowed only for unbound ids in open enrollment);
-    /// `Err`: the reply refusing it.
-    #[allow(clippy::type_complexity)]
+    /// Checks a registration against the id's key binding (issue #10). `Ok(b)`: go on,
+    /// storing the new binding `b` if there is one (a registration without a key is
+    /// allowed only for unbound ids in open enrollment); `Err`: the reply refusing it.
     fn admit_identity(
         &self,
         reg: &branchline_wire::validate::Registration,
         from: SocketAddr,
         now: u64,
-    ) -> Result<Option<Option<crate::identities::Identity>>, Response> {
+    ) -> Result<Option<crate::identities::Identity>, Box<Response>> {
         use crate::identities::{Admission, Enrollment};
         let id = reg.client_id;
         let Some(req) = &reg.cert_request else {
             let ids = self.identities.lock().expect("identities lock");
             if ids.get(&id).is_some() {
-                return Err(self.unauthorized(format!(
+                return Err(Box::new(self.unauthorized(format!(
                     "client {id} is bound to a key: register with a certificate request signed by it"
-                )));
+                ))));
             }
             if ids.mode() == Enrollment::Approve {
-                return Err(self.unauthorized(
+                return Err(Box::new(self.unauthorized(
                     "this server enrolls only clients with a certificate request (server.enrollment = \"approve\")".into(),
-                ));
+                )));
             }
             return Ok(None);
         };
         let request = match CertRequest::decode(req).and_then(|r| r.verify().map(|()| r)) {
             Ok(r) => r,
             Err(e) => {
-                return Err(self.refuse(Invalid {
+                return Err(Box::new(self.refuse(Invalid {
                     field: "cert_request",
                     reason: e.to_string(),
-                }));
+                })));
             }
         };
         let admitted = self.identities.lock().expect("identities lock").admit(
@@ -242,26 +240,26 @@ impl ServerState {
                 if bound.is_some() {
                     tracing::info!(client = %id, key = %crate::identities::fingerprint(&request.public_key), %from, "client id bound to its key");
                 }
-                Ok(Some(bound))
+                Ok(bound)
             }
             Admission::Pending { bound } => {
                 if bound.is_some() {
                     tracing::warn!(client = %id, host = %reg.hostname, %from, "a new client waits for approval: branchline connector client approve {id}");
                 }
-                Ok(Some(bound))
+                Ok(bound)
             }
             Admission::KeyMismatch { bound_fingerprint } => {
                 tracing::warn!(client = %id, %from, bound = %bound_fingerprint, offered = %crate::identities::fingerprint(&request.public_key), "refused a registration with another key than the one this client id is bound to");
-                Err(self.unauthorized(format!(
+                Err(Box::new(self.unauthorized(format!(
                     "client id {id} is bound to another key (fingerprint {bound_fingerprint}); if this device was reinstalled, the admin runs `branchline connector client reset {id}`"
-                )))
+                ))))
             }
-            Admission::Revoked => Err(self.refuse_revoked(&id, from)),
-            Admission::Full => Err(Response::Reply(error(
+            Admission::Revoked => Err(Box::new(self.refuse_revoked(&id, from))),
+            Admission::Full => Err(Box::new(Response::Reply(error(
                 ErrorCode::Unavailable,
                 "the server holds as many client identities as it may (approve or reset pending ones)".into(),
                 now,
-            ))),
+            )))),
         }
     }
 
@@ -354,9 +352,8 @@ impl Handler for ServerHandler {
                 };
                 // The id is bound to the key of its first certificate request (issue #10).
                 let bound = match s.admit_identity(&reg, from, now) {
-                    Ok(Some(bound)) => bound,
-                    Ok(None) => None,
-                    Err(reply) => return reply,
+                    Ok(bound) => bound,
+                    Err(reply) => return *reply,
                 };
                 if s.identities
                     .lock()
