@@ -823,6 +823,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn identities_survive_reopen_and_reset_deletes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.db");
+        let identity = |n: u8, state: IdState| Identity {
+            id: ClientId([n; 16]),
+            public_key: [n; 32],
+            state,
+            hostname: format!("pc-{n}"),
+            bound_ms: 10,
+            changed_ms: 20,
+            last_attempt_ms: 0,
+        };
+        {
+            let db = Db::open(&path).await.unwrap();
+            let (w, task) = Writer::spawn(db.clone());
+            w.save_identity(ClientId([1; 16]), Some(identity(1, IdState::Pending)))
+                .await
+                .unwrap();
+            w.save_identity(ClientId([1; 16]), Some(identity(1, IdState::Revoked)))
+                .await
+                .unwrap();
+            w.save_identity(ClientId([2; 16]), Some(identity(2, IdState::Active)))
+                .await
+                .unwrap();
+            w.save_identity(ClientId([3; 16]), Some(identity(3, IdState::Active)))
+                .await
+                .unwrap();
+            w.save_identity(ClientId([3; 16]), None).await.unwrap();
+            drop(w);
+            task.await.unwrap();
+            db.close().await;
+        }
+        let db = Db::open(&path).await.unwrap();
+        let mut got = db.load_identities().await.unwrap();
+        got.sort_by_key(|i| i.id);
+        assert_eq!(
+            got,
+            vec![identity(1, IdState::Revoked), identity(2, IdState::Active)]
+        );
+    }
+
+    #[tokio::test]
     async fn records_survive_reopen_and_touches_are_flushed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.db");

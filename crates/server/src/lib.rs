@@ -285,7 +285,12 @@ impl Server {
             offices.set_grace(SystemClock.now_ms() + RESTART_GRACE.as_millis() as u64);
         }
         let mut registry = Registry::new(opts.offline_after_missed);
-        registry.load(records);
+        // Revoked clients stay out of the registry (their heartbeats are refused anyway).
+        registry.load(
+            records
+                .into_iter()
+                .filter(|r| identities.state(&r.id) != Some(identities::IdState::Revoked)),
+        );
 
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let mut ctx = Context::new(vec![key.derive()]);
