@@ -306,6 +306,7 @@ fn locate(
     }
     let identities = state.identities.lock().expect("identities lock");
     let mut locations = state.locations.lock().expect("locations lock");
+    let mut reports = state.reports.lock().expect("reports lock");
     let open: Vec<bool> = offices
         .tree()
         .iter()
@@ -313,6 +314,7 @@ fn locate(
         .collect();
     let plan = {
         let loc = &*locations;
+        let proven = &*reports;
         let member = |c: &ClientId| {
             if !identities.may_serve(c) {
                 return None;
@@ -325,7 +327,9 @@ fn locate(
                 uptime_s: now.saturating_sub(r.first_seen_ms) / 1000,
                 cache_free_bytes: r.cache_free_bytes,
                 pieces: have.map(|h| h.count_ones()).unwrap_or(0),
-                complete: have.is_some_and(|h| h.is_complete()),
+                // A bare claim stops nobody fetching for good (see `crate::reports`).
+                complete: have.is_some_and(|h| h.is_complete())
+                    && proven.complete_counts(&id, c, now),
             })
         };
         offices.plan_claiming(client, id, now, request.was_rvp, member, |o| {
@@ -402,14 +406,12 @@ fn locate(
             // serves (another client received bytes from it), or while its claim is
             // new (see `crate::reports`): a bare `complete` claim never stops origin
             // reads for good. Otherwise one origin reader.
-            let mut reports = state.reports.lock().expect("reports lock");
             let mut covered = false;
             for p in peers.iter().filter(|p| p.complete) {
                 if let Ok(c) = p.client_id.parse::<ClientId>() {
                     covered |= reports.complete_covers(id, c, now);
                 }
             }
-            drop(reports);
             let online = |c: &ClientId| registry.get(c).is_some_and(|r| registry.is_online(r, now));
             // After a restart, the reader of before says so and keeps reading; nobody
             // else becomes one during the grace period.
@@ -420,6 +422,7 @@ fn locate(
         }
         None => {}
     }
+    drop(reports);
     drop(locations);
     drop(identities);
     // Remember whom this client was given: its reports count only about them.

@@ -241,6 +241,17 @@ impl Reports {
         now_ms.saturating_sub(first) < PROVE_WINDOW_MS
     }
 
+    /// [`Reports::complete_covers`] without starting a window: whether `peer`'s complete
+    /// copy counts when the server plans who fetches (RVP election, relays). A claim
+    /// never offered yet counts (its window starts when it is offered).
+    pub fn complete_counts(&self, content: &ContentId, peer: &ClientId, now_ms: u64) -> bool {
+        self.served.contains(&(*content, *peer))
+            || self
+                .offered
+                .get(&(*content, *peer))
+                .is_none_or(|first| now_ms.saturating_sub(*first) < PROVE_WINDOW_MS)
+    }
+
     /// Forgets everything about `client` (its identity was reset or revoked).
     pub fn forget_client(&mut self, client: &ClientId) {
         self.named.remove(client);
@@ -337,6 +348,9 @@ mod tests {
             "window over, never served"
         );
         assert!(r.complete_covers(Y, c(9), 50_000), "per content");
+        assert!(!r.complete_counts(&X, &c(9), 1000 + PROVE_WINDOW_MS));
+        assert!(r.complete_counts(&Y, &c(9), 50_001));
+        assert!(r.complete_counts(&X, &c(7), 0), "never offered yet");
         // Once someone it was named to confirms bytes from it, it covers for good.
         r.named(c(1), X, &[c(9)]);
         r.served_by(c(1), X, [c(9)]);
