@@ -154,6 +154,11 @@ pub enum Action {
         #[command(subcommand)]
         command: TransferCommand,
     },
+    /// Client identities: list, approve, reset or revoke (each id is bound to its key).
+    Client {
+        #[command(subcommand)]
+        command: crate::clients::ClientCommand,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -86,6 +86,7 @@ pub async fn run(opts: ConnectorOptions, action: Action) -> Result<(), Fail> {
                 v["office"].as_str().unwrap_or("?")
             );
         }
+        Action::Client { command } => crate::clients::run(&c, command).await?,
         Action::Health { json } => {
             let h = c.health().await?;
             if json {

@@ -128,6 +128,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
         replay,
         background: crate::settings::background(config),
         content_cache: None,
+        enrollment: config.server.enrollment.parse().unwrap_or_default(),
         admin: config
             .admin
             .enabled

@@ -3,6 +3,7 @@
 //! and exit codes.
 
 mod args;
+mod clients;
 mod commands;
 mod connector;
 mod demo;

@@ -91,7 +91,7 @@ pub async fn call(c: &Connector, request: &AdminCall) -> Result<serde_json::Valu
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Fail> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Fail> {
     serde_json::from_value(v).map_err(|e| {
         Fail::new(
             exit::FAILURE,

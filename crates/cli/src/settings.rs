@@ -92,6 +92,10 @@ pub fn server(config: &Config, args: ServerArgs) -> Result<(ServerOptions, usize
         replay,
         background: background(config),
         admin,
+        enrollment: c
+            .enrollment
+            .parse()
+            .map_err(|e: String| Fail::new(exit::USAGE, e))?,
         content_cache: match c.content_cache_size.trim() {
             "0" | "" => None,
             s => Some(s.parse().map_err(|e| {

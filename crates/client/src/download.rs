@@ -332,6 +332,7 @@ pub async fn download(
         partials: HashMap::new(),
         assembled: Default::default(),
         from_peers: 0,
+        served_by: Default::default(),
         from_origin: 0,
         from_server: 0,
         from_wan: 0,
@@ -478,6 +479,9 @@ struct Download {
     /// nobody can tell which source was wrong, so neither is judged.
     assembled: std::collections::HashSet<(SourceId, u32)>,
     from_peers: u64,
+    /// Peers (client ids) that sent verified pieces: reported to the server, which takes
+    /// it as proof that they serve (a bare `complete` claim is not).
+    served_by: std::collections::BTreeSet<String>,
     from_origin: u64,
     from_server: u64,
     from_wan: u64,
@@ -1136,11 +1140,17 @@ impl Download {
                     self.from_origin += len;
                     m.fetched(crate::metrics::ORIGIN, len);
                 }
-                Some(SourceInfo::Peer { .. }) => {
+                Some(SourceInfo::Peer { client, .. }) => {
                     self.from_peers += len;
                     m.fetched(crate::metrics::LAN, len);
+                    if self.served_by.len() < branchline_wire::large::MAX_SERVED_BY {
+                        self.served_by.insert(client.clone());
+                    }
                 }
-                Some(SourceInfo::Upstream { .. }) => {
+                Some(SourceInfo::Upstream { client, .. }) => {
+                    if self.served_by.len() < branchline_wire::large::MAX_SERVED_BY {
+                        self.served_by.insert(client.clone());
+                    }
                     self.from_wan += len;
                     m.fetched(crate::metrics::WAN, len);
                 }
@@ -1470,6 +1480,7 @@ impl Download {
                 wan: self.from_wan,
                 lan: self.from_peers,
             }),
+            served_by: self.served_by.iter().cloned().collect(),
         });
         if force {
             // The last report, when the download ends: waited for, but not for long.

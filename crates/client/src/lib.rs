@@ -306,6 +306,8 @@ impl Client {
             discovery: discovery.clone(),
             signals: signals.clone(),
             metrics: client_metrics.clone(),
+            revocation_epoch: Arc::default(),
+            revocation_fetch: None,
         };
         let listener = local::bind(&opts.data_dir).map_err(|e| {
             ClientError::Services(format!(
@@ -432,9 +434,41 @@ struct Quic {
     discovery: Arc<discovery::Discovery>,
     signals: Arc<adaptive::Signals>,
     metrics: Arc<metrics::ClientMetrics>,
+    /// The epoch of the revocation list applied to the QUIC endpoints (0: none yet),
+    /// and the fetch of a newer one under way.
+    revocation_epoch: Arc<std::sync::atomic::AtomicU64>,
+    revocation_fetch: Option<JoinHandle<()>>,
 }
 
 impl Quic {
+    /// Fetches and applies the server's revocation list unless `epoch` is the one
+    /// applied already (0: fetch anyway) or a fetch is under way.
+    fn refresh_revocations(&mut self, epoch: u64) {
+        use std::sync::atomic::Ordering;
+        if epoch != 0 && epoch == self.revocation_epoch.load(Ordering::Relaxed) {
+            return;
+        }
+        if self
+            .revocation_fetch
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+        {
+            return;
+        }
+        let Some(svc) = self.services.borrow().clone() else {
+            return;
+        };
+        let applied = self.revocation_epoch.clone();
+        self.revocation_fetch = Some(tokio::spawn(async move {
+            match svc.refresh_revocations().await {
+                Ok(e) => applied.store(e, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot fetch the revocation list; asking again at the next heartbeat")
+                }
+            }
+        }));
+    }
+
     /// Starts the QUIC services with `node`'s certificate, once.
     async fn start_services(
         &mut self,
@@ -527,6 +561,8 @@ impl Quic {
             let ids: Vec<_> = cache.list().into_iter().map(|s| s.id).collect();
             tokio::spawn(async move { report(&svc, &cache, ids).await });
         }
+        // The revoked clients, at once: a restarted client does not wait a heartbeat.
+        self.refresh_revocations(0);
         Ok(())
     }
 }
@@ -550,6 +586,7 @@ async fn report(svc: &Services, cache: &Cache<FsStorage>, ids: Vec<branchline_st
             content_port: svc.content_port.into(),
             // Counts belong to downloads; a re-report after registration carries none.
             sources: None,
+            served_by: Vec::new(),
         });
         if let Err(e) = svc.call(req).await {
             tracing::debug!(content = %status.id, error = %e, "could not report cached content");
@@ -625,6 +662,27 @@ async fn run(
             },
         });
         match req.request(server, register).await {
+            Ok(Body::RegisterOk(ok)) if ok.pending => {
+                // server.enrollment = "approve": no certificate until the admin approves.
+                let wait = format!(
+                    "waiting for the admin's approval: branchline connector client approve {id}"
+                );
+                if failures.is_multiple_of(10) {
+                    tracing::warn!(client = %id, %server, "{wait}; registering again until then");
+                } else {
+                    tracing::debug!(client = %id, "still {wait}");
+                }
+                let _ = status.send(Status::Unreachable {
+                    since: Instant::now(),
+                    error: wait,
+                });
+                tokio::time::sleep(
+                    registration_backoff(failures).min(interval.max(Duration::from_secs(1))),
+                )
+                .await;
+                failures += 1;
+                continue;
+            }
             Ok(Body::RegisterOk(ok)) => {
                 failures = 0;
                 quic.discovery.set_office(&ok.office, &ok.office_kind);
@@ -699,6 +757,10 @@ async fn run(
             match req.request_with(server, beat, beat_policy).await {
                 Ok(Body::HeartbeatAck(ack)) if ack.known => {
                     quic.discovery.set_office(&ack.office, &ack.office_kind);
+                    // A new revocation list: refuse revoked peers from now on.
+                    if ack.revocation_epoch != 0 {
+                        quic.refresh_revocations(ack.revocation_epoch);
+                    }
                     let _ = status.send(Status::Registered {
                         last_answer: Instant::now(),
                     });

@@ -67,6 +67,9 @@ pub struct Services {
     /// The connection the server opened to this client's 34760 to send it content (a
     /// Central Office client), once there is one.
     pub server_conn: Arc<Mutex<Option<quinn::Connection>>>,
+    /// The clients the server revoked, shared by every endpoint and pool of this client
+    /// (refused at each handshake and at each new stream).
+    pub revoked: branchline_quic::RevocationList,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -240,8 +243,10 @@ impl Services {
         let large_bg_serving = large_bg.serve(no_large);
         let server_pool = ConnectionPool::new(large.reply_endpoint().clone(), trust.clone());
         let peer_pool = ConnectionPool::new(content.endpoint().clone(), trust.clone());
+        let revoked = trust.revoked.clone();
         let upstream_pool = ConnectionPool::new(content_bg.endpoint().clone(), trust);
         Ok(Services {
+            revoked,
             cache,
             content,
             content_bg,
@@ -260,6 +265,50 @@ impl Services {
             server_conn,
             tasks: vec![serving, serving_bg, large_serving, large_bg_serving],
         })
+    }
+
+    /// Replaces the revoked clients with `clients` (client ids as the server sent them;
+    /// at most [`branchline_wire::large::MAX_REVOKED`] are read) and closes pooled
+    /// connections to any of them. Returns how many clients are revoked now.
+    pub fn apply_revocations(&self, clients: &[String]) -> usize {
+        let names: Vec<branchline_quic::ClientName> = clients
+            .iter()
+            .take(branchline_wire::large::MAX_REVOKED)
+            .filter_map(|c| branchline_quic::ClientName::new(c.clone()).ok())
+            .collect();
+        let n = names.len();
+        if self.revoked.replace_clients(names) {
+            let closed =
+                self.server_pool.prune() + self.peer_pool.prune() + self.upstream_pool.prune();
+            tracing::info!(
+                revoked = n,
+                closed,
+                "revocation list updated; revoked peers are refused"
+            );
+        }
+        n
+    }
+
+    /// Asks the server for the revocation list and applies it. Returns its epoch.
+    pub async fn refresh_revocations(&self) -> Result<u64, ServerCallError> {
+        match self
+            .call(Request::GetRevocations(
+                branchline_wire::large::GetRevocations {},
+            ))
+            .await?
+        {
+            Response::Revocations(r) => {
+                self.apply_revocations(&r.clients);
+                Ok(r.epoch)
+            }
+            Response::Error(e) => Err(ServerCallError::Refused {
+                code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+                detail: e.detail,
+            }),
+            _ => Err(ServerCallError::Decode(
+                "unexpected answer to GetRevocations".into(),
+            )),
+        }
     }
 
     /// The lock that keeps one download per content item.

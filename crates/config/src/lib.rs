@@ -37,6 +37,10 @@ pub struct ServerConfig {
     /// every package published with a file origin it can read and sends it to Central
     /// Office clients. Default `"0"`.
     pub content_cache_size: String,
+    /// How new clients enroll: `"open"` (any client holding the deployment key, at its
+    /// first registration) or `"approve"` (it waits without a certificate until the admin
+    /// runs `branchline connector client approve ID`). Default `"open"`.
+    pub enrollment: String,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +51,7 @@ impl Default for ServerConfig {
             offline_after_missed_heartbeats: 3,
             threads: 0,
             content_cache_size: "0".into(),
+            enrollment: "open".into(),
         }
     }
 }
@@ -361,6 +366,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "admin.tls".into(),
                 message: format!("{:?}: expected \"auto\" or \"always\"", self.admin.tls),
+            });
+        }
+        if !matches!(self.server.enrollment.as_str(), "open" | "approve") {
+            return Err(ConfigError::Invalid {
+                key: "server.enrollment".into(),
+                message: format!(
+                    "{:?}: expected \"open\" or \"approve\"",
+                    self.server.enrollment
+                ),
             });
         }
         if self.server.offline_after_missed_heartbeats == 0 {

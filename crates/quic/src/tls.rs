@@ -107,6 +107,23 @@ impl RevocationList {
         w.serials = serials.into_iter().collect();
     }
 
+    /// Replaces the revoked clients, keeping the revoked serials (e.g. with the list
+    /// the server last sent). Returns true when the set changed.
+    pub fn replace_clients(&self, clients: impl IntoIterator<Item = ClientName>) -> bool {
+        let new: HashSet<ClientName> = clients.into_iter().collect();
+        let mut w = self.write();
+        if w.clients == new {
+            return false;
+        }
+        w.clients = new;
+        true
+    }
+
+    /// Number of revoked clients.
+    pub fn clients_len(&self) -> usize {
+        self.read().clients.len()
+    }
+
     /// Whether this peer's client or certificate is revoked. The server itself is
     /// never revoked by name (a compromised server means a new deployment CA).
     pub fn is_revoked(&self, peer: &PeerIdentity) -> bool {

@@ -50,6 +50,15 @@ pub enum AdminCall {
     Deployments,
     /// The WAN transfers each office's link carries now.
     Transfers,
+    /// Every client identity: key fingerprint and state (pending, active, revoked).
+    ClientList,
+    /// Let a pending client enroll (`server.enrollment = "approve"`).
+    ClientApprove { id: String },
+    /// Forget a client's key binding: its next registration binds the key it brings.
+    ClientReset { id: String },
+    /// Refuse a client everywhere: at the server and, within one heartbeat interval, at
+    /// every peer.
+    ClientRevoke { id: String },
 }
 
 /// How a call failed.

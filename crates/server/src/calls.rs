@@ -72,6 +72,10 @@ pub async fn execute(state: Arc<ServerState>, call: AdminCall) -> AdminResult {
         AdminCall::Transfers => AdminResult::ok(transfers_view(&state)),
         AdminCall::TransferPause { id } => pause(&state, id, true),
         AdminCall::TransferResume { id } => pause(&state, id, false),
+        AdminCall::ClientList
+        | AdminCall::ClientApprove { .. }
+        | AdminCall::ClientReset { .. }
+        | AdminCall::ClientRevoke { .. } => crate::enroll::execute(&state, call).await,
     }
 }
 

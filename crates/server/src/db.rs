@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::catalogue::Item;
 use crate::deploy::{Deployment, Target};
+use crate::identities::{IdState, Identity};
 use crate::registry::ClientRecord;
 use branchline_store::{ContentId, PieceMap};
 use branchline_wire::validate::Meta;
@@ -39,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0002_contents.sql"),
     ),
     (3, "offices", include_str!("../migrations/0003_offices.sql")),
+    (
+        4,
+        "identities",
+        include_str!("../migrations/0004_identities.sql"),
+    ),
 ];
 
 /// The schema version this build migrates to.
@@ -238,6 +244,44 @@ impl Db {
         Ok(out)
     }
 
+    /// Every client identity (key binding and state).
+    pub async fn load_identities(&self) -> Result<Vec<Identity>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, public_key, state, hostname, bound_ms, changed_ms FROM identities",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let corrupt = |what: String| DbError::Corrupt {
+            path: self.path.clone(),
+            what,
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let key: String = row.try_get("public_key")?;
+            let state: String = row.try_get("state")?;
+            let id: ClientId = id
+                .parse()
+                .map_err(|_| corrupt(format!("identity id {id:?}")))?;
+            let public_key: [u8; 32] = branchline_wire::connector::unhex(&key)
+                .ok_or_else(|| corrupt(format!("public key of identity {id}")))?;
+            let state = IdState::parse(&state)
+                .ok_or_else(|| corrupt(format!("state {state:?} of identity {id}")))?;
+            let bound_ms: i64 = row.try_get("bound_ms")?;
+            let changed_ms: i64 = row.try_get("changed_ms")?;
+            out.push(Identity {
+                id,
+                public_key,
+                state,
+                hostname: row.try_get("hostname")?,
+                bound_ms: bound_ms as u64,
+                changed_ms: changed_ms as u64,
+                last_attempt_ms: 0,
+            });
+        }
+        Ok(out)
+    }
+
     /// Number of connectors ever activated.
     pub async fn count_connectors(&self) -> Result<u64, DbError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM connectors")
@@ -312,6 +356,8 @@ enum Op {
     Topology(String, u64, Done<()>),
     /// Insert a deployment; answer after commit.
     Deployment(Box<Deployment>, Done<()>),
+    /// Store (`Some`) or delete (`None`) a client's identity; answer after commit.
+    Identity(ClientId, Option<Box<Identity>>, Done<()>),
     /// Coalesced: latest last_seen and free space of a client.
     Touch {
         id: ClientId,
@@ -446,6 +492,26 @@ impl Writer {
         }
     }
 
+    /// Stores a client identity (`Some`) or forgets it (`None`, an admin reset);
+    /// resolves once committed.
+    pub fn save_identity(
+        &self,
+        id: ClientId,
+        identity: Option<Identity>,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        let (done, rx) = oneshot::channel();
+        let sent = self
+            .tx
+            .send(Op::Identity(id, identity.map(Box::new), done))
+            .is_ok();
+        async move {
+            if !sent {
+                return Err(WRITER_GONE.into());
+            }
+            rx.await.unwrap_or_else(|_| Err(WRITER_GONE.into()))
+        }
+    }
+
     /// Notes a heartbeat; written within a second.
     pub fn touch(&self, id: ClientId, last_seen_ms: u64, cache_free_bytes: u64) {
         let _ = self.tx.send(Op::Touch {
@@ -546,7 +612,8 @@ async fn commit(
                     Op::Client(_, done)
                     | Op::Content(_, done)
                     | Op::Topology(_, _, done)
-                    | Op::Deployment(_, done) => {
+                    | Op::Deployment(_, done)
+                    | Op::Identity(_, _, done) => {
                         let _ = done.send(Ok(()));
                     }
                     Op::Connector(_, done) => {
@@ -565,7 +632,8 @@ async fn commit(
                     Op::Client(_, done)
                     | Op::Content(_, done)
                     | Op::Topology(_, _, done)
-                    | Op::Deployment(_, done) => {
+                    | Op::Deployment(_, done)
+                    | Op::Identity(_, _, done) => {
                         let _ = done.send(Err(msg.clone()));
                     }
                     Op::Connector(_, done) => {
@@ -681,6 +749,29 @@ async fn write_all(
                 .execute(&mut *tx)
                 .await?;
             }
+            Op::Identity(id, Some(i), _) => {
+                sqlx::query(
+                    "INSERT INTO identities (id, public_key, state, hostname, bound_ms, changed_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET \
+                     public_key = excluded.public_key, state = excluded.state, \
+                     hostname = excluded.hostname, bound_ms = excluded.bound_ms, \
+                     changed_ms = excluded.changed_ms",
+                )
+                .bind(id.to_string())
+                .bind(branchline_wire::connector::hex(&i.public_key))
+                .bind(i.state.as_str())
+                .bind(&i.hostname)
+                .bind(i.bound_ms as i64)
+                .bind(i.changed_ms as i64)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Op::Identity(id, None, _) => {
+                sqlx::query("DELETE FROM identities WHERE id = ?")
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
             Op::Touch { .. } | Op::Flush(_) => {}
         }
     }
@@ -729,6 +820,48 @@ mod tests {
             first_seen_ms: 5,
             last_seen_ms: 6,
         }
+    }
+
+    #[tokio::test]
+    async fn identities_survive_reopen_and_reset_deletes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.db");
+        let identity = |n: u8, state: IdState| Identity {
+            id: ClientId([n; 16]),
+            public_key: [n; 32],
+            state,
+            hostname: format!("pc-{n}"),
+            bound_ms: 10,
+            changed_ms: 20,
+            last_attempt_ms: 0,
+        };
+        {
+            let db = Db::open(&path).await.unwrap();
+            let (w, task) = Writer::spawn(db.clone());
+            w.save_identity(ClientId([1; 16]), Some(identity(1, IdState::Pending)))
+                .await
+                .unwrap();
+            w.save_identity(ClientId([1; 16]), Some(identity(1, IdState::Revoked)))
+                .await
+                .unwrap();
+            w.save_identity(ClientId([2; 16]), Some(identity(2, IdState::Active)))
+                .await
+                .unwrap();
+            w.save_identity(ClientId([3; 16]), Some(identity(3, IdState::Active)))
+                .await
+                .unwrap();
+            w.save_identity(ClientId([3; 16]), None).await.unwrap();
+            drop(w);
+            task.await.unwrap();
+            db.close().await;
+        }
+        let db = Db::open(&path).await.unwrap();
+        let mut got = db.load_identities().await.unwrap();
+        got.sort_by_key(|i| i.id);
+        assert_eq!(
+            got,
+            vec![identity(1, IdState::Revoked), identity(2, IdState::Active)]
+        );
     }
 
     #[tokio::test]

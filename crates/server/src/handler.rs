@@ -55,6 +55,12 @@ pub struct ServerState {
     pub transfers: Mutex<crate::transfers::Transfers>,
     /// Enrolled connectors: admin requests need one's credential (issue #10).
     pub connector_auth: Mutex<crate::trust::ConnectorAuth>,
+    /// Client identities: key bindings, approval, revocation (issue #10).
+    pub identities: Mutex<crate::identities::Identities>,
+    /// Checks on clients' reports about peers (issue #10).
+    pub reports: Mutex<crate::reports::Reports>,
+    /// Revoked clients, shared with the server's QUIC endpoints (refused handshakes).
+    pub revoked: branchline_quic::RevocationList,
     /// Server-initiated small messages (assignments) to send from the reply port.
     pub push_tx: tokio::sync::mpsc::Sender<(SocketAddr, Body)>,
 }
@@ -196,6 +202,88 @@ impl ServerState {
         Ok(cert.to_vec())
     }
 
+    /// Checks a registration against the id's key binding (issue #10). `Ok(b)`: go on,
+    /// storing the new binding `b` if there is one (a registration without a key is
+    /// allowed only for unbound ids in open enrollment); `Err`: the reply refusing it.
+    fn admit_identity(
+        &self,
+        reg: &branchline_wire::validate::Registration,
+        from: SocketAddr,
+        now: u64,
+    ) -> Result<Option<crate::identities::Identity>, Box<Response>> {
+        use crate::identities::{Admission, Enrollment};
+        let id = reg.client_id;
+        let Some(req) = &reg.cert_request else {
+            let ids = self
+                .identities
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if ids.get(&id).is_some() {
+                return Err(Box::new(self.unauthorized(format!(
+                    "client {id} is bound to a key: register with a certificate request signed by it"
+                ))));
+            }
+            if ids.mode() == Enrollment::Approve {
+                return Err(Box::new(self.unauthorized(
+                    "this server enrolls only clients with a certificate request (server.enrollment = \"approve\")".into(),
+                )));
+            }
+            return Ok(None);
+        };
+        let request = match CertRequest::decode(req).and_then(|r| r.verify().map(|()| r)) {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(Box::new(self.refuse(Invalid {
+                    field: "cert_request",
+                    reason: e.to_string(),
+                })));
+            }
+        };
+        let admitted = self
+            .identities
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(id, request.public_key, &reg.hostname, now);
+        match admitted {
+            Admission::Active { bound } => {
+                if bound.is_some() {
+                    tracing::info!(client = %id, key = %crate::identities::fingerprint(&request.public_key), %from, "client id bound to its key");
+                }
+                Ok(bound)
+            }
+            Admission::Pending { bound } => {
+                if bound.is_some() {
+                    tracing::warn!(client = %id, host = %reg.hostname, %from, "a new client waits for approval: branchline connector client approve {id}");
+                }
+                Ok(bound)
+            }
+            Admission::KeyMismatch { bound_fingerprint } => {
+                tracing::warn!(client = %id, %from, bound = %bound_fingerprint, offered = %crate::identities::fingerprint(&request.public_key), "refused a registration with another key than the one this client id is bound to");
+                Err(Box::new(self.unauthorized(format!(
+                    "client id {id} is bound to another key (fingerprint {bound_fingerprint}); if this device was reinstalled, the admin runs `branchline connector client reset {id}`"
+                ))))
+            }
+            Admission::Revoked => Err(Box::new(self.refuse_revoked(&id, from))),
+            Admission::Full => Err(Box::new(Response::Reply(error(
+                ErrorCode::Unavailable,
+                "the server holds as many client identities as it may (approve or reset pending ones)".into(),
+                now,
+            )))),
+        }
+    }
+
+    fn unauthorized(&self, detail: String) -> Response {
+        self.counters.count(DropReason::Invalid);
+        Response::Reply(error(ErrorCode::Unauthorized, detail, self.clock.now_ms()))
+    }
+
+    fn refuse_revoked(&self, id: &ClientId, from: SocketAddr) -> Response {
+        tracing::info!(client = %id, %from, "refused a revoked client");
+        self.unauthorized(format!(
+            "client {id} is revoked by the admin; `branchline connector client reset {id}` lets it enroll again"
+        ))
+    }
+
     fn refuse(&self, e: Invalid) -> Response {
         self.counters.count(DropReason::Invalid);
         Response::Reply(error(
@@ -271,6 +359,38 @@ impl Handler for ServerHandler {
                     Ok(reg) => reg,
                     Err(e) => return s.refuse(e),
                 };
+                // The id is bound to the key of its first certificate request (issue #10).
+                let bound = match s.admit_identity(&reg, from, now) {
+                    Ok(bound) => bound,
+                    Err(reply) => return *reply,
+                };
+                if s.identities
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .state(&reg.client_id)
+                    == Some(crate::identities::IdState::Pending)
+                {
+                    let saved = bound.map(|b| s.writer.save_identity(b.id, Some(b)));
+                    return Response::Later(Box::pin(async move {
+                        if let Some(saved) = saved
+                            && let Err(e) = saved.await
+                        {
+                            return error(
+                                ErrorCode::Unavailable,
+                                format!(
+                                    "the server could not store the enrollment ({e}); it will be retried"
+                                ),
+                                now,
+                            );
+                        }
+                        Body::RegisterOk(RegisterOk {
+                            server_version: SOFTWARE_VERSION.into(),
+                            server_time_ms: now,
+                            pending: true,
+                            ..Default::default()
+                        })
+                    }));
+                }
                 let client_cert = match &reg.cert_request {
                     Some(req) => match s.issue_cert(&reg.client_id, req) {
                         Ok(c) => c,
@@ -302,9 +422,17 @@ impl Handler for ServerHandler {
                     tracing::debug!(client = %record.id, %from, "client registered again");
                 }
                 let (office, office_kind) = s.office_of(&record.id);
+                let identity_saved = bound.map(|b| s.writer.save_identity(b.id, Some(b)));
                 let saved = s.writer.save_client(record);
                 Response::Later(Box::pin(async move {
-                    match saved.await {
+                    let saved = match identity_saved {
+                        Some(i) => match i.await {
+                            Ok(()) => saved.await,
+                            Err(e) => Err(e),
+                        },
+                        None => saved.await,
+                    };
+                    match saved {
                         Ok(()) => Body::RegisterOk(RegisterOk {
                             server_version: SOFTWARE_VERSION.into(),
                             server_time_ms: now,
@@ -314,6 +442,7 @@ impl Handler for ServerHandler {
                             deployment,
                             office,
                             office_kind,
+                            pending: false,
                         }),
                         Err(e) => error(
                             ErrorCode::Unavailable,
@@ -330,6 +459,14 @@ impl Handler for ServerHandler {
                     Ok(b) => b,
                     Err(e) => return s.refuse(e),
                 };
+                if s.identities
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .state(&beat.client_id)
+                    == Some(crate::identities::IdState::Revoked)
+                {
+                    return s.refuse_revoked(&beat.client_id, from);
+                }
                 let known = {
                     let mut registry = s.registry.lock().unwrap_or_else(PoisonError::into_inner);
                     registry
@@ -360,6 +497,11 @@ impl Handler for ServerHandler {
                     assignments,
                     office,
                     office_kind,
+                    revocation_epoch: s
+                        .identities
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .epoch(),
                 }))
             }
             Body::Activate(a) => {

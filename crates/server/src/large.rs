@@ -11,8 +11,8 @@ use branchline_wire::ClientId;
 use std::net::SocketAddr;
 
 use branchline_wire::large::{
-    ContentInfo, LargeError, LargeRequest, LargeResponse, LinkPolicy, Locations, PeerHolding,
-    Request, Response,
+    ContentInfo, LargeError, LargeRequest, LargeResponse, LinkPolicy, Locations, MAX_SERVED_BY,
+    PeerHolding, Request, Response, Revocations,
 };
 use branchline_wire::msg::{Ack, ErrorCode};
 use branchline_wire::validate::content_id;
@@ -23,6 +23,7 @@ use crate::deploy::SourceBytes;
 use crate::handler::ServerState;
 use crate::offices::{Member, Upstream};
 use crate::registry::ClientRecord;
+use crate::reports::BadVerdict;
 
 fn error(code: ErrorCode, detail: impl Into<String>) -> Response {
     Response::Error(LargeError {
@@ -59,7 +60,28 @@ pub async fn handle(
         state.counters.count(DropReason::Decode);
         HandlerError(format!("undecodable large request: {e}"))
     })?;
+    // A revoked (or not yet approved) client gets nothing, even on a connection it
+    // opened before the revocation.
+    let may = state
+        .identities
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .may_serve(&client);
     let response = match request.request {
+        _ if !may => error(
+            ErrorCode::Unauthorized,
+            "this client is revoked or not approved by the admin",
+        ),
+        Some(Request::GetRevocations(_)) => {
+            let ids = state
+                .identities
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            Response::Revocations(Revocations {
+                epoch: ids.epoch(),
+                clients: ids.revoked().iter().map(|c| c.to_string()).collect(),
+            })
+        }
         None => {
             state.counters.count(DropReason::Unsupported);
             error(ErrorCode::Unsupported, "unknown large request kind")
@@ -187,6 +209,20 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                 }
             };
             let (pieces, complete) = (have.count_ones(), have.is_complete());
+            // Evidence that peers serve: counted only for peers named to this client.
+            let served: Vec<ClientId> = h
+                .served_by
+                .iter()
+                .take(MAX_SERVED_BY)
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            if !served.is_empty() {
+                state
+                    .reports
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .served_by(client, id, served);
+            }
             state
                 .locations
                 .lock()
@@ -216,8 +252,8 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
             Response::Ack(Ack {})
         }
         // Answered asynchronously by `send_content` before this function is called.
-        Request::SendContent(_) => {
-            error(ErrorCode::Unsupported, "SendContent is answered elsewhere")
+        Request::SendContent(_) | Request::GetRevocations(_) => {
+            error(ErrorCode::Unsupported, "answered elsewhere")
         }
         Request::ReportBadPeer(b) => {
             let id = match id_of(&b.content_id) {
@@ -227,12 +263,39 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
             let Ok(bad) = b.peer_id.parse::<ClientId>() else {
                 return error(ErrorCode::Invalid, "peer_id: not a client id");
             };
-            tracing::warn!(reporter = %client, peer = %bad, content = %id, reason = %b.reason, "peer sent a bad piece; no longer offered for this content");
-            state
-                .locations
+            // The address the server sees the reporter at: one device with several ids
+            // counts once.
+            let ip = state
+                .registry
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .forget(&bad, &id);
+                .get(&client)
+                .and_then(crate::calls::seen_ip);
+            let Some(ip) = ip else {
+                return error(ErrorCode::NotFound, "unknown client: register first");
+            };
+            let verdict = state
+                .reports
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .bad_peer(client, ip, id, bad, now);
+            match verdict {
+                BadVerdict::Drop => {
+                    tracing::warn!(reporter = %client, peer = %bad, content = %id, reason = %b.reason, "peer reported bad by several clients; no longer offered for this content");
+                    state
+                        .locations
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .forget(&bad, &id);
+                }
+                BadVerdict::Counted { reporters } => {
+                    tracing::info!(reporter = %client, peer = %bad, content = %id, reason = %b.reason, reporters, "bad-peer report counted; more reporters are needed to drop the peer");
+                }
+                BadVerdict::NotNamed | BadVerdict::Full => {
+                    state.counters.count(DropReason::Invalid);
+                    tracing::info!(reporter = %client, peer = %bad, content = %id, ?verdict, "ignored a bad-peer report about a peer the server did not name to the reporter");
+                }
+            }
             Response::Ack(Ack {})
         }
     }
@@ -264,10 +327,15 @@ fn locate(
     {
         offices.place(client, ip);
     }
+    let identities = state
+        .identities
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let mut locations = state
         .locations
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
+    let mut reports = state.reports.lock().unwrap_or_else(PoisonError::into_inner);
     let open: Vec<bool> = offices
         .tree()
         .iter()
@@ -275,7 +343,11 @@ fn locate(
         .collect();
     let plan = {
         let loc = &*locations;
+        let proven = &*reports;
         let member = |c: &ClientId| {
+            if !identities.may_serve(c) {
+                return None;
+            }
             let r = registry.get(c)?;
             let have = loc.have(c, &id);
             Some(Member {
@@ -284,7 +356,9 @@ fn locate(
                 uptime_s: now.saturating_sub(r.first_seen_ms) / 1000,
                 cache_free_bytes: r.cache_free_bytes,
                 pieces: have.map(|h| h.count_ones()).unwrap_or(0),
-                complete: have.is_some_and(|h| h.is_complete()),
+                // A bare claim stops nobody fetching for good (see `crate::reports`).
+                complete: have.is_some_and(|h| h.is_complete())
+                    && proven.complete_counts(&id, c, now),
             })
         };
         offices.plan_claiming(client, id, now, request.was_rvp, member, |o| {
@@ -296,6 +370,10 @@ fn locate(
     };
     let empty = Bitfield::new(pieces);
     let holding = |c: &ClientId, port_of: &dyn Fn(&ClientRecord) -> Option<SocketAddr>| {
+        // Revoked clients are never named to peers.
+        if !identities.may_serve(c) {
+            return None;
+        }
         let r = registry.get(c)?;
         // A peer that holds nothing yet (it is fetching too) is listed with an empty set.
         let have = locations.have(c, &id).unwrap_or(&empty);
@@ -353,8 +431,16 @@ fn locate(
                     .content
                     .as_ref()
                     .is_some_and(|c| c.holds(&id) && c.serves(&me));
-            // A complete copy in the office covers it; otherwise one origin reader.
-            let covered = peers.iter().any(|p| p.complete);
+            // A complete copy in the office covers it once its holder has shown it
+            // serves (another client received bytes from it), or while its claim is
+            // new (see `crate::reports`): a bare `complete` claim never stops origin
+            // reads for good. Otherwise one origin reader.
+            let mut covered = false;
+            for p in peers.iter().filter(|p| p.complete) {
+                if let Ok(c) = p.client_id.parse::<ClientId>() {
+                    covered |= reports.complete_covers(id, c, now);
+                }
+            }
             let online = |c: &ClientId| registry.get(c).is_some_and(|r| registry.is_online(r, now));
             // After a restart, the reader of before says so and keeps reading; nobody
             // else becomes one during the grace period.
@@ -365,7 +451,20 @@ fn locate(
         }
         None => {}
     }
+    drop(reports);
     drop(locations);
+    drop(identities);
+    // Remember whom this client was given: its reports count only about them.
+    let named: Vec<ClientId> = peers
+        .iter()
+        .chain(upstream.iter())
+        .filter_map(|p| p.client_id.parse().ok())
+        .collect();
+    state
+        .reports
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .named(client, id, &named);
     if let Some(relay) = plan.relay {
         state
             .deployments

@@ -30,11 +30,14 @@ pub mod catalogue;
 pub mod content;
 pub mod db;
 pub mod deploy;
+pub mod enroll;
 pub mod handler;
+pub mod identities;
 pub mod large;
 pub mod locations;
 pub mod offices;
 pub mod registry;
+pub mod reports;
 pub mod transfers;
 pub mod trust;
 pub mod web;
@@ -82,6 +85,18 @@ pub struct ServerOptions {
     pub content_cache: Option<branchline_store::CacheCap>,
     /// The admin endpoint (metrics, JSON, dashboard); `None`: turned off.
     pub admin: Option<web::AdminOptions>,
+    /// How new clients enroll (`server.enrollment`).
+    pub enrollment: identities::Enrollment,
+}
+
+/// Makes the QUIC endpoints' revocation list match the revoked identities.
+pub fn apply_revocations(ids: &identities::Identities, list: &branchline_quic::RevocationList) {
+    let names = ids
+        .revoked()
+        .iter()
+        .filter_map(|c| branchline_quic::ClientName::from_id(&c.0).ok())
+        .collect::<Vec<_>>();
+    list.replace_clients(names);
 }
 
 /// Unix milliseconds now (one clock for the whole workspace).
@@ -212,6 +227,7 @@ impl Server {
             })?;
         }
         let records = db.load_clients().await?;
+        let bindings = db.load_identities().await?;
         let connectors = db.count_connectors().await?;
         let contents = db.load_contents().await?;
         let topology = db.load_topology().await?;
@@ -228,7 +244,17 @@ impl Server {
         let identity = ca
             .server_identity(now, SERVER_CERT_VALIDITY)
             .map_err(|e| ca_err(&e))?;
-        let trust = DeploymentTrust::new(ca.deployment().clone(), ca.certificate().clone());
+        // One revocation list for every QUIC endpoint of the server.
+        let mut identities = identities::Identities::new(opts.enrollment, now_ms());
+        identities.load(bindings);
+        let revoked = branchline_quic::RevocationList::new();
+        apply_revocations(&identities, &revoked);
+        let trust_of = |ca: &DeploymentCa| {
+            let mut t = DeploymentTrust::new(ca.deployment().clone(), ca.certificate().clone());
+            t.revoked = revoked.clone();
+            t
+        };
+        let trust = trust_of(&ca);
         let mut catalogue = catalogue::Catalogue::new();
         for item in contents {
             catalogue.load(item);
@@ -256,7 +282,12 @@ impl Server {
             offices.set_grace(SystemClock.now_ms() + RESTART_GRACE.as_millis() as u64);
         }
         let mut registry = Registry::new(opts.offline_after_missed);
-        registry.load(records);
+        // Revoked clients stay out of the registry (their heartbeats are refused anyway).
+        registry.load(
+            records
+                .into_iter()
+                .filter(|r| identities.state(&r.id) != Some(identities::IdState::Revoked)),
+        );
 
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let mut ctx = Context::new(vec![key.derive()]);
@@ -305,7 +336,7 @@ impl Server {
             large_bg_request,
             SocketAddr::new(ip, p.large_bg_reply),
             &identity,
-            DeploymentTrust::new(ca.deployment().clone(), ca.certificate().clone()),
+            trust_of(&ca),
             Arc::new(branchline_quic::background_transport(
                 &TransportSettings::default(),
                 ledbat,
@@ -343,7 +374,7 @@ impl Server {
                 let node = branchline_quic::ContentNode::bind(
                     SocketAddr::new(ip, 0),
                     &identity,
-                    DeploymentTrust::new(ca.deployment().clone(), ca.certificate().clone()),
+                    trust_of(&ca),
                     Arc::new(transport_config(
                         &TransportSettings::default(),
                         &Congestion::Foreground,
@@ -409,6 +440,9 @@ impl Server {
             client_drops: Mutex::new(handler::ClientDrops::default()),
             transfers: Mutex::new(transfers::Transfers::default()),
             connector_auth: Mutex::new(connectors_auth),
+            identities: Mutex::new(identities),
+            reports: Mutex::new(reports::Reports::new()),
+            revoked,
             push_tx,
         });
         let large_state = state.clone();

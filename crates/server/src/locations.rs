@@ -90,6 +90,16 @@ impl Locations {
         }
     }
 
+    /// Forgets a client for every content item (its identity was reset or revoked).
+    pub fn forget_client(&mut self, client: &ClientId) {
+        for s in self.contents.values_mut() {
+            s.holders.remove(client);
+            if s.reader.as_ref().is_some_and(|r| r.client == *client) {
+                s.reader = None;
+            }
+        }
+    }
+
     /// Decides whether `requester` reads `content` from the origin: never when `covered`
     /// (a complete copy it may use exists, or the server sends it the content); otherwise
     /// when no other live origin reader exists, which makes the requester the reader.

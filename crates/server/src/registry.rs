@@ -50,6 +50,16 @@ impl ClientRecord {
     }
 }
 
+/// The addresses a client is listed at: the source address the server saw. The claimed
+/// addresses count only where they equal it (they are informational otherwise).
+pub fn observed_addresses(claimed: &[IpAddr], source: SocketAddr) -> Vec<IpAddr> {
+    let seen = source.ip().to_canonical();
+    if !claimed.iter().any(|a| a.to_canonical() == seen) {
+        tracing::debug!(%source, ?claimed, "claimed addresses differ from the source address; listing the source");
+    }
+    vec![seen]
+}
+
 /// What a registration did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Registered {
@@ -82,6 +92,10 @@ impl Registry {
     }
 
     /// Creates or refreshes a client's record.
+    ///
+    /// The client is listed at the address the server sees (`source`), never at one it
+    /// claims: a claimed address that differs from the source is dropped, so no client
+    /// can make the server send peers to someone else's address (issue #10).
     pub fn register(
         &mut self,
         reg: Registration,
@@ -92,7 +106,7 @@ impl Registry {
         let record = ClientRecord {
             id: reg.client_id,
             hostname: reg.hostname,
-            addresses: reg.addresses,
+            addresses: observed_addresses(&reg.addresses, source),
             source: Some(source),
             subnet: reg.subnet,
             cache_size_bytes: reg.cache_size_bytes,
@@ -111,6 +125,12 @@ impl Registry {
         let id = record.id;
         self.clients.insert(id, record);
         (what, &self.clients[&id])
+    }
+
+    /// Forgets a client's record (its identity was reset or revoked): a heartbeat gets
+    /// "unknown" and the client must register again.
+    pub fn remove(&mut self, id: &ClientId) -> Option<ClientRecord> {
+        self.clients.remove(id)
     }
 
     /// Records a heartbeat. `None` when the client is unknown (it must register again).
@@ -233,6 +253,24 @@ mod tests {
         };
         assert!(r.heartbeat(&beat, 1).is_none());
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn clients_are_listed_at_the_address_the_server_sees() {
+        let mut r = Registry::new(3);
+        let mut claim = reg(1, 1000);
+        claim.addresses = vec!["10.9.9.9".parse().unwrap()];
+        let (_, rec) = r.register(claim, "10.0.0.5:34324".parse().unwrap(), 0);
+        assert_eq!(rec.addresses, vec!["10.0.0.5".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            rec.content_addr().unwrap(),
+            "10.0.0.5:34760".parse().unwrap()
+        );
+        // IPv4-mapped sources are listed as IPv4.
+        let (_, rec) = r.register(reg(2, 1000), "[::ffff:10.0.0.1]:34324".parse().unwrap(), 0);
+        assert_eq!(rec.addresses, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert!(r.remove(&ClientId([2; 16])).is_some());
+        assert!(r.get(&ClientId([2; 16])).is_none());
     }
 
     #[test]

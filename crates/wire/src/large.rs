@@ -6,7 +6,7 @@ use crate::msg::{ContentMeta, ErrorCode};
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LargeRequest {
-    #[prost(oneof = "Request", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "Request", tags = "1, 2, 3, 4, 5, 10")]
     pub request: Option<Request>,
 }
 
@@ -28,6 +28,26 @@ pub enum Request {
     /// and serve me this content over it. Answered with `Ack` once connected.
     #[prost(message, tag = "5")]
     SendContent(SendContent),
+    /// The clients the admin revoked. Answered with [`Revocations`].
+    #[prost(message, tag = "10")]
+    GetRevocations(GetRevocations),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetRevocations {}
+
+/// Most client ids in a [`Revocations`] answer (the server refuses to revoke more).
+pub const MAX_REVOKED: usize = 10_000;
+
+/// The revocation list: every peer refuses these clients' QUIC handshakes.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Revocations {
+    /// As in `HeartbeatAck.revocation_epoch`.
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+    /// Revoked client ids (32 lowercase hex digits), at most [`MAX_REVOKED`].
+    #[prost(string, repeated, tag = "2")]
+    pub clients: Vec<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -38,7 +58,7 @@ pub struct SendContent {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LargeResponse {
-    #[prost(oneof = "Response", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "Response", tags = "1, 2, 3, 4, 10")]
     pub response: Option<Response>,
 }
 
@@ -52,6 +72,8 @@ pub enum Response {
     Ack(crate::msg::Ack),
     #[prost(message, tag = "4")]
     Error(LargeError),
+    #[prost(message, tag = "10")]
+    Revocations(Revocations),
 }
 
 /// By id, or by name (and version; empty = the latest published).
@@ -184,7 +206,14 @@ pub struct ReportHave {
     /// started it (counts, for `connector status`).
     #[prost(message, optional, tag = "5")]
     pub sources: Option<SourceBytes>,
+    /// Peers (client ids) that sent this client verified bytes of this content, at most
+    /// [`MAX_SERVED_BY`]: the server's evidence that a peer claiming `complete` serves.
+    #[prost(string, repeated, tag = "20")]
+    pub served_by: Vec<String>,
 }
+
+/// Most entries of [`ReportHave::served_by`] the server reads.
+pub const MAX_SERVED_BY: usize = 64;
 
 /// Bytes by where they came from.
 #[derive(Clone, Copy, PartialEq, prost::Message)]

@@ -341,6 +341,10 @@ pub struct RegisterOk {
     pub office: String,
     #[prost(string, tag = "8")]
     pub office_kind: String,
+    /// The server runs `server.enrollment = "approve"` and the admin has not approved
+    /// this client yet: no certificate; register again later.
+    #[prost(bool, tag = "9")]
+    pub pending: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -372,6 +376,10 @@ pub struct HeartbeatAck {
     pub office: String,
     #[prost(string, tag = "4")]
     pub office_kind: String,
+    /// Changes whenever the server's list of revoked clients does: the client then asks
+    /// for the list (`GetRevocations`) and refuses those clients' QUIC handshakes.
+    #[prost(uint64, tag = "5")]
+    pub revocation_epoch: u64,
 }
 
 /// What a [`TransferSignal`] says.

@@ -1,0 +1,213 @@
+//! The admin's calls on client identities (`branchline connector client ...`): list,
+//! approve, reset and revoke. See [`crate::identities`] for the rules.
+
+use std::sync::PoisonError;
+
+use serde::{Deserialize, Serialize};
+
+use branchline_wire::ClientId;
+
+use crate::admin::{AdminCall, AdminResult};
+use crate::handler::ServerState;
+use crate::identities::{IdError, IdState, Identity};
+
+/// `connector client list`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdentitiesView {
+    /// `open` or `approve`.
+    pub enrollment: String,
+    pub clients: Vec<IdentityView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdentityView {
+    pub client_id: String,
+    pub hostname: String,
+    pub office: Option<String>,
+    /// pending, active or revoked.
+    pub state: String,
+    /// First 16 hex digits of BLAKE3 of the client's public key.
+    pub key_fingerprint: String,
+    /// Unix ms: the last heartbeat or registration attempt; `None` when never heard
+    /// from since the server started (pending) or unknown.
+    pub last_seen_ms: Option<u64>,
+    pub bound_ms: u64,
+}
+
+/// The result of approve, reset and revoke.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdentityChange {
+    pub client_id: String,
+    /// The state now (`unbound` after a reset).
+    pub state: String,
+    pub key_fingerprint: String,
+    /// The revocation list's epoch after the change.
+    pub revocation_epoch: u64,
+}
+
+pub async fn execute(state: &ServerState, call: AdminCall) -> AdminResult {
+    let parse = |id: &str| {
+        id.parse::<ClientId>().map_err(|e| {
+            AdminResult::invalid(format!(
+                "{id:?} is not a client id (32 hex digits, see `branchline connector client list`): {e}"
+            ))
+        })
+    };
+    let now = state.clock.now_ms();
+    let result = match call {
+        AdminCall::ClientList => return AdminResult::ok(view(state)),
+        AdminCall::ClientApprove { id } => {
+            let id = match parse(&id) {
+                Ok(id) => id,
+                Err(e) => return e,
+            };
+            let r = state
+                .identities
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .approve(&id, now);
+            r.map(|i| (id, Some(i)))
+        }
+        AdminCall::ClientRevoke { id } => {
+            let id = match parse(&id) {
+                Ok(id) => id,
+                Err(e) => return e,
+            };
+            let r = state
+                .identities
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .revoke(&id, now);
+            r.map(|i| (id, Some(i)))
+        }
+        AdminCall::ClientReset { id } => {
+            let id = match parse(&id) {
+                Ok(id) => id,
+                Err(e) => return e,
+            };
+            let r = state
+                .identities
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .reset(&id);
+            r.map(|i| (id, Some(i)))
+        }
+        _ => return AdminResult::invalid("not a client identity call"),
+    };
+    let (id, changed) = match result {
+        Ok(r) => r,
+        Err(e @ IdError::Unknown(_)) => return AdminResult::not_found(e.to_string()),
+        Err(e) => return AdminResult::invalid(e.to_string()),
+    };
+    let Some(identity) = changed else {
+        return AdminResult::failed("no change");
+    };
+    let removed = state
+        .identities
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&id)
+        .is_none();
+    if removed || identity.state == IdState::Revoked {
+        forget_everywhere(state, &id);
+    }
+    let (epoch, fingerprint) = {
+        let ids = state
+            .identities
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        crate::apply_revocations(&ids, &state.revoked);
+        (ids.epoch(), identity.fingerprint())
+    };
+    let stored = state
+        .writer
+        .save_identity(id, (!removed).then(|| identity.clone()))
+        .await;
+    let now_state = if removed {
+        "unbound"
+    } else {
+        identity.state.as_str()
+    };
+    tracing::info!(client = %id, state = now_state, key = %fingerprint, "client identity changed by the admin");
+    if let Err(e) = stored {
+        return AdminResult::failed(format!(
+            "client {id} is {now_state} until the server restarts, but the database write failed ({e}); run the command again"
+        ));
+    }
+    AdminResult::ok(IdentityChange {
+        client_id: id.to_string(),
+        state: now_state.into(),
+        key_fingerprint: fingerprint,
+        revocation_epoch: epoch,
+    })
+}
+
+/// A revoked or reset client is no longer listed, located or trusted for reports; its
+/// heartbeat gets "unknown" and it must register again (and is then checked again).
+fn forget_everywhere(state: &ServerState, id: &ClientId) {
+    state
+        .registry
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(id);
+    state
+        .locations
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .forget_client(id);
+    state
+        .reports
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .forget_client(id);
+}
+
+fn view(state: &ServerState) -> IdentitiesView {
+    let identities: Vec<Identity> = state
+        .identities
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .snapshot();
+    let enrollment = match state
+        .identities
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .mode()
+    {
+        crate::identities::Enrollment::Open => "open",
+        crate::identities::Enrollment::Approve => "approve",
+    };
+    let registry = state
+        .registry
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
+    let clients = identities
+        .into_iter()
+        .map(|i| {
+            let record = registry.get(&i.id);
+            let last_seen = record
+                .map(|r| r.last_seen_ms)
+                .into_iter()
+                .chain((i.last_attempt_ms > 0).then_some(i.last_attempt_ms))
+                .max();
+            IdentityView {
+                client_id: i.id.to_string(),
+                hostname: record
+                    .map(|r| r.hostname.clone())
+                    .unwrap_or_else(|| i.hostname.clone()),
+                office: offices
+                    .office_of(&i.id)
+                    .map(|o| offices.tree().office(o).name.clone()),
+                state: i.state.as_str().into(),
+                key_fingerprint: i.fingerprint(),
+                last_seen_ms: last_seen,
+                bound_ms: i.bound_ms,
+            }
+        })
+        .collect();
+    IdentitiesView {
+        enrollment: enrollment.into(),
+        clients,
+    }
+}
