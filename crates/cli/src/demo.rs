@@ -128,6 +128,10 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
         replay,
         background: crate::settings::background(config),
         content_cache: None,
+        key_overlap: std::time::Duration::from_secs_f64(config.server.key_overlap_s),
+        client_cert_lifetime: std::time::Duration::from_secs_f64(
+            config.server.client_cert_lifetime_s,
+        ),
         admin: config
             .admin
             .enabled

@@ -100,6 +100,8 @@ pub fn server(config: &Config, args: ServerArgs) -> Result<(ServerOptions, usize
                 )
             })?),
         },
+        key_overlap: std::time::Duration::from_secs_f64(c.key_overlap_s),
+        client_cert_lifetime: std::time::Duration::from_secs_f64(c.client_cert_lifetime_s),
     };
     Ok((opts, c.threads))
 }

@@ -37,6 +37,12 @@ pub struct ServerConfig {
     /// every package published with a file origin it can read and sends it to Central
     /// Office clients. Default `"0"`.
     pub content_cache_size: String,
+    /// Seconds a rotated-out deployment key stays accepted after `connector key rotate`
+    /// (the overlap in which online clients move to the new key). Default 3600.
+    pub key_overlap_s: f64,
+    /// Validity of the client certificates the server issues, in seconds; clients renew
+    /// at two thirds of it. Default 2592000 (30 days).
+    pub client_cert_lifetime_s: f64,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +53,8 @@ impl Default for ServerConfig {
             offline_after_missed_heartbeats: 3,
             threads: 0,
             content_cache_size: "0".into(),
+            key_overlap_s: 3600.0,
+            client_cert_lifetime_s: 2_592_000.0,
         }
     }
 }
@@ -333,6 +341,24 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "admin.tls".into(),
                 message: format!("{:?}: expected \"auto\" or \"always\"", self.admin.tls),
+            });
+        }
+        if !(1.0..=2_592_000.0).contains(&self.server.key_overlap_s) {
+            return Err(ConfigError::Invalid {
+                key: "server.key_overlap_s".into(),
+                message: format!(
+                    "{} is outside 1..=2592000 seconds (30 days)",
+                    self.server.key_overlap_s
+                ),
+            });
+        }
+        if !(3.0..=315_360_000.0).contains(&self.server.client_cert_lifetime_s) {
+            return Err(ConfigError::Invalid {
+                key: "server.client_cert_lifetime_s".into(),
+                message: format!(
+                    "{} is outside 3..=315360000 seconds (10 years)",
+                    self.server.client_cert_lifetime_s
+                ),
             });
         }
         if self.server.offline_after_missed_heartbeats == 0 {

@@ -265,12 +265,12 @@ impl DeploymentCa {
     ) -> Result<NodeIdentity, IdentityError> {
         let key = node::generate_key()?;
         let certificate = self.leaf(&Role::Server, &key, now, validity)?;
-        Ok(NodeIdentity::new(
+        NodeIdentity::new(
             self.deployment.clone(),
             Role::Server,
             certificate,
             key.serialize_der(),
-        ))
+        )
     }
 }
 

@@ -140,6 +140,7 @@ pub mod large;
 pub mod node;
 pub mod piece_wire;
 pub mod pool;
+pub mod renewal;
 pub mod tls;
 
 pub use ca::DeploymentCa;
@@ -156,6 +157,7 @@ pub use large::{HandlerError, LargeConfig, LargeError, LargeMessaging, send_requ
 pub use node::{CertRequest, ClientIdentity, IdentityError, NodeIdentity};
 pub use piece_wire::{HaveQuery, MAX_HAVE_LEN, PieceRequest};
 pub use pool::ConnectionPool;
+pub use renewal::Validity;
 pub use tls::{DeploymentTrust, RevocationList, TlsError};
 
 /// DER certificate bytes, as carried in registration replies.

@@ -18,6 +18,7 @@
 //! * [`offices`]: the office tree, placement by source address, one RVP per office and
 //!   content, who pulls from where (pure; `docs/offices.md`).
 //! * [`deploy`]: deployments, assignments and bytes per source kind (pure).
+//! * [`keys`]: the deployment key's rotation (overlap, retirement, who moved).
 //! * [`admin`]: admin-call transport (chunked JSON) and the request/result types.
 //! * [`calls`]: running admin calls (topology, deploy, status) against the server state.
 //! * [`web`]: the admin endpoint (HTTP, 34800 by default): metrics, JSON, dashboard.
@@ -32,6 +33,7 @@ pub mod content;
 pub mod db;
 pub mod deploy;
 pub mod handler;
+pub mod keys;
 pub mod large;
 pub mod locations;
 pub mod offices;
@@ -83,6 +85,11 @@ pub struct ServerOptions {
     pub content_cache: Option<branchline_store::CacheCap>,
     /// The admin endpoint (metrics, JSON, dashboard); `None`: turned off.
     pub admin: Option<web::AdminOptions>,
+    /// How long a rotated-out deployment key stays accepted (`server.key_overlap_s`).
+    pub key_overlap: std::time::Duration,
+    /// Validity of the client certificates issued (`server.client_cert_lifetime_s`);
+    /// clients renew at two thirds of it.
+    pub client_cert_lifetime: std::time::Duration,
 }
 
 /// Unix milliseconds now.
@@ -262,7 +269,21 @@ impl Server {
         registry.load(records);
 
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let mut ctx = Context::new(vec![key.derive()]);
+        // A rotation's overlap survives a restart: both keys stay accepted until its end.
+        let key_state = keys::KeyState::load(&opts.data_dir, key.clone(), clock.now_ms()).map_err(
+            |source| ServerError::DataDir {
+                path: opts.data_dir.join(keys::PREVIOUS_KEY_FILE),
+                source,
+            },
+        )?;
+        if let Some((previous, retire_at_ms)) = key_state.previous() {
+            tracing::info!(
+                previous = %previous.fingerprint(),
+                retire_at_ms,
+                "a key rotation is under way: the previous deployment key is accepted until its overlap ends"
+            );
+        }
+        let mut ctx = Context::new(key_state.accepted());
         ctx.clock = clock.clone();
         ctx.retry = opts.retry;
         ctx.replay = opts.replay;
@@ -413,7 +434,21 @@ impl Server {
             transfers: Mutex::new(transfers::Transfers::default()),
             connector_auth: Mutex::new(connectors_auth),
             push_tx,
+            keys: Mutex::new(key_state),
+            keyset: ctx.keys.clone(),
+            data_dir: opts.data_dir.clone(),
+            key_overlap: opts.key_overlap,
+            client_cert_lifetime: opts.client_cert_lifetime,
         });
+        // Retires the previous key when its overlap ends.
+        let retiring = state.clone();
+        let mut tasks_keys = vec![tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                retiring.retire_keys();
+            }
+        })];
         let large_state = state.clone();
         let large_task =
             large.serve(move |peer, bytes| large::handle(large_state.clone(), peer, bytes));
@@ -421,6 +456,7 @@ impl Server {
         let large_bg_task =
             large_bg.serve(move |peer, bytes| large::handle(large_state.clone(), peer, bytes));
         let mut tasks = vec![large_task, large_bg_task];
+        tasks.append(&mut tasks_keys);
         let metrics = Arc::new(web::metrics::Metrics::default());
         let handler = Arc::new(web::metrics::Metered::new(
             handler::ServerHandler(state.clone()),

@@ -6,7 +6,7 @@ use crate::msg::{ContentMeta, ErrorCode};
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LargeRequest {
-    #[prost(oneof = "Request", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "Request", tags = "1, 2, 3, 4, 5, 13")]
     pub request: Option<Request>,
 }
 
@@ -28,6 +28,29 @@ pub enum Request {
     /// and serve me this content over it. Answered with `Ack` once connected.
     #[prost(message, tag = "5")]
     SendContent(SendContent),
+    /// A registered client asks for the deployment key the server seals with now (after
+    /// a rotation). Answered with [`DeploymentKeyGrant`]. Over QUIC, never in a datagram:
+    /// the key travels only to the holder of a client certificate, encrypted by TLS.
+    #[prost(message, tag = "13")]
+    GetDeploymentKey(GetDeploymentKey),
+}
+
+/// See [`Request::GetDeploymentKey`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetDeploymentKey {}
+
+/// The server's current deployment key.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeploymentKeyGrant {
+    /// The 32-byte deployment secret.
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    /// Its key id (the receiver checks it against the key).
+    #[prost(uint32, tag = "2")]
+    pub key_id: u32,
+    /// When the previous key stops being accepted (Unix ms); 0: no overlap runs.
+    #[prost(uint64, tag = "3")]
+    pub retire_ms: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -38,7 +61,7 @@ pub struct SendContent {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LargeResponse {
-    #[prost(oneof = "Response", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "Response", tags = "1, 2, 3, 4, 13")]
     pub response: Option<Response>,
 }
 
@@ -52,6 +75,8 @@ pub enum Response {
     Ack(crate::msg::Ack),
     #[prost(message, tag = "4")]
     Error(LargeError),
+    #[prost(message, tag = "13")]
+    DeploymentKey(DeploymentKeyGrant),
 }
 
 /// By id, or by name (and version; empty = the latest published).

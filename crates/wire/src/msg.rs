@@ -341,6 +341,14 @@ pub struct RegisterOk {
     pub office: String,
     #[prost(string, tag = "8")]
     pub office_kind: String,
+    /// Id of the deployment key the server seals its own messages with now (0: not
+    /// said). A client that does not hold it fetches it over QUIC (`GetDeploymentKey`).
+    #[prost(uint32, tag = "12")]
+    pub key_id: u32,
+    /// While a rotation's overlap runs: when the previous key stops being accepted (Unix
+    /// ms). 0: no overlap, only `key_id` is accepted.
+    #[prost(uint64, tag = "13")]
+    pub key_retire_ms: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -372,6 +380,12 @@ pub struct HeartbeatAck {
     pub office: String,
     #[prost(string, tag = "4")]
     pub office_kind: String,
+    /// As [`RegisterOk::key_id`]: the key the server seals with now.
+    #[prost(uint32, tag = "8")]
+    pub key_id: u32,
+    /// As [`RegisterOk::key_retire_ms`].
+    #[prost(uint64, tag = "9")]
+    pub key_retire_ms: u64,
 }
 
 /// What a [`TransferSignal`] says.
