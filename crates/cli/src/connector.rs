@@ -86,6 +86,11 @@ pub enum Action {
         #[command(subcommand)]
         command: TransferCommand,
     },
+    /// The deployment key: rotate it, or see who has moved to the current one.
+    Key {
+        #[command(subcommand)]
+        command: crate::keys::KeyCommand,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -440,6 +445,7 @@ pub async fn run(opts: ConnectorOptions, action: Action) -> Result<(), Fail> {
                 v["office"].as_str().unwrap_or("?")
             );
         }
+        Action::Key { command } => crate::keys::run(&c, command, &opts.key_file).await?,
         Action::Health { json } => {
             let h = c.health().await?;
             if json {

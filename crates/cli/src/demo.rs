@@ -172,6 +172,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
             replay,
             background: crate::settings::background(config),
             metrics: None,
+            ca_pin: Some(server.setup.ca_fingerprint.clone()),
         })
         .await
         .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;
@@ -195,6 +196,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
             server: (server_ip, config.ports.server.small_request).into(),
             reply: (addr(&args.net, 2)?, config.ports.connector.reply).into(),
             key: server.setup.key.clone(),
+            key_file: server.setup.key_path.clone(),
             credential: dir.join("connector.credential"),
             retry,
             replay,

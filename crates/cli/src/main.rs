@@ -5,6 +5,7 @@
 mod connector;
 mod demo;
 mod get;
+mod keys;
 mod offices;
 mod publish;
 mod settings;

@@ -465,6 +465,16 @@ impl ClientIdentity {
         Ok(())
     }
 
+    /// The CA certificate stored at the first registration (`ca.crt`), which the client
+    /// pins: a server presenting another CA is refused. `Ok(None)` before the first one.
+    pub fn pinned_ca(&self) -> Result<Option<CertificateDer<'static>>, IdentityError> {
+        let path = self.dir.join(CLIENT_CA_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_cert_pem(&path).map(Some)
+    }
+
     /// Loads the stored certificate, CA certificate and deployment name, as written
     /// by [`ClientIdentity::install_certificate`], and checks them again at `now`
     /// (our key, chains to the CA, not expired). Returns `Ok(None)` when the client

@@ -67,6 +67,10 @@ pub use registry::{ClientRecord, Registry};
 
 /// File name of the deployment key inside the data directory.
 pub const KEY_FILE: &str = "deployment.key";
+/// File name, beside the deployment key, of the deployment CA's fingerprint
+/// (`sha256:HEX`): a client whose key file has this file beside it pins that CA from its
+/// first registration.
+pub const CA_PIN_FILE: &str = "deployment.ca";
 /// File name of the SQLite database inside the data directory.
 pub const DB_FILE: &str = "branchline.db";
 
@@ -175,6 +179,8 @@ pub struct Setup {
     pub connector_token: branchline_wire::connector::Token,
     /// Where pending tokens are kept.
     pub tokens_path: PathBuf,
+    /// The deployment CA's fingerprint (`sha256:HEX`), also in `DATA_DIR/deployment.ca`.
+    pub ca_fingerprint: String,
 }
 
 /// A running server.
@@ -239,6 +245,21 @@ impl Server {
             .server_identity(now, SERVER_CERT_VALIDITY)
             .map_err(|e| ca_err(&e))?;
         let trust = DeploymentTrust::new(ca.deployment().clone(), ca.certificate().clone());
+        let ca_fingerprint = branchline_quic::ca::fingerprint(ca.certificate());
+        let pin_path = opts.data_dir.join(CA_PIN_FILE);
+        if std::fs::read_to_string(&pin_path)
+            .ok()
+            .as_deref()
+            .map(str::trim)
+            != Some(&ca_fingerprint)
+        {
+            std::fs::write(&pin_path, format!("{ca_fingerprint}\n")).map_err(|source| {
+                ServerError::DataDir {
+                    path: pin_path.clone(),
+                    source,
+                }
+            })?;
+        }
         let mut catalogue = catalogue::Catalogue::new();
         for item in contents {
             catalogue.load(item);
@@ -512,6 +533,7 @@ impl Server {
                 admin: admin_info,
                 connector_token,
                 tokens_path: opts.data_dir.join(trust::TOKENS_FILE),
+                ca_fingerprint,
             },
             state,
             requester,
