@@ -511,6 +511,13 @@ impl Quic {
         }
     }
 
+    /// How long to wait before the next heartbeat: the interval, or less when the
+    /// certificate is due for renewal sooner (but at least a second).
+    fn next_wait(&self, interval: Duration, now: std::time::SystemTime) -> Duration {
+        self.validity
+            .map_or(interval, |v| v.wait_before_renewal(interval, now))
+    }
+
     /// Whether the certificate in use is due for renewal at `now`.
     fn renewal_due(&self, now: std::time::SystemTime) -> bool {
         self.validity.is_some_and(|v| v.renewal_due(now))
@@ -852,9 +859,16 @@ async fn run(
                 continue;
             }
         }
-        // Heartbeat until something says to register again.
+        // Heartbeat until something says to register again (or the certificate is due
+        // for renewal: then register at once, even between heartbeats, but at most once
+        // a second).
         loop {
-            tokio::time::sleep(interval).await;
+            tokio::time::sleep(quic.next_wait(interval, std::time::SystemTime::now())).await;
+            if quic.renewal_due(std::time::SystemTime::now()) {
+                tracing::info!("certificate renewal due; registering again for a new one");
+                quic.renewing = true;
+                break;
+            }
             let beat = Body::Heartbeat(Heartbeat {
                 client_id: id.to_string(),
                 cache_free_bytes: cache_free(),
@@ -891,11 +905,6 @@ async fn run(
                             let cache = quic.cache.clone();
                             tokio::spawn(async move { report(&svc, &cache, ids).await });
                         }
-                    }
-                    if quic.renewal_due(std::time::SystemTime::now()) {
-                        tracing::info!("certificate renewal due; registering again for a new one");
-                        quic.renewing = true;
-                        break;
                     }
                 }
                 Ok(Body::HeartbeatAck(_)) => {

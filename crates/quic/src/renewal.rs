@@ -14,6 +14,9 @@ use crate::ca::CLOCK_SKEW_ALLOWANCE;
 /// Share of a certificate's lifetime (from issue to expiry) after which it is renewed.
 pub const RENEW_AT: (u32, u32) = (2, 3);
 
+/// Shortest wait between two renewal checks.
+pub const MIN_CHECK: Duration = Duration::from_secs(1);
+
 /// A certificate's validity period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Validity {
@@ -45,6 +48,18 @@ impl Validity {
             .duration_since(self.issued())
             .unwrap_or(Duration::ZERO);
         self.issued() + life * RENEW_AT.0 / RENEW_AT.1
+    }
+
+    /// How long a node that checks every `interval` waits from `now` before its next
+    /// check: the interval, or less when renewal is due sooner, but at least
+    /// [`MIN_CHECK`] (so a certificate that is due at once is not asked for in a tight
+    /// loop).
+    pub fn wait_before_renewal(&self, interval: Duration, now: SystemTime) -> Duration {
+        let until = self
+            .renew_at()
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO);
+        interval.min(until.max(MIN_CHECK))
     }
 
     /// Whether it is time to renew at `now`.
@@ -177,6 +192,30 @@ mod tests {
         assert_eq!(
             Validity::of(&short).unwrap().renew_at(),
             now + Duration::from_secs(6)
+        );
+    }
+
+    #[test]
+    fn checks_come_early_enough_but_not_in_a_tight_loop() {
+        let v = Validity {
+            not_before: at(1000) - CLOCK_SKEW_ALLOWANCE,
+            not_after: at(1030),
+        };
+        assert_eq!(v.renew_at(), at(1020));
+        let beat = Duration::from_secs(30);
+        assert_eq!(
+            v.wait_before_renewal(beat, at(1000)),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            v.wait_before_renewal(Duration::from_secs(5), at(1000)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(v.wait_before_renewal(beat, at(1019)), MIN_CHECK);
+        assert_eq!(v.wait_before_renewal(beat, at(1025)), MIN_CHECK, "overdue");
+        assert_eq!(
+            v.wait_before_renewal(Duration::from_millis(300), at(1025)),
+            Duration::from_millis(300)
         );
     }
 
