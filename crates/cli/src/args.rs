@@ -159,6 +159,11 @@ pub enum Action {
         #[command(subcommand)]
         command: crate::clients::ClientCommand,
     },
+    /// The deployment key: rotate it, or see who has moved to the current one.
+    Key {
+        #[command(subcommand)]
+        command: crate::keys::KeyCommand,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -87,6 +87,7 @@ pub async fn run(opts: ConnectorOptions, action: Action) -> Result<(), Fail> {
             );
         }
         Action::Client { command } => crate::clients::run(&c, command).await?,
+        Action::Key { command } => crate::keys::run(&c, command, &opts.key_file).await?,
         Action::Health { json } => {
             let h = c.health().await?;
             if json {

@@ -129,6 +129,10 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
         background: crate::settings::background(config),
         content_cache: None,
         enrollment: config.server.enrollment.parse().unwrap_or_default(),
+        key_overlap: std::time::Duration::from_secs_f64(config.server.key_overlap_s),
+        client_cert_lifetime: std::time::Duration::from_secs_f64(
+            config.server.client_cert_lifetime_s,
+        ),
         admin: config
             .admin
             .enabled
@@ -169,6 +173,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
             replay,
             background: crate::settings::background(config),
             metrics: None,
+            ca_pin: Some(server.setup.ca_fingerprint.clone()),
         })
         .await
         .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;
@@ -192,6 +197,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
             server: (server_ip, config.ports.server.small_request).into(),
             reply: (addr(&args.net, 2)?, config.ports.connector.reply).into(),
             key: server.setup.key.clone(),
+            key_file: server.setup.key_path.clone(),
             credential: dir.join("connector.credential"),
             retry,
             replay,

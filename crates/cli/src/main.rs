@@ -9,6 +9,7 @@ mod connector;
 mod demo;
 mod fail;
 mod get;
+mod keys;
 mod offices;
 mod publish;
 mod settings;

@@ -105,6 +105,8 @@ pub fn server(config: &Config, args: ServerArgs) -> Result<(ServerOptions, usize
                 )
             })?),
         },
+        key_overlap: std::time::Duration::from_secs_f64(c.key_overlap_s),
+        client_cert_lifetime: std::time::Duration::from_secs_f64(c.client_cert_lifetime_s),
     };
     Ok((opts, c.threads))
 }
@@ -129,6 +131,39 @@ fn admin_options(
     }))
 }
 
+/// The CA fingerprint in `deployment.ca` beside the key file, if there is one (the
+/// server writes it beside its own `deployment.key`).
+fn read_ca_pin(key_file: &std::path::Path) -> Result<Option<String>, Fail> {
+    let path = key_file
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join(branchline_server::CA_PIN_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Fail::new(
+                exit::USAGE,
+                format!("cannot read the CA fingerprint {}: {e}", path.display()),
+            ));
+        }
+    };
+    let pin = text.trim().to_ascii_lowercase();
+    let ok = pin
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !ok {
+        return Err(Fail::new(
+            exit::USAGE,
+            format!(
+                "{} does not hold a CA fingerprint (`sha256:` and 64 hex digits); copy it from the server's data directory, or delete it",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Some(pin))
+}
+
 pub fn client(config: &Config, args: ClientArgs) -> Result<ClientOptions, Fail> {
     let c = &config.client;
     let (retry, replay) = policies(config);
@@ -138,6 +173,7 @@ pub fn client(config: &Config, args: ClientArgs) -> Result<ClientOptions, Fail> 
         "client.key_file",
     )?;
     let key = read_key_file(&key_file).map_err(|e| Fail::new(exit::USAGE, e.to_string()))?;
+    let ca_pin = read_ca_pin(&key_file)?;
     let interval = args.heartbeat_interval.unwrap_or(c.heartbeat_interval_s);
     if !(0.1..=3600.0).contains(&interval) {
         return Err(Fail::new(
@@ -166,6 +202,7 @@ pub fn client(config: &Config, args: ClientArgs) -> Result<ClientOptions, Fail> 
         hostname: args.hostname.or(c.hostname.clone()),
         retry,
         replay,
+        ca_pin,
         background: background(config),
         metrics: match args.metrics_port.unwrap_or(c.metrics_port) {
             0 => None,
@@ -187,6 +224,8 @@ pub struct ConnectorOptions {
     pub server: std::net::SocketAddr,
     pub reply: std::net::SocketAddr,
     pub key: branchline_wire::DeploymentKey,
+    /// Where the key was read from.
+    pub key_file: PathBuf,
     /// The connector credential file (written by `activate --token`).
     pub credential: PathBuf,
     pub retry: RetryPolicy,
@@ -219,6 +258,7 @@ pub fn connector(config: &Config, args: ConnectorArgs) -> Result<(ConnectorOptio
             server: (server, config.ports.server.small_request).into(),
             reply: (bind, config.ports.connector.reply).into(),
             key,
+            key_file: key_file.clone(),
             credential,
             retry,
             replay,
@@ -259,6 +299,11 @@ pub async fn run_server(opts: ServerOptions) -> Result<(), Fail> {
             s.key_path.display()
         );
         println!("  fingerprint: {}", s.key.fingerprint());
+        println!(
+            "Deployment CA: {} (in {}; copy it beside the clients' key file so they pin this CA)",
+            s.ca_fingerprint,
+            data_dir.join(branchline_server::CA_PIN_FILE).display()
+        );
         println!();
         println!(
             "Give clients and the connector a copy of that file (keep it secret, mode 0600), e.g.:"
@@ -309,6 +354,7 @@ pub async fn run_server(opts: ServerOptions) -> Result<(), Fail> {
         db = %s.db_path.display(),
         key_file = %s.key_path.display(),
         key_fingerprint = %s.key.fingerprint(),
+        ca_fingerprint = %s.ca_fingerprint,
         "server ready"
     );
     shutdown_signal().await;

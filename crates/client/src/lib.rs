@@ -24,12 +24,21 @@
 //! * [`local`]: the Unix-socket API `branchline get` talks to.
 //! * [`platform`]: every operating-system call that portable `std` does not cover, and
 //!   the list of the client's `cfg(unix)` boundaries.
+//! * [`keyring`]: the deployment keys held across a rotation (`deployment.keys`).
+//!
+//! Trust (issue #10): the client pins the deployment CA at its first registration (or
+//! from `deployment.ca` beside its key file) and refuses a server presenting another one;
+//! it renews its certificate at two thirds of its lifetime by registering again, and the
+//! QUIC endpoints present the new certificate from their next handshake on; when the
+//! server announces a rotated deployment key, the client fetches it over QUIC, keeps it
+//! in `deployment.keys` and seals with it.
 
 pub mod adaptive;
 pub mod discovery;
 pub mod download;
 pub mod identity;
 pub mod jobs;
+pub mod keyring;
 pub mod local;
 pub mod metrics;
 pub mod netinfo;
@@ -83,6 +92,10 @@ pub struct ClientOptions {
     pub hostname: Option<String>,
     pub retry: RetryPolicy,
     pub replay: ReplayConfig,
+    /// The deployment CA's fingerprint (`sha256:HEX`) to pin at the first registration,
+    /// read from `deployment.ca` beside the key file; `None`: pin whatever CA the first
+    /// registration brings.
+    pub ca_pin: Option<String>,
 }
 
 /// Why the client stopped or could not start.
@@ -102,6 +115,18 @@ pub enum ClientError {
     Certificate(String),
     #[error("cannot start the QUIC services: {0}")]
     Services(String),
+    #[error("deployment keys: {0}")]
+    Keys(String),
+    #[error(
+        "the server at {server} presented a different certificate authority ({got}) than the one this client pinned ({pinned}, {source_of_pin}): it is not this deployment's server, or the deployment's CA was replaced; the client refuses it and keeps trying. If the CA was replaced on purpose, stop the client and delete {pin_files}"
+    )]
+    CaMismatch {
+        server: IpAddr,
+        got: String,
+        pinned: String,
+        source_of_pin: String,
+        pin_files: String,
+    },
 }
 
 /// The client's view of its registration, for status displays.
@@ -191,9 +216,16 @@ impl Client {
         };
         let cache = Arc::new(cache);
 
-        let mut ctx = Context::new(vec![opts.key.derive()]);
+        let stored = keyring::Stored::load(&opts.data_dir).map_err(ClientError::Keys)?;
+        let held = keyring::initial(&opts.key, stored.as_ref(), services::now_ms());
+        let mut ctx = Context::new(held.iter().map(|k| k.derive()).collect());
         ctx.retry = opts.retry;
         ctx.replay = opts.replay;
+        let keys = Arc::new(keyring::KeyHolder::new(
+            opts.data_dir.clone(),
+            held,
+            ctx.keys.clone(),
+        ));
 
         let (ip, p) = (opts.bind, opts.ports);
         let request = bind_small(ip, p.small_request, "client.small_request").await?;
@@ -308,6 +340,9 @@ impl Client {
             metrics: client_metrics.clone(),
             revocation_epoch: Arc::default(),
             revocation_fetch: None,
+            keys,
+            validity: None,
+            renewing: false,
         };
         let listener = local::bind(&opts.data_dir).map_err(|e| {
             ClientError::Services(format!(
@@ -438,6 +473,12 @@ struct Quic {
     /// and the fetch of a newer one under way.
     revocation_epoch: Arc<std::sync::atomic::AtomicU64>,
     revocation_fetch: Option<JoinHandle<()>>,
+    /// The deployment keys (rotation).
+    keys: Arc<keyring::KeyHolder>,
+    /// Validity of the certificate in use, for its renewal.
+    validity: Option<branchline_quic::Validity>,
+    /// True while registering again to renew the certificate.
+    renewing: bool,
 }
 
 impl Quic {
@@ -469,6 +510,91 @@ impl Quic {
         }));
     }
 
+    /// Acts on the server's key announcement (`RegisterOk` / `HeartbeatAck`): seals with
+    /// a key already held, retires the previous one after the overlap, or fetches the
+    /// announced key over QUIC (in the background; one fetch at a time).
+    fn on_key_announcement(&self, key_id: u32, retire_ms: u64) {
+        let decision = keyring::decide(&self.keys.ids(), key_id, retire_ms, services::now_ms());
+        match decision {
+            keyring::Decision::Keep => {}
+            keyring::Decision::Seal(id) => self.keys.seal_with(id),
+            keyring::Decision::Retire(id) => self.keys.retire(id),
+            keyring::Decision::Fetch => {
+                let Some(svc) = self.services.borrow().clone() else {
+                    tracing::info!(key_id = %branchline_wire::KeyId(key_id), "the server has rotated the deployment key; fetching it once the QUIC services run");
+                    return;
+                };
+                let keys = self.keys.clone();
+                if keys.start_fetch() {
+                    tokio::spawn(async move {
+                        keys.fetch(&svc, key_id).await;
+                    });
+                }
+            }
+        }
+    }
+
+    /// How long to wait before the next heartbeat: the interval, or less when the
+    /// certificate is due for renewal sooner (but at least a second).
+    fn next_wait(&self, interval: Duration, now: std::time::SystemTime) -> Duration {
+        self.validity
+            .map_or(interval, |v| v.wait_before_renewal(interval, now))
+    }
+
+    /// Whether the certificate in use is due for renewal at `now`.
+    fn renewal_due(&self, now: std::time::SystemTime) -> bool {
+        self.validity.is_some_and(|v| v.renewal_due(now))
+    }
+
+    /// Refuses a CA other than the pinned one (stored at the first registration, or the
+    /// fingerprint beside the key file).
+    fn check_ca(
+        &self,
+        ca: &CertificateDer<'static>,
+        opts: &ClientOptions,
+    ) -> Result<(), ClientError> {
+        let got = branchline_quic::ca::fingerprint(ca);
+        let pin_file = opts
+            .ca_pin
+            .as_ref()
+            .map(|_| "deployment.ca beside the key file".to_owned());
+        let stored = self.identity.pinned_ca().map_err(|e| ClientError::Quic {
+            dir: self.identity.dir().to_owned(),
+            message: e.to_string(),
+        })?;
+        let pins = stored
+            .map(|c| {
+                (
+                    branchline_quic::ca::fingerprint(&c),
+                    format!(
+                        "stored at the first registration in {}",
+                        self.identity.dir().join("ca.crt").display()
+                    ),
+                )
+            })
+            .into_iter()
+            .chain(
+                opts.ca_pin
+                    .clone()
+                    .zip(pin_file)
+                    .map(|(p, f)| (p.to_ascii_lowercase(), f)),
+            );
+        for (pinned, source_of_pin) in pins {
+            if pinned != got {
+                return Err(ClientError::CaMismatch {
+                    server: opts.server,
+                    got,
+                    pinned,
+                    source_of_pin,
+                    pin_files: format!(
+                        "{} (and deployment.ca beside the key file, if there is one)",
+                        self.identity.dir().join("ca.crt").display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
     /// Starts the QUIC services with `node`'s certificate, once.
     async fn start_services(
         &mut self,
@@ -512,7 +638,10 @@ impl Quic {
         }
         match self.identity.load_certificate(std::time::SystemTime::now()) {
             Ok(Some((node, ca))) => match self.start_services(&node, ca, opts).await {
-                Ok(true) => tracing::info!("QUIC services started with the stored certificate"),
+                Ok(true) => {
+                    self.validity = branchline_quic::Validity::of(&node.certificate);
+                    tracing::info!("QUIC services started with the stored certificate")
+                }
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot start QUIC with the stored certificate; waiting for registration")
@@ -543,6 +672,7 @@ impl Quic {
         let name =
             ClientName::from_id(&id.0).map_err(|e| ClientError::Certificate(e.to_string()))?;
         let ca = CertificateDer::from(ok.ca_cert.clone());
+        self.check_ca(&ca, opts)?;
         let node = self
             .identity
             .install_certificate(
@@ -553,8 +683,28 @@ impl Quic {
                 std::time::SystemTime::now(),
             )
             .map_err(|e| ClientError::Certificate(e.to_string()))?;
-        self.start_services(&node, ca.clone().into_owned(), opts)
-            .await?;
+        self.validity = branchline_quic::Validity::of(&node.certificate);
+        let renewing = std::mem::take(&mut self.renewing);
+        if !self
+            .start_services(&node, ca.clone().into_owned(), opts)
+            .await?
+        {
+            // Running already: new handshakes present the new certificate (hot swap).
+            let svc = self.services.borrow().clone();
+            if let Some(svc) = svc {
+                svc.identity
+                    .renew(&node)
+                    .map_err(|e| ClientError::Certificate(e.to_string()))?;
+                tracing::info!(
+                    not_after = ?self.validity.map(|v| v.not_after),
+                    renew_at = ?self.validity.map(|v| v.renew_at()),
+                    "certificate renewed; QUIC endpoints present the new one"
+                );
+            }
+        }
+        if renewing {
+            return Ok(());
+        }
         let svc = self.services.borrow().clone();
         if let Some(svc) = svc {
             let cache = self.cache.clone();
@@ -686,10 +836,24 @@ async fn run(
             Ok(Body::RegisterOk(ok)) => {
                 failures = 0;
                 quic.discovery.set_office(&ok.office, &ok.office_kind);
-                tracing::info!(client = %id, %server, new = ok.new_client, server_version = %ok.server_version, "registered");
-                if let Err(e) = quic.on_registered(&ok, id, &opts).await {
-                    return fail(e);
+                match quic.on_registered(&ok, id, &opts).await {
+                    Ok(()) => {}
+                    Err(e @ ClientError::CaMismatch { .. }) => {
+                        // Never act on a server with another CA; keep trying (the right
+                        // server may answer), saying why loudly.
+                        tracing::error!(error = %e, "refused the server's certificate authority");
+                        let _ = status.send(Status::Unreachable {
+                            since: Instant::now(),
+                            error: e.to_string(),
+                        });
+                        tokio::time::sleep(registration_backoff(failures)).await;
+                        failures += 1;
+                        continue;
+                    }
+                    Err(e) => return fail(e),
                 }
+                tracing::info!(client = %id, %server, new = ok.new_client, server_version = %ok.server_version, "registered");
+                quic.on_key_announcement(ok.key_id, ok.key_retire_ms);
                 let _ = status.send(Status::Registered {
                     last_answer: Instant::now(),
                 });
@@ -701,6 +865,13 @@ async fn run(
                 );
                 tokio::time::sleep(registration_backoff(failures)).await;
                 failures += 1;
+                continue;
+            }
+            Err(RequestError::KeyMismatch { theirs, .. })
+                if theirs != req.context().keys.sealing_id() && quic.keys.holds(theirs) =>
+            {
+                // The server seals with another key this client holds (a rotation).
+                quic.keys.seal_with(theirs);
                 continue;
             }
             Err(e @ RequestError::KeyMismatch { .. }) => {
@@ -735,9 +906,16 @@ async fn run(
                 continue;
             }
         }
-        // Heartbeat until something says to register again.
+        // Heartbeat until something says to register again (or the certificate is due
+        // for renewal: then register at once, even between heartbeats, but at most once
+        // a second).
         loop {
-            tokio::time::sleep(interval).await;
+            tokio::time::sleep(quic.next_wait(interval, std::time::SystemTime::now())).await;
+            if quic.renewal_due(std::time::SystemTime::now()) {
+                tracing::info!("certificate renewal due; registering again for a new one");
+                quic.renewing = true;
+                break;
+            }
             let beat = Body::Heartbeat(Heartbeat {
                 client_id: id.to_string(),
                 cache_free_bytes: cache_free(),
@@ -761,6 +939,7 @@ async fn run(
                     if ack.revocation_epoch != 0 {
                         quic.refresh_revocations(ack.revocation_epoch);
                     }
+                    quic.on_key_announcement(ack.key_id, ack.key_retire_ms);
                     let _ = status.send(Status::Registered {
                         last_answer: Instant::now(),
                     });
@@ -787,6 +966,10 @@ async fn run(
                     break;
                 }
                 Ok(other) => tracing::warn!(reply = other.kind(), "unexpected reply to Heartbeat"),
+                Err(RequestError::KeyMismatch { theirs, .. }) if quic.keys.holds(theirs) => {
+                    quic.keys.seal_with(theirs);
+                    break;
+                }
                 Err(e @ RequestError::KeyMismatch { .. }) => {
                     tracing::error!(error = %e, "heartbeat refused with a key-mismatch notice; registering again");
                     key_mismatch(&status, &e);

@@ -38,6 +38,9 @@ pub use branchline_quic::cache_source::CacheSource;
 
 /// The QUIC side of a client.
 pub struct Services {
+    /// The identity every endpoint presents; [`NodeIdentity::renew`] on it hot-swaps the
+    /// certificate of all of them.
+    pub identity: NodeIdentity,
     pub cache: Arc<Cache<FsStorage>>,
     /// Foreground content (34760): same office.
     pub content: ContentNode,
@@ -247,6 +250,7 @@ impl Services {
         let upstream_pool = ConnectionPool::new(content_bg.endpoint().clone(), trust);
         Ok(Services {
             revoked,
+            identity: identity.clone(),
             cache,
             content,
             content_bg,

@@ -41,6 +41,12 @@ pub struct ServerConfig {
     /// first registration) or `"approve"` (it waits without a certificate until the admin
     /// runs `branchline connector client approve ID`). Default `"open"`.
     pub enrollment: String,
+    /// Seconds a rotated-out deployment key stays accepted after `connector key rotate`
+    /// (the overlap in which online clients move to the new key). Default 3600.
+    pub key_overlap_s: f64,
+    /// Validity of the client certificates the server issues, in seconds; clients renew
+    /// at two thirds of it. Default 2592000 (30 days).
+    pub client_cert_lifetime_s: f64,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +58,8 @@ impl Default for ServerConfig {
             threads: 0,
             content_cache_size: "0".into(),
             enrollment: "open".into(),
+            key_overlap_s: 3600.0,
+            client_cert_lifetime_s: 2_592_000.0,
         }
     }
 }
@@ -374,6 +382,24 @@ impl Config {
                 message: format!(
                     "{:?}: expected \"open\" or \"approve\"",
                     self.server.enrollment
+                ),
+            });
+        }
+        if !(1.0..=2_592_000.0).contains(&self.server.key_overlap_s) {
+            return Err(ConfigError::Invalid {
+                key: "server.key_overlap_s".into(),
+                message: format!(
+                    "{} is outside 1..=2592000 seconds (30 days)",
+                    self.server.key_overlap_s
+                ),
+            });
+        }
+        if !(3.0..=315_360_000.0).contains(&self.server.client_cert_lifetime_s) {
+            return Err(ConfigError::Invalid {
+                key: "server.client_cert_lifetime_s".into(),
+                message: format!(
+                    "{} is outside 3..=315360000 seconds (10 years)",
+                    self.server.client_cert_lifetime_s
                 ),
             });
         }

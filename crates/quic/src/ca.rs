@@ -39,6 +39,14 @@ const CA_CERT_FILE: &str = "ca.crt";
 const CA_KEY_FILE: &str = "ca.key";
 const DEPLOYMENT_FILE: &str = "deployment";
 
+/// The fingerprint clients pin a deployment CA by: `sha256:` and the SHA-256 of the CA
+/// certificate's DER in lowercase hex.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 /// An Ed25519 public key as rcgen wants it for signing a certificate.
 struct Ed25519Public([u8; 32]);
 
@@ -265,12 +273,12 @@ impl DeploymentCa {
     ) -> Result<NodeIdentity, IdentityError> {
         let key = node::generate_key()?;
         let certificate = self.leaf(&Role::Server, &key, now, validity)?;
-        Ok(NodeIdentity::new(
+        NodeIdentity::new(
             self.deployment.clone(),
             Role::Server,
             certificate,
             key.serialize_der(),
-        ))
+        )
     }
 }
 

@@ -28,6 +28,13 @@
 //!   holder, random 9-byte serial, validity starting one hour back (clock skew),
 //!   no other extensions. A client without extended key usage is accepted by
 //!   WebPKI both as TLS client and TLS server, which every node needs.
+//! - **Renewal.** Endpoints present their node's *live* certificate through a
+//!   rustls certificate resolver; [`NodeIdentity::renew`] swaps it while they run
+//!   (new handshakes, accepting and connecting, use the new one; open connections
+//!   keep theirs). [`Validity`] reads a certificate's validity and says when to
+//!   renew (two thirds of its lifetime). TLS sessions are never resumed, so every
+//!   handshake checks the peer's current certificate. [`ca::fingerprint`] is what
+//!   clients pin the CA by.
 //! - **Server.** [`DeploymentCa::server_identity`] makes the server a fresh key and
 //!   certificate (`s.<deployment>`); calling it at every start is fine.
 //! - **Revocation.** A [`RevocationList`] (clients by name, certificates by
@@ -138,6 +145,7 @@ pub mod large;
 pub mod node;
 pub mod piece_wire;
 pub mod pool;
+pub mod renewal;
 pub mod tls;
 
 pub use ca::DeploymentCa;
@@ -154,6 +162,7 @@ pub use large::{HandlerError, LargeConfig, LargeError, LargeMessaging, send_requ
 pub use node::{CertRequest, ClientIdentity, IdentityError, NodeIdentity};
 pub use piece_wire::{HaveQuery, MAX_HAVE_LEN, PieceRequest};
 pub use pool::ConnectionPool;
+pub use renewal::Validity;
 pub use tls::{DeploymentTrust, RevocationList, TlsError};
 
 /// DER certificate bytes, as carried in registration replies.

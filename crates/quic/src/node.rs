@@ -8,11 +8,13 @@
 //! the client checks and stores with [`ClientIdentity::install_certificate`].
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use rcgen::{KeyPair, PKCS_ED25519};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::sign::CertifiedKey;
 use thiserror::Error;
 
 use crate::files::{self, FileError, KEY_MODE, PUBLIC_MODE};
@@ -139,14 +141,42 @@ impl CertRequest {
 }
 
 /// A node's TLS identity: its certificate and private key, ready for rustls.
+///
+/// The TLS configurations built from an identity ([`crate::tls`]) present its *live*
+/// certificate, which [`NodeIdentity::renew`] replaces while the endpoints run: new
+/// handshakes use the new certificate, open connections keep theirs. Clones share the
+/// live certificate.
 pub struct NodeIdentity {
     /// The deployment the certificate belongs to.
     pub deployment: DeploymentName,
     /// Who the certificate says we are.
     pub role: Role,
-    /// Our certificate (DER), signed by the deployment CA.
+    /// The certificate (DER), signed by the deployment CA, this identity was made with
+    /// (see [`NodeIdentity::current_certificate`] for the one presented now).
     pub certificate: CertificateDer<'static>,
     key_pkcs8: Vec<u8>,
+    live: LiveCert,
+}
+
+/// The certificate and key presented now, shared by every TLS configuration of a node.
+pub(crate) type LiveCert = Arc<RwLock<Arc<CertifiedKey>>>;
+
+fn certified(
+    certificate: &CertificateDer<'static>,
+    key_pkcs8: &[u8],
+) -> Result<Arc<CertifiedKey>, IdentityError> {
+    let provider = rustls::crypto::ring::default_provider();
+    CertifiedKey::from_der(
+        vec![certificate.clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.to_vec())),
+        &provider,
+    )
+    .map(Arc::new)
+    .map_err(|e| {
+        IdentityError::Crypto(format!(
+            "certificate and key do not form a TLS identity: {e}"
+        ))
+    })
 }
 
 impl NodeIdentity {
@@ -155,29 +185,60 @@ impl NodeIdentity {
         role: Role,
         certificate: CertificateDer<'static>,
         key_pkcs8: Vec<u8>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, IdentityError> {
+        let live = Arc::new(RwLock::new(certified(&certificate, &key_pkcs8)?));
+        Ok(Self {
             deployment,
             role,
             certificate,
             key_pkcs8,
-        }
+            live,
+        })
     }
 
     /// The private key in the form rustls takes.
     pub fn private_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()))
     }
+
+    pub(crate) fn live(&self) -> LiveCert {
+        self.live.clone()
+    }
+
+    /// The certificate presented in new handshakes now.
+    pub fn current_certificate(&self) -> CertificateDer<'static> {
+        let live = self.live.read().unwrap_or_else(|e| e.into_inner());
+        live.cert[0].clone()
+    }
+
+    /// Hot-swaps the certificate: every endpoint built from this identity (or a clone)
+    /// presents `newer`'s certificate and key in new handshakes, as server and as client.
+    /// `newer` must name the same node of the same deployment.
+    pub fn renew(&self, newer: &NodeIdentity) -> Result<(), IdentityError> {
+        if newer.deployment != self.deployment || newer.role != self.role {
+            return Err(IdentityError::Untrusted {
+                expected: format!("{} of deployment {}", self.role, self.deployment),
+                detail: format!(
+                    "the renewed certificate is for {} of deployment {}",
+                    newer.role, newer.deployment
+                ),
+            });
+        }
+        let fresh = newer.live.read().unwrap_or_else(|e| e.into_inner()).clone();
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
 }
 
 impl Clone for NodeIdentity {
     fn clone(&self) -> Self {
-        Self::new(
-            self.deployment.clone(),
-            self.role.clone(),
-            self.certificate.clone(),
-            self.key_pkcs8.clone(),
-        )
+        Self {
+            deployment: self.deployment.clone(),
+            role: self.role.clone(),
+            certificate: self.certificate.clone(),
+            key_pkcs8: self.key_pkcs8.clone(),
+            live: self.live.clone(),
+        }
     }
 }
 
@@ -378,12 +439,12 @@ impl ClientIdentity {
             cert_pem(&certificate).as_bytes(),
             PUBLIC_MODE,
         )?;
-        Ok(NodeIdentity::new(
+        NodeIdentity::new(
             deployment.clone(),
             role.clone(),
             certificate,
             self.key.serialize_der(),
-        ))
+        )
     }
 
     fn check_key(
@@ -402,6 +463,16 @@ impl ClientIdentity {
             return Err(IdentityError::WrongKey);
         }
         Ok(())
+    }
+
+    /// The CA certificate stored at the first registration (`ca.crt`), which the client
+    /// pins: a server presenting another CA is refused. `Ok(None)` before the first one.
+    pub fn pinned_ca(&self) -> Result<Option<CertificateDer<'static>>, IdentityError> {
+        let path = self.dir.join(CLIENT_CA_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_cert_pem(&path).map(Some)
     }
 
     /// Loads the stored certificate, CA certificate and deployment name, as written
@@ -430,7 +501,7 @@ impl ClientIdentity {
                 identity.role,
                 certificate,
                 self.key.serialize_der(),
-            ),
+            )?,
             ca,
         )))
     }

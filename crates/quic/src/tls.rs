@@ -12,7 +12,9 @@
 //!    by the serving loops at every new stream, so open connections of a revoked
 //!    peer end too).
 //!
-//! TLS 1.3 only (QUIC requires it). The client side does not send SNI: the name
+//! TLS 1.3 only (QUIC requires it), without session resumption, so every handshake
+//! runs these checks and presents the node's live certificate (renewal,
+//! [`NodeIdentity::renew`](crate::NodeIdentity::renew)). The client side does not send SNI: the name
 //! is still checked locally against the peer's certificate, but client names do
 //! not travel in clear text, and the accepting side has only one certificate.
 
@@ -290,6 +292,40 @@ impl ServerCertVerifier for DeploymentServerVerifier {
     }
 }
 
+/// Presents a node's live certificate ([`NodeIdentity::renew`] swaps it), as the
+/// accepting side and as the connecting side.
+#[derive(Debug)]
+struct LiveResolver(crate::node::LiveCert);
+
+impl LiveResolver {
+    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for LiveResolver {
+    fn resolve(
+        &self,
+        _client_hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for LiveResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 fn check_same_deployment(identity: &NodeIdentity, trust: &DeploymentTrust) -> Result<(), TlsError> {
     if identity.deployment != trust.deployment {
         return Err(TlsError::DeploymentMismatch {
@@ -301,7 +337,8 @@ fn check_same_deployment(identity: &NodeIdentity, trust: &DeploymentTrust) -> Re
 }
 
 /// The rustls configuration for the accepting side of `alpn`: presents
-/// `identity`, requires a client certificate of the deployment.
+/// `identity`'s live certificate (swapped by [`NodeIdentity::renew`]), requires a
+/// client certificate of the deployment.
 pub fn server_config(
     identity: &NodeIdentity,
     trust: &DeploymentTrust,
@@ -319,13 +356,18 @@ pub fn server_config(
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![identity.certificate.clone()], identity.private_key())?;
+        .with_cert_resolver(Arc::new(LiveResolver(identity.live())));
     config.alpn_protocols = vec![alpn.to_vec()];
+    // No session resumption: every handshake verifies the peer's certificate (revocation,
+    // renewal) and presents our live certificate.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 
 /// The rustls configuration for the connecting side of `alpn`: presents
-/// `identity`, requires the peer to hold the certificate of the node dialled.
+/// `identity`'s live certificate, requires the peer to hold the certificate of the
+/// node dialled.
 pub fn client_config(
     identity: &NodeIdentity,
     trust: &DeploymentTrust,
@@ -344,9 +386,10 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(vec![identity.certificate.clone()], identity.private_key())?;
+        .with_client_cert_resolver(Arc::new(LiveResolver(identity.live())));
     config.alpn_protocols = vec![alpn.to_vec()];
     config.enable_sni = false;
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 

@@ -1315,3 +1315,90 @@ async fn the_progress_counter_moves_before_the_piece_is_complete() {
     .await
     .expect("test hung");
 }
+
+/// Certificate renewal without restarting anything: after [`NodeIdentity::renew`], new
+/// handshakes present the renewed certificate on both sides (the accepting node's and
+/// the connecting node's), and a connection opened before keeps working.
+#[tokio::test]
+async fn renewed_certificates_are_presented_in_new_handshakes_both_ways() {
+    tokio::time::timeout(GUARD, async {
+        let dep = Deployment::new();
+        let issue = |id: &ClientIdentity, name: &str| {
+            let now = SystemTime::now();
+            let name = ClientName::new(name).unwrap();
+            let cert = dep
+                .ca
+                .issue_client_cert(&name, &id.cert_request().unwrap(), now, YEAR)
+                .unwrap();
+            id.install_certificate(
+                cert,
+                dep.ca.certificate(),
+                dep.ca.deployment(),
+                &Role::Client(name),
+                now,
+            )
+            .unwrap()
+        };
+        let serial = |n: &NodeIdentity| {
+            PeerIdentity::from_certificate(&n.current_certificate(), dep.ca.deployment())
+                .unwrap()
+                .serial
+        };
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (ia, ib) = (
+            ClientIdentity::load_or_generate(da.path()).unwrap(),
+            ClientIdentity::load_or_generate(db.path()).unwrap(),
+        );
+        let (a1, b1) = (issue(&ia, "aa01"), issue(&ib, "bb02"));
+        let a = content_node(&a1, dep.trust());
+        let b = content_node(&b1, dep.trust());
+        let source = source_with_pieces();
+        let _serving = a.serve(source.clone());
+        let to = a.endpoint().local_addr().unwrap();
+        let whole = PieceRequest {
+            content: CONTENT,
+            piece: 1,
+            offset: 0,
+            len: 0,
+        };
+        let (old_conn, peer) = b.connect(to, &client_role("aa01")).await.unwrap();
+        assert_eq!(peer.serial, serial(&a1));
+        b.fetch(&old_conn, &whole).await.unwrap();
+        assert_eq!(
+            source.askers.lock().unwrap().last().unwrap().serial,
+            serial(&b1)
+        );
+
+        let (a2, b2) = (issue(&ia, "aa01"), issue(&ib, "bb02"));
+        assert_ne!(serial(&a1), serial(&a2));
+        a1.renew(&a2).unwrap();
+        b1.renew(&b2).unwrap();
+        assert_eq!(
+            serial(&a1),
+            serial(&a2),
+            "the live certificate is the new one"
+        );
+
+        let (new_conn, peer) = b.connect(to, &client_role("aa01")).await.unwrap();
+        assert_eq!(
+            peer.serial,
+            serial(&a2),
+            "the accepting side presents the renewed one"
+        );
+        b.fetch(&new_conn, &whole).await.unwrap();
+        assert_eq!(
+            source.askers.lock().unwrap().last().unwrap().serial,
+            serial(&b2),
+            "the connecting side presents the renewed one"
+        );
+        // The connection of before goes on.
+        assert_eq!(
+            b.fetch(&old_conn, &whole).await.unwrap(),
+            source.pieces[&(CONTENT, 1)]
+        );
+        // Renewing with another node's certificate is refused.
+        assert!(a1.renew(&b2).is_err());
+    })
+    .await
+    .expect("test hung");
+}

@@ -59,6 +59,41 @@ pub enum AdminCall {
     /// Refuse a client everywhere: at the server and, within one heartbeat interval, at
     /// every peer.
     ClientRevoke { id: String },
+    /// Make a new deployment key; the current one stays accepted for the overlap
+    /// (seconds; default `server.key_overlap_s`).
+    KeyRotate { overlap_s: Option<u64> },
+    /// The current and previous key and which clients have moved.
+    KeyStatus,
+}
+
+/// `key status` (and the answer to `key rotate`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyStatusView {
+    pub current: crate::keys::KeyView,
+    /// During an overlap: the key being retired.
+    pub previous: Option<crate::keys::KeyView>,
+    /// When the previous key stops being accepted (Unix ms); absent without an overlap.
+    pub retire_at_ms: Option<u64>,
+    /// Where the current key is on the server.
+    pub key_file: String,
+    pub clients_total: u64,
+    pub clients_online: u64,
+    /// Clients whose last message was sealed with the current key.
+    pub clients_moved: u64,
+    pub clients: Vec<ClientKeyView>,
+}
+
+/// One client in `key status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientKeyView {
+    pub client_id: String,
+    pub hostname: String,
+    pub online: bool,
+    /// Id of the key its last registration or heartbeat was sealed with (absent: not
+    /// heard from since the server started).
+    pub last_key_id: Option<String>,
+    /// True when that is the current key.
+    pub moved: bool,
 }
 
 /// How a call failed.

@@ -76,6 +76,86 @@ pub async fn execute(state: Arc<ServerState>, call: AdminCall) -> AdminResult {
         | AdminCall::ClientApprove { .. }
         | AdminCall::ClientReset { .. }
         | AdminCall::ClientRevoke { .. } => crate::enroll::execute(&state, call).await,
+        AdminCall::KeyRotate { overlap_s } => rotate_key(&state, overlap_s),
+        AdminCall::KeyStatus => AdminResult::ok(key_status(&state)),
+    }
+}
+
+/// Makes a new deployment key. Files first (the previous key beside the new one, then the
+/// new `deployment.key`, each written atomically), then the endpoints: a crash leaves the
+/// old key current, or both keys in place.
+fn rotate_key(state: &ServerState, overlap_s: Option<u64>) -> AdminResult {
+    let overlap = overlap_s
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(state.key_overlap);
+    let now = state.clock.now_ms();
+    let new = branchline_wire::DeploymentKey::from_bytes(rand::random());
+    {
+        let mut keys = state.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = keys.rotate(new.clone(), now, overlap) {
+            return AdminResult::invalid(e.to_string());
+        }
+        let written = keys
+            .save_previous(&state.data_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                branchline_transport::write_key_file(&state.data_dir.join(crate::KEY_FILE), &new)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            // Nothing changed on the wire; undo in memory too.
+            let (old, _) = keys.previous().expect("just rotated");
+            *keys = crate::keys::KeyState::new(old.clone());
+            let _ = keys.save_previous(&state.data_dir);
+            return AdminResult::failed(format!("cannot write the new key: {e}"));
+        }
+        state.keyset.replace(keys.accepted());
+        tracing::info!(
+            current = %new.fingerprint(),
+            retire_at_ms = keys.retire_ms(),
+            "deployment key rotated: clients move to the new key at their next heartbeat"
+        );
+    }
+    AdminResult::ok(key_status(state))
+}
+
+/// The keys and, per client, which key it used last.
+pub fn key_status(state: &ServerState) -> crate::admin::KeyStatusView {
+    let now = state.clock.now_ms();
+    let keys = state.keys.lock().unwrap_or_else(PoisonError::into_inner);
+    let current = keys.current().derive().id();
+    let registry = state
+        .registry
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let mut clients: Vec<crate::admin::ClientKeyView> = registry
+        .snapshot()
+        .into_iter()
+        .map(|r| {
+            let last = keys.last_key_of(&r.id);
+            crate::admin::ClientKeyView {
+                client_id: r.id.to_string(),
+                hostname: r.hostname.clone(),
+                online: registry.is_online(&r, now),
+                last_key_id: last.map(|k| k.to_string()),
+                moved: last == Some(current),
+            }
+        })
+        .collect();
+    clients.sort_by(|a, b| {
+        a.hostname
+            .cmp(&b.hostname)
+            .then(a.client_id.cmp(&b.client_id))
+    });
+    crate::admin::KeyStatusView {
+        current: keys.current_view(),
+        previous: keys.previous_view(),
+        retire_at_ms: keys.previous().map(|(_, at)| at),
+        key_file: state.data_dir.join(crate::KEY_FILE).display().to_string(),
+        clients_total: clients.len() as u64,
+        clients_online: clients.iter().filter(|c| c.online).count() as u64,
+        clients_moved: clients.iter().filter(|c| c.moved).count() as u64,
+        clients,
     }
 }
 

@@ -23,7 +23,8 @@ use crate::db::{ConnectorRow, SCHEMA_VERSION, Writer};
 use crate::locations::Locations;
 use crate::registry::{Registered, Registry};
 
-/// Validity of a client certificate; clients get a fresh one at every registration.
+/// Default validity of a client certificate (`server.client_cert_lifetime_s`); clients
+/// get a fresh one at every registration and renew at two thirds of it.
 pub const CLIENT_CERT_VALIDITY: std::time::Duration =
     std::time::Duration::from_secs(30 * 24 * 3600);
 
@@ -63,9 +64,42 @@ pub struct ServerState {
     pub revoked: branchline_quic::RevocationList,
     /// Server-initiated small messages (assignments) to send from the reply port.
     pub push_tx: tokio::sync::mpsc::Sender<(SocketAddr, Body)>,
+    /// The deployment keys: current, previous during a rotation's overlap, who moved.
+    pub keys: Mutex<crate::keys::KeyState>,
+    /// The keys every small-message endpoint of the server accepts (shared with them).
+    pub keyset: branchline_transport::KeySet,
+    /// The data directory (key files).
+    pub data_dir: std::path::PathBuf,
+    /// Default overlap of a key rotation.
+    pub key_overlap: std::time::Duration,
+    /// Validity of issued client certificates.
+    pub client_cert_lifetime: std::time::Duration,
 }
 
 impl ServerState {
+    /// The current key's id and, during an overlap, when the previous key retires: what
+    /// registration and heartbeat replies announce.
+    pub fn key_announcement(&self) -> (u32, u64) {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        (keys.current().derive().id().0, keys.retire_ms())
+    }
+
+    /// Retires the previous deployment key once its overlap is over: from then on the
+    /// endpoints drop what is sealed with it (counted `wrong_key`).
+    pub fn retire_keys(&self) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let previous = keys.previous_view();
+        if keys.tick(self.clock.now_ms()) {
+            self.keyset.replace(keys.accepted());
+            if let Err(e) = keys.save_previous(&self.data_dir) {
+                tracing::warn!(error = %e, "cannot remove the retired key's file; it is not accepted any more regardless");
+            }
+            if let Some(p) = previous {
+                tracing::info!(key_id = %p.key_id, fingerprint = %p.fingerprint, "the previous deployment key is retired: messages sealed with it are refused");
+            }
+        }
+    }
+
     /// Queues an assignment for a client (dropped when the queue is full: the client's
     /// next heartbeat reply carries it anyway).
     pub fn push(&self, to: SocketAddr, assign: Assign) {
@@ -196,7 +230,7 @@ impl ServerState {
                 &name,
                 &request,
                 std::time::SystemTime::now(),
-                CLIENT_CERT_VALIDITY,
+                self.client_cert_lifetime,
             )
             .map_err(|e| bad(e.to_string()))?;
         Ok(cert.to_vec())
@@ -345,6 +379,33 @@ impl ClientDrops {
 pub struct ServerHandler(pub Arc<ServerState>);
 
 impl Handler for ServerHandler {
+    /// Also records which key a known client's registration or heartbeat was sealed with
+    /// (`connector key status` shows who moved to a rotated key).
+    fn handle_keyed(&self, from: SocketAddr, key: branchline_wire::KeyId, body: Body) -> Response {
+        let client = match &body {
+            Body::Heartbeat(h) => h.client_id.parse::<ClientId>().ok(),
+            Body::Register(r) => r.client_id.parse::<ClientId>().ok(),
+            _ => None,
+        };
+        let response = self.handle(from, body);
+        if let Some(c) = client {
+            let s = &self.0;
+            let known = s
+                .registry
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&c)
+                .is_some();
+            if known {
+                s.keys
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .seen(c, key);
+            }
+        }
+        response
+    }
+
     fn handle(&self, from: SocketAddr, body: Body) -> Response {
         let s = &self.0;
         let now = s.clock.now_ms();
@@ -423,6 +484,7 @@ impl Handler for ServerHandler {
                 }
                 let (office, office_kind) = s.office_of(&record.id);
                 let identity_saved = bound.map(|b| s.writer.save_identity(b.id, Some(b)));
+                let (key_id, key_retire_ms) = s.key_announcement();
                 let saved = s.writer.save_client(record);
                 Response::Later(Box::pin(async move {
                     let saved = match identity_saved {
@@ -443,6 +505,8 @@ impl Handler for ServerHandler {
                             office,
                             office_kind,
                             pending: false,
+                            key_id,
+                            key_retire_ms,
                         }),
                         Err(e) => error(
                             ErrorCode::Unavailable,
@@ -492,6 +556,7 @@ impl Handler for ServerHandler {
                 } else {
                     (Vec::new(), (String::new(), String::new()))
                 };
+                let (key_id, key_retire_ms) = s.key_announcement();
                 Response::Reply(Body::HeartbeatAck(HeartbeatAck {
                     known: known.is_some(),
                     assignments,
@@ -502,6 +567,8 @@ impl Handler for ServerHandler {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .epoch(),
+                    key_id,
+                    key_retire_ms,
                 }))
             }
             Body::Activate(a) => {

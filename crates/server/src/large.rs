@@ -251,6 +251,31 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
             }
             Response::Ack(Ack {})
         }
+        Request::GetDeploymentKey(_) => {
+            // The certificate says who asks; only a client the server knows gets the key.
+            if state
+                .registry
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&client)
+                .is_none()
+            {
+                return error(
+                    ErrorCode::NotFound,
+                    "this client is not registered; register first",
+                );
+            }
+            let (key, retire_ms) = {
+                let keys = state.keys.lock().unwrap_or_else(PoisonError::into_inner);
+                (keys.current().clone(), keys.retire_ms())
+            };
+            tracing::info!(%client, key_id = %key.derive().id(), "gave the current deployment key to a client");
+            Response::DeploymentKey(branchline_wire::large::DeploymentKeyGrant {
+                key: key.as_bytes().to_vec(),
+                key_id: key.derive().id().0,
+                retire_ms,
+            })
+        }
         // Answered asynchronously by `send_content` before this function is called.
         Request::SendContent(_) | Request::GetRevocations(_) => {
             error(ErrorCode::Unsupported, "answered elsewhere")

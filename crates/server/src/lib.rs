@@ -17,6 +17,7 @@
 //! * [`offices`]: the office tree, placement by source address, one RVP per office and
 //!   content, who pulls from where (pure; `docs/offices.md`).
 //! * [`deploy`]: deployments, assignments and bytes per source kind (pure).
+//! * [`keys`]: the deployment key's rotation (overlap, retirement, who moved).
 //! * [`admin`]: admin-call transport (chunked JSON) and the request/result types.
 //! * [`calls`]: running admin calls (topology, deploy, status) against the server state.
 //! * [`web`]: the admin endpoint (HTTP, 34800 by default): metrics, JSON, dashboard.
@@ -33,6 +34,7 @@ pub mod deploy;
 pub mod enroll;
 pub mod handler;
 pub mod identities;
+pub mod keys;
 pub mod large;
 pub mod locations;
 pub mod offices;
@@ -67,6 +69,10 @@ pub use registry::{ClientRecord, Registry};
 
 /// File name of the deployment key inside the data directory.
 pub const KEY_FILE: &str = "deployment.key";
+/// File name, beside the deployment key, of the deployment CA's fingerprint
+/// (`sha256:HEX`): a client whose key file has this file beside it pins that CA from its
+/// first registration.
+pub const CA_PIN_FILE: &str = "deployment.ca";
 /// File name of the SQLite database inside the data directory.
 pub const DB_FILE: &str = "branchline.db";
 
@@ -87,6 +93,11 @@ pub struct ServerOptions {
     pub admin: Option<web::AdminOptions>,
     /// How new clients enroll (`server.enrollment`).
     pub enrollment: identities::Enrollment,
+    /// How long a rotated-out deployment key stays accepted (`server.key_overlap_s`).
+    pub key_overlap: std::time::Duration,
+    /// Validity of the client certificates issued (`server.client_cert_lifetime_s`);
+    /// clients renew at two thirds of it.
+    pub client_cert_lifetime: std::time::Duration,
 }
 
 /// Makes the QUIC endpoints' revocation list match the revoked identities.
@@ -180,6 +191,8 @@ pub struct Setup {
     pub connector_token: branchline_wire::connector::Token,
     /// Where pending tokens are kept.
     pub tokens_path: PathBuf,
+    /// The deployment CA's fingerprint (`sha256:HEX`), also in `DATA_DIR/deployment.ca`.
+    pub ca_fingerprint: String,
 }
 
 /// A running server.
@@ -255,6 +268,21 @@ impl Server {
             t
         };
         let trust = trust_of(&ca);
+        let ca_fingerprint = branchline_quic::ca::fingerprint(ca.certificate());
+        let pin_path = opts.data_dir.join(CA_PIN_FILE);
+        if std::fs::read_to_string(&pin_path)
+            .ok()
+            .as_deref()
+            .map(str::trim)
+            != Some(&ca_fingerprint)
+        {
+            std::fs::write(&pin_path, format!("{ca_fingerprint}\n")).map_err(|source| {
+                ServerError::DataDir {
+                    path: pin_path.clone(),
+                    source,
+                }
+            })?;
+        }
         let mut catalogue = catalogue::Catalogue::new();
         for item in contents {
             catalogue.load(item);
@@ -290,7 +318,21 @@ impl Server {
         );
 
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let mut ctx = Context::new(vec![key.derive()]);
+        // A rotation's overlap survives a restart: both keys stay accepted until its end.
+        let key_state = keys::KeyState::load(&opts.data_dir, key.clone(), clock.now_ms()).map_err(
+            |source| ServerError::DataDir {
+                path: opts.data_dir.join(keys::PREVIOUS_KEY_FILE),
+                source,
+            },
+        )?;
+        if let Some((previous, retire_at_ms)) = key_state.previous() {
+            tracing::info!(
+                previous = %previous.fingerprint(),
+                retire_at_ms,
+                "a key rotation is under way: the previous deployment key is accepted until its overlap ends"
+            );
+        }
+        let mut ctx = Context::new(key_state.accepted());
         ctx.clock = clock.clone();
         ctx.retry = opts.retry;
         ctx.replay = opts.replay;
@@ -444,7 +486,21 @@ impl Server {
             reports: Mutex::new(reports::Reports::new()),
             revoked,
             push_tx,
+            keys: Mutex::new(key_state),
+            keyset: ctx.keys.clone(),
+            data_dir: opts.data_dir.clone(),
+            key_overlap: opts.key_overlap,
+            client_cert_lifetime: opts.client_cert_lifetime,
         });
+        // Retires the previous key when its overlap ends.
+        let retiring = state.clone();
+        let mut tasks_keys = vec![tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                retiring.retire_keys();
+            }
+        })];
         let large_state = state.clone();
         let large_task =
             large.serve(move |peer, bytes| large::handle(large_state.clone(), peer, bytes));
@@ -452,6 +508,7 @@ impl Server {
         let large_bg_task =
             large_bg.serve(move |peer, bytes| large::handle(large_state.clone(), peer, bytes));
         let mut tasks = vec![large_task, large_bg_task];
+        tasks.append(&mut tasks_keys);
         let metrics = Arc::new(web::metrics::Metrics::default());
         let handler = Arc::new(web::metrics::Metered::new(
             handler::ServerHandler(state.clone()),
@@ -507,6 +564,7 @@ impl Server {
                 admin: admin_info,
                 connector_token,
                 tokens_path: opts.data_dir.join(trust::TOKENS_FILE),
+                ca_fingerprint,
             },
             state,
             requester,

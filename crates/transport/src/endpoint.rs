@@ -14,6 +14,8 @@ use std::time::Duration;
 use branchline_wire::frame::{self, Header};
 use branchline_wire::msg::{ErrorCode, ErrorReply};
 use branchline_wire::{Body, Envelope, Incoming, KeyId, OpenError, SealingKey};
+
+use crate::keys::KeySet;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -42,8 +44,9 @@ impl Clock for SystemClock {
 /// What every endpoint of a node shares: keys, counters, clock, limits.
 #[derive(Clone)]
 pub struct Context {
-    /// Keys this node accepts; the first one seals new requests.
-    pub keys: Arc<[SealingKey]>,
+    /// Keys this node accepts; the first one seals new requests. Shared and changeable
+    /// at run time (key rotation).
+    pub keys: KeySet,
     /// Datagrams dropped, by reason.
     pub counters: Arc<Counters>,
     /// Send times and replay windows are read from this clock.
@@ -59,22 +62,14 @@ pub struct Context {
 impl Context {
     /// A context with default limits, the system clock and fresh counters.
     pub fn new(keys: Vec<SealingKey>) -> Self {
-        assert!(!keys.is_empty(), "a node needs at least one key");
         Context {
-            keys: keys.into(),
+            keys: KeySet::new(keys),
             counters: Arc::new(Counters::default()),
             clock: Arc::new(SystemClock),
             retry: RetryPolicy::default(),
             replay: ReplayConfig::default(),
             mismatch_notices_per_s: 100,
         }
-    }
-
-    fn key_for(&self, id: KeyId) -> &SealingKey {
-        self.keys
-            .iter()
-            .find(|k| k.id() == id)
-            .unwrap_or(&self.keys[0])
     }
 }
 
@@ -111,6 +106,13 @@ pub enum Response {
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request `body` that arrived from `from`.
     fn handle(&self, from: SocketAddr, body: Body) -> Response;
+
+    /// As [`Handler::handle`], also told the id of the key the request was sealed with
+    /// (e.g. to see which clients moved to a rotated key). Calls `handle` by default.
+    fn handle_keyed(&self, from: SocketAddr, key: KeyId, body: Body) -> Response {
+        let _ = key;
+        self.handle(from, body)
+    }
 }
 
 /// Serves requests on a node's request port.
@@ -137,7 +139,7 @@ impl Responder {
                 Err(e) => return Err(e),
             };
             let dg = &buf[..n];
-            let (header, envelope) = match frame::open(&ctx.keys, dg) {
+            let (header, envelope) = match ctx.keys.open(dg) {
                 Ok(Incoming::Message { header, envelope }) => (header, envelope),
                 Ok(Incoming::KeyMismatch { .. }) => {
                     ctx.counters.count(DropReason::Unsolicited);
@@ -148,7 +150,7 @@ impl Responder {
                     if notices.take(ctx.clock.now_ms())
                         && let Ok(h) = Header::parse(dg)
                     {
-                        let notice = frame::key_mismatch_notice(ctx.keys[0].id(), &h);
+                        let notice = frame::key_mismatch_notice(ctx.keys.sealing_id(), &h);
                         let _ = socket.send_to(&notice, from).await;
                         tracing::debug!(%from, %theirs, "sent key-mismatch notice");
                     }
@@ -198,7 +200,7 @@ impl Responder {
             }
             let request_id = envelope.msg_id;
             let response = match envelope.body {
-                Some(body) => handler.handle(from, body),
+                Some(body) => handler.handle_keyed(from, header.key_id, body),
                 None => {
                     ctx.counters.count(DropReason::Unsupported);
                     Response::Reply(Body::Error(ErrorReply {
@@ -250,8 +252,7 @@ fn seal_reply(ctx: &Context, key: KeyId, in_reply_to: u64, body: Body) -> Option
         in_reply_to,
         body: Some(body),
     };
-    let key = ctx.key_for(key);
-    match frame::seal(key, random_nonce(), &env) {
+    match ctx.keys.seal(Some(key), random_nonce(), &env) {
         Ok(b) => Some(b.into()),
         Err(e) => {
             tracing::error!(error = %e, "reply does not fit in a datagram; answering with an error");
@@ -260,7 +261,10 @@ fn seal_reply(ctx: &Context, key: KeyId, in_reply_to: u64, body: Body) -> Option
                 detail: "the reply is too large for a small message".into(),
                 receiver_time_ms: now,
             }));
-            frame::seal(key, random_nonce(), &env).ok().map(Into::into)
+            ctx.keys
+                .seal(Some(key), random_nonce(), &env)
+                .ok()
+                .map(Into::into)
         }
     }
 }
@@ -300,7 +304,7 @@ pub enum RequestError {
         last_error: Option<String>,
     },
     #[error(
-        "the deployment key does not match the one used by {to} (this key has id {ours}, the peer's has id {theirs}): copy deployment.key from the server's data directory and try again"
+        "the deployment key does not match the one used by {to} (this key has id {ours}, the peer's has id {theirs}): copy deployment.key from the server's data directory and try again (if the key was rotated, `branchline connector key status` shows the current key's fingerprint; clients that were online during the rotation's overlap have it already)"
     )]
     /// The peer answered that it uses another deployment key.
     KeyMismatch {
@@ -437,7 +441,7 @@ impl Requester {
             in_reply_to: 0,
             body: Some(body),
         };
-        let datagram = frame::seal(&ctx.keys[0], random_nonce(), &envelope)?;
+        let datagram = ctx.keys.seal(None, random_nonce(), &envelope)?;
         self.inner
             .socket
             .send_to(&datagram, to)
@@ -468,7 +472,7 @@ impl Requester {
                 }
             };
             let counters = &inner.ctx.counters;
-            match frame::open(&inner.ctx.keys, &buf[..n]) {
+            match inner.ctx.keys.open(&buf[..n]) {
                 Ok(Incoming::Message { envelope, .. }) => {
                     let mut t = inner.pending.lock().unwrap_or_else(PoisonError::into_inner);
                     match (envelope.in_reply_to, envelope.body) {
@@ -537,7 +541,7 @@ impl Requester {
             in_reply_to: 0,
             body: Some(body),
         };
-        let datagram = frame::seal(&ctx.keys[0], nonce, &envelope)?;
+        let datagram = ctx.keys.seal(None, nonce, &envelope)?;
         let (tx, mut rx) = oneshot::channel();
         {
             if let Some(reason) = self
@@ -600,7 +604,7 @@ impl Requester {
         match outcome {
             Outcome::KeyMismatch(theirs) => Err(RequestError::KeyMismatch {
                 to,
-                ours: ctx.keys[0].id(),
+                ours: ctx.keys.sealing_id(),
                 theirs,
             }),
             Outcome::Reply(body) => match *body {

@@ -89,6 +89,31 @@ pub fn create_key_file(path: &Path, key: &DeploymentKey) -> Result<(), KeyFileEr
     Ok(())
 }
 
+/// Writes `key` to `path` (mode 0600), replacing the file atomically: a temporary file
+/// beside it is written and synced, then renamed over `path`, so a crash leaves the old
+/// key or the new one, never a torn file (key rotation).
+pub fn write_key_file(path: &Path, key: &DeploymentKey) -> Result<(), KeyFileError> {
+    let err = |source| KeyFileError::Create {
+        path: path.to_owned(),
+        source,
+    };
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    create_key_file(&tmp, key).map_err(|e| match e {
+        KeyFileError::Create { source, .. } => err(source),
+        other => other,
+    })?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
 /// Creates `dir` (and its parents) with mode 0700, and narrows an existing `dir` that group
 /// or others may enter to 0700 (logged), so nothing inside (keys, databases, caches) is
 /// reachable by other users. Returns whether the mode had to be narrowed.
@@ -150,6 +175,12 @@ mod tests {
         std::fs::write(&path, "garbage").unwrap();
         let msg = read_key_file(&path).unwrap_err().to_string();
         assert!(msg.contains("does not hold a deployment key"), "{msg}");
+        // Replacing is atomic and keeps the mode.
+        let other = DeploymentKey::from_bytes([5; 32]);
+        write_key_file(&path, &other).unwrap();
+        assert_eq!(read_key_file(&path).unwrap(), other);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
         let msg = read_key_file(&path).unwrap_err().to_string();
         assert!(msg.contains("cannot read"), "{msg}");

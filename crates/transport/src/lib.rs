@@ -10,6 +10,7 @@
 //!   reply.
 //! * [`counters`]: every datagram not acted on is counted under a reason.
 //! * [`bind`], [`keyfile`]: binding ports and reading keys, with errors that say what to do.
+//! * [`keys`]: the keys a node holds, changeable while it runs (key rotation).
 //! * [`endpoint`]: the tokio shell: a [`Responder`] on a node's request port, a
 //!   [`Requester`] on its reply port.
 //!
@@ -20,6 +21,7 @@ pub mod bind;
 pub mod counters;
 pub mod endpoint;
 pub mod keyfile;
+pub mod keys;
 pub mod ratelimit;
 pub mod replay;
 pub mod retry;
@@ -32,7 +34,8 @@ pub use endpoint::{
     Clock, Context, Handler, RequestError, Requester, Responder, Response, SystemClock,
 };
 pub use keyfile::{
-    KeyFileError, create_key_file, ensure_private_dir, read_key_file, restrict_file,
+    KeyFileError, create_key_file, ensure_private_dir, read_key_file, restrict_file, write_key_file,
 };
+pub use keys::KeySet;
 pub use replay::ReplayConfig;
 pub use retry::RetryPolicy;

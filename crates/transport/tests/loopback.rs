@@ -86,14 +86,42 @@ async fn wrong_key_is_reported_as_key_mismatch_not_timeout() {
     let err = req.request(addr, heartbeat()).await.unwrap_err();
     match &err {
         RequestError::KeyMismatch { ours, theirs, .. } => {
-            assert_eq!(*theirs, server_ctx.keys[0].id());
-            assert_eq!(*ours, ctx(2).keys[0].id());
+            assert_eq!(*theirs, server_ctx.keys.sealing_id());
+            assert_eq!(*ours, ctx(2).keys.sealing_id());
         }
         other => panic!("expected key mismatch, got {other}"),
     }
     assert!(err.to_string().contains("deployment key does not match"));
     assert_eq!(handler.calls.load(Ordering::SeqCst), 0);
     assert_eq!(server_ctx.counters.get(DropReason::WrongKey), 1);
+}
+
+/// Key rotation on live endpoints: during the overlap the responder accepts both keys and
+/// answers each request under its own key; once the old key is retired, a request sealed
+/// with it is refused (a counted `wrong_key` drop and a key-mismatch notice).
+#[tokio::test]
+async fn rotated_keys_overlap_then_the_old_one_is_refused() {
+    let (addr, server_ctx, handler) = server(1).await;
+    let moved = requester(ctx(1)).await;
+    let stayed = requester(ctx(1)).await;
+    moved.request(addr, heartbeat()).await.unwrap();
+    let new = || DeploymentKey::from_bytes([2; 32]).derive();
+    let old = || DeploymentKey::from_bytes([1; 32]).derive();
+    // Rotation: the server seals with the new key and still opens the old one.
+    server_ctx.keys.replace(vec![new(), old()]);
+    stayed.request(addr, heartbeat()).await.unwrap();
+    moved.context().keys.replace(vec![new(), old()]);
+    moved.request(addr, heartbeat()).await.unwrap();
+    // Retirement.
+    server_ctx.keys.replace(vec![new()]);
+    moved.request(addr, heartbeat()).await.unwrap();
+    let before = server_ctx.counters.get(DropReason::WrongKey);
+    match stayed.request(addr, heartbeat()).await {
+        Err(RequestError::KeyMismatch { theirs, .. }) => assert_eq!(theirs, new().id()),
+        other => panic!("expected a key mismatch, got {other:?}"),
+    }
+    assert!(server_ctx.counters.get(DropReason::WrongKey) > before);
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 4);
 }
 
 /// A replayed datagram is answered from the cache and never reaches the handler again.
@@ -264,7 +292,7 @@ async fn answers_to(sock: &UdpSocket, datagram: &[u8], to: SocketAddr, copies: u
             .await
             .expect("the marker is answered")
             .unwrap();
-        let env = branchline_wire::frame::open(&ctx(1).keys, &buf[..n]).unwrap();
+        let env = ctx(1).keys.open(&buf[..n]).unwrap();
         match env {
             branchline_wire::Incoming::Message { envelope, .. }
                 if envelope.body == Some(Body::Ack(Ack {})) =>
@@ -315,7 +343,7 @@ async fn key_mismatch_notice_from_another_address_is_ignored() {
     let (n, _) = relay.recv_from(&mut buf).await.unwrap();
     let request = buf[..n].to_vec();
     let header = branchline_wire::frame::Header::parse(&request).unwrap();
-    let forged = branchline_wire::frame::key_mismatch_notice(ctx(9).keys[0].id(), &header);
+    let forged = branchline_wire::frame::key_mismatch_notice(ctx(9).keys.sealing_id(), &header);
     let forger = UdpSocket::bind("127.0.0.3:0").await.unwrap();
     forger.send_to(&forged, req_addr).await.unwrap();
     // Now relay both ways between the requester and the real server.
@@ -349,7 +377,7 @@ async fn key_mismatch_notice_from_the_peer_ends_the_request() {
     let mut buf = [0u8; 2048];
     let (n, _) = hole.recv_from(&mut buf).await.unwrap();
     let header = branchline_wire::frame::Header::parse(&buf[..n]).unwrap();
-    let notice = branchline_wire::frame::key_mismatch_notice(ctx(9).keys[0].id(), &header);
+    let notice = branchline_wire::frame::key_mismatch_notice(ctx(9).keys.sealing_id(), &header);
     hole.send_to(&notice, req_addr).await.unwrap();
     assert!(matches!(
         pending.await.unwrap(),
@@ -380,7 +408,7 @@ async fn future_dated_flood_does_not_silence_the_server() {
     let handler = Arc::new(Counting::default());
     tokio::spawn(Responder::serve(sock, server_ctx.clone(), handler.clone()));
     let hostile = UdpSocket::bind("127.0.0.4:0").await.unwrap();
-    let key = &ctx(1).keys[0];
+    let key = &DeploymentKey::from_bytes([1; 32]).derive();
     for i in 0..2_000u64 {
         let env = branchline_wire::Envelope {
             msg_id: 1 + i,

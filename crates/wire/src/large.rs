@@ -6,7 +6,7 @@ use crate::msg::{ContentMeta, ErrorCode};
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LargeRequest {
-    #[prost(oneof = "Request", tags = "1, 2, 3, 4, 5, 10")]
+    #[prost(oneof = "Request", tags = "1, 2, 3, 4, 5, 10, 13")]
     pub request: Option<Request>,
 }
 
@@ -31,6 +31,11 @@ pub enum Request {
     /// The clients the admin revoked. Answered with [`Revocations`].
     #[prost(message, tag = "10")]
     GetRevocations(GetRevocations),
+    /// A registered client asks for the deployment key the server seals with now (after
+    /// a rotation). Answered with [`DeploymentKeyGrant`]. Over QUIC, never in a datagram:
+    /// the key travels only to the holder of a client certificate, encrypted by TLS.
+    #[prost(message, tag = "13")]
+    GetDeploymentKey(GetDeploymentKey),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -50,6 +55,24 @@ pub struct Revocations {
     pub clients: Vec<String>,
 }
 
+/// See [`Request::GetDeploymentKey`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetDeploymentKey {}
+
+/// The server's current deployment key.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeploymentKeyGrant {
+    /// The 32-byte deployment secret.
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    /// Its key id (the receiver checks it against the key).
+    #[prost(uint32, tag = "2")]
+    pub key_id: u32,
+    /// When the previous key stops being accepted (Unix ms); 0: no overlap runs.
+    #[prost(uint64, tag = "3")]
+    pub retire_ms: u64,
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SendContent {
     #[prost(bytes = "vec", tag = "1")]
@@ -58,7 +81,7 @@ pub struct SendContent {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LargeResponse {
-    #[prost(oneof = "Response", tags = "1, 2, 3, 4, 10")]
+    #[prost(oneof = "Response", tags = "1, 2, 3, 4, 10, 13")]
     pub response: Option<Response>,
 }
 
@@ -74,6 +97,8 @@ pub enum Response {
     Error(LargeError),
     #[prost(message, tag = "10")]
     Revocations(Revocations),
+    #[prost(message, tag = "13")]
+    DeploymentKey(DeploymentKeyGrant),
 }
 
 /// By id, or by name (and version; empty = the latest published).

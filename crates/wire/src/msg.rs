@@ -345,6 +345,14 @@ pub struct RegisterOk {
     /// this client yet: no certificate; register again later.
     #[prost(bool, tag = "9")]
     pub pending: bool,
+    /// Id of the deployment key the server seals its own messages with now (0: not
+    /// said). A client that does not hold it fetches it over QUIC (`GetDeploymentKey`).
+    #[prost(uint32, tag = "12")]
+    pub key_id: u32,
+    /// While a rotation's overlap runs: when the previous key stops being accepted (Unix
+    /// ms). 0: no overlap, only `key_id` is accepted.
+    #[prost(uint64, tag = "13")]
+    pub key_retire_ms: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -380,6 +388,12 @@ pub struct HeartbeatAck {
     /// for the list (`GetRevocations`) and refuses those clients' QUIC handshakes.
     #[prost(uint64, tag = "5")]
     pub revocation_epoch: u64,
+    /// As [`RegisterOk::key_id`]: the key the server seals with now.
+    #[prost(uint32, tag = "8")]
+    pub key_id: u32,
+    /// As [`RegisterOk::key_retire_ms`].
+    #[prost(uint64, tag = "9")]
+    pub key_retire_ms: u64,
 }
 
 /// What a [`TransferSignal`] says.

@@ -56,6 +56,16 @@ fn result_of(b: &Body) -> &'static str {
 
 impl<H: Handler> Handler for Metered<H> {
     fn handle(&self, from: SocketAddr, body: Body) -> Response {
+        self.metered(body, |b| self.inner.handle(from, b))
+    }
+
+    fn handle_keyed(&self, from: SocketAddr, key: branchline_wire::KeyId, body: Body) -> Response {
+        self.metered(body, |b| self.inner.handle_keyed(from, key, b))
+    }
+}
+
+impl<H: Handler> Metered<H> {
+    fn metered(&self, body: Body, inner: impl FnOnce(Body) -> Response) -> Response {
         let kind = body.kind();
         let m = &self.metrics;
         m.received.get_or_create(&vec![("kind", kind)]).inc();
@@ -68,7 +78,7 @@ impl<H: Handler> Handler for Metered<H> {
             }
             _ => {}
         }
-        match self.inner.handle(from, body) {
+        match inner(body) {
             Response::Reply(b) => {
                 m.answered
                     .get_or_create(&vec![("kind", kind), ("result", result_of(&b))])
