@@ -700,6 +700,13 @@ async fn run(
                     .counters
                     .snapshot()
                     .into_iter()
+                    .chain(
+                        quic.services
+                            .borrow()
+                            .as_ref()
+                            .map(|s| s.accept_stats.snapshot())
+                            .unwrap_or_default(),
+                    )
                     .filter(|(_, n)| *n > 0)
                     .map(|(reason, count)| branchline_wire::msg::DropCount {
                         reason: reason.into(),

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use branchline_quic::{
-    Congestion, ConnectionPool, ContentConfig, ContentNode, DeploymentTrust, LargeConfig,
-    LargeMessaging, NodeIdentity, Role, TransportSettings, transport_config,
+    AcceptLimits, AcceptStats, Congestion, ConnectionPool, ContentConfig, ContentNode,
+    DeploymentTrust, LargeConfig, LargeMessaging, NodeIdentity, Role, TransportSettings,
+    transport_config,
 };
 use branchline_store::{Cache, ContentId, FsStorage};
 use branchline_wire::large::{LargeRequest, LargeResponse, Request, Response};
@@ -72,6 +73,9 @@ pub struct Services {
     /// The connection the server opened to this client's 34760 to send it content (a
     /// Central Office client), once there is one.
     pub server_conn: Arc<Mutex<Option<quinn::Connection>>>,
+    /// Refusals of the accepting QUIC ports (over a connection cap, late handshakes
+    /// and requests, bad requests), reported with the heartbeat's drops.
+    pub accept_stats: Arc<AcceptStats>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -158,7 +162,7 @@ impl Services {
             &TransportSettings::default(),
             &Congestion::Foreground,
         ));
-        let content = ContentNode::bind(
+        let mut content = ContentNode::bind(
             SocketAddr::new(bind, ports.content_fg),
             identity,
             trust.clone(),
@@ -166,7 +170,7 @@ impl Services {
             ContentConfig::default(),
         )
         .map_err(|e| format!("client.content_fg ({bind}:{}): {e}", ports.content_fg))?;
-        let large = LargeMessaging::bind(
+        let mut large = LargeMessaging::bind(
             SocketAddr::new(bind, ports.large_fg_request),
             SocketAddr::new(bind, ports.large_fg_reply),
             identity,
@@ -204,7 +208,7 @@ impl Services {
         // One LEDBAT++ factory per WAN link: every Background connection with peers behind
         // one link (one subnet) shares that link's ceiling.
         content_bg.set_transport_selector(per_link_transports(opts.background.clone()));
-        let large_bg = LargeMessaging::bind(
+        let mut large_bg = LargeMessaging::bind(
             SocketAddr::new(bind, ports.large_bg_request),
             SocketAddr::new(bind, ports.large_bg_reply),
             identity,
@@ -221,6 +225,13 @@ impl Services {
                 ports.large_bg_request, ports.large_bg_reply
             )
         })?;
+        // Bounds on what peers may hold on the accepting ports (connections per
+        // identity and in all, handshake and request deadlines), counted together.
+        let accept_stats = Arc::new(AcceptStats::default());
+        content.set_accept_limits(AcceptLimits::default(), accept_stats.clone());
+        content_bg.set_accept_limits(AcceptLimits::default(), accept_stats.clone());
+        large.set_accept_limits(AcceptLimits::default(), accept_stats.clone());
+        large_bg.set_accept_limits(AcceptLimits::default(), accept_stats.clone());
         let corrupted = Arc::new(Mutex::new(HashSet::new()));
         let source = Arc::new(CacheSource {
             cache: cache.clone(),
@@ -263,6 +274,7 @@ impl Services {
             content_port: ports.content_fg,
             corrupted,
             server_conn,
+            accept_stats,
             tasks: vec![serving, serving_bg, large_serving, large_bg_serving],
         })
     }

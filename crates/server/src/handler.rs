@@ -37,6 +37,8 @@ pub struct ServerState {
     pub connectors_total: AtomicU64,
     /// Large-message requests answered (QUIC, 34333/34341).
     pub large_requests: AtomicU64,
+    /// Refusals of the accepting QUIC ports (connection caps, deadlines, bad requests).
+    pub quic_refusals: Arc<branchline_quic::AcceptStats>,
     /// The deployment's certificate authority (issues client certificates).
     pub ca: DeploymentCa,
     pub catalogue: Mutex<Catalogue>,
@@ -130,6 +132,7 @@ impl ServerState {
                 .counters
                 .snapshot()
                 .into_iter()
+                .chain(self.quic_refusals.snapshot())
                 .filter(|(_, n)| *n > 0)
                 .map(|(reason, count)| DropCount {
                     reason: reason.into(),

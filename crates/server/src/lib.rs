@@ -273,7 +273,7 @@ impl Server {
         let request = bind_small(ip, p.small_request, "server.small_request").await?;
         let reply = bind_small(ip, p.small_reply, "server.small_reply").await?;
         let large_request = SocketAddr::new(ip, p.large_fg_request);
-        let large = LargeMessaging::bind(
+        let mut large = LargeMessaging::bind(
             large_request,
             SocketAddr::new(ip, p.large_fg_reply),
             &identity,
@@ -304,7 +304,7 @@ impl Server {
                 }
             })?,
         );
-        let large_bg = LargeMessaging::bind(
+        let mut large_bg = LargeMessaging::bind(
             large_bg_request,
             SocketAddr::new(ip, p.large_bg_reply),
             &identity,
@@ -392,6 +392,16 @@ impl Server {
                     path: opts.data_dir.join(trust::TOKENS_FILE),
                     source,
                 })?;
+        // Bounds on what clients may hold on the large-message ports, counted in health.
+        let quic_refusals = Arc::new(branchline_quic::AcceptStats::default());
+        large.set_accept_limits(
+            branchline_quic::AcceptLimits::default(),
+            quic_refusals.clone(),
+        );
+        large_bg.set_accept_limits(
+            branchline_quic::AcceptLimits::default(),
+            quic_refusals.clone(),
+        );
         let (writer, writer_task) = db::Writer::spawn(db.clone());
         let (push_tx, mut push_rx) = tokio::sync::mpsc::channel(PUSH_QUEUE);
         let state = Arc::new(ServerState {
@@ -402,6 +412,7 @@ impl Server {
             started: Instant::now(),
             connectors_total: AtomicU64::new(connectors),
             large_requests: AtomicU64::new(0),
+            quic_refusals,
             ca,
             catalogue: Mutex::new(catalogue),
             locations: Mutex::new(locations::Locations::new()),
