@@ -244,7 +244,7 @@ pub async fn run_server(opts: ServerOptions) -> Result<(), Fail> {
     let bind = opts.bind;
     let ports = opts.ports;
     let data_dir = opts.data_dir.clone();
-    let server = Server::start(opts)
+    let mut server = Server::start(opts)
         .await
         .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;
     let s = &server.setup;
@@ -309,10 +309,18 @@ pub async fn run_server(opts: ServerOptions) -> Result<(), Fail> {
         key_fingerprint = %s.key.fingerprint(),
         "server ready"
     );
-    shutdown_signal().await;
+    // A serving task that stops by itself leaves the server deaf: exit non-zero so the
+    // service manager (packaging/systemd, Restart=on-failure) starts it again.
+    let died = tokio::select! {
+        _ = shutdown_signal() => None,
+        died = server.died() => Some(died),
+    };
     tracing::info!("shutting down: writing pending state");
     server.shutdown().await;
-    Ok(())
+    match died {
+        None => Ok(()),
+        Some(died) => Err(Fail::new(exit::FAILURE, died.to_string())),
+    }
 }
 
 pub async fn run_client(opts: ClientOptions) -> Result<(), Fail> {

@@ -76,12 +76,13 @@ pub struct Services {
     /// Refusals of the accepting QUIC ports (over a connection cap, late handshakes
     /// and requests, bad requests), reported with the heartbeat's drops.
     pub accept_stats: Arc<AcceptStats>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The accept loops, by name.
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl Drop for Services {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for (_, t) in &self.tasks {
             t.abort();
         }
         self.content.close();
@@ -275,8 +276,22 @@ impl Services {
             corrupted,
             server_conn,
             accept_stats,
-            tasks: vec![serving, serving_bg, large_serving, large_bg_serving],
+            tasks: vec![
+                ("client.content_fg (QUIC accept)", serving),
+                ("client.content_bg (QUIC accept)", serving_bg),
+                ("client.large_fg_request (QUIC accept)", large_serving),
+                ("client.large_bg_request (QUIC accept)", large_bg_serving),
+            ],
         })
+    }
+
+    /// Supervises the accept loops: one that stops (it should not while the services
+    /// run) is reported to `spawner`'s supervisor, which takes the daemon down.
+    pub fn supervise(&mut self, spawner: &branchline_transport::Spawner) {
+        for (name, task) in &mut self.tasks {
+            let running = std::mem::replace(task, tokio::spawn(async {}));
+            *task = spawner.watch(name, running);
+        }
     }
 
     /// The lock that keeps one download per content item.

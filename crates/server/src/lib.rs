@@ -53,8 +53,8 @@ use branchline_quic::{
 };
 use branchline_transport::{
     BindError, Clock, Context, KeyFileError, ReplayConfig, Requester, Responder, RetryPolicy,
-    SystemClock, bind_small, bind_udp, create_key_file, ensure_private_dir, read_key_file,
-    restrict_file,
+    Supervisor, SystemClock, TaskDied, bind_small, bind_udp, create_key_file, ensure_private_dir,
+    read_key_file, restrict_file,
 };
 use branchline_wire::DeploymentKey;
 use tokio::task::JoinHandle;
@@ -179,6 +179,8 @@ pub struct Server {
     request_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
     writer_task: JoinHandle<()>,
+    /// Reports a serving task that stopped ([`Server::died`]).
+    supervisor: Supervisor,
     db: Db,
     large: LargeMessaging,
     large_bg: LargeMessaging,
@@ -402,7 +404,9 @@ impl Server {
             branchline_quic::AcceptLimits::default(),
             quic_refusals.clone(),
         );
+        let supervisor = Supervisor::default();
         let (writer, writer_task) = db::Writer::spawn(db.clone());
+        let writer_task = supervisor.watch("server.database_writer", writer_task);
         let (push_tx, mut push_rx) = tokio::sync::mpsc::channel(PUSH_QUEUE);
         let state = Arc::new(ServerState {
             registry: Mutex::new(registry),
@@ -431,7 +435,10 @@ impl Server {
         let large_state = state.clone();
         let large_bg_task =
             large_bg.serve(move |peer, bytes| large::handle(large_state.clone(), peer, bytes));
-        let mut tasks = vec![large_task, large_bg_task];
+        let mut tasks = vec![
+            supervisor.watch("server.large_fg_request (QUIC accept)", large_task),
+            supervisor.watch("server.large_bg_request (QUIC accept)", large_bg_task),
+        ];
         let metrics = Arc::new(web::metrics::Metrics::default());
         let handler = Arc::new(web::metrics::Metered::new(
             handler::ServerHandler(state.clone()),
@@ -439,12 +446,13 @@ impl Server {
         ));
         let admin_info = admin.as_ref().map(|a| a.info.clone());
         if let Some(bound) = admin {
-            tasks.push(
+            tasks.push(supervisor.watch(
+                "server.admin",
                 web::spawn(bound, state.clone(), metrics, &identity).map_err(ServerError::Admin)?,
-            );
+            ));
         }
         let serve_ctx = ctx.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(supervisor.spawn("server.small_request", async move {
             if let Err(e) = Responder::serve(request, serve_ctx, handler).await {
                 tracing::error!(error = %e, "server request port failed");
             }
@@ -452,7 +460,7 @@ impl Server {
         // Adaptive Protocol control signals from the RVPs (34545).
         let signals = Arc::new(transfers::SignalHandler(state.clone()));
         let signals_ctx = ctx.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(supervisor.spawn("server.adaptive", async move {
             if let Err(e) = Responder::serve(adaptive, signals_ctx, signals).await {
                 tracing::error!(error = %e, "server adaptive port failed");
             }
@@ -461,7 +469,7 @@ impl Server {
         // Assignments pushed to clients, from the reply port (34322) to their 34325; a
         // few at a time, each retried by the requester until acknowledged.
         let pusher = requester.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(supervisor.spawn("server.push", async move {
             let limit = Arc::new(tokio::sync::Semaphore::new(64));
             while let Some((to, body)) = push_rx.recv().await {
                 let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -493,6 +501,7 @@ impl Server {
             request_addr,
             tasks,
             writer_task,
+            supervisor,
             db,
             large,
             large_bg,
@@ -507,6 +516,14 @@ impl Server {
     /// The bound request-port address.
     pub fn request_addr(&self) -> SocketAddr {
         self.request_addr
+    }
+
+    /// Waits until a serving task (a receive loop, a QUIC accept loop, the database
+    /// writer, the admin endpoint) stops by itself, which it should never do: the
+    /// caller should then shut down and exit non-zero so a service manager restarts
+    /// the process, rather than run on deaf.
+    pub async fn died(&mut self) -> TaskDied {
+        self.supervisor.died().await
     }
 
     /// Stops serving, writes every pending heartbeat and closes the database.

@@ -23,6 +23,7 @@ pub mod keyfile;
 pub mod ratelimit;
 pub mod replay;
 pub mod retry;
+pub mod supervise;
 
 pub use bind::{
     BindError, SMALL_RECV_BUFFER, bind_small, bind_udp, enlarge_receive_buffer, serve_reserved,
@@ -36,3 +37,4 @@ pub use keyfile::{
 };
 pub use replay::ReplayConfig;
 pub use retry::RetryPolicy;
+pub use supervise::{Spawner, Supervisor, TaskDied};
