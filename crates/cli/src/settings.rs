@@ -91,6 +91,7 @@ pub fn server(config: &Config, args: ServerArgs) -> Result<(ServerOptions, usize
         replay,
         background: background(config),
         admin,
+        registration_quota: registration_quota(config),
         content_cache: match c.content_cache_size.trim() {
             "0" | "" => None,
             s => Some(s.parse().map_err(|e| {
@@ -102,6 +103,14 @@ pub fn server(config: &Config, args: ServerArgs) -> Result<(ServerOptions, usize
         },
     };
     Ok((opts, c.threads))
+}
+
+/// Registration quotas from `[server]`.
+pub fn registration_quota(config: &Config) -> branchline_server::quota::QuotaConfig {
+    branchline_server::quota::QuotaConfig {
+        new_clients_per_source_per_minute: config.server.new_clients_per_source_per_minute,
+        max_clients: config.server.max_clients,
+    }
 }
 
 /// The admin endpoint from `[admin]` and the flags; `None` when it is turned off.

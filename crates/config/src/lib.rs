@@ -37,6 +37,11 @@ pub struct ServerConfig {
     /// every package published with a file origin it can read and sends it to Central
     /// Office clients. Default `"0"`.
     pub content_cache_size: String,
+    /// New client ids one source address may register per minute (re-registrations of
+    /// known ids are not limited); 0 = no limit. Default 600.
+    pub new_clients_per_source_per_minute: u32,
+    /// Clients the server admits in all; 0 = no limit. Default 500,000.
+    pub max_clients: u64,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +52,8 @@ impl Default for ServerConfig {
             offline_after_missed_heartbeats: 3,
             threads: 0,
             content_cache_size: "0".into(),
+            new_clients_per_source_per_minute: 600,
+            max_clients: 500_000,
         }
     }
 }

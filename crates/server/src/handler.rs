@@ -39,6 +39,8 @@ pub struct ServerState {
     pub large_requests: AtomicU64,
     /// Refusals of the accepting QUIC ports (connection caps, deadlines, bad requests).
     pub quic_refusals: Arc<branchline_quic::AcceptStats>,
+    /// Quotas on registrations (`crate::quota`).
+    pub quota: Mutex<crate::quota::RegistrationQuota>,
     /// The deployment's certificate authority (issues client certificates).
     pub ca: DeploymentCa,
     pub catalogue: Mutex<Catalogue>,
@@ -133,6 +135,8 @@ impl ServerState {
                 .snapshot()
                 .into_iter()
                 .chain(self.quic_refusals.snapshot())
+                .chain(self.quota.lock().expect("quota lock").snapshot())
+                .chain([("db_heartbeat_dropped", self.writer.touches_dropped())])
                 .filter(|(_, n)| *n > 0)
                 .map(|(reason, count)| DropCount {
                     reason: reason.into(),
@@ -267,6 +271,9 @@ impl Handler for ServerHandler {
                     Ok(reg) => reg,
                     Err(e) => return s.refuse(e),
                 };
+                if let Err(refused) = s.admit_registration(&reg.client_id, from, now) {
+                    return Response::Reply(*refused);
+                }
                 let client_cert = match &reg.cert_request {
                     Some(req) => match s.issue_cert(&reg.client_id, req) {
                         Ok(c) => c,

@@ -35,6 +35,7 @@ pub mod handler;
 pub mod large;
 pub mod locations;
 pub mod offices;
+pub mod quota;
 pub mod registry;
 pub mod transfers;
 pub mod trust;
@@ -83,6 +84,8 @@ pub struct ServerOptions {
     pub content_cache: Option<branchline_store::CacheCap>,
     /// The admin endpoint (metrics, JSON, dashboard); `None`: turned off.
     pub admin: Option<web::AdminOptions>,
+    /// Quotas on registrations (new ids per source address, clients in all).
+    pub registration_quota: quota::QuotaConfig,
 }
 
 /// Unix milliseconds now.
@@ -417,6 +420,7 @@ impl Server {
             connectors_total: AtomicU64::new(connectors),
             large_requests: AtomicU64::new(0),
             quic_refusals,
+            quota: Mutex::new(quota::RegistrationQuota::new(opts.registration_quota)),
             ca,
             catalogue: Mutex::new(catalogue),
             locations: Mutex::new(locations::Locations::new()),
