@@ -1,12 +1,15 @@
-//! Issue #10's adversary suite, for what is built so far: real `branchline` processes on
-//! loopback, and a hostile device that holds the deployment key (every device does) but
-//! not the connector's credential. Each attack must fail with a clear refusal or a counted
-//! drop while the honest parts keep working. (Attacks at the transport layer alone, i.e.
-//! spoofed-source replays, future-dated floods and forged key-mismatch notices against a
-//! requester, are in `crates/transport/tests/loopback.rs`.)
+//! Issue #10's adversary suite: real `branchline` processes on loopback, and a hostile
+//! device that holds the deployment key (every device does) but not the connector's
+//! credential. Each attack must fail with a clear refusal or a counted drop while the
+//! honest parts keep working: publishing or replacing a package, forged key-mismatch
+//! notices from another address, 10,000 garbage datagrams at 20k/s, a future-dated flood
+//! with spoofed-source replays from other loopback addresses, and 1,000 QUIC connections
+//! from one enrolled client. (The transport's own tests of these attacks against a bare
+//! requester are in `crates/transport/tests/loopback.rs`.)
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use branchline_transport::{Context, RequestError, Requester};
@@ -473,4 +476,187 @@ fn future_dated_floods_and_spoofed_source_replays_are_counted_and_never_answered
     ]);
     assert!(out.status.success(), "{out:?}\n{}", client.log());
     assert_eq!(std::fs::read(&got).unwrap(), data);
+}
+
+/// Issue #10's "1,000 QUIC connections": a registered hostile client (a real client
+/// process's identity, certificate and all) opens 1,000 QUIC connections at once to an
+/// honest client's content port and to the server's large-message port. Each keeps at
+/// most 8 of them (the per-identity cap); every other attempt is refused and counted,
+/// and an honest client still downloads the package correctly.
+#[test]
+fn a_thousand_quic_connections_from_one_client_are_refused_beyond_the_cap() {
+    use branchline_quic::endpoint::{self, Direction};
+    use branchline_quic::{ClientIdentity, DeploymentTrust, Role};
+
+    const ATTEMPTS: usize = 1_000;
+    const PER_IDENTITY: usize = branchline_quic::limits::DEFAULT_MAX_PER_PEER;
+    let bed = Bed::new();
+    let server = bed.server();
+    let key = bed.path("server/deployment.key");
+    wait_for("the server", Duration::from_secs(20), &[&server], || {
+        bed.health(&key)
+    });
+    let seeder = bed.client(1, &key);
+    let mut hostile = bed.client(3, &key);
+    let procs = [&server, &seeder, &hostile];
+    wait_for(
+        "two clients online",
+        Duration::from_secs(30),
+        &procs,
+        || {
+            bed.health(&key)
+                .filter(|h| h["clients_online"].as_u64() == Some(2))
+        },
+    );
+    // The honest client 1 holds a package.
+    let pkg = bed.path("app.bin");
+    let mut data = vec![0u8; 4 << 20];
+    rand::fill(&mut data[..]);
+    std::fs::write(&pkg, &data).unwrap();
+    let out = bed.connector(
+        &key,
+        &[
+            "publish",
+            &pkg,
+            "--name",
+            "app",
+            "--version",
+            "1.0",
+            "--origin",
+            &pkg,
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["get", "app@1.0", "--data-dir", &bed.path("client1")]);
+    assert!(out.status.success(), "{out:?}\n{}", seeder.log());
+
+    // The hostile device: client 3's key and certificate, used by hand.
+    hostile.kill9();
+    let load = |n: u8| {
+        ClientIdentity::load_or_generate(Path::new(&bed.path(&format!("client{n}/identity"))))
+            .unwrap()
+            .load_certificate(std::time::SystemTime::now())
+            .unwrap()
+            .expect("a registered client holds a certificate")
+    };
+    let (node, ca) = load(3);
+    let trust = DeploymentTrust::new(node.deployment.clone(), ca);
+    let seeder_role = load(1).0.role.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let attack = |target: SocketAddr, role: Role, alpn: &'static [u8]| {
+        rt.block_on(async {
+            let transport = Arc::new(branchline_quic::transport_config(
+                &branchline_quic::TransportSettings::default(),
+                &branchline_quic::Congestion::Foreground,
+            ));
+            let from: IpAddr = bed.ip(66).parse().unwrap();
+            let ep = endpoint::bind(
+                (from, 0).into(),
+                &node,
+                &trust,
+                alpn,
+                transport,
+                Direction::Connect,
+            )
+            .unwrap();
+            let mut attempts = tokio::task::JoinSet::new();
+            for _ in 0..ATTEMPTS {
+                let (ep, trust, role) = (ep.clone(), trust.clone(), role.clone());
+                attempts.spawn(async move { endpoint::connect(&ep, target, &role, &trust).await });
+            }
+            let mut open = Vec::new();
+            while let Some(r) = attempts.join_next().await {
+                if let Ok((conn, _)) = r.unwrap() {
+                    open.push(conn);
+                }
+            }
+            // Connections over the cap are closed right after their handshake.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while open.iter().filter(|c| c.close_reason().is_none()).count() > PER_IDENTITY
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            open.retain(|c| c.close_reason().is_none());
+            (ep, open)
+        })
+    };
+    let quic_refusals = |drops: &serde_json::Value| -> u64 {
+        drops
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter(|(k, _)| k.starts_with("quic_"))
+                    .map(|(_, v)| v.as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+
+    // Against the honest client's content port (34760).
+    let content: SocketAddr = format!("{}:34760", bed.ip(11)).parse().unwrap();
+    let (_ep1, kept) = attack(content, seeder_role, branchline_quic::ALPN_CONTENT);
+    assert!(kept.len() <= PER_IDENTITY, "kept {}", kept.len());
+    // Its refusals reach the server with its heartbeats.
+    let procs = [&server, &seeder];
+    let h = wait_for(
+        "the client's refusals counted",
+        Duration::from_secs(30),
+        &procs,
+        || {
+            bed.health(&key)
+                .filter(|h| quic_refusals(&h["client_drops"]) >= (ATTEMPTS - kept.len()) as u64)
+        },
+    );
+    println!(
+        "content port: {} of {ATTEMPTS} connections kept; client refusals {}",
+        kept.len(),
+        h["client_drops"]
+    );
+
+    // Against the server's large-message port (34333).
+    let large: SocketAddr = format!("{}:34333", bed.ip(1)).parse().unwrap();
+    let (_ep2, kept_server) = attack(large, Role::Server, branchline_quic::ALPN_LARGE);
+    assert!(
+        kept_server.len() <= PER_IDENTITY,
+        "kept {}",
+        kept_server.len()
+    );
+    let h = bed.health(&key).unwrap();
+    assert!(
+        quic_refusals(&h["drops"]) >= (ATTEMPTS - kept_server.len()) as u64,
+        "{}",
+        h["drops"]
+    );
+    println!(
+        "server large port: {} of {ATTEMPTS} connections kept; server refusals {}",
+        kept_server.len(),
+        h["drops"]
+    );
+
+    // While the hostile client holds its connections, an honest client downloads the
+    // package correctly.
+    let honest = bed.client(2, &key);
+    let procs = [&server, &seeder, &honest];
+    wait_for(
+        "the honest client online",
+        Duration::from_secs(30),
+        &procs,
+        || {
+            bed.health(&key)
+                .filter(|h| h["clients_online"].as_u64() == Some(2))
+        },
+    );
+    let got = bed.path("got.bin");
+    let out = run(&[
+        "get",
+        "app@1.0",
+        "--data-dir",
+        &bed.path("client2"),
+        "--out",
+        &got,
+    ]);
+    assert!(out.status.success(), "{out:?}\n{}", honest.log());
+    assert_eq!(std::fs::read(&got).unwrap(), data);
+    drop((kept, kept_server));
 }
