@@ -660,3 +660,76 @@ fn a_thousand_quic_connections_from_one_client_are_refused_beyond_the_cap() {
     assert_eq!(std::fs::read(&got).unwrap(), data);
     drop((kept, kept_server));
 }
+
+/// A hostile key holder registering new client ids from one address gets 600 a minute
+/// (`server.new_clients_per_source_per_minute`); beyond that each is refused with a
+/// clear "retry later" and counted, and an honest client still registers.
+#[test]
+fn registrations_of_new_ids_from_one_address_are_limited_per_minute() {
+    const QUOTA: u64 = branchline_server::quota::DEFAULT_NEW_CLIENTS_PER_SOURCE_PER_MINUTE as u64;
+    let bed = Bed::new();
+    let server = bed.server();
+    let key = bed.path("server/deployment.key");
+    wait_for("the server", Duration::from_secs(20), &[&server], || {
+        bed.health(&key)
+    });
+    let server_addr: SocketAddr = format!("{}:34323", bed.ip(1)).parse().unwrap();
+    let (rt, req) = hostile_requester(&bed, &key, 66);
+    let register = |n: u64| {
+        Body::Register(branchline_wire::msg::Register {
+            client_id: format!("{:032x}", 0xbad0_0000_0000u64 + n),
+            hostname: format!("fake-{n}"),
+            addresses: vec![bed.ip(66)],
+            subnet: format!("{}.0/24", bed.net),
+            cache_size_bytes: 1 << 30,
+            cache_free_bytes: 1 << 29,
+            version: "0.1.0".into(),
+            heartbeat_interval_ms: 30_000,
+            ..Default::default()
+        })
+    };
+    let (mut accepted, mut refused) = (0u64, 0u64);
+    let mut reason = String::new();
+    rt.block_on(async {
+        for n in 0..QUOTA + 50 {
+            match req.request(server_addr, register(n)).await {
+                Ok(Body::RegisterOk(_)) => accepted += 1,
+                Err(RequestError::Refused {
+                    code: ErrorCode::Unavailable,
+                    detail,
+                    ..
+                }) => {
+                    refused += 1;
+                    reason = detail;
+                }
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+    });
+    assert_eq!((accepted, refused), (QUOTA, 50), "{reason}");
+    assert!(reason.contains("retry later"), "{reason}");
+    // A known id registers again freely.
+    assert!(matches!(
+        rt.block_on(req.request(server_addr, register(0))),
+        Ok(Body::RegisterOk(_))
+    ));
+    let h = bed.health(&key).unwrap();
+    assert_eq!(
+        h["drops"]["registration_source_quota"].as_u64(),
+        Some(50),
+        "{h}"
+    );
+    // An honest client, from its own address, registers and comes online.
+    let client = bed.client(1, &key);
+    let procs = [&server, &client];
+    wait_for(
+        "the honest client online",
+        Duration::from_secs(30),
+        &procs,
+        || {
+            bed.health(&key)
+                .filter(|h| h["clients_online"].as_u64().unwrap_or(0) >= 1)
+                .filter(|h| h["clients_total"].as_u64() == Some(QUOTA + 1))
+        },
+    );
+}
