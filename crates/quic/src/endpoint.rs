@@ -547,7 +547,7 @@ where
                 incoming = endpoint.accept() => match incoming {
                     Some(incoming) => {
                         // Over the handshake cap: refused before any cryptography.
-                        let Some(handshake) = limiter.handshake() else {
+                        let Some(handshake) = limiter.handshake(incoming.remote_address().ip()) else {
                             tracing::debug!(addr = %incoming.remote_address(), "refused a QUIC handshake: too many in progress");
                             incoming.refuse();
                             continue;

@@ -5,7 +5,9 @@
 //! content) therefore admits:
 //!
 //! - at most [`AcceptLimits::max_handshakes`] handshakes at once (before the peer's
-//!   identity is known); more are refused at once, before any cryptography;
+//!   identity is known), and [`AcceptLimits::max_handshakes_per_source`] from one source
+//!   address, so one flooding host cannot take every slot; more are refused at once,
+//!   before any cryptography;
 //! - handshakes that finish within [`AcceptLimits::handshake_timeout`];
 //! - at most [`AcceptLimits::max_per_peer`] open connections per certificate identity
 //!   and [`AcceptLimits::max_connections`] in all; a connection beyond either is
@@ -20,6 +22,7 @@
 //! Every refusal is counted in [`AcceptStats`].
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +36,8 @@ pub const DEFAULT_MAX_PER_PEER: usize = 8;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default handshakes in progress at once on one endpoint (64).
 pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
+/// Default handshakes in progress at once from one source address (16).
+pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: usize = 16;
 /// Default bound on one handshake (10 s).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default bound on receiving one whole request after its stream opened (10 s).
@@ -47,6 +52,8 @@ pub struct AcceptLimits {
     pub max_connections: usize,
     /// Handshakes in progress at once.
     pub max_handshakes: usize,
+    /// Handshakes in progress at once from one source address.
+    pub max_handshakes_per_source: usize,
     /// Bound on one handshake.
     pub handshake_timeout: Duration,
     /// Bound on receiving one whole request, from its stream opening.
@@ -59,6 +66,7 @@ impl Default for AcceptLimits {
             max_per_peer: DEFAULT_MAX_PER_PEER,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_source: DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_READ_TIMEOUT,
         }
@@ -68,7 +76,8 @@ impl Default for AcceptLimits {
 /// Why an accepting endpoint refused or dropped something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
-    /// Too many handshakes in progress: refused before any cryptography.
+    /// Too many handshakes in progress (in all, or from the source address): refused
+    /// before any cryptography.
     Handshakes,
     /// A handshake did not finish within its deadline.
     HandshakeTimeout,
@@ -170,6 +179,7 @@ impl AcceptStats {
 #[derive(Debug, Default)]
 struct Held {
     handshakes: usize,
+    handshakes_by_source: HashMap<IpAddr, usize>,
     total: usize,
     per_peer: HashMap<Role, usize>,
 }
@@ -206,16 +216,24 @@ impl Limiter {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A slot for one handshake, or `None` (counted) when all are taken.
-    pub fn handshake(self: &Arc<Self>) -> Option<HandshakePermit> {
+    /// A slot for one handshake from `source`, or `None` (counted) when all are taken
+    /// or `source` holds its share.
+    pub fn handshake(self: &Arc<Self>, source: IpAddr) -> Option<HandshakePermit> {
         let mut held = self.held();
-        if held.handshakes >= self.limits.max_handshakes {
+        let from_source = held.handshakes_by_source.get(&source).copied().unwrap_or(0);
+        if held.handshakes >= self.limits.max_handshakes
+            || from_source >= self.limits.max_handshakes_per_source
+        {
             drop(held);
             self.stats.count(Refusal::Handshakes);
             return None;
         }
         held.handshakes += 1;
-        Some(HandshakePermit(self.clone()))
+        *held.handshakes_by_source.entry(source).or_default() += 1;
+        Some(HandshakePermit {
+            limiter: self.clone(),
+            source,
+        })
     }
 
     /// Admits one authenticated connection of `peer`, or says why not (counted).
@@ -249,11 +267,21 @@ impl Limiter {
 
 /// One handshake in progress; its slot is released when dropped.
 #[derive(Debug)]
-pub struct HandshakePermit(Arc<Limiter>);
+pub struct HandshakePermit {
+    limiter: Arc<Limiter>,
+    source: IpAddr,
+}
 
 impl Drop for HandshakePermit {
     fn drop(&mut self) {
-        self.0.held().handshakes -= 1;
+        let mut held = self.limiter.held();
+        held.handshakes -= 1;
+        if let Some(n) = held.handshakes_by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                held.handshakes_by_source.remove(&self.source);
+            }
+        }
     }
 }
 
@@ -295,6 +323,7 @@ mod tests {
                 max_per_peer: per_peer,
                 max_connections: total,
                 max_handshakes: handshakes,
+                max_handshakes_per_source: 2,
                 ..AcceptLimits::default()
             },
             Arc::default(),
@@ -326,15 +355,23 @@ mod tests {
     }
 
     #[test]
-    fn handshakes_are_capped_and_released() {
-        let l = limiter(2, 3, 2);
-        let h1 = l.handshake().unwrap();
-        let _h2 = l.handshake().unwrap();
-        assert!(l.handshake().is_none());
+    fn handshakes_are_capped_in_all_and_per_source_and_released() {
+        let (a, b, c) = (
+            IpAddr::from([10, 0, 0, 1]),
+            IpAddr::from([10, 0, 0, 2]),
+            IpAddr::from([10, 0, 0, 3]),
+        );
+        let l = limiter(2, 3, 3);
+        let h1 = l.handshake(a).unwrap();
+        let _h2 = l.handshake(a).unwrap();
+        // Source a holds its share; b still gets one, then the total is reached.
+        assert!(l.handshake(a).is_none());
+        let _h3 = l.handshake(b).unwrap();
+        assert!(l.handshake(c).is_none());
         drop(h1);
-        assert!(l.handshake().is_some());
-        assert_eq!(l.stats().refused(Refusal::Handshakes), 1);
-        assert_eq!(l.stats().refused_total(), 1);
+        assert!(l.handshake(c).is_some());
+        assert_eq!(l.stats().refused(Refusal::Handshakes), 2);
+        assert_eq!(l.stats().refused_total(), 2);
         let names: std::collections::HashSet<_> =
             l.stats().snapshot().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names.len(), Refusal::ALL.len());
