@@ -112,8 +112,10 @@ impl Spawner {
     /// reported.
     pub fn watch(&self, name: &'static str, task: JoinHandle<()>) -> JoinHandle<()> {
         let tx = self.tx.clone();
+        // The guard exists before the watcher first runs: aborting a watcher that was
+        // never polled drops it, and with it the task.
+        let mut task = AbortOnDrop(task);
         tokio::spawn(async move {
-            let mut task = AbortOnDrop(task);
             let how = match (&mut task.0).await {
                 Ok(()) => "returned".to_owned(),
                 Err(e) if e.is_panic() => {
