@@ -140,6 +140,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), Fail> {
                 addr: (config.admin.address_for(server_ip), config.admin.port).into(),
                 tls: branchline_server::web::TlsMode::Auto,
             }),
+        registration_quota: crate::settings::registration_quota(config),
     })
     .await
     .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;

@@ -96,6 +96,7 @@ pub fn server(config: &Config, args: ServerArgs) -> Result<(ServerOptions, usize
             .enrollment
             .parse()
             .map_err(|e: String| Fail::new(exit::USAGE, e))?,
+        registration_quota: registration_quota(config),
         content_cache: match c.content_cache_size.trim() {
             "0" | "" => None,
             s => Some(s.parse().map_err(|e| {
@@ -109,6 +110,14 @@ pub fn server(config: &Config, args: ServerArgs) -> Result<(ServerOptions, usize
         client_cert_lifetime: std::time::Duration::from_secs_f64(c.client_cert_lifetime_s),
     };
     Ok((opts, c.threads))
+}
+
+/// Registration quotas from `[server]`.
+pub fn registration_quota(config: &Config) -> branchline_server::quota::QuotaConfig {
+    branchline_server::quota::QuotaConfig {
+        new_clients_per_source_per_minute: config.server.new_clients_per_source_per_minute,
+        max_clients: config.server.max_clients,
+    }
 }
 
 /// The admin endpoint from `[admin]` and the flags; `None` when it is turned off.
@@ -286,7 +295,7 @@ pub async fn run_server(opts: ServerOptions) -> Result<(), Fail> {
     let bind = opts.bind;
     let ports = opts.ports;
     let data_dir = opts.data_dir.clone();
-    let server = Server::start(opts)
+    let mut server = Server::start(opts)
         .await
         .map_err(|e| Fail::new(exit::FAILURE, e.to_string()))?;
     let s = &server.setup;
@@ -357,10 +366,18 @@ pub async fn run_server(opts: ServerOptions) -> Result<(), Fail> {
         ca_fingerprint = %s.ca_fingerprint,
         "server ready"
     );
-    shutdown_signal().await;
+    // A serving task that stops by itself leaves the server deaf: exit non-zero so the
+    // service manager (packaging/systemd, Restart=on-failure) starts it again.
+    let died = tokio::select! {
+        _ = shutdown_signal() => None,
+        died = server.died() => Some(died),
+    };
     tracing::info!("shutting down: writing pending state");
     server.shutdown().await;
-    Ok(())
+    match died {
+        None => Ok(()),
+        Some(died) => Err(Fail::new(exit::FAILURE, died.to_string())),
+    }
 }
 
 pub async fn run_client(opts: ClientOptions) -> Result<(), Fail> {

@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 use branchline_config::{ClientPorts, ServerPorts};
 use branchline_transport::{
     BindError, Context, Handler, ReplayConfig, RequestError, Requester, Responder, Response,
-    RetryPolicy, bind_small, bind_udp, serve_reserved,
+    RetryPolicy, Spawner, Supervisor, TaskDied, bind_small, bind_udp, serve_reserved,
 };
 use branchline_wire::msg::{
     Ack, Assign, ErrorCode, ErrorReply, Heartbeat, MAX_ASSIGNMENTS, Register, RegisterOk,
@@ -127,6 +127,8 @@ pub enum ClientError {
         source_of_pin: String,
         pin_files: String,
     },
+    #[error(transparent)]
+    TaskDied(TaskDied),
 }
 
 /// The client's view of its registration, for status displays.
@@ -156,6 +158,8 @@ pub struct Client {
     /// The registration loop; `None` once it has ended and been awaited.
     main: Option<JoinHandle<ClientError>>,
     tasks: Vec<JoinHandle<()>>,
+    /// Reports a serving task that stopped ([`Client::wait`]).
+    supervisor: Supervisor,
     _lock: identity::DataDirLock,
 }
 
@@ -266,6 +270,9 @@ impl Client {
             SocketAddr::new(opts.server, opts.server_ports.adaptive),
         );
         let mut tasks = Vec::new();
+        // Every serving task is supervised: one that stops takes the daemon down
+        // ([`Client::wait`]) so the service manager restarts it.
+        let supervisor = Supervisor::default();
         let client_metrics = Arc::new(metrics::ClientMetrics::default());
         if let Some(addr) = opts.metrics {
             let task = metrics::serve(
@@ -276,7 +283,7 @@ impl Client {
             )
             .await
             .map_err(|e| ClientError::Services(format!("client metrics on {addr}: {e}")))?;
-            tasks.push(task);
+            tasks.push(supervisor.watch("client.metrics", task));
         }
         let serve_ctx = ctx.clone();
         let (assign_tx, assign_rx) = tokio::sync::mpsc::channel(64);
@@ -286,7 +293,7 @@ impl Client {
             discovery: discovery.clone(),
             signals: signals.clone(),
         });
-        tasks.push(tokio::spawn(async move {
+        tasks.push(supervisor.spawn("client.small_request", async move {
             if let Err(e) = Responder::serve(request, serve_ctx, handler).await {
                 tracing::error!(error = %e, "client request port failed");
             }
@@ -309,7 +316,7 @@ impl Client {
                 ctx.clone(),
                 Arc::new(discovery::BroadcastHandler(discovery.clone())),
             );
-            tasks.push(tokio::spawn(async move {
+            tasks.push(supervisor.spawn("client.broadcast", async move {
                 if let Err(e) = Responder::serve(socket, ctx, handler).await {
                     tracing::error!(error = %e, "client broadcast port failed");
                 }
@@ -319,7 +326,7 @@ impl Client {
             counters: ctx.counters.clone(),
         });
         let signals_ctx = ctx.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(supervisor.spawn("client.adaptive", async move {
             if let Err(e) = Responder::serve(adaptive, signals_ctx, peer_signals).await {
                 tracing::error!(error = %e, "client adaptive port failed");
             }
@@ -343,6 +350,7 @@ impl Client {
             keys,
             validity: None,
             renewing: false,
+            spawner: supervisor.spawner(),
         };
         let listener = local::bind(&opts.data_dir).map_err(|e| {
             ClientError::Services(format!(
@@ -353,10 +361,12 @@ impl Client {
         let seed = u64::from_le_bytes(id.0[..8].try_into().expect("8 bytes"));
         // Every line the daemon logs carries its client id (JSON logs: in the span list).
         let span = tracing::info_span!("client", client = %id);
-        tasks.push(tokio::spawn(
+        tasks.push(supervisor.spawn(
+            "client.local_socket",
             local::serve(listener, services.clone(), seed).instrument(span.clone()),
         ));
-        tasks.push(tokio::spawn(
+        tasks.push(supervisor.spawn(
+            "client.jobs",
             jobs::run(assign_rx, services.clone(), seed).instrument(span.clone()),
         ));
         let hostname = opts.hostname.clone().unwrap_or_else(netinfo::hostname);
@@ -370,6 +380,7 @@ impl Client {
             cache,
             main: Some(main),
             tasks,
+            supervisor,
             _lock: lock,
         })
     }
@@ -423,12 +434,18 @@ impl Client {
         }
     }
 
-    /// Runs until a fatal error (the only way the client stops by itself).
+    /// Runs until a fatal error (the only way the client stops by itself), or until a
+    /// serving task (a receive loop, a QUIC accept loop, the local socket, the job loop)
+    /// stops, which leaves the daemon deaf: the caller should then exit non-zero so the
+    /// service manager restarts it.
     pub async fn wait(&mut self) -> ClientError {
         let Some(main) = self.main.as_mut() else {
             return ClientError::Refused(RequestError::Closed("the client already stopped".into()));
         };
-        let result = main.await;
+        let result = tokio::select! {
+            result = main => result,
+            died = self.supervisor.died() => return ClientError::TaskDied(died),
+        };
         self.main = None;
         match result {
             Ok(e) => e,
@@ -479,6 +496,8 @@ struct Quic {
     validity: Option<branchline_quic::Validity>,
     /// True while registering again to renew the certificate.
     renewing: bool,
+    /// Supervises the QUIC services' accept loops.
+    spawner: Spawner,
 }
 
 impl Quic {
@@ -610,7 +629,7 @@ impl Quic {
             let _ = h.await;
         }
         let trust = services::trust_of(node, ca);
-        let svc = Services::start(
+        let mut svc = Services::start(
             opts,
             node,
             trust,
@@ -620,6 +639,7 @@ impl Quic {
             self.metrics.clone(),
         )
         .map_err(ClientError::Services)?;
+        svc.supervise(&self.spawner);
         tracing::info!(
             content_port = opts.ports.content_fg,
             "QUIC services started"
@@ -925,6 +945,13 @@ async fn run(
                     .counters
                     .snapshot()
                     .into_iter()
+                    .chain(
+                        quic.services
+                            .borrow()
+                            .as_ref()
+                            .map(|s| s.accept_stats.snapshot())
+                            .unwrap_or_default(),
+                    )
                     .filter(|(_, n)| *n > 0)
                     .map(|(reason, count)| branchline_wire::msg::DropCount {
                         reason: reason.into(),

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use branchline_quic::{
-    Congestion, ConnectionPool, ContentConfig, ContentNode, DeploymentTrust, LargeConfig,
-    LargeMessaging, NodeIdentity, Role, TransportSettings, transport_config,
+    AcceptLimits, AcceptStats, Congestion, ConnectionPool, ContentConfig, ContentNode,
+    DeploymentTrust, LargeConfig, LargeMessaging, NodeIdentity, Role, TransportSettings,
+    transport_config,
 };
 use branchline_store::{Cache, ContentId, FsStorage};
 use branchline_wire::large::{LargeRequest, LargeResponse, Request, Response};
@@ -73,12 +74,16 @@ pub struct Services {
     /// The clients the server revoked, shared by every endpoint and pool of this client
     /// (refused at each handshake and at each new stream).
     pub revoked: branchline_quic::RevocationList,
-    tasks: Vec<JoinHandle<()>>,
+    /// Refusals of the accepting QUIC ports (over a connection cap, late handshakes
+    /// and requests, bad requests), reported with the heartbeat's drops.
+    pub accept_stats: Arc<AcceptStats>,
+    /// The accept loops, by name.
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl Drop for Services {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for (_, t) in &self.tasks {
             t.abort();
         }
         self.content.close();
@@ -159,7 +164,7 @@ impl Services {
             &TransportSettings::default(),
             &Congestion::Foreground,
         ));
-        let content = ContentNode::bind(
+        let mut content = ContentNode::bind(
             SocketAddr::new(bind, ports.content_fg),
             identity,
             trust.clone(),
@@ -167,7 +172,7 @@ impl Services {
             ContentConfig::default(),
         )
         .map_err(|e| format!("client.content_fg ({bind}:{}): {e}", ports.content_fg))?;
-        let large = LargeMessaging::bind(
+        let mut large = LargeMessaging::bind(
             SocketAddr::new(bind, ports.large_fg_request),
             SocketAddr::new(bind, ports.large_fg_reply),
             identity,
@@ -205,7 +210,7 @@ impl Services {
         // One LEDBAT++ factory per WAN link: every Background connection with peers behind
         // one link (one subnet) shares that link's ceiling.
         content_bg.set_transport_selector(per_link_transports(opts.background.clone()));
-        let large_bg = LargeMessaging::bind(
+        let mut large_bg = LargeMessaging::bind(
             SocketAddr::new(bind, ports.large_bg_request),
             SocketAddr::new(bind, ports.large_bg_reply),
             identity,
@@ -222,6 +227,13 @@ impl Services {
                 ports.large_bg_request, ports.large_bg_reply
             )
         })?;
+        // Bounds on what peers may hold on the accepting ports (connections per
+        // identity and in all, handshake and request deadlines), counted together.
+        let accept_stats = Arc::new(AcceptStats::default());
+        content.set_accept_limits(AcceptLimits::default(), accept_stats.clone());
+        content_bg.set_accept_limits(AcceptLimits::default(), accept_stats.clone());
+        large.set_accept_limits(AcceptLimits::default(), accept_stats.clone());
+        large_bg.set_accept_limits(AcceptLimits::default(), accept_stats.clone());
         let corrupted = Arc::new(Mutex::new(HashSet::new()));
         let source = Arc::new(CacheSource {
             cache: cache.clone(),
@@ -267,7 +279,13 @@ impl Services {
             content_port: ports.content_fg,
             corrupted,
             server_conn,
-            tasks: vec![serving, serving_bg, large_serving, large_bg_serving],
+            accept_stats,
+            tasks: vec![
+                ("client.content_fg (QUIC accept)", serving),
+                ("client.content_bg (QUIC accept)", serving_bg),
+                ("client.large_fg_request (QUIC accept)", large_serving),
+                ("client.large_bg_request (QUIC accept)", large_bg_serving),
+            ],
         })
     }
 
@@ -312,6 +330,15 @@ impl Services {
             _ => Err(ServerCallError::Decode(
                 "unexpected answer to GetRevocations".into(),
             )),
+        }
+    }
+
+    /// Supervises the accept loops: one that stops (it should not while the services
+    /// run) is reported to `spawner`'s supervisor, which takes the daemon down.
+    pub fn supervise(&mut self, spawner: &branchline_transport::Spawner) {
+        for (name, task) in &mut self.tasks {
+            let running = std::mem::replace(task, tokio::spawn(async {}));
+            *task = spawner.watch(name, running);
         }
     }
 

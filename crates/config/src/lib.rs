@@ -47,6 +47,11 @@ pub struct ServerConfig {
     /// Validity of the client certificates the server issues, in seconds; clients renew
     /// at two thirds of it. Default 2592000 (30 days).
     pub client_cert_lifetime_s: f64,
+    /// New client ids one source address may register per minute (re-registrations of
+    /// known ids are not limited); 0 = no limit. Default 600.
+    pub new_clients_per_source_per_minute: u32,
+    /// Clients the server admits in all; 0 = no limit. Default 500,000.
+    pub max_clients: u64,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +65,8 @@ impl Default for ServerConfig {
             enrollment: "open".into(),
             key_overlap_s: 3600.0,
             client_cert_lifetime_s: 2_592_000.0,
+            new_clients_per_source_per_minute: 600,
+            max_clients: 500_000,
         }
     }
 }

@@ -152,14 +152,19 @@ async fn main() {
         total as f64 / MIB / secs
     );
 
-    // Large messages.
+    // Large messages: requests of 16 MiB to measure throughput, so both sides allow
+    // requests that large (the default is 64 KiB: requests are control messages).
+    let roomy = LargeConfig {
+        max_request: 16 << 20,
+        ..LargeConfig::default()
+    };
     let server = LargeMessaging::bind(
         any_port(),
         any_port(),
         &ca.server_identity(SystemTime::now(), YEAR).expect("server"),
         trust.clone(),
         transport.clone(),
-        LargeConfig::default(),
+        roomy.clone(),
     )
     .expect("bind");
     let dc = tempfile::tempdir().expect("dir");
@@ -169,7 +174,7 @@ async fn main() {
         &client(&ca, "cc03", dc.path()),
         trust.clone(),
         transport,
-        LargeConfig::default(),
+        roomy,
     )
     .expect("bind");
     let _answering = server.serve(|_p, r: Bytes| async move {

@@ -34,6 +34,7 @@ use crate::large::{
     LargeError, MAX_REASON_LEN, STREAM_ABANDONED, STREAM_BAD_FRAME, expect_end, read_exact,
     read_payload, read_payload_counted, write_error,
 };
+use crate::limits::{AcceptLimits, AcceptStats, Limiter, Refusal};
 use crate::node::NodeIdentity;
 use crate::piece_wire::{
     HaveQuery, MAX_HAVE_LEN, MAX_REQUEST_LEN, PieceRequest, PieceStatus, PieceWireError,
@@ -491,16 +492,26 @@ async fn read_request(
     Ok(Some(len))
 }
 
-/// Answers one request stream (a piece request or a have query).
+/// Answers one request stream (a piece request or a have query). The request must
+/// arrive whole within the limiter's request deadline; refusals are counted there.
 async fn answer<S: PieceSource>(
     mut send: SendStream,
     mut recv: RecvStream,
     peer: PeerIdentity,
     source: Arc<S>,
     max_piece_len: u32,
+    limiter: Arc<Limiter>,
 ) {
     let mut raw = [0u8; MAX_REQUEST_LEN];
-    let (header, body) = match read_request(&mut recv, &mut raw).await {
+    let deadline = limiter.limits().request_timeout;
+    let Ok(read) = tokio::time::timeout(deadline, read_request(&mut recv, &mut raw)).await else {
+        limiter.stats().count(Refusal::RequestTimeout);
+        tracing::debug!(peer = %peer.role, ?deadline, "piece request not received in time");
+        let _ = recv.stop(STREAM_ABANDONED);
+        let _ = send.reset(STREAM_ABANDONED);
+        return;
+    };
+    let (header, body) = match read {
         Ok(Some(len)) => respond(&*source, &peer, &raw[..len], max_piece_len).await,
         Ok(None) => {
             let _ = recv.stop(STREAM_BAD_FRAME);
@@ -519,6 +530,9 @@ async fn answer<S: PieceSource>(
             return;
         }
     };
+    if header.status == PieceStatus::BadRequest {
+        limiter.stats().count(Refusal::BadRequest);
+    }
     let sent = async {
         send.write_all(&header.encode()).await?;
         send.write_chunk(body).await?;
@@ -538,12 +552,27 @@ pub fn serve<S: PieceSource>(
     trust: DeploymentTrust,
     config: ContentConfig,
     transports: Option<AcceptTransports>,
+    limiter: Arc<Limiter>,
     source: Arc<S>,
 ) -> JoinHandle<()> {
     let max = config.max_piece_len;
-    endpoint::serve_streams(endpoint, trust, transports, move |peer, send, recv| {
-        answer(send, recv, peer, source.clone(), max)
-    })
+    let per_stream_limiter = limiter.clone();
+    endpoint::serve_streams(
+        endpoint,
+        trust,
+        transports,
+        limiter,
+        move |peer, send, recv| {
+            answer(
+                send,
+                recv,
+                peer,
+                source.clone(),
+                max,
+                per_stream_limiter.clone(),
+            )
+        },
+    )
 }
 
 /// A node's content endpoint (34760 Foreground or 34750 Background): serves
@@ -554,6 +583,7 @@ pub struct ContentNode {
     config: ContentConfig,
     configs: EndpointConfigs,
     selector: Option<TransportSelector>,
+    limiter: Arc<Limiter>,
 }
 
 impl std::fmt::Debug for ContentNode {
@@ -590,7 +620,20 @@ impl ContentNode {
             config,
             configs,
             selector: None,
+            limiter: Limiter::new(AcceptLimits::default(), Arc::default()),
         })
+    }
+
+    /// Bounds what peers may hold on this endpoint from now on (serving loops
+    /// started afterwards), counting refusals into `stats` (which several endpoints
+    /// may share). The default is [`AcceptLimits::default`] with counters of its own.
+    pub fn set_accept_limits(&mut self, limits: AcceptLimits, stats: Arc<AcceptStats>) {
+        self.limiter = Limiter::new(limits, stats);
+    }
+
+    /// The admission control of the serving side: its limits and counters.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
     }
 
     /// Picks each connection's transport by peer address from now on (connections
@@ -676,12 +719,14 @@ impl ContentNode {
             select,
         });
         let max = self.config.max_piece_len;
+        let limiter = self.limiter.clone();
         endpoint::serve_streams_hooked(
             self.endpoint.clone(),
             self.trust.clone(),
             transports,
+            self.limiter.clone(),
             hook,
-            move |peer, send, recv| answer(send, recv, peer, source.clone(), max),
+            move |peer, send, recv| answer(send, recv, peer, source.clone(), max, limiter.clone()),
         )
     }
 
@@ -695,11 +740,14 @@ impl ContentNode {
     ) -> JoinHandle<()> {
         let max = self.config.max_piece_len;
         let trust = self.trust.clone();
+        let limiter = self.limiter.clone();
         tokio::spawn(endpoint::serve_streams_of(
             conn,
             peer,
             trust,
-            Arc::new(move |peer, send, recv| answer(send, recv, peer, source.clone(), max)),
+            Arc::new(move |peer, send, recv| {
+                answer(send, recv, peer, source.clone(), max, limiter.clone())
+            }),
         ))
     }
 

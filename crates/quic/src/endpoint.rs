@@ -18,6 +18,7 @@ use thiserror::Error;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::identity::{NameError, PeerIdentity, Role};
+use crate::limits::{HandshakePermit, Limiter, Refusal};
 use crate::node::NodeIdentity;
 use crate::tls::{self, DeploymentTrust, TlsError};
 
@@ -40,6 +41,9 @@ pub const DEFAULT_MAX_STREAMS: u32 = 64;
 pub const CLOSE_DONE: VarInt = VarInt::from_u32(0);
 /// Application close code: the peer's identity was not acceptable.
 pub const CLOSE_REFUSED: VarInt = VarInt::from_u32(1);
+/// Application close code: the accepting endpoint holds as many connections as it
+/// admits (of this peer identity, or in all; see [`crate::limits`]).
+pub const CLOSE_BUSY: VarInt = VarInt::from_u32(2);
 
 /// Errors of endpoints and connections.
 #[derive(Debug, Error)]
@@ -406,8 +410,10 @@ pub type ConnectionHook = Arc<dyn Fn(&Connection, &PeerIdentity) + Send + Sync>;
 
 async fn serve_connection<F, Fut>(
     incoming: quinn::Incoming,
+    handshake: HandshakePermit,
     config: Option<Arc<quinn::ServerConfig>>,
     trust: DeploymentTrust,
+    limiter: Arc<Limiter>,
     hook: Option<ConnectionHook>,
     per_stream: Arc<F>,
 ) where
@@ -415,10 +421,29 @@ async fn serve_connection<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let addr = incoming.remote_address();
-    let (conn, peer) = match finish_accept_with(incoming, config, &trust).await {
-        Ok(pair) => pair,
-        Err(e) => {
+    let deadline = limiter.limits().handshake_timeout;
+    let accepted =
+        tokio::time::timeout(deadline, finish_accept_with(incoming, config, &trust)).await;
+    drop(handshake);
+    let (conn, peer) = match accepted {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            limiter.stats().count(Refusal::HandshakeFailed);
             tracing::info!(%addr, error = %e, "refused an incoming QUIC connection");
+            return;
+        }
+        Err(_) => {
+            // Dropping the handshake closes the connection.
+            limiter.stats().count(Refusal::HandshakeTimeout);
+            tracing::info!(%addr, ?deadline, "dropped a QUIC handshake that did not finish in time");
+            return;
+        }
+    };
+    let _permit = match limiter.admit(&peer.role) {
+        Ok(permit) => permit,
+        Err(reason) => {
+            tracing::debug!(%addr, peer = %peer.role, reason = reason.name(), "refused a QUIC connection over the limit");
+            conn.close(CLOSE_BUSY, b"too many connections");
             return;
         }
     };
@@ -484,18 +509,21 @@ impl std::fmt::Debug for AcceptTransports {
 /// handshake in its own task (a stalled handshake holds up no one else), and runs
 /// `per_stream` in a task for every bidirectional stream of every connection.
 /// With `transports`, each connection gets the transport its selector picks for
-/// the peer's address. Aborting the returned task aborts all of them.
+/// the peer's address. `limiter` bounds handshakes and connections (per peer
+/// identity and in all) and counts what it refuses. Aborting the returned task
+/// aborts all of them.
 pub fn serve_streams<F, Fut>(
     endpoint: Endpoint,
     trust: DeploymentTrust,
     transports: Option<AcceptTransports>,
+    limiter: Arc<Limiter>,
     per_stream: F,
 ) -> JoinHandle<()>
 where
     F: Fn(PeerIdentity, quinn::SendStream, quinn::RecvStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    serve_streams_hooked(endpoint, trust, transports, None, per_stream)
+    serve_streams_hooked(endpoint, trust, transports, limiter, None, per_stream)
 }
 
 /// [`serve_streams`], also calling `hook` with every accepted connection.
@@ -503,6 +531,7 @@ pub fn serve_streams_hooked<F, Fut>(
     endpoint: Endpoint,
     trust: DeploymentTrust,
     transports: Option<AcceptTransports>,
+    limiter: Arc<Limiter>,
     hook: Option<ConnectionHook>,
     per_stream: F,
 ) -> JoinHandle<()>
@@ -517,10 +546,16 @@ where
             tokio::select! {
                 incoming = endpoint.accept() => match incoming {
                     Some(incoming) => {
+                        // Over the handshake cap: refused before any cryptography.
+                        let Some(handshake) = limiter.handshake(incoming.remote_address().ip()) else {
+                            tracing::debug!(addr = %incoming.remote_address(), "refused a QUIC handshake: too many in progress");
+                            incoming.refuse();
+                            continue;
+                        };
                         let config = transports.as_ref().and_then(|t| {
                             (t.select)(incoming.remote_address()).and_then(|tc| t.configs.server_with(tc))
                         });
-                        connections.spawn(serve_connection(incoming, config, trust.clone(), hook.clone(), per_stream.clone()));
+                        connections.spawn(serve_connection(incoming, handshake, config, trust.clone(), limiter.clone(), hook.clone(), per_stream.clone()));
                     }
                     None => break,
                 },

@@ -23,9 +23,14 @@ use tokio::task::JoinHandle;
 use crate::endpoint::{self, Direction, QuicError};
 use crate::frame::{DEFAULT_MAX_PAYLOAD, FrameError, FrameHeader, FrameKind, HEADER_LEN};
 use crate::identity::{PeerIdentity, Role};
+use crate::limits::{AcceptLimits, AcceptStats, Limiter, Refusal};
 use crate::node::NodeIdentity;
 use crate::tls::DeploymentTrust;
 
+/// Default largest request payload an accepting endpoint reads (64 KiB): requests
+/// are control messages (a locate, a have-set of up to 500,000 pieces); replies
+/// may be larger (up to `max_payload`).
+pub const DEFAULT_MAX_REQUEST: u32 = 64 * 1024;
 /// Default bound on one whole request/response exchange (120 s).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest reason text sent in an `Error` frame, in bytes.
@@ -43,13 +48,17 @@ pub const STREAM_ABANDONED: VarInt = VarInt::from_u32(2);
 ///
 /// Memory: a request or response is held whole, so an accepting endpoint holds
 /// at most `max_concurrent_streams` ([`crate::TransportSettings`]) ×
-/// `max_payload` bytes of requests per connection. Piece maps are small (32 bytes
-/// per piece: 320 KiB for 10 GiB in 1 MiB pieces), so a server with many clients
-/// should set `max_payload` to a few MiB.
+/// `max_request` bytes of requests per connection (64 × 64 KiB = 4 MiB by
+/// default), and admits a bounded number of connections ([`crate::limits`]).
+/// Piece maps are small (32 bytes per piece: 320 KiB for 10 GiB in 1 MiB pieces),
+/// so a server with many clients should set `max_payload` to a few MiB.
 #[derive(Debug, Clone)]
 pub struct LargeConfig {
-    /// Largest request or response payload accepted or sent, in bytes.
+    /// Largest response payload accepted or sent, in bytes.
     pub max_payload: u32,
+    /// Largest request payload sent, or read by an accepting endpoint, in bytes;
+    /// a longer one is refused unread with an Error frame (and counted).
+    pub max_request: u32,
     /// Bound on one whole exchange, from opening the stream to the last byte of
     /// the response.
     pub request_timeout: Duration,
@@ -59,6 +68,7 @@ impl Default for LargeConfig {
     fn default() -> Self {
         Self {
             max_payload: DEFAULT_MAX_PAYLOAD,
+            max_request: DEFAULT_MAX_REQUEST,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
@@ -225,10 +235,11 @@ pub async fn send_request(
     request: Bytes,
     config: &LargeConfig,
 ) -> Result<Bytes, LargeError> {
-    if request.len() > config.max_payload as usize {
+    let max_request = config.max_request.min(config.max_payload);
+    if request.len() > max_request as usize {
         return Err(LargeError::RequestTooLarge {
             len: request.len(),
-            max: config.max_payload,
+            max: max_request,
         });
     }
     let exchange = async {
@@ -272,18 +283,29 @@ fn reason_bytes(reason: &str) -> Bytes {
     Bytes::copy_from_slice(&reason.as_bytes()[..end])
 }
 
-/// Answers one request stream.
+/// Answers one request stream. The request (at most `max_request` bytes) must arrive
+/// whole within the limiter's request deadline; refusals are counted there.
 async fn answer<H, Fut>(
     mut send: SendStream,
     mut recv: RecvStream,
     peer: PeerIdentity,
     handler: Arc<H>,
-    max_payload: u32,
+    limits: (u32, u32),
+    limiter: Arc<Limiter>,
 ) where
     H: Fn(PeerIdentity, Bytes) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Bytes, HandlerError>> + Send + 'static,
 {
-    let reply = match read_frame(&mut recv, max_payload).await {
+    let (max_request, max_payload) = limits;
+    let deadline = limiter.limits().request_timeout;
+    let Ok(read) = tokio::time::timeout(deadline, read_frame(&mut recv, max_request)).await else {
+        limiter.stats().count(Refusal::RequestTimeout);
+        tracing::debug!(peer = %peer.role, ?deadline, "large-message request not received in time");
+        let _ = recv.stop(STREAM_ABANDONED);
+        let _ = send.reset(STREAM_ABANDONED);
+        return;
+    };
+    let reply = match read {
         Ok((FrameKind::Request, request)) => match handler(peer.clone(), request).await {
             Ok(response) if response.len() <= max_payload as usize => {
                 (FrameKind::Response, response)
@@ -300,13 +322,17 @@ async fn answer<H, Fut>(
             }
             Err(e) => (FrameKind::Error, reason_bytes(&e.0)),
         },
-        Ok((kind, _)) => (
-            FrameKind::Error,
-            reason_bytes(&format!("expected a Request frame, got {kind:?}")),
-        ),
+        Ok((kind, _)) => {
+            limiter.stats().count(Refusal::BadRequest);
+            (
+                FrameKind::Error,
+                reason_bytes(&format!("expected a Request frame, got {kind:?}")),
+            )
+        }
         Err(
             e @ (LargeError::Frame(_) | LargeError::TrailingBytes | LargeError::Truncated { .. }),
         ) => {
+            limiter.stats().count(Refusal::BadRequest);
             let _ = recv.stop(STREAM_BAD_FRAME);
             tracing::info!(peer = %peer.role, error = %e, "refused a large-message request");
             (FrameKind::Error, reason_bytes(&e.to_string()))
@@ -324,11 +350,13 @@ async fn answer<H, Fut>(
 
 /// Accepts connections on `endpoint` and answers every request with `handler`,
 /// until the endpoint is closed. Each connection and each stream runs in its own
-/// task; aborting the returned task stops them all.
+/// task; aborting the returned task stops them all. `limiter` bounds connections
+/// and request deadlines and counts refusals.
 pub fn serve<H, Fut>(
     endpoint: Endpoint,
     trust: DeploymentTrust,
     config: LargeConfig,
+    limiter: Arc<Limiter>,
     handler: H,
 ) -> JoinHandle<()>
 where
@@ -336,9 +364,20 @@ where
     Fut: Future<Output = Result<Bytes, HandlerError>> + Send + 'static,
 {
     let handler = Arc::new(handler);
-    let max_payload = config.max_payload;
-    endpoint::serve_streams(endpoint, trust, None, move |peer, send, recv| {
-        answer(send, recv, peer, handler.clone(), max_payload)
+    let limits = (
+        config.max_request.min(config.max_payload),
+        config.max_payload,
+    );
+    let per_stream_limiter = limiter.clone();
+    endpoint::serve_streams(endpoint, trust, None, limiter, move |peer, send, recv| {
+        answer(
+            send,
+            recv,
+            peer,
+            handler.clone(),
+            limits,
+            per_stream_limiter.clone(),
+        )
     })
 }
 
@@ -352,6 +391,7 @@ pub struct LargeMessaging {
     reply_endpoint: Endpoint,
     trust: DeploymentTrust,
     config: LargeConfig,
+    limiter: Arc<Limiter>,
 }
 
 impl LargeMessaging {
@@ -386,7 +426,20 @@ impl LargeMessaging {
             reply_endpoint,
             trust,
             config,
+            limiter: Limiter::new(AcceptLimits::default(), Arc::default()),
         })
+    }
+
+    /// Bounds what peers may hold on the request port from now on (serving loops
+    /// started afterwards), counting refusals into `stats` (which several endpoints
+    /// may share). The default is [`AcceptLimits::default`] with counters of its own.
+    pub fn set_accept_limits(&mut self, limits: AcceptLimits, stats: Arc<AcceptStats>) {
+        self.limiter = Limiter::new(limits, stats);
+    }
+
+    /// The admission control of the request port: its limits and counters.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
     }
 
     /// The accepting endpoint (request port).
@@ -429,6 +482,7 @@ impl LargeMessaging {
             self.request_endpoint.clone(),
             self.trust.clone(),
             self.config.clone(),
+            self.limiter.clone(),
             handler,
         )
     }

@@ -107,8 +107,14 @@
 //!   bidirectional stream; each is one frame `kind (1 byte) || length (u32 BE) ||
 //!   payload`, kinds Request, Response and Error (a UTF-8 reason of at most 1024
 //!   bytes), followed by the end of the stream. Payloads are opaque bytes (the
-//!   wire crate encodes them), at most [`LargeConfig::max_payload`] (default
+//!   wire crate encodes them): requests at most [`LargeConfig::max_request`]
+//!   (default 64 KiB), responses at most [`LargeConfig::max_payload`] (default
 //!   64 MiB); a whole exchange is bounded by [`LargeConfig::request_timeout`].
+//!
+//! # Limits
+//!
+//! Accepting endpoints bound handshakes, connections per certificate identity and
+//! in all, and request deadlines, and count every refusal ([`limits`]).
 //! - **Content port** ([`piece_wire`], [`content`]): one stream per request;
 //!   the request's first byte is its kind and fixes its length, and a responder
 //!   MUST refuse any other first byte with BadRequest without reading on:
@@ -142,6 +148,7 @@ pub mod files;
 pub mod frame;
 pub mod identity;
 pub mod large;
+pub mod limits;
 pub mod node;
 pub mod piece_wire;
 pub mod pool;
@@ -159,6 +166,7 @@ pub use endpoint::{
 };
 pub use identity::{ClientName, DeploymentName, NameError, PeerIdentity, Role};
 pub use large::{HandlerError, LargeConfig, LargeError, LargeMessaging, send_request};
+pub use limits::{AcceptLimits, AcceptStats, Limiter, Refusal};
 pub use node::{CertRequest, ClientIdentity, IdentityError, NodeIdentity};
 pub use piece_wire::{HaveQuery, MAX_HAVE_LEN, PieceRequest};
 pub use pool::ConnectionPool;

@@ -465,7 +465,12 @@ async fn reverse_handler(peer: PeerIdentity, request: Bytes) -> Result<Bytes, Ha
 async fn large_message_round_trip_of_5_mib() {
     tokio::time::timeout(GUARD, async {
         let dep = Deployment::new();
-        let pair = large_pair(&dep, LargeConfig::default(), LargeConfig::default());
+        // Requests of 64 KiB at most by default; this pair allows 8 MiB.
+        let roomy = LargeConfig {
+            max_request: 8 << 20,
+            ..LargeConfig::default()
+        };
+        let pair = large_pair(&dep, roomy.clone(), roomy);
         let _serving = pair.server.serve(reverse_handler);
         let server_request = pair.server.request_endpoint().local_addr().unwrap();
 
@@ -532,6 +537,7 @@ async fn oversized_frames_get_typed_errors() {
         };
         let big = LargeConfig {
             max_payload: 1024 * 1024,
+            max_request: 1024 * 1024,
             ..LargeConfig::default()
         };
 

@@ -6,6 +6,13 @@
 //! * heartbeats only move `last_seen` and free space: they are coalesced in memory and
 //!   flushed once a second (and on shutdown), so 100,000 clients heartbeating cost a few
 //!   transactions a second, not 3,000. A crash loses at most that second of `last_seen`.
+//!
+//! The writer's queue is bounded ([`WRITE_QUEUE`] operations): when writes back up (a
+//! slow disk, a registration flood), a new registration is answered at once with "busy,
+//! retry" (the client retries with backoff) and a heartbeat's coalesced update is
+//! dropped (its next heartbeat carries the same), each counted ([`Writer::refused_busy`],
+//! [`Writer::touches_dropped`]), instead of holding unbounded memory. Admin writes
+//! (publish, topology, deployments, connectors) wait for room.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -384,10 +391,20 @@ impl DbHealth {
     }
 }
 
+/// Operations the writer's queue holds at most.
+pub const WRITE_QUEUE: usize = 8192;
+/// Room kept free for admin writes and heartbeats: registrations are refused as busy
+/// once fewer than this many places are left.
+const REGISTRATION_RESERVE: usize = 1024;
+/// The answer to a registration while the writer is backed up.
+pub const BUSY: &str = "the server's database is busy; retry in a few seconds";
+
 /// Handle to the writer task.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::UnboundedSender<Op>,
+    tx: mpsc::Sender<Op>,
+    refused_busy: Arc<std::sync::atomic::AtomicU64>,
+    touches_dropped: Arc<std::sync::atomic::AtomicU64>,
     pub health: DbHealth,
     /// Seconds each commit (one transaction) took, for the admin endpoint's metrics.
     pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
@@ -400,20 +417,64 @@ impl Writer {
     /// Starts the writer task on `db`. It ends when every `Writer` clone is dropped,
     /// after a final flush.
     pub fn spawn(db: Db) -> (Writer, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (writer, rx) = Writer::with_queue(WRITE_QUEUE);
+        let task = tokio::spawn(run_writer(
+            db,
+            rx,
+            writer.health.clone(),
+            writer.commit_seconds.clone(),
+        ));
+        (writer, task)
+    }
+
+    /// A writer handle and the receiving end of a queue of `capacity` operations.
+    fn with_queue(capacity: usize) -> (Writer, mpsc::Receiver<Op>) {
+        let (tx, rx) = mpsc::channel(capacity);
         let health = DbHealth::default();
         let commit_seconds = prometheus_client::metrics::histogram::Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14),
         );
-        let task = tokio::spawn(run_writer(db, rx, health.clone(), commit_seconds.clone()));
         (
             Writer {
                 tx,
+                refused_busy: Arc::default(),
+                touches_dropped: Arc::default(),
                 health,
                 commit_seconds,
             },
-            task,
+            rx,
         )
+    }
+
+    /// Registrations refused as busy because the queue was (nearly) full.
+    pub fn refused_busy(&self) -> u64 {
+        self.refused_busy.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Heartbeat updates dropped because the queue was full.
+    pub fn touches_dropped(&self) -> u64 {
+        self.touches_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a new registration would be refused as busy now.
+    pub fn is_busy(&self) -> bool {
+        self.tx.capacity() <= REGISTRATION_RESERVE.min(self.tx.max_capacity() / 2)
+    }
+
+    /// Queues an operation that waits for room; `Err` once the writer is gone.
+    fn send_waiting<T: Send + 'static>(
+        &self,
+        op: Op,
+        rx: oneshot::Receiver<Result<T, String>>,
+    ) -> impl std::future::Future<Output = Result<T, String>> + Send + 'static {
+        let tx = self.tx.clone();
+        async move {
+            if tx.send(op).await.is_err() {
+                return Err(WRITER_GONE.into());
+            }
+            rx.await.unwrap_or_else(|_| Err(WRITER_GONE.into()))
+        }
     }
 
     /// Stores a client record; resolves once it is committed.
@@ -422,11 +483,21 @@ impl Writer {
         record: ClientRecord,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
         let (done, rx) = oneshot::channel();
-        let sent = self.tx.send(Op::Client(Box::new(record), done)).is_ok();
-        async move {
-            if !sent {
-                return Err(WRITER_GONE.into());
+        let sent = if self.is_busy() {
+            Err(BUSY)
+        } else {
+            match self.tx.try_send(Op::Client(Box::new(record), done)) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(BUSY),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(WRITER_GONE),
             }
+        };
+        if sent == Err(BUSY) {
+            self.refused_busy
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        async move {
+            sent?;
             rx.await.unwrap_or_else(|_| Err(WRITER_GONE.into()))
         }
     }
@@ -437,13 +508,7 @@ impl Writer {
         item: Item,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
         let (done, rx) = oneshot::channel();
-        let sent = self.tx.send(Op::Content(Box::new(item), done)).is_ok();
-        async move {
-            if !sent {
-                return Err(WRITER_GONE.into());
-            }
-            rx.await.unwrap_or_else(|_| Err(WRITER_GONE.into()))
-        }
+        self.send_waiting(Op::Content(Box::new(item), done), rx)
     }
 
     /// Stores the applied topology TOML; resolves once committed.
@@ -453,13 +518,7 @@ impl Writer {
         now_ms: u64,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
         let (done, rx) = oneshot::channel();
-        let sent = self.tx.send(Op::Topology(toml, now_ms, done)).is_ok();
-        async move {
-            if !sent {
-                return Err(WRITER_GONE.into());
-            }
-            rx.await.unwrap_or_else(|_| Err(WRITER_GONE.into()))
-        }
+        self.send_waiting(Op::Topology(toml, now_ms, done), rx)
     }
 
     /// Stores a deployment; resolves once committed.
@@ -468,13 +527,7 @@ impl Writer {
         d: Deployment,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
         let (done, rx) = oneshot::channel();
-        let sent = self.tx.send(Op::Deployment(Box::new(d), done)).is_ok();
-        async move {
-            if !sent {
-                return Err(WRITER_GONE.into());
-            }
-            rx.await.unwrap_or_else(|_| Err(WRITER_GONE.into()))
-        }
+        self.send_waiting(Op::Deployment(Box::new(d), done), rx)
     }
 
     /// Records a connector activation; resolves to "first activation?" once committed.
@@ -483,13 +536,7 @@ impl Writer {
         row: ConnectorRow,
     ) -> impl std::future::Future<Output = Result<bool, String>> + Send + 'static {
         let (done, rx) = oneshot::channel();
-        let sent = self.tx.send(Op::Connector(row, done)).is_ok();
-        async move {
-            if !sent {
-                return Err(WRITER_GONE.into());
-            }
-            rx.await.unwrap_or_else(|_| Err(WRITER_GONE.into()))
-        }
+        self.send_waiting(Op::Connector(row, done), rx)
     }
 
     /// Stores a client identity (`Some`) or forgets it (`None`, an admin reset);
@@ -514,17 +561,20 @@ impl Writer {
 
     /// Notes a heartbeat; written within a second.
     pub fn touch(&self, id: ClientId, last_seen_ms: u64, cache_free_bytes: u64) {
-        let _ = self.tx.send(Op::Touch {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Op::Touch {
             id,
             last_seen_ms,
             cache_free_bytes,
-        });
+        }) {
+            self.touches_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Writes everything pending and waits for it.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Op::Flush(tx)).is_ok() {
+        if self.tx.send(Op::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -537,7 +587,7 @@ const TOUCH_FLUSH: Duration = Duration::from_secs(1);
 
 async fn run_writer(
     db: Db,
-    mut rx: mpsc::UnboundedReceiver<Op>,
+    mut rx: mpsc::Receiver<Op>,
     health: DbHealth,
     commit_seconds: prometheus_client::metrics::histogram::Histogram,
 ) {
@@ -862,6 +912,45 @@ mod tests {
             got,
             vec![identity(1, IdState::Revoked), identity(2, IdState::Active)]
         );
+    }
+
+    #[tokio::test]
+    async fn a_backed_up_writer_refuses_registrations_as_busy_and_drops_touches_counted() {
+        // A queue of 8 that nobody drains: writes back up.
+        let (w, mut rx) = Writer::with_queue(8);
+        assert!(!w.is_busy());
+        let mut pending = Vec::new();
+        for n in 0..4 {
+            pending.push(w.save_client(record(n)));
+        }
+        // Half the queue left: registrations are refused at once, with a clear answer.
+        assert!(w.is_busy());
+        let refused = w.save_client(record(9)).await.unwrap_err();
+        assert_eq!(refused, BUSY);
+        assert!(refused.contains("busy") && refused.contains("retry"));
+        assert_eq!(w.refused_busy(), 1);
+        // Heartbeats fill the rest; beyond it their updates are dropped, counted.
+        for n in 0..10 {
+            w.touch(ClientId([n; 16]), 1, 1);
+        }
+        assert_eq!(w.touches_dropped(), 6);
+        // An admin write waits for room instead of failing.
+        let waiting = tokio::spawn(w.save_topology("x".into(), 1));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(rx.recv().await.is_some(), "one place freed");
+        // The freed place goes to the waiting admin write, queued behind the others.
+        for n in 0..8 {
+            match rx.recv().await.unwrap() {
+                Op::Topology(_, _, done) => {
+                    assert_eq!(n, 7, "the admin write came last");
+                    let _ = done.send(Ok(()));
+                }
+                _ => assert!(n < 7),
+            }
+        }
+        waiting.await.unwrap().unwrap();
+        drop(pending);
     }
 
     #[tokio::test]

@@ -38,6 +38,10 @@ pub struct ServerState {
     pub connectors_total: AtomicU64,
     /// Large-message requests answered (QUIC, 34333/34341).
     pub large_requests: AtomicU64,
+    /// Refusals of the accepting QUIC ports (connection caps, deadlines, bad requests).
+    pub quic_refusals: Arc<branchline_quic::AcceptStats>,
+    /// Quotas on registrations (`crate::quota`).
+    pub quota: Mutex<crate::quota::RegistrationQuota>,
     /// The deployment's certificate authority (issues client certificates).
     pub ca: DeploymentCa,
     pub catalogue: Mutex<Catalogue>,
@@ -177,6 +181,14 @@ impl ServerState {
                 .counters
                 .snapshot()
                 .into_iter()
+                .chain(self.quic_refusals.snapshot())
+                .chain(
+                    self.quota
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .snapshot(),
+                )
+                .chain([("db_heartbeat_dropped", self.writer.touches_dropped())])
                 .filter(|(_, n)| *n > 0)
                 .map(|(reason, count)| DropCount {
                     reason: reason.into(),
@@ -420,6 +432,9 @@ impl Handler for ServerHandler {
                     Ok(reg) => reg,
                     Err(e) => return s.refuse(e),
                 };
+                if let Err(refused) = s.admit_registration(&reg.client_id, from, now) {
+                    return Response::Reply(*refused);
+                }
                 // The id is bound to the key of its first certificate request (issue #10).
                 let bound = match s.admit_identity(&reg, from, now) {
                     Ok(bound) => bound,

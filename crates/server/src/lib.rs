@@ -38,6 +38,7 @@ pub mod keys;
 pub mod large;
 pub mod locations;
 pub mod offices;
+pub mod quota;
 pub mod registry;
 pub mod reports;
 pub mod transfers;
@@ -57,8 +58,8 @@ use branchline_quic::{
 };
 use branchline_transport::{
     BindError, Clock, Context, KeyFileError, ReplayConfig, Requester, Responder, RetryPolicy,
-    SystemClock, bind_small, bind_udp, create_key_file, ensure_private_dir, read_key_file,
-    restrict_file,
+    Supervisor, SystemClock, TaskDied, bind_small, bind_udp, create_key_file, ensure_private_dir,
+    read_key_file, restrict_file,
 };
 use branchline_wire::DeploymentKey;
 use tokio::task::JoinHandle;
@@ -98,6 +99,8 @@ pub struct ServerOptions {
     /// Validity of the client certificates issued (`server.client_cert_lifetime_s`);
     /// clients renew at two thirds of it.
     pub client_cert_lifetime: std::time::Duration,
+    /// Quotas on registrations (new ids per source address, clients in all).
+    pub registration_quota: quota::QuotaConfig,
 }
 
 /// Makes the QUIC endpoints' revocation list match the revoked identities.
@@ -204,6 +207,8 @@ pub struct Server {
     request_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
     writer_task: JoinHandle<()>,
+    /// Reports a serving task that stopped ([`Server::died`]).
+    supervisor: Supervisor,
     db: Db,
     large: LargeMessaging,
     large_bg: LargeMessaging,
@@ -343,7 +348,7 @@ impl Server {
         let request = bind_small(ip, p.small_request, "server.small_request").await?;
         let reply = bind_small(ip, p.small_reply, "server.small_reply").await?;
         let large_request = SocketAddr::new(ip, p.large_fg_request);
-        let large = LargeMessaging::bind(
+        let mut large = LargeMessaging::bind(
             large_request,
             SocketAddr::new(ip, p.large_fg_reply),
             &identity,
@@ -374,7 +379,7 @@ impl Server {
                 }
             })?,
         );
-        let large_bg = LargeMessaging::bind(
+        let mut large_bg = LargeMessaging::bind(
             large_bg_request,
             SocketAddr::new(ip, p.large_bg_reply),
             &identity,
@@ -462,7 +467,19 @@ impl Server {
                     path: opts.data_dir.join(trust::TOKENS_FILE),
                     source,
                 })?;
+        // Bounds on what clients may hold on the large-message ports, counted in health.
+        let quic_refusals = Arc::new(branchline_quic::AcceptStats::default());
+        large.set_accept_limits(
+            branchline_quic::AcceptLimits::default(),
+            quic_refusals.clone(),
+        );
+        large_bg.set_accept_limits(
+            branchline_quic::AcceptLimits::default(),
+            quic_refusals.clone(),
+        );
+        let supervisor = Supervisor::default();
         let (writer, writer_task) = db::Writer::spawn(db.clone());
+        let writer_task = supervisor.watch("server.database_writer", writer_task);
         let (push_tx, mut push_rx) = tokio::sync::mpsc::channel(PUSH_QUEUE);
         let state = Arc::new(ServerState {
             registry: Mutex::new(registry),
@@ -472,6 +489,8 @@ impl Server {
             started: Instant::now(),
             connectors_total: AtomicU64::new(connectors),
             large_requests: AtomicU64::new(0),
+            quic_refusals,
+            quota: Mutex::new(quota::RegistrationQuota::new(opts.registration_quota)),
             ca,
             catalogue: Mutex::new(catalogue),
             locations: Mutex::new(locations::Locations::new()),
@@ -507,8 +526,15 @@ impl Server {
         let large_state = state.clone();
         let large_bg_task =
             large_bg.serve(move |peer, bytes| large::handle(large_state.clone(), peer, bytes));
-        let mut tasks = vec![large_task, large_bg_task];
-        tasks.append(&mut tasks_keys);
+        let mut tasks = vec![
+            supervisor.watch("server.large_fg_request (QUIC accept)", large_task),
+            supervisor.watch("server.large_bg_request (QUIC accept)", large_bg_task),
+        ];
+        tasks.extend(
+            tasks_keys
+                .drain(..)
+                .map(|k| supervisor.watch("server.key_retirement", k)),
+        );
         let metrics = Arc::new(web::metrics::Metrics::default());
         let handler = Arc::new(web::metrics::Metered::new(
             handler::ServerHandler(state.clone()),
@@ -516,12 +542,13 @@ impl Server {
         ));
         let admin_info = admin.as_ref().map(|a| a.info.clone());
         if let Some(bound) = admin {
-            tasks.push(
+            tasks.push(supervisor.watch(
+                "server.admin",
                 web::spawn(bound, state.clone(), metrics, &identity).map_err(ServerError::Admin)?,
-            );
+            ));
         }
         let serve_ctx = ctx.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(supervisor.spawn("server.small_request", async move {
             if let Err(e) = Responder::serve(request, serve_ctx, handler).await {
                 tracing::error!(error = %e, "server request port failed");
             }
@@ -529,7 +556,7 @@ impl Server {
         // Adaptive Protocol control signals from the RVPs (34545).
         let signals = Arc::new(transfers::SignalHandler(state.clone()));
         let signals_ctx = ctx.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(supervisor.spawn("server.adaptive", async move {
             if let Err(e) = Responder::serve(adaptive, signals_ctx, signals).await {
                 tracing::error!(error = %e, "server adaptive port failed");
             }
@@ -538,7 +565,7 @@ impl Server {
         // Assignments pushed to clients, from the reply port (34322) to their 34325; a
         // few at a time, each retried by the requester until acknowledged.
         let pusher = requester.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(supervisor.spawn("server.push", async move {
             let limit = Arc::new(tokio::sync::Semaphore::new(64));
             while let Some((to, body)) = push_rx.recv().await {
                 let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -571,6 +598,7 @@ impl Server {
             request_addr,
             tasks,
             writer_task,
+            supervisor,
             db,
             large,
             large_bg,
@@ -585,6 +613,14 @@ impl Server {
     /// The bound request-port address.
     pub fn request_addr(&self) -> SocketAddr {
         self.request_addr
+    }
+
+    /// Waits until a serving task (a receive loop, a QUIC accept loop, the database
+    /// writer, the admin endpoint) stops by itself, which it should never do: the
+    /// caller should then shut down and exit non-zero so a service manager restarts
+    /// the process, rather than run on deaf.
+    pub async fn died(&mut self) -> TaskDied {
+        self.supervisor.died().await
     }
 
     /// Stops serving, writes every pending heartbeat and closes the database.

@@ -25,6 +25,7 @@ pub mod keys;
 pub mod ratelimit;
 pub mod replay;
 pub mod retry;
+pub mod supervise;
 
 pub use bind::{
     BindError, SMALL_RECV_BUFFER, bind_small, bind_udp, enlarge_receive_buffer, serve_reserved,
@@ -39,3 +40,4 @@ pub use keyfile::{
 pub use keys::KeySet;
 pub use replay::ReplayConfig;
 pub use retry::RetryPolicy;
+pub use supervise::{Spawner, Supervisor, TaskDied};
