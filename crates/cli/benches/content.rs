@@ -15,7 +15,8 @@
 //!
 //! Run: `cargo bench -p branchline --bench content` (bench/README.md). Options
 //! (environment): `BL_BENCH_MIB` (package size, default 1024), `BL_BENCH_CLIENTS` (6),
-//! `BL_BENCH_REPEAT` (3), `BL_BENCH_TMPFS` (a tmpfs directory for the no-disk pair,
+//! `BL_BENCH_REPEAT` (3), `BL_BENCH_BIN` (another `branchline` binary to run, to compare
+//! builds), `BL_BENCH_TMPFS` (a tmpfs directory for the no-disk pair,
 //! default `/dev/shm`; `off` skips it).
 
 use std::io::{Read, Write};
@@ -33,7 +34,10 @@ use branchline_quic::{
 };
 use bytes::Bytes;
 
-const BIN: &str = env!("CARGO_BIN_EXE_branchline");
+/// The `branchline` binary: this build's, or `BL_BENCH_BIN` (to compare two builds).
+fn bin() -> String {
+    std::env::var("BL_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_branchline").into())
+}
 
 struct Kill(Child);
 
@@ -47,7 +51,7 @@ impl Drop for Kill {
 fn spawn(args: &[&str], log: &Path) -> Kill {
     let f = std::fs::File::create(log).unwrap();
     Kill(
-        Command::new(BIN)
+        Command::new(bin())
             .args(args)
             .env("BRANCHLINE_LOG", "warn")
             .stdin(Stdio::null())
@@ -58,8 +62,24 @@ fn spawn(args: &[&str], log: &Path) -> Kill {
     )
 }
 
+/// CPU time (user + system, seconds) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / hz as f64
+}
+
 fn run_ok(args: &[&str]) -> String {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -177,7 +197,7 @@ impl Bench {
     }
     fn get(&self, n: u8, content: &str) -> Child {
         let dir = self.data_dir(n);
-        Command::new(BIN)
+        Command::new(bin())
             .args([
                 "get",
                 content,
@@ -462,8 +482,14 @@ fn main() {
         let v = done(bench.get(client, id));
         (mib as f64 / t.elapsed().as_secs_f64(), v)
     };
+    // CPU seconds both daemons of a pair use per GiB moved: unlike rates, this hardly
+    // depends on what else the machine is running.
+    let gib = mib as f64 / 1024.0;
+    let cpu = |pids: &[u32]| -> f64 { pids.iter().map(|p| cpu_secs(*p)).sum() };
+    let pair = [_c1.0.id(), _c2.0.id()];
     let (mut tcp, mut origin_rate, mut p2p) = (Vec::new(), Vec::new(), Vec::new());
     let (mut p2p_tmpfs, mut quic_mem) = (Vec::new(), Vec::new());
+    let (mut p2p_cpu, mut tmpfs_cpu) = (Vec::new(), Vec::new());
     for k in 0..repeat {
         let src = origin_dir.join(format!("single-{k}.bin"));
         let copy = bench.dir.join("tcp-copy.bin");
@@ -472,17 +498,22 @@ fn main() {
         let (rate, v) = timed_get(1, &single[k]);
         assert_eq!(v["from_origin"].as_u64(), Some(size));
         origin_rate.push(rate);
+        let before = cpu(&pair);
         let (rate, v) = timed_get(2, &single[k]);
+        p2p_cpu.push((cpu(&pair) - before) / gib);
         assert_eq!(
             v["from_peers"].as_u64(),
             Some(size),
             "client 2 fetched from client 1 only"
         );
         p2p.push(rate);
-        if tmpfs_pair.is_some() {
+        if let Some((a, b)) = &tmpfs_pair {
             let (_, v) = timed_get(TMPFS_A, &tmpfs_ids[k]);
             assert_eq!(v["from_origin"].as_u64(), Some(size));
+            let tpair = [a.0.id(), b.0.id()];
+            let before = cpu(&tpair);
             let (rate, v) = timed_get(TMPFS_B, &tmpfs_ids[k]);
+            tmpfs_cpu.push((cpu(&tpair) - before) / gib);
             assert_eq!(v["from_peers"].as_u64(), Some(size));
             p2p_tmpfs.push(rate);
             quic_mem.push(quic_pieces_from_memory(mib, &bench.ip(8)));
@@ -505,6 +536,10 @@ fn main() {
         "peer-to-peer / TCP ratio:                {} (per run)",
         ratios(&p2p, &tcp).show(2)
     );
+    println!(
+        "CPU of both daemons per GiB, peer -> peer: {} s",
+        Spread(p2p_cpu).show(2)
+    );
     if tmpfs_pair.is_some() {
         let (p2p_tmpfs, quic_mem) = (Spread(p2p_tmpfs), Spread(quic_mem));
         println!(
@@ -519,6 +554,10 @@ fn main() {
             "tmpfs peer-to-peer / QUIC from memory:   {} (per run)",
             ratios(&p2p_tmpfs, &quic_mem).show(2)
         );
+        println!(
+            "CPU of both daemons per GiB, tmpfs pair: {} s",
+            Spread(tmpfs_cpu).show(2)
+        );
     }
     drop(tmpfs_pair);
 
@@ -528,6 +567,8 @@ fn main() {
     let f = mib as f64;
     let nf = f64::from(n);
     let (mut took, mut floor, mut served, mut from_origin) = (Vec::new(), Vec::new(), 0, 0);
+    let swarm_pids: Vec<u32> = clients.iter().map(|c| c.0.id()).collect();
+    let mut swarm_cpu = Vec::new();
     for (k, swarm) in swarm.iter().enumerate() {
         let src = origin_dir.join(format!("swarm-{k}.bin"));
         let copy = bench.dir.join("tcp-copy.bin");
@@ -535,11 +576,13 @@ fn main() {
         std::fs::remove_file(&copy).unwrap();
         floor.push(nf * f / tcp_now);
         let t = Instant::now();
+        let before = cpu(&swarm_pids);
         let gets: Vec<Child> = (3..3 + n).map(|i| bench.get(i, swarm)).collect();
         for g in gets {
             from_origin += done(g)["from_origin"].as_u64().unwrap();
         }
         took.push(t.elapsed().as_secs_f64());
+        swarm_cpu.push((cpu(&swarm_pids) - before) / (nf * gib));
         served += origin.bytes_served_for(&format!("swarm-{k}.bin"));
     }
     let (took, floor) = (Spread(took), Spread(floor));
@@ -561,6 +604,10 @@ fn main() {
     println!(
         "{n}-client time / shared-disk floor:      {} (per run)",
         ratios(&took, &floor).show(2)
+    );
+    println!(
+        "CPU of the {n} daemons per GiB delivered: {} s",
+        Spread(swarm_cpu).show(2)
     );
     let runs = swarm.len() as f64;
     println!(

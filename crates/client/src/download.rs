@@ -1062,12 +1062,11 @@ impl Download {
             }
         }
         let (cache, id) = (self.svc.cache.clone(), self.id);
-        let written = tokio::task::spawn_blocking(move || {
-            let refs: Vec<(u32, &[u8])> = first.iter().map(|(p, b)| (*p, &b[..])).collect();
-            cache.write_pieces(&id, &refs, now_ms())
-        })
-        .await
-        .map_err(|e| StoreError::InUse(format!("writer task failed: {e}")))??;
+        // The cache keeps the stored pieces' buffers (no copy) to serve peers soon after.
+        let written =
+            tokio::task::spawn_blocking(move || cache.write_pieces_shared(&id, &first, now_ms()))
+                .await
+                .map_err(|e| StoreError::InUse(format!("writer task failed: {e}")))??;
         let bad: Vec<u32> = written.bad.iter().map(|(p, _)| *p).collect();
         let mut written_once: Vec<u32> = Vec::new();
         for (source, piece, bytes) in batch {
