@@ -309,6 +309,10 @@ fn charged_bytes(map: &PieceMap) -> u64 {
 
 struct EntryState {
     have: Bitfield,
+    /// The data's stamp ([`Storage::data_stamp`]) right after this cache's last write to
+    /// it, or `None` once something else changed it (or it cannot be told): pieces kept in
+    /// memory are served only while the data still carries this stamp.
+    stamp: Option<[i64; 4]>,
     /// Set (under this lock) before the content's files are deleted; writers that see
     /// it stop.
     removed: bool,
@@ -517,11 +521,13 @@ impl<S: Storage> Cache<S> {
         let meta = read(Aux::Meta)?
             .and_then(|b| decode_meta(&b))
             .unwrap_or_default();
+        let stamp = self.storage.data_stamp(id).ok().flatten();
         Ok(Some((
             Entry {
                 map: Arc::new(map),
                 state: Mutex::new(EntryState {
                     have,
+                    stamp,
                     removed: false,
                     disk_full: false,
                 }),
@@ -649,6 +655,7 @@ impl<S: Storage> Cache<S> {
                 pinned: false,
             },
         );
+        let stamp = self.storage.data_stamp(&id).ok().flatten();
         inner.entries.insert(
             id,
             Slot {
@@ -656,6 +663,7 @@ impl<S: Storage> Cache<S> {
                     map: Arc::new(map),
                     state: Mutex::new(EntryState {
                         have,
+                        stamp,
                         removed: false,
                         disk_full: false,
                     }),
@@ -744,7 +752,9 @@ impl<S: Storage> Cache<S> {
             [(i, _)] => format!("piece {i}"),
             _ => format!("{} pieces", good.len()),
         };
-        // 1. Data, then one fsync, outside any lock.
+        // 1. Data, then one fsync, outside any lock. The data's stamp before and after
+        //    tells whether anything but this write changed it meanwhile.
+        let stamp_before = self.storage.data_stamp(id).ok().flatten();
         let written = good
             .iter()
             .try_for_each(|(index, data)| {
@@ -770,6 +780,7 @@ impl<S: Storage> Cache<S> {
                 e,
             ));
         }
+        let stamp_after = self.storage.data_stamp(id).ok().flatten();
         // 2. Then the bits, in one write of the bytes that changed and one fsync. A crash
         //    between 1 and 2 loses only this batch.
         {
@@ -777,6 +788,12 @@ impl<S: Storage> Cache<S> {
             if st.removed {
                 return Err(StoreError::UnknownContent(*id));
             }
+            st.stamp = match (st.stamp, stamp_before) {
+                (Some(known), Some(before)) if known == before => stamp_after,
+                // Changed by something else since this cache last wrote it: memory is not
+                // trusted for this content again in this run.
+                _ => None,
+            };
             let changed: Vec<u32> = good
                 .iter()
                 .map(|(i, _)| *i)
@@ -894,7 +911,12 @@ impl<S: Storage> Cache<S> {
             if index >= entry.map.piece_count() || !st.have.get(index) {
                 return Err(StoreError::PieceMissing { id: *id, index });
             }
-            lock(&self.recent).pieces.get(&(*id, index)).cloned()
+            // Trusted only while the data file is as this cache last left it: a file changed
+            // by anything else (a disk tool, tampering) is read and verified again.
+            let kept = lock(&self.recent).pieces.get(&(*id, index)).cloned();
+            kept.filter(|_| {
+                st.stamp.is_some() && self.storage.data_stamp(id).ok().flatten() == st.stamp
+            })
         };
         let data = match kept {
             Some(data) => {
@@ -1262,16 +1284,13 @@ mod tests {
     }
 
     #[test]
-    fn recent_pieces_are_served_as_verified_and_forgotten_with_their_content() {
+    fn recent_pieces_are_served_as_verified_until_the_file_changes() {
         let piece = 16 * 1024;
         let (cache, storage, map, content) = memory_cache(piece, 4);
         let id = map.id();
         let batch: Vec<(u32, Bytes)> = (0..3).map(|i| shared(&content, piece, i)).collect();
         let out = cache.write_pieces_shared(&id, &batch, 2).unwrap();
         assert_eq!(out.stored, vec![0, 1, 2]);
-        // The disk copy rots after the write: the bytes kept in memory are the verified
-        // ones, and those are what a peer gets.
-        assert!(storage.corrupt_data(&id, 5, 0xff));
         assert_eq!(cache.read_piece_shared(&id, 0, 3).unwrap(), batch[0].1);
         assert_eq!(cache.metrics().snapshot().pieces_served_from_memory, 1);
         // A piece not stored is never served, from memory or disk.
@@ -1279,19 +1298,24 @@ mod tests {
             cache.read_piece_shared(&id, 3, 3),
             Err(StoreError::PieceMissing { .. })
         ));
-        // Without the memory the rotten piece is caught by the re-verification.
-        cache.set_recent_capacity(0);
+        // Something else changes the file: memory is no longer trusted, the piece is read
+        // and verified again, and the rot is caught.
+        assert!(storage.corrupt_data(&id, 5, 0xff));
         assert!(matches!(
             cache.read_piece_shared(&id, 0, 4),
             Err(StoreError::CorruptOnDisk { .. })
         ));
         assert_eq!(cache.read_piece_shared(&id, 1, 4).unwrap(), batch[1].1);
-        assert_eq!(cache.metrics().snapshot().pieces_served_from_memory, 1);
-        // Removed content is forgotten by the memory too.
-        cache.set_recent_capacity(DEFAULT_RECENT_PIECES_BYTES);
+        // Nor after this cache's next write: the change was not its own.
         cache
             .write_pieces_shared(&id, &[shared(&content, piece, 3)], 5)
             .unwrap();
+        assert_eq!(
+            cache.read_piece_shared(&id, 3, 5).unwrap(),
+            shared(&content, piece, 3).1
+        );
+        assert_eq!(cache.metrics().snapshot().pieces_served_from_memory, 1);
+        // Removed content is forgotten by the memory too.
         assert!(cache.remove(&id).unwrap());
         assert!(lock(&cache.recent).pieces.is_empty());
         assert!(matches!(
