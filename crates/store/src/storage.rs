@@ -13,9 +13,8 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::id::ContentId;
@@ -110,36 +109,11 @@ pub fn is_disk_full(e: &io::Error) -> bool {
 /// Data files being written are kept open (up to [`MAX_OPEN_DATA_FILES`]) so that the
 /// `fdatasync` that makes a batch durable runs on the same descriptor as its writes and
 /// sees any write-back error they caused.
-///
-/// Whole pieces (offset and length multiples of 4 KiB) are written with `O_DIRECT` where
-/// the file system supports it: the bytes go from one reused, aligned buffer to the disk
-/// instead of being copied into fresh page-cache pages, which was the largest single CPU
-/// cost of receiving a piece (issue #12). Direct writes report their errors at once; the
-/// batch's `fdatasync` still runs before any piece is recorded (it also commits the
-/// file's block allocation and flushes the disk's cache). Other writes, and every write
-/// on a file system that refuses `O_DIRECT` (tmpfs), go through the page cache as before.
 #[derive(Debug)]
 pub struct FsStorage {
     base: PathBuf,
-    open: Mutex<HashMap<ContentId, Arc<DataFile>>>,
-    /// Cleared once the file system refuses a direct write: page cache from then on.
-    direct_ok: AtomicBool,
-    /// Spare aligned buffers for direct writes of pieces not aligned in memory.
-    spare: Mutex<Vec<Vec<u8>>>,
+    open: Mutex<HashMap<ContentId, Arc<File>>>,
 }
-
-/// A data file open for writing: through the page cache, and directly when possible.
-#[derive(Debug)]
-struct DataFile {
-    file: File,
-    direct: Option<File>,
-}
-
-/// Alignment of direct writes (offset, length and buffer address); 4 KiB suits every
-/// common logical block size.
-const DIRECT_ALIGN: usize = 4096;
-/// Spare buffers kept for direct writes.
-const MAX_SPARE_BUFFERS: usize = 4;
 
 /// Most data files [`FsStorage`] keeps open for writing at once; past this the cache of
 /// descriptors is emptied and refilled on demand.
@@ -156,8 +130,6 @@ impl FsStorage {
         Ok(Self {
             base,
             open: Mutex::new(HashMap::new()),
-            direct_ok: AtomicBool::new(true),
-            spare: Mutex::new(Vec::new()),
         })
     }
 
@@ -169,88 +141,21 @@ impl FsStorage {
         self.dir(id).join("data")
     }
 
-    fn open_handles(&self) -> std::sync::MutexGuard<'_, HashMap<ContentId, Arc<DataFile>>> {
+    fn open_handles(&self) -> std::sync::MutexGuard<'_, HashMap<ContentId, Arc<File>>> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The open write handles of a content's data file.
-    fn writer(&self, id: &ContentId) -> io::Result<Arc<DataFile>> {
+    /// The open write handle of a content's data file.
+    fn writer(&self, id: &ContentId) -> io::Result<Arc<File>> {
         if let Some(f) = self.open_handles().get(id) {
             return Ok(f.clone());
         }
-        let path = self.data_file(id);
-        let file = OpenOptions::new().write(true).open(&path)?;
-        let direct = if self.direct_ok.load(Ordering::Relaxed) {
-            match OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(&path)
-            {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    if e.raw_os_error() == Some(libc::EINVAL) {
-                        self.direct_ok.store(false, Ordering::Relaxed);
-                    }
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let f = Arc::new(DataFile { file, direct });
+        let f = Arc::new(OpenOptions::new().write(true).open(self.data_file(id))?);
         let mut open = self.open_handles();
         if open.len() >= MAX_OPEN_DATA_FILES {
             open.clear();
         }
         Ok(open.entry(*id).or_insert(f).clone())
-    }
-
-    /// Writes `data` at `offset` with `O_DIRECT`: `Ok(false)` when it cannot be written so
-    /// (not aligned, or the file system refuses), and the caller writes it through the
-    /// page cache instead.
-    fn write_direct(&self, file: &DataFile, offset: u64, data: &[u8]) -> io::Result<bool> {
-        let Some(direct) = &file.direct else {
-            return Ok(false);
-        };
-        let aligned = |n: usize| n.is_multiple_of(DIRECT_ALIGN);
-        if data.is_empty()
-            || !aligned(data.len())
-            || !offset.is_multiple_of(DIRECT_ALIGN as u64)
-            || !self.direct_ok.load(Ordering::Relaxed)
-        {
-            return Ok(false);
-        }
-        let written = if aligned(data.as_ptr() as usize) {
-            direct.write_all_at(data, offset)
-        } else {
-            let mut buf = self
-                .spare
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop()
-                .unwrap_or_default();
-            if buf.len() < data.len() + DIRECT_ALIGN {
-                buf = vec![0u8; data.len() + DIRECT_ALIGN];
-            }
-            let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
-            buf[at..at + data.len()].copy_from_slice(data);
-            let r = direct.write_all_at(&buf[at..at + data.len()], offset);
-            let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
-            if spare.len() < MAX_SPARE_BUFFERS {
-                spare.push(buf);
-            }
-            r
-        };
-        match written {
-            Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                // Refused after all (alignment rules stricter than 4 KiB, or a file system
-                // that accepts the flag but not the write): the page cache from now on.
-                self.direct_ok.store(false, Ordering::Relaxed);
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
     }
 }
 
@@ -289,15 +194,11 @@ impl Storage for FsStorage {
     }
 
     fn write_data(&self, id: &ContentId, offset: u64, data: &[u8]) -> io::Result<()> {
-        let w = self.writer(id)?;
-        if self.write_direct(&w, offset, data)? {
-            return Ok(());
-        }
-        w.file.write_all_at(data, offset)
+        self.writer(id)?.write_all_at(data, offset)
     }
 
     fn sync_data(&self, id: &ContentId) -> io::Result<()> {
-        self.writer(id)?.file.sync_data()
+        self.writer(id)?.sync_data()
     }
 
     fn read_data(&self, id: &ContentId, offset: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -666,26 +567,6 @@ mod tests {
         let s = statvfs(d.path()).unwrap();
         assert!(s.total > 0 && s.available <= s.total);
         assert!(statvfs(Path::new("/nonexistent/branchline")).is_err());
-    }
-
-    #[test]
-    fn fs_storage_writes_whole_pieces_directly_and_the_rest_through_the_page_cache() {
-        let d = tempfile::tempdir().unwrap();
-        let s = FsStorage::new(d.path()).unwrap();
-        let id = ContentId::of_bytes(b"direct");
-        let size = 3 * 65536 + 100;
-        s.create(&id, size as u64).unwrap();
-        let content: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
-        // An aligned piece from an unaligned buffer, an aligned one, a short last piece.
-        let unaligned = content[..65536 + 1].to_vec();
-        s.write_data(&id, 0, &unaligned[..65536]).unwrap();
-        s.write_data(&id, 65536, &content[65536..2 * 65536])
-            .unwrap();
-        s.write_data(&id, 2 * 65536, &content[2 * 65536..]).unwrap();
-        s.sync_data(&id).unwrap();
-        let mut back = vec![0u8; size];
-        s.read_data(&id, 0, &mut back).unwrap();
-        assert_eq!(back, content);
     }
 
     #[test]
