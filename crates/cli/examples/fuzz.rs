@@ -30,7 +30,7 @@ use branchline_wire::msg::{
     Ack, AdminChunk, Assign, ClientPorts, ConnectorSigned, ContentMeta, DropCount, Heartbeat,
     IHave, PublishBegin, PublishChunk, Register, TransferSignal, WhoHas,
 };
-use branchline_wire::validate::{Ports, content_id, drop_counts};
+use branchline_wire::validate::{content_id, drop_counts};
 use branchline_wire::{Body, DeploymentKey, Envelope, SealingKey, frame};
 use prost::Message as _;
 
@@ -309,7 +309,7 @@ fn validate_envelope(env: &Envelope) -> bool {
         Body::Register(r) => {
             let ok = r.validate().is_ok();
             if let Some(p) = &r.ports {
-                let _ = Ports::from_wire(p);
+                let _ = branchline_wire::validate::ports_from_wire(p);
             }
             ok
         }

@@ -1104,15 +1104,14 @@ impl Download {
             }
         }
         let (cache, id) = (self.svc.cache.clone(), self.id);
-        let written = tokio::task::spawn_blocking(move || {
-            let refs: Vec<(u32, &[u8])> = first.iter().map(|(p, b)| (*p, &b[..])).collect();
-            cache.write_pieces(&id, &refs, now_ms())
-        })
-        .await
-        .map_err(|source| DownloadError::Task {
-            what: "writing pieces",
-            source,
-        })??;
+        // The cache keeps the stored pieces' buffers (no copy) to serve peers soon after.
+        let written =
+            tokio::task::spawn_blocking(move || cache.write_pieces_shared(&id, &first, now_ms()))
+                .await
+                .map_err(|source| DownloadError::Task {
+                    what: "writing pieces",
+                    source,
+                })??;
         let bad: Vec<u32> = written.bad.iter().map(|(p, _)| *p).collect();
         let mut written_once: Vec<u32> = Vec::new();
         for (source, piece, bytes) in batch {

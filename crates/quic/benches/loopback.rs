@@ -7,6 +7,8 @@
 //! - large-message round trips: a 16 MiB request answered with 16 bytes;
 //! - piece fetches: 64 pieces of 1 MiB, 8 requests in flight on one connection.
 //!
+//! Each figure is the median and [min–max] of `BL_BENCH_REPEAT` runs (default 3).
+//!
 //! Figures depend on the machine and its load; loopback has no loss and near-zero
 //! RTT, so these are upper bounds of the protocol and crypto cost, not WAN figures.
 
@@ -27,6 +29,22 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().expect("valid address")
+}
+
+/// Median and [min–max] of some runs.
+fn spread(mut v: Vec<f64>, digits: usize) -> String {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    format!(
+        "{median:.digits$} [{:.digits$}–{:.digits$}]",
+        v[0],
+        v[n - 1]
+    )
 }
 
 struct Pieces(HashMap<u32, Bytes>);
@@ -102,54 +120,64 @@ async fn main() {
     let _serving = a.serve(Arc::new(Pieces(pieces)));
     let a_addr = a.endpoint().local_addr().expect("addr");
     let peer = Role::Client(ClientName::new("aa01").expect("name"));
+    let repeat: usize = std::env::var("BL_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3usize)
+        .max(1);
     let n = 200;
-    let start = Instant::now();
-    for _ in 0..n {
-        let (conn, _) = b.connect(a_addr, &peer).await.expect("connect");
-        // Use the connection so the accepting side's verification is included.
-        let req = PieceRequest {
-            content: [0; 32],
-            piece: 0,
-            offset: 0,
-            len: 1,
-        };
-        b.fetch(&conn, &req).await.expect("fetch");
-        conn.close(0u32.into(), b"");
+    let mut rates = Vec::new();
+    for _ in 0..repeat {
+        let start = Instant::now();
+        for _ in 0..n {
+            let (conn, _) = b.connect(a_addr, &peer).await.expect("connect");
+            // Use the connection so the accepting side's verification is included.
+            let req = PieceRequest {
+                content: [0; 32],
+                piece: 0,
+                offset: 0,
+                len: 1,
+            };
+            b.fetch(&conn, &req).await.expect("fetch");
+            conn.close(0u32.into(), b"");
+        }
+        rates.push(n as f64 / start.elapsed().as_secs_f64());
     }
-    let secs = start.elapsed().as_secs_f64();
     println!(
-        "handshake+1-byte fetch: {n} in {secs:.2} s = {:.0} per second",
-        n as f64 / secs
+        "handshake+1-byte fetch, {n} each run: {} per second",
+        spread(rates, 0)
     );
 
     // Pieces, 8 in flight.
     let (conn, _) = b.connect(a_addr, &peer).await.expect("connect");
     let conn = Arc::new(conn);
-    let start = Instant::now();
-    let mut total = 0usize;
-    for batch in 0..8u32 {
-        let mut set = tokio::task::JoinSet::new();
-        for i in 0..8u32 {
-            let conn = conn.clone();
-            set.spawn(async move {
-                let req = PieceRequest {
-                    content: [0; 32],
-                    piece: batch * 8 + i,
-                    offset: 0,
-                    len: 0,
-                };
-                branchline_quic::fetch_piece(&conn, &req, &ContentConfig::default()).await
-            });
+    let mut rates = Vec::new();
+    for _ in 0..repeat {
+        let start = Instant::now();
+        let mut total = 0usize;
+        for batch in 0..8u32 {
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..8u32 {
+                let conn = conn.clone();
+                set.spawn(async move {
+                    let req = PieceRequest {
+                        content: [0; 32],
+                        piece: batch * 8 + i,
+                        offset: 0,
+                        len: 0,
+                    };
+                    branchline_quic::fetch_piece(&conn, &req, &ContentConfig::default()).await
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                total += r.expect("task").expect("piece").len();
+            }
         }
-        while let Some(r) = set.join_next().await {
-            total += r.expect("task").expect("piece").len();
-        }
+        rates.push(total as f64 / MIB / start.elapsed().as_secs_f64());
     }
-    let secs = start.elapsed().as_secs_f64();
     println!(
-        "piece fetch: {:.0} MiB in {secs:.2} s = {:.0} MiB/s",
-        total as f64 / MIB,
-        total as f64 / MIB / secs
+        "piece fetch: 64 MiB, 1 MiB pieces, 8 in flight: {} MiB/s",
+        spread(rates, 0)
     );
 
     // Large messages: requests of 16 MiB to measure throughput, so both sides allow
@@ -189,15 +217,18 @@ async fn main() {
         .expect("connect");
     let request = Bytes::from(vec![7u8; 16 * 1024 * 1024]);
     let rounds = 8;
-    let start = Instant::now();
-    for _ in 0..rounds {
-        let reply = c.request(&conn, request.clone()).await.expect("request");
-        assert_eq!(reply.len(), 16);
+    let mut rates = Vec::new();
+    for _ in 0..repeat {
+        let start = Instant::now();
+        for _ in 0..rounds {
+            let reply = c.request(&conn, request.clone()).await.expect("request");
+            assert_eq!(reply.len(), 16);
+        }
+        let mib = rounds as f64 * request.len() as f64 / MIB;
+        rates.push(mib / start.elapsed().as_secs_f64());
     }
-    let secs = start.elapsed().as_secs_f64();
-    let mib = rounds as f64 * request.len() as f64 / MIB;
     println!(
-        "large messages: {rounds} x 16 MiB in {secs:.2} s = {:.0} MiB/s",
-        mib / secs
+        "large messages: {rounds} x 16 MiB each run: {} MiB/s",
+        spread(rates, 0)
     );
 }

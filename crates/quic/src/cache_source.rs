@@ -11,8 +11,11 @@ use crate::identity::PeerIdentity;
 
 use branchline_time::now_ms;
 
-/// Serves pieces from the cache. Every piece is verified again as it is read, so a piece
-/// corrupted on disk is never passed on (the cache forgets it and it is fetched again).
+/// Serves pieces from the cache. A piece this node stored recently is served from the
+/// cache's bounded memory of the very bytes it verified when it stored them
+/// (`Cache::read_piece_shared`); every other piece is verified again as it is read, so a
+/// piece corrupted on disk is never passed on (the cache forgets it and it is fetched
+/// again).
 pub struct CacheSource {
     /// The cache pieces are read from (and re-verified).
     pub cache: Arc<Cache<FsStorage>>,
@@ -30,11 +33,12 @@ impl PieceSource for CacheSource {
     ) -> Result<Bytes, PieceError> {
         let cache = self.cache.clone();
         let id = ContentId::from_bytes(*content);
-        let read = tokio::task::spawn_blocking(move || cache.read_piece(&id, piece, now_ms()))
-            .await
-            .map_err(|e| PieceError::Unavailable(e.to_string()))?;
+        let read =
+            tokio::task::spawn_blocking(move || cache.read_piece_shared(&id, piece, now_ms()))
+                .await
+                .map_err(|e| PieceError::Unavailable(e.to_string()))?;
         match read {
-            Ok(bytes) => Ok(Bytes::from(bytes)),
+            Ok(bytes) => Ok(bytes),
             Err(StoreError::UnknownContent(_) | StoreError::PieceMissing { .. }) => {
                 Err(PieceError::NotFound)
             }

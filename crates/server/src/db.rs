@@ -547,16 +547,9 @@ impl Writer {
         identity: Option<Identity>,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
         let (done, rx) = oneshot::channel();
-        let sent = self
-            .tx
-            .send(Op::Identity(id, identity.map(Box::new), done))
-            .is_ok();
-        async move {
-            if !sent {
-                return Err(WRITER_GONE.into());
-            }
-            rx.await.unwrap_or_else(|_| Err(WRITER_GONE.into()))
-        }
+        // Waits for room like an admin write: identities change rarely (first
+        // registrations, whose quota is checked first, and admin calls).
+        self.send_waiting(Op::Identity(id, identity.map(Box::new), done), rx)
     }
 
     /// Notes a heartbeat; written within a second.

@@ -6,14 +6,18 @@
 //! cache-wide first, then per-content; no code takes the cache-wide lock while holding a
 //! per-content one. Piece data is verified and written (with its fsync) holding neither
 //! lock, so pieces of many contents, and of one content, are written in parallel; only
-//! the one-byte bitfield update is serialised per content.
+//! the one-byte bitfield update is serialised per content. The memory of recently stored
+//! pieces (`recent`) has a mutex of its own, always taken last and never held while
+//! another lock is taken.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
 
 use crate::bitfield::{Bitfield, HAVE_HEADER_LEN, decode_have, encode_have, have_file_len};
 use crate::error::StoreError;
@@ -26,6 +30,11 @@ use crate::storage::{Aux, DiskSpace, FsStorage, Storage, is_disk_full};
 /// use (milliseconds). Between writes the time lives in memory, so after a crash the LRU
 /// order can be off by up to this much.
 pub const LRU_PERSIST_INTERVAL_MS: u64 = 60_000;
+
+/// Default memory for the verified bytes of recently stored pieces, kept to serve peers
+/// without re-reading and re-hashing them ([`Cache::write_pieces_shared`],
+/// [`Cache::read_piece_shared`]): 64 MiB.
+pub const DEFAULT_RECENT_PIECES_BYTES: usize = 64 << 20;
 
 /// The cache size limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,8 +156,12 @@ pub struct CacheMetrics {
     pub pieces_written: AtomicU64,
     /// Bytes of those pieces.
     pub bytes_written: AtomicU64,
-    /// Pieces read, re-verified and handed out for serving.
+    /// Pieces handed out for serving (re-read and re-verified, or from the memory of
+    /// recently stored pieces).
     pub pieces_served: AtomicU64,
+    /// Of those, pieces served from the memory of recently stored pieces: the very bytes
+    /// that were verified when they were stored, so neither read nor hashed again.
+    pub pieces_served_from_memory: AtomicU64,
     /// Bytes of those pieces.
     pub bytes_served: AtomicU64,
     /// Pieces from peers that failed verification (the peer is at fault).
@@ -174,6 +187,7 @@ pub struct MetricsSnapshot {
     pub pieces_written: u64,
     pub bytes_written: u64,
     pub pieces_served: u64,
+    pub pieces_served_from_memory: u64,
     pub bytes_served: u64,
     pub bad_pieces_received: u64,
     pub corrupt_pieces_on_disk: u64,
@@ -192,6 +206,7 @@ impl CacheMetrics {
             pieces_written: g(&self.pieces_written),
             bytes_written: g(&self.bytes_written),
             pieces_served: g(&self.pieces_served),
+            pieces_served_from_memory: g(&self.pieces_served_from_memory),
             bytes_served: g(&self.bytes_served),
             bad_pieces_received: g(&self.bad_pieces_received),
             corrupt_pieces_on_disk: g(&self.corrupt_pieces_on_disk),
@@ -294,6 +309,10 @@ fn charged_bytes(map: &PieceMap) -> u64 {
 
 struct EntryState {
     have: Bitfield,
+    /// The data's stamp ([`Storage::data_stamp`]) right after this cache's last write to
+    /// it, or `None` once something else changed it (or it cannot be told): pieces kept in
+    /// memory are served only while the data still carries this stamp.
+    stamp: Option<[i64; 4]>,
     /// Set (under this lock) before the content's files are deleted; writers that see
     /// it stop.
     removed: bool,
@@ -316,6 +335,46 @@ struct Inner {
     entries: HashMap<ContentId, Slot>,
 }
 
+/// The verified bytes of recently stored pieces, oldest dropped first, within `cap` bytes.
+/// A content's pieces are dropped when it is evicted or removed, and only pieces whose bit
+/// is set are ever served from here, so what this holds is always exactly the bytes that
+/// were verified against the content's map when they were stored.
+#[derive(Default)]
+struct Recent {
+    pieces: HashMap<(ContentId, u32), Bytes>,
+    order: VecDeque<(ContentId, u32)>,
+    bytes: usize,
+    cap: usize,
+}
+
+impl Recent {
+    fn insert(&mut self, id: ContentId, index: u32, data: Bytes) {
+        if data.len() > self.cap || self.pieces.contains_key(&(id, index)) {
+            return;
+        }
+        self.bytes += data.len();
+        self.pieces.insert((id, index), data);
+        self.order.push_back((id, index));
+        while self.bytes > self.cap {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(d) = self.pieces.remove(&old) {
+                self.bytes -= d.len();
+            }
+        }
+    }
+
+    fn forget_content(&mut self, id: &ContentId) {
+        if self.pieces.is_empty() {
+            return;
+        }
+        self.pieces.retain(|(c, _), _| c != id);
+        self.order.retain(|(c, _)| c != id);
+        self.bytes = self.pieces.values().map(Bytes::len).sum();
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -328,6 +387,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Cache<S: Storage = FsStorage> {
     storage: S,
     inner: Mutex<Inner>,
+    recent: Mutex<Recent>,
     metrics: CacheMetrics,
     /// Exclusive lock on the cache directory (file-system caches only), released by the
     /// kernel when the process exits, however it exits.
@@ -386,6 +446,10 @@ impl<S: Storage> Cache<S> {
             inner: Mutex::new(Inner {
                 ledger: Ledger::new(cap),
                 entries: HashMap::new(),
+            }),
+            recent: Mutex::new(Recent {
+                cap: DEFAULT_RECENT_PIECES_BYTES,
+                ..Recent::default()
             }),
             metrics: CacheMetrics::default(),
             _dir_lock: None,
@@ -457,11 +521,13 @@ impl<S: Storage> Cache<S> {
         let meta = read(Aux::Meta)?
             .and_then(|b| decode_meta(&b))
             .unwrap_or_default();
+        let stamp = self.storage.data_stamp(id).ok().flatten();
         Ok(Some((
             Entry {
                 map: Arc::new(map),
                 state: Mutex::new(EntryState {
                     have,
+                    stamp,
                     removed: false,
                     disk_full: false,
                 }),
@@ -475,6 +541,7 @@ impl<S: Storage> Cache<S> {
         if let Some(slot) = inner.entries.remove(id) {
             lock(&slot.entry.state).removed = true;
         }
+        lock(&self.recent).forget_content(id);
         // If the files cannot be removed, the ledger keeps charging them, so the cap still
         // holds and the next eviction retries.
         self.storage
@@ -590,6 +657,7 @@ impl<S: Storage> Cache<S> {
                 pinned: false,
             },
         );
+        let stamp = self.storage.data_stamp(&id).ok().flatten();
         inner.entries.insert(
             id,
             Slot {
@@ -597,6 +665,7 @@ impl<S: Storage> Cache<S> {
                     map: Arc::new(map),
                     state: Mutex::new(EntryState {
                         have,
+                        stamp,
                         removed: false,
                         disk_full: false,
                     }),
@@ -685,7 +754,9 @@ impl<S: Storage> Cache<S> {
             [(i, _)] => format!("piece {i}"),
             _ => format!("{} pieces", good.len()),
         };
-        // 1. Data, then one fsync, outside any lock.
+        // 1. Data, then one fsync, outside any lock. The data's stamp before and after
+        //    tells whether anything but this write changed it meanwhile.
+        let stamp_before = self.storage.data_stamp(id).ok().flatten();
         let written = good
             .iter()
             .try_for_each(|(index, data)| {
@@ -711,6 +782,7 @@ impl<S: Storage> Cache<S> {
                 e,
             ));
         }
+        let stamp_after = self.storage.data_stamp(id).ok().flatten();
         // 2. Then the bits, in one write of the bytes that changed and one fsync. A crash
         //    between 1 and 2 loses only this batch.
         {
@@ -718,6 +790,12 @@ impl<S: Storage> Cache<S> {
             if st.removed {
                 return Err(StoreError::UnknownContent(*id));
             }
+            st.stamp = match (st.stamp, stamp_before) {
+                (Some(known), Some(before)) if known == before => stamp_after,
+                // Changed by something else since this cache last wrote it: memory is not
+                // trusted for this content again in this run.
+                _ => None,
+            };
             let changed: Vec<u32> = good
                 .iter()
                 .map(|(i, _)| *i)
@@ -766,6 +844,93 @@ impl<S: Storage> Cache<S> {
         }
         self.touch(&mut lock(&self.inner), id, now_ms);
         Ok(out)
+    }
+
+    /// [`Cache::write_pieces`] for pieces held in shared buffers (as they came off the
+    /// network): the pieces stored by this call are also kept in a bounded memory of
+    /// recently stored pieces ([`Cache::set_recent_capacity`], default
+    /// [`DEFAULT_RECENT_PIECES_BYTES`]), so that peers asking for them soon after are served
+    /// the verified bytes themselves by [`Cache::read_piece_shared`], without a re-read and
+    /// a second hash. No copy is made: the memory shares the caller's buffers.
+    pub fn write_pieces_shared(
+        &self,
+        id: &ContentId,
+        pieces: &[(u32, Bytes)],
+        now_ms: u64,
+    ) -> Result<BatchOutcome, StoreError> {
+        let refs: Vec<(u32, &[u8])> = pieces.iter().map(|(i, b)| (*i, &b[..])).collect();
+        let out = self.write_pieces(id, &refs, now_ms)?;
+        if out.stored.is_empty() {
+            return Ok(out);
+        }
+        let entry = self.entry(id)?;
+        // Under the content's lock: an eviction marks it removed under this lock before it
+        // drops the content's pieces from the memory, so none is left behind.
+        let st = lock(&entry.state);
+        if !st.removed {
+            let mut recent = lock(&self.recent);
+            for (index, data) in pieces {
+                if out.stored.contains(index) && st.have.get(*index) {
+                    recent.insert(*id, *index, data.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets how many bytes of recently stored pieces are kept in memory for serving (0
+    /// keeps none; every piece served is then re-read and re-verified).
+    pub fn set_recent_capacity(&self, bytes: usize) {
+        let mut recent = lock(&self.recent);
+        recent.cap = bytes;
+        while recent.bytes > recent.cap {
+            let Some(old) = recent.order.pop_front() else {
+                break;
+            };
+            if let Some(d) = recent.pieces.remove(&old) {
+                recent.bytes -= d.len();
+            }
+        }
+    }
+
+    /// Reads a piece to serve to a peer, like [`Cache::read_piece`], in a shared buffer. A
+    /// piece stored by [`Cache::write_pieces_shared`] that is still in the memory of
+    /// recently stored pieces is served from there: those are the bytes that were verified
+    /// when it was stored, so they are neither read nor hashed again. Every other piece is
+    /// re-read and re-verified ([`StoreError::CorruptOnDisk`] as there).
+    pub fn read_piece_shared(
+        &self,
+        id: &ContentId,
+        index: u32,
+        now_ms: u64,
+    ) -> Result<Bytes, StoreError> {
+        let entry = self.entry(id)?;
+        let kept = {
+            let st = lock(&entry.state);
+            if st.removed {
+                return Err(StoreError::UnknownContent(*id));
+            }
+            if index >= entry.map.piece_count() || !st.have.get(index) {
+                return Err(StoreError::PieceMissing { id: *id, index });
+            }
+            // Trusted only while the data file is as this cache last left it: a file changed
+            // by anything else (a disk tool, tampering) is read and verified again.
+            let kept = lock(&self.recent).pieces.get(&(*id, index)).cloned();
+            kept.filter(|_| {
+                st.stamp.is_some() && self.storage.data_stamp(id).ok().flatten() == st.stamp
+            })
+        };
+        let data = match kept {
+            Some(data) => {
+                bump(&self.metrics.pieces_served_from_memory, 1);
+                data
+            }
+            None => Bytes::from(self.read_verified(&entry, id, index)?),
+        };
+        bump(&self.metrics.pieces_served, 1);
+        bump(&self.metrics.bytes_served, data.len() as u64);
+        self.touch(&mut lock(&self.inner), id, now_ms);
+        Ok(data)
     }
 
     /// Reads a piece to serve to a peer. The piece is re-verified first; a piece corrupt
@@ -912,6 +1077,7 @@ impl<S: Storage> Cache<S> {
         if let Some(slot) = inner.entries.remove(id) {
             lock(&slot.entry.state).removed = true;
         }
+        lock(&self.recent).forget_content(id);
         self.storage
             .remove(id)
             .map_err(|e| StoreError::io(format!("removing {id}"), e))?;
@@ -1095,6 +1261,104 @@ mod tests {
         };
         assert_eq!(CacheCap::PercentOfDisk(25).resolve(disk).unwrap(), 250);
         assert_eq!(CacheCap::Bytes(7).resolve(disk).unwrap(), 7);
+    }
+
+    fn memory_cache(
+        piece: u32,
+        pieces: u32,
+    ) -> (
+        Cache<crate::MemStorage>,
+        crate::MemStorage,
+        PieceMap,
+        Vec<u8>,
+    ) {
+        let content: Vec<u8> = (0..piece * pieces).map(|i| (i % 251) as u8).collect();
+        let map = PieceMap::from_bytes(&content, PieceSize::new(piece).unwrap()).unwrap();
+        let storage = crate::MemStorage::new();
+        let cache = Cache::with_storage(storage.clone(), CacheCap::Bytes(1 << 30), 0).unwrap();
+        cache.begin(map.clone(), 1).unwrap();
+        (cache, storage, map, content)
+    }
+
+    fn shared(content: &[u8], piece: u32, i: u32) -> (u32, Bytes) {
+        let at = (i * piece) as usize;
+        (i, Bytes::copy_from_slice(&content[at..at + piece as usize]))
+    }
+
+    #[test]
+    fn recent_pieces_are_served_as_verified_until_the_file_changes() {
+        let piece = 16 * 1024;
+        let (cache, storage, map, content) = memory_cache(piece, 4);
+        let id = map.id();
+        let batch: Vec<(u32, Bytes)> = (0..3).map(|i| shared(&content, piece, i)).collect();
+        let out = cache.write_pieces_shared(&id, &batch, 2).unwrap();
+        assert_eq!(out.stored, vec![0, 1, 2]);
+        assert_eq!(cache.read_piece_shared(&id, 0, 3).unwrap(), batch[0].1);
+        assert_eq!(cache.metrics().snapshot().pieces_served_from_memory, 1);
+        // A piece not stored is never served, from memory or disk.
+        assert!(matches!(
+            cache.read_piece_shared(&id, 3, 3),
+            Err(StoreError::PieceMissing { .. })
+        ));
+        // Something else changes the file: memory is no longer trusted, the piece is read
+        // and verified again, and the rot is caught.
+        assert!(storage.corrupt_data(&id, 5, 0xff));
+        assert!(matches!(
+            cache.read_piece_shared(&id, 0, 4),
+            Err(StoreError::CorruptOnDisk { .. })
+        ));
+        assert_eq!(cache.read_piece_shared(&id, 1, 4).unwrap(), batch[1].1);
+        // Nor after this cache's next write: the change was not its own.
+        cache
+            .write_pieces_shared(&id, &[shared(&content, piece, 3)], 5)
+            .unwrap();
+        assert_eq!(
+            cache.read_piece_shared(&id, 3, 5).unwrap(),
+            shared(&content, piece, 3).1
+        );
+        assert_eq!(cache.metrics().snapshot().pieces_served_from_memory, 1);
+        // Removed content is forgotten by the memory too.
+        assert!(cache.remove(&id).unwrap());
+        assert!(lock(&cache.recent).pieces.is_empty());
+        assert!(matches!(
+            cache.read_piece_shared(&id, 3, 6),
+            Err(StoreError::UnknownContent(_))
+        ));
+    }
+
+    #[test]
+    fn recent_pieces_stay_within_their_memory() {
+        let piece = 16 * 1024;
+        let (cache, _storage, map, content) = memory_cache(piece, 4);
+        let id = map.id();
+        cache.set_recent_capacity(2 * piece as usize);
+        for i in 0..4 {
+            cache
+                .write_pieces_shared(&id, &[shared(&content, piece, i)], 2)
+                .unwrap();
+        }
+        {
+            let recent = lock(&cache.recent);
+            assert_eq!(recent.bytes, 2 * piece as usize);
+            assert_eq!(recent.pieces.len(), 2);
+        }
+        // The oldest were dropped: they come from the disk, re-verified.
+        for i in 0..4 {
+            assert_eq!(
+                cache.read_piece_shared(&id, i, 3).unwrap(),
+                shared(&content, piece, i).1
+            );
+        }
+        assert_eq!(cache.metrics().snapshot().pieces_served_from_memory, 2);
+        // A bad piece is not stored, so not kept either.
+        let mut bad = shared(&content, piece, 0).1.to_vec();
+        bad[0] ^= 1;
+        let (cache, _storage, map, _) = memory_cache(piece, 4);
+        let out = cache
+            .write_pieces_shared(&map.id(), &[(0, Bytes::from(bad))], 2)
+            .unwrap();
+        assert_eq!(out.bad.len(), 1);
+        assert!(lock(&cache.recent).pieces.is_empty());
     }
 
     proptest! {

@@ -26,7 +26,9 @@
 //!    compares 32 bytes. A single flipped bit anywhere is caught.
 //!
 //! The [`Cache`] applies step 2 before a piece is written ([`Cache::write_piece`]),
-//! again before it is served to a peer ([`Cache::read_piece`]), and hands a file out
+//! again before it is served to a peer ([`Cache::read_piece`]; [`Cache::read_piece_shared`]
+//! serves a piece stored in this run by [`Cache::write_pieces_shared`] from the very buffer
+//! that was verified, kept in a bounded memory), and hands a file out
 //! ([`Cache::open_complete`]) only when every piece was verified and durably stored.
 //!
 //! # Why BLAKE3 chaining values and not `bao-tree`
@@ -121,7 +123,8 @@ pub mod storage;
 pub use bitfield::Bitfield;
 pub use cache::{
     BatchOutcome, Cache, CacheCap, CacheMetrics, CacheUsage, CompleteContent, ContentStatus,
-    LRU_PERSIST_INTERVAL_MS, MetricsSnapshot, VerifyReport, WriteOutcome,
+    DEFAULT_RECENT_PIECES_BYTES, LRU_PERSIST_INTERVAL_MS, MetricsSnapshot, VerifyReport,
+    WriteOutcome,
 };
 pub use error::StoreError;
 pub use id::{ContentId, ParseIdError};

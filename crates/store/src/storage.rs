@@ -70,6 +70,14 @@ pub trait Storage: Send + Sync {
     fn open_data(&self, id: &ContentId) -> io::Result<Self::Reader>;
     /// Path of the data file, for backends that have one.
     fn data_path(&self, id: &ContentId) -> Option<PathBuf>;
+    /// A cheap fingerprint of the data area's last change (for a file: its modification
+    /// and change times, size and inode), so the cache can tell that something other than
+    /// its own writes changed it. `None` when the backend cannot tell; the cache then
+    /// re-verifies every piece it serves.
+    fn data_stamp(&self, id: &ContentId) -> io::Result<Option<[i64; 4]>> {
+        let _ = id;
+        Ok(None)
+    }
     /// Reads a small file; `None` if it does not exist.
     fn read_aux(&self, id: &ContentId, aux: Aux) -> io::Result<Option<Vec<u8>>>;
     /// Replaces a small file atomically (old or new content after a crash, never a mix)
@@ -211,6 +219,20 @@ impl Storage for FsStorage {
         Some(self.data_file(id))
     }
 
+    fn data_stamp(&self, id: &ContentId) -> io::Result<Option<[i64; 4]>> {
+        use std::os::unix::fs::MetadataExt;
+        match fs::metadata(self.data_file(id)) {
+            Ok(m) => Ok(Some([
+                m.mtime().wrapping_mul(1_000_000_000) + m.mtime_nsec(),
+                m.ctime().wrapping_mul(1_000_000_000) + m.ctime_nsec(),
+                m.size() as i64,
+                m.ino() as i64,
+            ])),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn read_aux(&self, id: &ContentId, aux: Aux) -> io::Result<Option<Vec<u8>>> {
         match fs::read(self.dir(id).join(aux.file_name())) {
             Ok(b) => Ok(Some(b)),
@@ -295,6 +317,8 @@ struct MemContent {
     /// What survives a crash: `data` as of the last `sync_data`.
     durable: Vec<u8>,
     aux: BTreeMap<Aux, Vec<u8>>,
+    /// Changes to `data` so far (writes and injected corruption): its stamp.
+    changes: i64,
 }
 
 #[derive(Default, Debug)]
@@ -351,6 +375,7 @@ impl MemStorage {
         }
         c.data[at] ^= xor;
         c.durable[at] ^= xor;
+        c.changes += 1;
         true
     }
 
@@ -406,6 +431,7 @@ impl Storage for MemStorage {
                 data: vec![0; size],
                 durable: vec![0; size],
                 aux: BTreeMap::new(),
+                changes: 0,
             },
         );
         Ok(())
@@ -421,6 +447,7 @@ impl Storage for MemStorage {
             .get_mut(off..off + data.len())
             .ok_or_else(|| io::Error::other("write past the end of the data area"))?;
         dst.copy_from_slice(data);
+        c.changes += 1;
         Ok(())
     }
 
@@ -457,6 +484,13 @@ impl Storage for MemStorage {
 
     fn data_path(&self, _id: &ContentId) -> Option<PathBuf> {
         None
+    }
+
+    fn data_stamp(&self, id: &ContentId) -> io::Result<Option<[i64; 4]>> {
+        let s = self.lock();
+        Ok(s.contents
+            .get(id)
+            .map(|c| [c.changes, 0, c.data.len() as i64, 0]))
     }
 
     fn read_aux(&self, id: &ContentId, aux: Aux) -> io::Result<Option<Vec<u8>>> {
