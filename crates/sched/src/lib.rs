@@ -126,10 +126,10 @@
 //! `k × piece_size × outstanding / rate` (k = 4), clamped to 2..120 s, counted from the
 //! later of its sending and the source's last delivery, but at most 120 s after its
 //! sending (so one stuck request cannot hide behind a source that keeps delivering
-//! others); 30 s while the rate is unknown. For an ungrouped source the clamped budget
-//! doubles after each round of timeouts ([`SchedConfig::max_backoff`] = 6 doublings at
-//! most, still within 120 s) and halves back with each whole piece it delivers, so a
-//! peer that is busy for seconds at a time gets deadlines that fit it.
+//! others); 30 s while the rate is unknown. Optionally, for an ungrouped source the
+//! clamped budget doubles after each round of timeouts and halves back with each whole
+//! piece it delivers ([`SchedConfig::max_backoff`] doublings at most; 0 by default, see
+//! there why).
 //! Counting from the last delivery means a deep pipe is not penalised for queueing, and
 //! a source that stops entirely shows all its requests late together.
 //! [`Scheduler::timeouts`] lists them; the caller cancels them and reports
@@ -143,10 +143,10 @@
 //! run.) So a timeout of an ungrouped source earns no strike while the source's
 //! *silence* (time with requests outstanding and nothing delivered; idle time never
 //! counts) is under [`SchedConfig::silence_limit`] (30 s, the first deadline of an
-//! unknown source): its window drops to the floor and its deadlines back off (once per
-//! round), and the piece goes elsewhere first. From 30 s of silence on, timeouts are
-//! strikes as below, and the back-off is reset so that the next rounds judge quickly: a
-//! source that answers nothing is dropped about two deadlines after the silence limit.
+//! unknown source): its window drops to the floor (once per round), and the piece goes
+//! elsewhere first. From 30 s of silence on, timeouts are strikes as below (and any
+//! back-off is reset so that the next rounds judge quickly): a source that answers
+//! nothing is dropped about two deadlines after the silence limit.
 //!
 //! **Strikes.** A transport failure, or a timeout as above, is a strike; a delivery
 //! clears them; at [`SchedConfig::max_strikes`] (3) the source is dropped
@@ -224,8 +224,10 @@
 //! Ungrouped sources keep every rule above unchanged. In the simulator's west case
 //! (8 MiB from six sources behind 4 Mbit/s, 60 ms one way, 0.5 % loss, another client's
 //! six connections on the link) the per-source rules fail with 1 MiB pieces (every
-//! source dropped, 2.68× the content in) and refetch 1.66× the content with 256 KiB
-//! pieces; with groups and progress both complete, no source dropped, 1.00× in.
+//! source dropped, 3.49× the content in) and refetch 2.34× the content with 256 KiB
+//! pieces (with timeouts that no longer strike a source that delivered within 30 s,
+//! late pieces are refetched more often than dropped sources used to cause: 2.68× and
+//! 1.66× before); with groups and progress both complete, no source dropped, 1.00× in.
 //! The price: a group's floor of two requests is also its usual window on a slow link,
 //! so against greedy cross traffic that opens many connections the group gets a share
 //! for two.

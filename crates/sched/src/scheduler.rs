@@ -554,7 +554,7 @@ impl Scheduler {
     ///
     /// | failure | piece | source |
     /// |---|---|---|
-    /// | `Timeout` | back to the pool, elsewhere first | ungrouped and silent under `silence_limit`: window to minimum, deadlines back off, no strike; else strike; window to minimum; rate halved |
+    /// | `Timeout` | back to the pool, elsewhere first | ungrouped and silent under `silence_limit`: window to minimum, deadlines back off if `max_backoff` allows, no strike; else strike; window to minimum; rate halved |
     /// | `Transport` | back to the pool, elsewhere first | strike; window halved |
     /// | `Unavailable` | back to the pool; not asked of this source for the holdoff | none |
     /// | `Busy` | back to the pool, elsewhere first | window halved |

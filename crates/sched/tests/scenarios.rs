@@ -1245,6 +1245,7 @@ fn transport_failures_strike_a_source_that_delivered_moments_ago() {
 fn a_slow_source_gets_longer_deadlines_after_each_round_of_timeouts() {
     let t = Instant::now();
     let c = SchedConfig {
+        max_backoff: 6,
         // No hold expires in between: the next deadline is a request's.
         holdoff: Duration::from_secs(1000),
         ..cfg()
