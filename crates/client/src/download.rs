@@ -575,6 +575,18 @@ impl Download {
                 self.progress.send_modify(|p| p.paused = None);
             }
             for (source, piece) in sched.timeouts(now) {
+                // A fetch that already finished is not late: its answer waits in `tasks`
+                // while this loop was busy (writing a batch, on a loaded machine), and is
+                // judged when it is read below. Timing it out would blame the source for
+                // our own delay and fetch the piece a second time.
+                if self
+                    .in_flight
+                    .get(&(source, piece))
+                    .is_some_and(|h| h.is_finished())
+                {
+                    continue;
+                }
+                tracing::debug!(content = %self.id, %source, piece, "request timed out");
                 if let Some(h) = self.in_flight.remove(&(source, piece)) {
                     h.abort();
                 }
@@ -1165,6 +1177,9 @@ impl Download {
                     what: "a received piece",
                     source,
                 })?;
+            if !received.new {
+                tracing::debug!(content = %self.id, %source, piece, "a piece already held arrived again");
+            }
             for (s, p) in received.cancel {
                 if let Some(h) = self.in_flight.remove(&(s, p)) {
                     h.abort();

@@ -68,7 +68,8 @@
 //! otherwise hand the same wrong answer straight back.
 //!
 //! **Each missing piece is requested once.** Outside endgame a piece in flight is never
-//! requested again, so no byte crosses the LAN twice.
+//! requested again, so no byte crosses the LAN twice (and in endgame a stuck piece is
+//! moved before it is copied).
 //!
 //! **Peers: rarest first.** A peer gets the missing, unrequested piece that the fewest
 //! active peers hold, ties broken at random (the scan starts at a random point). A piece only the RVP holds is fetched first,
@@ -125,15 +126,31 @@
 //! `k × piece_size × outstanding / rate` (k = 4), clamped to 2..120 s, counted from the
 //! later of its sending and the source's last delivery, but at most 120 s after its
 //! sending (so one stuck request cannot hide behind a source that keeps delivering
-//! others); 30 s while the rate is unknown.
+//! others); 30 s while the rate is unknown. Optionally, for an ungrouped source the
+//! clamped budget doubles after each round of timeouts and halves back with each whole
+//! piece it delivers ([`SchedConfig::max_backoff`] doublings at most; 0 by default, see
+//! there why).
 //! Counting from the last delivery means a deep pipe is not penalised for queueing, and
 //! a source that stops entirely shows all its requests late together.
 //! [`Scheduler::timeouts`] lists them; the caller cancels them and reports
 //! [`Failure::Timeout`]. The piece returns to the pool and is kept away from that source
 //! for the holdoff unless no one else holds it, so it moves to another source.
 //!
-//! **Strikes.** A timeout or transport failure is a strike; a delivery clears them; at
-//! [`SchedConfig::max_strikes`] (3) the source is dropped ([`DropReason::Strikes`]).
+//! **Slow is not bad.** A timeout says a source is slow, not that it is bad: an office
+//! peer serving many clients at once, or writing a batch to a shared disk, goes quiet
+//! for seconds and then delivers. (In `branchline demo --clients 24 --package-mib 64`
+//! on a loaded 2-core machine, every-timeout-a-strike dropped 12 honest peers in one
+//! run.) So a timeout of an ungrouped source earns no strike while the source's
+//! *silence* (time with requests outstanding and nothing delivered; idle time never
+//! counts) is under [`SchedConfig::silence_limit`] (30 s, the first deadline of an
+//! unknown source): its window drops to the floor (once per round), and the piece goes
+//! elsewhere first. From 30 s of silence on, timeouts are strikes as below (and any
+//! back-off is reset so that the next rounds judge quickly): a source that answers
+//! nothing is dropped about two deadlines after the silence limit.
+//!
+//! **Strikes.** A transport failure, or a timeout as above, is a strike; a delivery
+//! clears them; at [`SchedConfig::max_strikes`] (3) the source is dropped
+//! ([`DropReason::Strikes`]).
 //! Only one strike is counted per round: a failure of a request sent before the
 //! previous strike does not count, since a connection loss or stall fails every
 //! outstanding request at once, and that is one event, not sixteen. A timeout strike
@@ -154,17 +171,25 @@
 //! [`DropReason::report_to_server`] says to report it. A banned source cannot be added
 //! again.
 //!
-//! **Endgame.** When every missing piece is in flight, an idle source may duplicate a
-//! request (up to [`SchedConfig::endgame_max_copies`] = 2
-//! copies of one piece), choosing the piece with fewest copies and then the latest
-//! expected arrival, and only when it would likely deliver sooner than the copy already
-//! out (by its rate and queue; a copy already overdue is presumed stuck until its
-//! deadline). Otherwise the last pieces of a download wait on the
-//! slowest source. When one copy arrives, [`Received::cancel`] lists the others. An
-//! origin never duplicates a piece a peer holds. Endgame waits for *every* missing piece
-//! to be in flight, not merely every obtainable one: a client fed by a growing RVP has
-//! all obtainable pieces in flight most of the time, and duplicating then doubled its
-//! LAN traffic in the simulator (249 duplicates for 500 pieces).
+//! **Endgame.** Near the end (every missing piece is in flight, and no more pieces
+//! are missing than there are active sources), a request of an ungrouped source that is
+//! *stuck* (silent for half its deadline) while another source that would take the
+//! piece is idle is listed by [`Scheduler::timeouts`] early: the caller cancels it, and
+//! the piece moves to the idle source. It is moved, not copied, so no piece crosses
+//! the network twice; the slow source earns no strike for it (see above). A merely
+//! late copy (a busy peer, a noisy rate estimate) is left alone: in the 24-client demo,
+//! copying those at once (the earlier rule) had clients receive up to 1.16× the package.
+//!
+//! Otherwise, once the end is near, an idle source may duplicate a request (up to
+//! [`SchedConfig::endgame_max_copies`] = 2 copies of one piece), but only one that is
+//! stuck as above and that it would likely deliver sooner (by its rate and queue; a
+//! copy already overdue is presumed stuck until its deadline): in practice a piece
+//! stuck behind a group, since ungrouped ones move first. When one copy arrives,
+//! [`Received::cancel`] lists the others. An origin never duplicates a piece a peer
+//! holds. Endgame waits for *every* missing piece to be in flight, not merely every
+//! obtainable one: a client fed by a growing RVP has all obtainable pieces in flight
+//! most of the time, and duplicating then doubled its LAN traffic in the simulator
+//! (249 duplicates for 500 pieces).
 //!
 //! **Shared bottlenecks.** Sources behind one link (the office's WAN link, say) are one
 //! bottleneck, whatever their count. With per-source rules, six sources behind a
@@ -199,8 +224,10 @@
 //! Ungrouped sources keep every rule above unchanged. In the simulator's west case
 //! (8 MiB from six sources behind 4 Mbit/s, 60 ms one way, 0.5 % loss, another client's
 //! six connections on the link) the per-source rules fail with 1 MiB pieces (every
-//! source dropped, 2.68× the content in) and refetch 1.66× the content with 256 KiB
-//! pieces; with groups and progress both complete, no source dropped, 1.00× in.
+//! source dropped, 3.49× the content in) and refetch 2.34× the content with 256 KiB
+//! pieces (with timeouts that no longer strike a source that delivered within 30 s,
+//! late pieces are refetched more often than dropped sources used to cause: 2.68× and
+//! 1.66× before); with groups and progress both complete, no source dropped, 1.00× in.
 //! The price: a group's floor of two requests is also its usual window on a slow link,
 //! so against greedy cross traffic that opens many connections the group gets a share
 //! for two.
@@ -238,9 +265,9 @@ mod source;
 
 pub use config::{
     SchedConfig, default_endgame_max_copies, default_holdoff, default_initial_in_flight,
-    default_initial_timeout, default_max_in_flight, default_max_strikes, default_max_timeout,
-    default_min_in_flight, default_min_rate_sample, default_min_timeout, default_queue_horizon,
-    default_rate_smoothing, default_timeout_factor,
+    default_initial_timeout, default_max_backoff, default_max_in_flight, default_max_strikes,
+    default_max_timeout, default_min_in_flight, default_min_rate_sample, default_min_timeout,
+    default_queue_horizon, default_rate_smoothing, default_silence_limit, default_timeout_factor,
 };
 pub use diagnose::{Diagnosis, StallCause};
 pub use error::SchedError;

@@ -16,7 +16,10 @@ use crate::{
 /// How a request failed, as seen by the caller.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Failure {
-    /// The caller cancelled it because [`Scheduler::timeouts`] listed it.
+    /// The caller cancelled it because [`Scheduler::timeouts`] listed it (late, or
+    /// stuck near the end while another source is idle). Slowness, not a fault: it
+    /// strikes only a source silent for [`SchedConfig::silence_limit`] (or a group gone
+    /// quiet).
     Timeout,
     /// The source answered that it does not have the piece after all.
     Unavailable,
@@ -438,11 +441,18 @@ impl Scheduler {
     /// and the queue is the group's bytes outstanding up to this request (see the crate
     /// docs). A delivery is a whole piece or bytes reported by
     /// [`Scheduler::on_progress`].
+    ///
+    /// Near the end ([`Scheduler::in_endgame`]) a request of an ungrouped source is also
+    /// listed once it is stuck (silent for half its deadline) while another source that
+    /// would take the piece is idle: the piece moves there instead of waiting out its
+    /// deadline, and no second copy is fetched.
     pub fn timeouts(&self, now: Instant) -> Vec<(SourceId, u32)> {
         let mut out = Vec::new();
         for (&id, s) in &self.sources {
             for (&p, r) in &s.in_flight {
-                if self.deadline(s, r.sent) <= now {
+                let due = self.deadline(s, r.sent);
+                let due = self.takeover_at(id, p).map_or(due, |t| t.min(due));
+                if due <= now {
                     out.push((id, p));
                 }
             }
@@ -455,8 +465,13 @@ impl Scheduler {
     pub fn next_deadline(&self) -> Option<Instant> {
         let req = self
             .sources
-            .values()
-            .flat_map(|s| s.in_flight.values().map(|r| self.deadline(s, r.sent)))
+            .iter()
+            .flat_map(|(&id, s)| {
+                s.in_flight.iter().map(move |(&p, r)| {
+                    let due = self.deadline(s, r.sent);
+                    self.takeover_at(id, p).map_or(due, |t| t.min(due))
+                })
+            })
             .min();
         let hold = self.holds.first().map(|h| h.0);
         match (req, hold) {
@@ -494,14 +509,17 @@ impl Scheduler {
                 s.wasted_bytes += bytes;
             }
             s.last_progress = Some(now);
+            s.heard(now);
             if request.is_some() {
                 s.strikes = 0;
+                s.backoff = s.backoff.saturating_sub(1);
             }
         }
         if let Some(r) = request {
             self.credit(source, bytes.saturating_sub(r.got), now);
         }
         self.settle(source);
+        self.pause_silence(source, now);
         if !was_new {
             return Ok(Received {
                 new: false,
@@ -517,6 +535,7 @@ impl Scheduler {
                 if let Some(s) = self.sources.get_mut(&o) {
                     s.in_flight.remove(&piece);
                     self.settle(o);
+                    self.pause_silence(o, now);
                 }
                 cancel.push((o, piece));
             }
@@ -535,7 +554,7 @@ impl Scheduler {
     ///
     /// | failure | piece | source |
     /// |---|---|---|
-    /// | `Timeout` | back to the pool, elsewhere first | strike; window to minimum; rate halved |
+    /// | `Timeout` | back to the pool, elsewhere first | ungrouped and silent under `silence_limit`: window to minimum, deadlines back off if `max_backoff` allows, no strike; else strike; window to minimum; rate halved |
     /// | `Transport` | back to the pool, elsewhere first | strike; window halved |
     /// | `Unavailable` | back to the pool; not asked of this source for the holdoff | none |
     /// | `Busy` | back to the pool, elsewhere first | window halved |
@@ -554,8 +573,13 @@ impl Scheduler {
         self.check_piece(piece)?;
         self.expire(now);
         let group_live = self.group_live(source, piece, now);
+        let silence = self
+            .sources
+            .get(&source)
+            .map_or(Duration::ZERO, |s| s.silence(now));
         let sent = self.forget_request(source, piece).map(|r| r.sent);
         self.settle(source);
+        self.pause_silence(source, now);
         let floor = self.window_floor(source);
         let Some(s) = self.sources.get_mut(&source) else {
             return Ok(Verdict::Continue);
@@ -608,9 +632,25 @@ impl Scheduler {
                     self.hold(source, piece, now, HoldKind::Avoid);
                     return Ok(Verdict::Continue);
                 }
-                // One strike per round: requests sent before the last penalty failed for
+                // One penalty per round: requests sent before the last penalty failed for
                 // the same reason as the one that earned it.
-                let strike = s.last_penalty.is_none_or(|lp| sent >= lp);
+                let round = s.last_penalty.is_none_or(|lp| sent >= lp);
+                if failure == Failure::Timeout
+                    && s.group.is_none()
+                    && silence < self.cfg.silence_limit
+                {
+                    // Slow, not bad: it delivered something recently (a busy peer serving
+                    // others, a disk catching up). Less work and longer deadlines, no
+                    // strike; the piece goes elsewhere first.
+                    if round {
+                        s.last_penalty = Some(now);
+                        s.window = floor;
+                        s.backoff = (s.backoff + 1).min(self.cfg.max_backoff);
+                    }
+                    self.hold(source, piece, now, HoldKind::Avoid);
+                    return Ok(Verdict::Continue);
+                }
+                let strike = round;
                 let group = s.group;
                 if strike {
                     s.strikes += 1;
@@ -618,8 +658,11 @@ impl Scheduler {
                     if failure == Failure::Timeout {
                         // Nothing arrived for k times the expected time: like TCP after a
                         // retransmission timeout, start again from the smallest window.
+                        // Its deadlines no longer back off: it has been silent for the
+                        // silence limit, so the next rounds judge it quickly.
                         s.window = floor;
                         s.rate = s.rate.map(|r| r / 2.0);
+                        s.backoff = 0;
                     } else {
                         s.window = (s.window / 2).max(floor);
                     }
@@ -697,10 +740,13 @@ impl Scheduler {
             .flat_map(|(&p, v)| v.iter().map(move |&s| (s, p)))
     }
 
-    /// True while every missing piece is requested, so idle sources may duplicate
-    /// requests.
+    /// True near the end: every missing piece is requested and no more pieces are
+    /// missing than there are active sources. Only then may an idle source duplicate a
+    /// request that is stuck (see the crate docs).
     pub fn in_endgame(&self) -> bool {
-        !self.is_complete() && self.avail.pool().count() == 0
+        !self.is_complete()
+            && self.avail.pool().count() == 0
+            && self.missing() <= self.active_sources().max(1)
     }
 
     /// Missing pieces that no active source holds.
@@ -890,6 +936,10 @@ impl Scheduler {
             return None;
         }
         let s = &self.sources[&id];
+        if !s.in_flight.is_empty() {
+            // Only an idle source takes over: one that is busy would only queue the copy.
+            return None;
+        }
         let remote = s.kind != SourceKind::Peer;
         let piece_size = self.cfg.piece_size as f64;
         let mine = match s.group.and_then(|g| Some((g, self.groups[&g].meter.rate?))) {
@@ -924,6 +974,12 @@ impl Scheduler {
             if same_link_on_time {
                 continue;
             }
+            // Only a copy that is stuck: silent for half its deadline. A copy merely later
+            // than our estimate (a busy peer, a noisy rate) arrives soon, and a second one
+            // would cross the network for nothing.
+            if holders.iter().any(|h| self.stuck_at(h, p) > now) {
+                continue;
+            }
             let existing = holders
                 .iter()
                 .map(|h| self.expected_arrival(h, p, now))
@@ -955,6 +1011,41 @@ impl Scheduler {
             Some(eta) => eta,
             None => sent + self.cfg.initial_timeout,
         }
+    }
+
+    /// When an idle source takes over the request for `piece` on `id` (see
+    /// [`Scheduler::timeouts`]): `None` unless the download is near its end, `id` is
+    /// ungrouped, and another active source that would be asked for the piece now
+    /// holds it and has nothing outstanding.
+    fn takeover_at(&self, id: SourceId, piece: u32) -> Option<Instant> {
+        let s = &self.sources[&id];
+        if s.group.is_some() || !self.in_endgame() {
+            return None;
+        }
+        let idle = self.sources.iter().any(|(&h, o)| {
+            h != id
+                && o.is_active()
+                && o.in_flight.is_empty()
+                && o.window > 0
+                && o.effective.contains(piece)
+                && !o.avoid_until.contains_key(&piece)
+                && (o.kind == SourceKind::Peer || self.avail.peers(piece) == 0)
+                && o.group.is_none_or(|g| self.group_admits(g, 0))
+        });
+        idle.then(|| self.stuck_at(&id, piece))
+    }
+
+    /// When the request for `piece` on `h` counts as stuck, for endgame: halfway from the
+    /// later of its sending and its source's last delivery to its deadline.
+    fn stuck_at(&self, h: &SourceId, piece: u32) -> Instant {
+        let s = &self.sources[h];
+        let sent = s.in_flight[&piece].sent;
+        let deadline = self.deadline(s, sent);
+        let base = s
+            .last_progress
+            .map_or(sent, |lp| lp.max(sent))
+            .min(deadline);
+        base + (deadline - base) / 2
     }
 
     /// The estimate behind [`Scheduler::expected_arrival`], before the overdue check:
@@ -1014,6 +1105,9 @@ impl Scheduler {
                     * s.in_flight.len().max(1) as f64
                     / rate;
                 let budget = secs(expect, self.cfg.max_timeout).max(self.cfg.min_timeout);
+                let budget = budget
+                    .saturating_mul(1 << s.backoff.min(16))
+                    .min(self.cfg.max_timeout);
                 (base + budget).min(cap)
             }
             None => sent + self.cfg.initial_timeout,
@@ -1130,6 +1224,7 @@ impl Scheduler {
         let cfg = &self.cfg;
         let s = self.sources.get_mut(&id).expect("crediting a known source");
         s.last_progress = Some(now);
+        s.heard(now);
         if let Some(rate) = sample(
             &mut s.rate,
             &mut s.sample_mark,
@@ -1178,6 +1273,17 @@ impl Scheduler {
         }
     }
 
+    /// Stops the silence clock of `id` at `now` if it has nothing outstanding any more
+    /// (idle time never counts as silence).
+    fn pause_silence(&mut self, id: SourceId, now: Instant) {
+        if let Some(s) = self.sources.get_mut(&id)
+            && s.in_flight.is_empty()
+            && let Some(m) = s.silent_mark.take()
+        {
+            s.silent_for += now.saturating_duration_since(m);
+        }
+    }
+
     fn leave_group(&mut self, id: SourceId) {
         let Some(g) = self.sources.get(&id).and_then(|s| s.group) else {
             return;
@@ -1213,6 +1319,9 @@ impl Scheduler {
         if s.in_flight.is_empty() {
             s.sample_mark = Some(now);
             s.sample_bytes = 0;
+            if s.silent_mark.is_none() {
+                s.silent_mark = Some(now);
+            }
         }
         s.in_flight.insert(piece, Request { sent: now, got: 0 });
     }

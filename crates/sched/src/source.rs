@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::{GroupId, PieceSet};
 
@@ -128,6 +128,14 @@ pub(crate) struct Source {
     pub(crate) sample_bytes: u64,
     pub(crate) last_progress: Option<Instant>,
     pub(crate) last_penalty: Option<Instant>,
+    /// Silence so far (time with requests outstanding and nothing delivered), up to
+    /// `silent_mark`.
+    pub(crate) silent_for: Duration,
+    /// Since when the silence has been running, while requests are outstanding.
+    pub(crate) silent_mark: Option<Instant>,
+    /// Doublings of its deadlines after rounds of timeouts (see
+    /// [`crate::SchedConfig::max_backoff`]).
+    pub(crate) backoff: u32,
     pub(crate) strikes: u32,
     pub(crate) bytes_received: u64,
     pub(crate) pieces_received: u64,
@@ -160,6 +168,9 @@ impl Source {
             sample_bytes: 0,
             last_progress: None,
             last_penalty: None,
+            silent_for: Duration::ZERO,
+            silent_mark: None,
+            backoff: 0,
             strikes: 0,
             bytes_received: 0,
             pieces_received: 0,
@@ -194,6 +205,23 @@ impl Source {
             } else {
                 0
             },
+        }
+    }
+
+    /// How long it has had requests outstanding without delivering anything, as of
+    /// `now`.
+    pub(crate) fn silence(&self, now: Instant) -> Duration {
+        self.silent_for
+            + self
+                .silent_mark
+                .map_or(Duration::ZERO, |m| now.saturating_duration_since(m))
+    }
+
+    /// It delivered something at `now`: the silence ends.
+    pub(crate) fn heard(&mut self, now: Instant) {
+        self.silent_for = Duration::ZERO;
+        if self.silent_mark.is_some() {
+            self.silent_mark = Some(now);
         }
     }
 

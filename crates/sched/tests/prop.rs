@@ -385,4 +385,44 @@ proptest! {
             prop_assert!(s.progress().unobtainable > 0);
         }
     }
+
+    /// Honest peers that pause for up to 25 s at a time (under the 30 s silence limit)
+    /// and work between pauses, at any rates and rhythms: none is ever dropped, the download completes, no piece
+    /// is received twice, and requests are duplicated only near the end (the simulator
+    /// flags any other as a violation), a few at most.
+    #[test]
+    fn busy_honest_peers_are_never_dropped(
+        n in 20u32..300,
+        peers in prop::collection::vec((1u32..40, 1_000u64..28_000, 0u64..90), 1..6),
+        seed in any::<u64>(),
+    ) {
+        use branchline_sched::sim::{self, Fault, SimConfig, SimSource};
+        let srcs: Vec<SimSource> = peers
+            .iter()
+            .map(|&(mb, every, share)| {
+                // Paused for `share` % of each period: at most 25.2 s.
+                let pause = every * share / 100;
+                SimSource::peer(f64::from(mb) * 1e6, Duration::from_millis(2)).with_fault(
+                    Fault::Stalls {
+                        every: Duration::from_millis(every),
+                        pause: Duration::from_millis(pause),
+                    },
+                )
+            })
+            .collect();
+        let c = SimConfig {
+            piece_count: n,
+            sched: SchedConfig { seed, ..SchedConfig::new(1 << 20) },
+            refresh: Duration::from_secs(1),
+            limit: Duration::from_secs(24 * 3600),
+        };
+        let r = sim::run(&c, &srcs);
+        prop_assert!(r.violations.is_empty(), "{:?}", r.violations);
+        prop_assert!(r.completed.is_some(), "{}", r.diagnosis);
+        for (i, src) in r.sources.iter().enumerate() {
+            prop_assert_eq!(src.dropped, None, "peer {} dropped", i);
+            prop_assert_eq!(src.wasted_bytes, 0, "peer {} sent a piece twice", i);
+        }
+        prop_assert!(r.duplicates <= 2 * srcs.len() as u32, "{} duplicates", r.duplicates);
+    }
 }

@@ -69,6 +69,15 @@ pub enum Fault {
     BadPieceNth(u32),
     /// Claims to hold these pieces too, but answers "don't have" for them.
     Refuses(PieceSet),
+    /// Honest but busy: from `every` on, every `every` it serves nothing for `pause`
+    /// (other clients' requests, a disk catching up), then goes on where it left off.
+    /// Requests queue meanwhile; none is lost. Only for sources not behind a link.
+    Stalls {
+        /// Time between the starts of two pauses (and before the first).
+        every: Duration,
+        /// Length of each pause.
+        pause: Duration,
+    },
 }
 
 /// A shared bottleneck between the client and the sources that name it
@@ -165,6 +174,24 @@ impl SimSource {
             SimHave::All => true,
             SimHave::Pieces(set) => set.contains(piece),
             SimHave::Growing { start, interval } => at >= *start + interval.saturating_mul(piece),
+        }
+    }
+
+    /// When a source may start serving a request at `at`: at once, or at the end of the
+    /// pause it is in.
+    fn resume_at(&self, at: Duration) -> Duration {
+        let Fault::Stalls { every, pause } = self.fault else {
+            return at;
+        };
+        if every.is_zero() {
+            return at;
+        }
+        let k = (at.as_nanos() / every.as_nanos()) as u32;
+        let start = every * k;
+        if k >= 1 && at < start + pause {
+            start + pause
+        } else {
+            at
         }
     }
 
@@ -805,7 +832,8 @@ impl<'a> Sim<'a> {
             self.servers[i].busy = Some(r);
             let service =
                 Duration::from_secs_f64(self.cfg.sched.piece_size as f64 / self.srcs[i].rate);
-            self.push(self.now + service, Event::Finish(i));
+            let start = self.srcs[i].resume_at(self.now);
+            self.push(start + service, Event::Finish(i));
             return;
         }
     }
