@@ -230,7 +230,10 @@ fn main() {
     // for seconds measures the scheduler, not the congestion controller. The test bed's delay
     // relays run SCHED_FIFO for the same reason. Failure is harmless (normal priority then).
     // SAFETY: changes only this thread's nice value (Linux applies it per thread).
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BENCH_NICE) };
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, BENCH_NICE)
+    };
     if let Err(e) = run(&opts) {
         eprintln!("wan bench failed: {e}");
         std::process::exit(1);
@@ -292,7 +295,13 @@ fn run(opts: &Options) -> Res<()> {
             "# TCP {cc} solo ({} runs): {} Mbit/s goodput, median queueing delay {} ms, \
              ramp from idle to 90 % of the median solo rate {}",
             s.runs.len(),
-            spread(&s.runs.iter().map(|r| r.rate * 8.0 / 1e6).collect::<Vec<_>>(), 2),
+            spread(
+                &s.runs
+                    .iter()
+                    .map(|r| r.rate * 8.0 / 1e6)
+                    .collect::<Vec<_>>(),
+                2
+            ),
             spread(&s.runs.iter().map(|r| ms(r.qd)).collect::<Vec<_>>(), 1),
             spread_secs(&s.ramps()),
         );
@@ -372,7 +381,10 @@ fn run(opts: &Options) -> Res<()> {
         println!(
             "| TCP alone (reference) | {} | {} | {} | — | {} | — | — |",
             s.cc,
-            spread(&s.runs.iter().map(|r| r.util * 100.0).collect::<Vec<_>>(), 1),
+            spread(
+                &s.runs.iter().map(|r| r.util * 100.0).collect::<Vec<_>>(),
+                1
+            ),
             spread(&s.runs.iter().map(|r| ms(r.qd)).collect::<Vec<_>>(), 1),
             spread_secs(&s.ramps()),
         );
@@ -389,7 +401,10 @@ fn run(opts: &Options) -> Res<()> {
             let util = col(&|r| r.alone_util * 100.0, 1);
             let qd = col(&|r| ms(r.alone_qd_median), 1);
             if s.cc == "none" {
-                println!("| {} | none | {util} | {qd} | — | — | — | — |", variant.name());
+                println!(
+                    "| {} | none | {util} | {qd} | — | — | — | — |",
+                    variant.name()
+                );
                 continue;
             }
             println!(
@@ -789,12 +804,18 @@ fn scenario(
         );
     }
     if opts.trace {
-        println!("  t(s)   bg Mbit/s  link %  cwnd kB  ssthresh kB  ledbat qd ms  others ms  slowdowns  phase");
+        println!(
+            "  t(s)   bg Mbit/s  link %  cwnd kB  ssthresh kB  ledbat qd ms  others ms  slowdowns  phase"
+        );
         for (t, st, cwnd) in &cc_samples {
             let i = index(*t);
             let (ss, lqd, others, n, phase) = match st {
                 Some(st) => (
-                    if st.ssthresh == u64::MAX { f64::INFINITY } else { st.ssthresh as f64 / 1000.0 },
+                    if st.ssthresh == u64::MAX {
+                        f64::INFINITY
+                    } else {
+                        st.ssthresh as f64 / 1000.0
+                    },
                     st.queueing_delay.map(ms).unwrap_or(0.0),
                     ms(st.others_delay),
                     st.slowdowns,
