@@ -167,8 +167,11 @@ impl Deployment {
             ],
         );
         let key = data.join("deployment.key");
+        // The server writes its key first and the connector's token a moment later: wait
+        // for both, or an admin command may find no token to enrol with.
+        let tokens = data.join("connector.tokens");
         let start = Instant::now();
-        while !key.exists() {
+        while !key.exists() || std::fs::metadata(&tokens).map_or(true, |m| m.len() == 0) {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "{}",

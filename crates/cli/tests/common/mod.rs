@@ -161,6 +161,13 @@ impl Bed {
         let credential = Path::new(key).with_file_name("connector.credential");
         if admin && !credential.exists() {
             let tokens = self.path("server/connector.tokens");
+            // The server writes the token a moment after its key file.
+            let start = std::time::Instant::now();
+            while std::fs::metadata(&tokens).map_or(true, |m| m.len() == 0)
+                && start.elapsed() < std::time::Duration::from_secs(30)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
             let out = self.connector_raw(key, &["activate", "--token-file", &tokens]);
             assert!(out.status.success(), "enrolment: {out:?}");
         }
