@@ -234,7 +234,7 @@ fn main() {
         .unwrap_or(1);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bench.toml");
-    std::fs::write(&cfg, "[server]\nthreads = 1\n# 100,000 registrations from one address: no per-source quota.\nnew_clients_per_source_per_minute = 0\n").unwrap();
+    std::fs::write(&cfg, "[server]\nthreads = 1\n# Up to 60,000 new ids per load address: no per-source quota.\nnew_clients_per_source_per_minute = 0\n").unwrap();
     let net = format!(
         "127.{}.{}",
         rand::random_range(100..=250u8),
