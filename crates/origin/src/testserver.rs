@@ -49,6 +49,8 @@ struct Shared {
     truncate_next: AtomicU64,
     ignore_ranges: AtomicBool,
     generation: AtomicU64,
+    /// Most body bytes served in all before further bodies wait ([`u64::MAX`]: no hold).
+    hold_at: tokio::sync::watch::Sender<u64>,
 }
 
 struct Entry {
@@ -120,6 +122,7 @@ impl CountingServer {
             truncate_next: AtomicU64::new(0),
             ignore_ranges: AtomicBool::new(false),
             generation: AtomicU64::new(1),
+            hold_at: tokio::sync::watch::Sender::new(u64::MAX),
         });
         for (name, data) in files {
             shared.insert_memory(&name, data);
@@ -220,6 +223,20 @@ impl CountingServer {
     /// file, like a server without range support.
     pub fn set_ignore_ranges(&self, on: bool) {
         self.shared.ignore_ranges.store(on, Ordering::SeqCst);
+    }
+
+    /// Holds every body where it is, mid-response, once `bytes` body bytes have been
+    /// served in all (as [`CountingServer::bytes_served`] counts them), until
+    /// [`CountingServer::release`]: a download from this server stops at a known point,
+    /// whatever the machine's speed. Each 1 MiB chunk is checked before it is sent, so
+    /// with several connections at most one chunk per connection may pass the limit.
+    pub fn hold_after(&self, bytes: u64) {
+        self.shared.hold_at.send_replace(bytes);
+    }
+
+    /// Ends a [`CountingServer::hold_after`]: held bodies go on.
+    pub fn release(&self) {
+        self.shared.hold_at.send_replace(u64::MAX);
     }
 
     /// Sets the byte and request counters back to zero.
@@ -547,8 +564,19 @@ async fn write_body<W: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let mut pos = start;
     let end = start + count;
+    let mut hold = shared.hold_at.subscribe();
     while pos < end {
         let k = (end - pos).min(CHUNK);
+        // Wait while this chunk would take the server past its hold.
+        loop {
+            let limit = *hold.borrow_and_update();
+            if shared.bytes_served.load(Ordering::SeqCst).saturating_add(k) <= limit {
+                break;
+            }
+            if hold.changed().await.is_err() {
+                return Err(io::Error::other("the server stopped"));
+            }
+        }
         match &entry.source {
             Source::Memory(data) => {
                 // pos and k lie within data: they come from a range checked against len.

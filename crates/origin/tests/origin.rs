@@ -209,6 +209,35 @@ async fn retries_a_body_cut_short() {
 }
 
 #[tokio::test]
+async fn a_held_server_stops_at_its_limit_until_released() {
+    let content = data(3 << 20);
+    let server = serve("pkg.bin", &content).await;
+    server.hold_after(1 << 20);
+    let o = Arc::new(origin(&server.url("pkg.bin"), 1));
+    let reading = {
+        let o = o.clone();
+        tokio::spawn(async move { o.read_range(0, 3 << 20).await })
+    };
+    // The first 1 MiB chunk goes out; the next would pass the limit and waits.
+    let start = std::time::Instant::now();
+    while server.bytes_served() < 1 << 20 {
+        assert!(start.elapsed() < Duration::from_secs(30), "nothing served");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.bytes_served(), 1 << 20, "held at the limit");
+    assert!(!reading.is_finished());
+    server.release();
+    let got = tokio::time::timeout(Duration::from_secs(30), reading)
+        .await
+        .expect("released")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, content);
+    assert_eq!(server.bytes_served(), 3 << 20);
+}
+
+#[tokio::test]
 async fn missing_file_is_a_permanent_error() {
     let server = serve("pkg.bin", &data(10)).await;
     let o = origin(&server.url("nope.bin"), 5);
