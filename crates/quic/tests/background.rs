@@ -5,19 +5,19 @@
 //! connection, and the sender asked its peer for prompt ACKs.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use branchline_ledbat::{Ledbat, LedbatConfig, LedbatFactory};
 use branchline_quic::{
-    ClientIdentity, ClientName, ContentConfig, ContentNode, DeploymentCa, DeploymentName,
-    DeploymentTrust, NodeIdentity, PeerIdentity, PieceError, PieceRequest, PieceSource, Role,
+    ContentConfig, ContentNode, PeerIdentity, PieceError, PieceRequest, PieceSource,
     TransportSettings, background_transport,
 };
 use bytes::Bytes;
 
-const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+mod common;
+use common::{Deployment, any_port, client_role};
+
 const CONTENT: [u8; 32] = [9; 32];
 const PIECES: u32 = 16;
 const PIECE: usize = 256 * 1024;
@@ -45,23 +45,6 @@ fn piece(n: u32) -> Bytes {
         .into()
 }
 
-fn client(ca: &DeploymentCa, name: &str, dir: &std::path::Path) -> NodeIdentity {
-    let id = ClientIdentity::load_or_generate(dir).unwrap();
-    let name = ClientName::new(name).unwrap();
-    let now = SystemTime::now();
-    let cert = ca
-        .issue_client_cert(&name, &id.cert_request().unwrap(), now, YEAR)
-        .unwrap();
-    id.install_certificate(
-        cert,
-        ca.certificate(),
-        ca.deployment(),
-        &Role::Client(name),
-        now,
-    )
-    .unwrap()
-}
-
 #[test]
 fn background_port_moves_pieces_under_ledbat() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -76,31 +59,23 @@ fn background_port_moves_pieces_under_ledbat() {
 }
 
 async fn transfer() {
-    let ca = DeploymentCa::generate(
-        DeploymentName::new("acme").unwrap(),
-        SystemTime::now(),
-        YEAR,
-    )
-    .unwrap();
-    let trust = DeploymentTrust::new(ca.deployment().clone(), ca.certificate().clone());
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dep = Deployment::new();
     let settings = TransportSettings::default();
     // One factory per side, as each node has its own per-link factory in the daemon.
     let serving_link = Arc::new(LedbatFactory::new(LedbatConfig::default()).unwrap());
     let fetching_link = Arc::new(LedbatFactory::new(LedbatConfig::default()).unwrap());
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let parent = ContentNode::bind(
-        any,
-        &client(&ca, "aa01", dir_a.path()),
-        trust.clone(),
+        any_port(),
+        &dep.client("aa01"),
+        dep.trust(),
         Arc::new(background_transport(&settings, serving_link.clone())),
         ContentConfig::default(),
     )
     .unwrap();
     let child = ContentNode::bind(
-        any,
-        &client(&ca, "bb02", dir_b.path()),
-        trust,
+        any_port(),
+        &dep.client("bb02"),
+        dep.trust(),
         Arc::new(background_transport(&settings, fetching_link.clone())),
         ContentConfig::default(),
     )
@@ -111,7 +86,7 @@ async fn transfer() {
     let (conn, _) = child
         .connect(
             parent.endpoint().local_addr().unwrap(),
-            &Role::Client(ClientName::new("aa01").unwrap()),
+            &client_role("aa01"),
         )
         .await
         .unwrap();

@@ -3,78 +3,25 @@
 //! oversized ones is refused with counted drops while an honest client keeps fetching.
 //! Loopback only (127.0.0.1, port 0).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use branchline_quic::endpoint;
 use branchline_quic::{
-    AcceptLimits, AcceptStats, ClientIdentity, ClientName, Congestion, ContentConfig, ContentNode,
-    DeploymentCa, DeploymentName, DeploymentTrust, LargeConfig, LargeMessaging, NodeIdentity,
-    PeerIdentity, PieceError, PieceRequest, PieceSource, Refusal, Role, TransportSettings,
-    fetch_piece, transport_config,
+    AcceptLimits, AcceptStats, ClientName, Congestion, ContentConfig, ContentNode, LargeConfig,
+    LargeMessaging, PeerIdentity, PieceError, PieceRequest, PieceSource, Refusal, Role,
+    TransportSettings, fetch_piece, transport_config,
 };
 use bytes::Bytes;
 use quinn::TransportConfig;
 
-const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+mod common;
+use common::{Deployment, any_port};
+
 /// Safety net against hangs.
 const GUARD: Duration = Duration::from_secs(120);
 const CONTENT: [u8; 32] = [9; 32];
 const HOSTILE_CONNECTIONS: usize = 1000;
-
-fn any_port() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-struct Deployment {
-    ca: DeploymentCa,
-    dirs: std::sync::Mutex<Vec<tempfile::TempDir>>,
-}
-
-impl Deployment {
-    fn new() -> Self {
-        Self {
-            ca: DeploymentCa::generate(
-                DeploymentName::new("acme").unwrap(),
-                SystemTime::now(),
-                YEAR,
-            )
-            .unwrap(),
-            dirs: std::sync::Mutex::new(Vec::new()),
-        }
-    }
-
-    fn trust(&self) -> DeploymentTrust {
-        DeploymentTrust::new(self.ca.deployment().clone(), self.ca.certificate().clone())
-    }
-
-    fn client(&self, name: &str) -> NodeIdentity {
-        let dir = tempfile::tempdir().unwrap();
-        let id = ClientIdentity::load_or_generate(dir.path()).unwrap();
-        let name = ClientName::new(name).unwrap();
-        let now = SystemTime::now();
-        let cert = self
-            .ca
-            .issue_client_cert(&name, &id.cert_request().unwrap(), now, YEAR)
-            .unwrap();
-        let node = id
-            .install_certificate(
-                cert,
-                self.ca.certificate(),
-                self.ca.deployment(),
-                &Role::Client(name),
-                now,
-            )
-            .unwrap();
-        self.dirs.lock().unwrap().push(dir);
-        node
-    }
-
-    fn server(&self) -> NodeIdentity {
-        self.ca.server_identity(SystemTime::now(), YEAR).unwrap()
-    }
-}
 
 fn transport() -> Arc<TransportConfig> {
     let settings = TransportSettings {

@@ -9,78 +9,21 @@ use std::time::{Duration, SystemTime};
 use branchline_quic::cache_source::CacheSource;
 use branchline_quic::endpoint::{self, Direction};
 use branchline_quic::{
-    ClientIdentity, ClientName, Congestion, ContentConfig, ContentError, ContentNode, DeploymentCa,
-    DeploymentName, DeploymentTrust, HandlerError, LargeConfig, LargeError, LargeMessaging,
-    NodeIdentity, PeerIdentity, PieceError, PieceRequest, PieceSource, QuicError, Role,
-    TransportSettings, transport_config,
+    ClientIdentity, ClientName, Congestion, ContentConfig, ContentError, ContentNode,
+    DeploymentTrust, HandlerError, LargeConfig, LargeError, LargeMessaging, NodeIdentity,
+    PeerIdentity, PieceError, PieceRequest, PieceSource, QuicError, Role, TransportSettings,
+    transport_config,
 };
 use branchline_store::{Bitfield, Cache, CacheCap, PieceMap, PieceSize};
 use bytes::Bytes;
 use quinn::TransportConfig;
 use tokio::net::UdpSocket;
 
-const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+mod common;
+use common::{Deployment, YEAR, any_port, client_role};
+
 /// Safety net against hangs: no test below needs more than a few seconds.
 const GUARD: Duration = Duration::from_secs(30);
-
-fn any_port() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-struct Deployment {
-    ca: DeploymentCa,
-    _dirs: Mutex<Vec<tempfile::TempDir>>,
-}
-
-impl Deployment {
-    fn new() -> Self {
-        Self {
-            ca: DeploymentCa::generate(
-                DeploymentName::new("acme").unwrap(),
-                SystemTime::now(),
-                YEAR,
-            )
-            .unwrap(),
-            _dirs: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn trust(&self) -> DeploymentTrust {
-        DeploymentTrust::new(self.ca.deployment().clone(), self.ca.certificate().clone())
-    }
-
-    /// Registers a client the way the real flow does: key in a directory,
-    /// request, issued certificate, checked and installed.
-    fn client(&self, name: &str) -> NodeIdentity {
-        let dir = tempfile::tempdir().unwrap();
-        let id = ClientIdentity::load_or_generate(dir.path()).unwrap();
-        let name = ClientName::new(name).unwrap();
-        let now = SystemTime::now();
-        let cert = self
-            .ca
-            .issue_client_cert(&name, &id.cert_request().unwrap(), now, YEAR)
-            .unwrap();
-        let node = id
-            .install_certificate(
-                cert,
-                self.ca.certificate(),
-                self.ca.deployment(),
-                &Role::Client(name),
-                now,
-            )
-            .unwrap();
-        self._dirs.lock().unwrap().push(dir);
-        node
-    }
-
-    fn server(&self) -> NodeIdentity {
-        self.ca.server_identity(SystemTime::now(), YEAR).unwrap()
-    }
-}
-
-fn client_role(name: &str) -> Role {
-    Role::Client(ClientName::new(name).unwrap())
-}
 
 fn fast_transport() -> Arc<TransportConfig> {
     let settings = TransportSettings {
