@@ -3,49 +3,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use branchline_client::local::{LocalReply, LocalRequest};
-use branchline_origin::testserver::CountingServer;
 use serde_json::Value;
 
 mod common;
 
 use common::*;
-
-/// The HTTP origin, running on its own runtime thread for the whole test.
-struct Origin {
-    rt: tokio::runtime::Runtime,
-    server: Arc<CountingServer>,
-}
-
-impl Origin {
-    fn start(ip: &str) -> Origin {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let addr = format!("{ip}:0").parse().unwrap();
-        let server = rt
-            .block_on(CountingServer::start(
-                addr,
-                Vec::<(String, bytes::Bytes)>::new(),
-            ))
-            .unwrap();
-        Origin {
-            rt,
-            server: Arc::new(server),
-        }
-    }
-    fn add(&self, name: &str, data: &[u8]) -> String {
-        let _g = self.rt.enter();
-        self.server
-            .set_file(name, bytes::Bytes::copy_from_slice(data));
-        self.server.url(name)
-    }
-}
 
 fn random_file(path: &Path, len: usize) -> Vec<u8> {
     let mut data = vec![0u8; len];

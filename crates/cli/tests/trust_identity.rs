@@ -13,7 +13,6 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use branchline_origin::testserver::CountingServer;
 use branchline_quic::{
     CertificateDer, ClientIdentity, ClientName, Congestion, ContentConfig, ContentNode,
     DeploymentName, DeploymentTrust, LargeConfig, LargeMessaging, PieceRequest, Role,
@@ -31,38 +30,6 @@ use serde_json::Value;
 mod common;
 
 use common::*;
-
-/// An HTTP origin on its own runtime thread.
-struct Origin {
-    rt: tokio::runtime::Runtime,
-    server: Arc<CountingServer>,
-}
-
-impl Origin {
-    fn start(ip: &str) -> Origin {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let server = rt
-            .block_on(CountingServer::start(
-                format!("{ip}:0").parse().unwrap(),
-                Vec::<(String, bytes::Bytes)>::new(),
-            ))
-            .unwrap();
-        Origin {
-            rt,
-            server: Arc::new(server),
-        }
-    }
-    fn add(&self, name: &str, data: &[u8]) -> String {
-        let _g = self.rt.enter();
-        self.server
-            .set_file(name, bytes::Bytes::copy_from_slice(data));
-        self.server.url(name)
-    }
-}
 
 /// A server, an origin and one published package of random bytes.
 struct Lan {

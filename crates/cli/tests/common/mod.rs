@@ -222,3 +222,41 @@ pub fn wait_for<T>(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// An HTTP origin (the counting test server) on its own runtime thread, for the whole
+/// test.
+pub struct Origin {
+    /// The runtime the server runs on.
+    pub rt: tokio::runtime::Runtime,
+    /// The server: its counters say what the origin served.
+    pub server: std::sync::Arc<branchline_origin::testserver::CountingServer>,
+}
+
+impl Origin {
+    /// Starts an origin on `ip`, port chosen by the kernel, serving nothing yet.
+    pub fn start(ip: &str) -> Origin {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = rt
+            .block_on(branchline_origin::testserver::CountingServer::start(
+                format!("{ip}:0").parse().unwrap(),
+                Vec::<(String, bytes::Bytes)>::new(),
+            ))
+            .unwrap();
+        Origin {
+            rt,
+            server: std::sync::Arc::new(server),
+        }
+    }
+
+    /// Serves `data` as `name`; its URL.
+    pub fn add(&self, name: &str, data: &[u8]) -> String {
+        let _g = self.rt.enter();
+        self.server
+            .set_file(name, bytes::Bytes::copy_from_slice(data));
+        self.server.url(name)
+    }
+}
