@@ -133,6 +133,18 @@ fn drive(
                     let keys = std::slice::from_ref(key);
                     let mut next = t;
                     let mut inflight: HashMap<u64, usize> = HashMap::new();
+                    // Sends body `i` under a fresh message id and remembers it in flight.
+                    let send = |sock: &UdpSocket, inflight: &mut HashMap<u64, usize>, i: usize| {
+                        let env = Envelope {
+                            msg_id: rand::random_range(1..u64::MAX),
+                            sent_at_ms: now_ms(),
+                            in_reply_to: 0,
+                            body: Some(make(i)),
+                        };
+                        let dg = seal(key, rand::random(), &env).unwrap();
+                        sock.send_to(&dg, server).unwrap();
+                        inflight.insert(env.msg_id, i);
+                    };
                     let mut done = 0usize;
                     let mut buf = [0u8; 2048];
                     while start.elapsed() < limit {
@@ -144,30 +156,13 @@ fn drive(
                             sent_here = 0;
                             let lost: Vec<usize> = inflight.drain().map(|(_, i)| i).collect();
                             for i in lost {
-                                let env = Envelope {
-                                    msg_id: rand::random_range(1..u64::MAX),
-                                    sent_at_ms: now_ms(),
-                                    in_reply_to: 0,
-                                    body: Some(make(i)),
-                                };
-                                let dg = seal(key, rand::random(), &env).unwrap();
-                                sock.send_to(&dg, server).unwrap();
+                                send(&sock, &mut inflight, i);
                                 sent_here += 1;
-                                inflight.insert(env.msg_id, i);
                             }
                         }
                         while inflight.len() < WINDOW && next < total {
-                            let msg_id = rand::random_range(1..u64::MAX);
-                            let env = Envelope {
-                                msg_id,
-                                sent_at_ms: now_ms(),
-                                in_reply_to: 0,
-                                body: Some(make(next)),
-                            };
-                            let dg = seal(key, rand::random(), &env).unwrap();
-                            sock.send_to(&dg, server).unwrap();
+                            send(&sock, &mut inflight, next);
                             sent_here += 1;
-                            inflight.insert(msg_id, next);
                             next += THREADS;
                         }
                         if inflight.is_empty() {
@@ -196,16 +191,8 @@ fn drive(
                                 // Lost in a full socket buffer: send those again under new ids.
                                 let lost: Vec<usize> = inflight.drain().map(|(_, i)| i).collect();
                                 for i in lost {
-                                    let env = Envelope {
-                                        msg_id: rand::random_range(1..u64::MAX),
-                                        sent_at_ms: now_ms(),
-                                        in_reply_to: 0,
-                                        body: Some(make(i)),
-                                    };
-                                    let dg = seal(key, rand::random(), &env).unwrap();
-                                    sock.send_to(&dg, server).unwrap();
+                                    send(&sock, &mut inflight, i);
                                     sent_here += 1;
-                                    inflight.insert(env.msg_id, i);
                                 }
                             }
                             Err(e) => panic!("recv: {e}"),
