@@ -9,7 +9,7 @@ use branchline_wire::ClientId;
 
 use crate::admin::{AdminCall, AdminResult};
 use crate::handler::ServerState;
-use crate::identities::{IdError, IdState, Identity};
+use crate::identities::{IdError, IdState, Identities, Identity};
 
 /// `connector client list`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -54,53 +54,29 @@ pub async fn execute(state: &ServerState, call: AdminCall) -> AdminResult {
         })
     };
     let now = state.clock.now_ms();
-    let result = match call {
+    let (text, change): (String, fn(&mut Identities, &ClientId, u64) -> _) = match call {
         AdminCall::ClientList => return AdminResult::ok(view(state)),
-        AdminCall::ClientApprove { id } => {
-            let id = match parse(&id) {
-                Ok(id) => id,
-                Err(e) => return e,
-            };
-            let r = state
-                .identities
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .approve(&id, now);
-            r.map(|i| (id, Some(i)))
-        }
-        AdminCall::ClientRevoke { id } => {
-            let id = match parse(&id) {
-                Ok(id) => id,
-                Err(e) => return e,
-            };
-            let r = state
-                .identities
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .revoke(&id, now);
-            r.map(|i| (id, Some(i)))
-        }
-        AdminCall::ClientReset { id } => {
-            let id = match parse(&id) {
-                Ok(id) => id,
-                Err(e) => return e,
-            };
-            let r = state
-                .identities
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .reset(&id);
-            r.map(|i| (id, Some(i)))
-        }
+        AdminCall::ClientApprove { id } => (id, |ids, id, now| ids.approve(id, now)),
+        AdminCall::ClientRevoke { id } => (id, |ids, id, now| ids.revoke(id, now)),
+        AdminCall::ClientReset { id } => (id, |ids, id, _| ids.reset(id)),
         _ => return AdminResult::invalid("not a client identity call"),
     };
-    let (id, changed) = match result {
-        Ok(r) => r,
+    let id = match parse(&text) {
+        Ok(id) => id,
+        Err(e) => return e,
+    };
+    let result = change(
+        &mut state
+            .identities
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+        &id,
+        now,
+    );
+    let identity = match result {
+        Ok(i) => i,
         Err(e @ IdError::Unknown(_)) => return AdminResult::not_found(e.to_string()),
         Err(e) => return AdminResult::invalid(e.to_string()),
-    };
-    let Some(identity) = changed else {
-        return AdminResult::failed("no change");
     };
     let removed = state
         .identities
