@@ -22,6 +22,7 @@ pub mod counters;
 pub mod endpoint;
 pub mod keyfile;
 pub mod keys;
+pub mod prom;
 pub mod ratelimit;
 pub mod replay;
 pub mod retry;

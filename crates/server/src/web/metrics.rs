@@ -14,10 +14,9 @@ use std::sync::{Arc, PoisonError};
 use branchline_transport::{Handler, Response};
 use branchline_wire::Body;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::handler::ServerState;
@@ -147,33 +146,7 @@ impl std::fmt::Debug for StateCollector {
     }
 }
 
-type Labels = Vec<(&'static str, String)>;
-
-fn counters(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: &[(Labels, u64)],
-) -> Result<(), std::fmt::Error> {
-    let mut m = e.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
-    for (labels, v) in rows {
-        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
-}
-
-fn gauges(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: &[(Labels, i64)],
-) -> Result<(), std::fmt::Error> {
-    let mut m = e.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
-    for (labels, v) in rows {
-        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
-}
+use branchline_transport::prom::{Labels, counters, gauges};
 
 impl Collector for StateCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
