@@ -282,6 +282,9 @@ fn demo_shows_offices_and_where_the_bytes_came_from() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("3 online / 3 enrolled"), "{stdout}");
+    // An orderly shutdown is not a task death.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("a serving task stopped"), "{stderr}");
     // One client per office; each office's only client is its RVP. The Central
     // Office's reads the origin, each branch's takes one copy over its WAN link.
     // The distribution table's row (the registration table above it starts alike).

@@ -455,13 +455,16 @@ impl Client {
 
     /// Stops every task and releases the ports and the data directory.
     pub async fn shutdown(self) {
-        if let Some(main) = self.main {
-            main.abort();
-            let _ = main.await;
-        }
+        // The supervised tasks first: the jobs loop ends on its own once `main` (which
+        // holds the assignment channel's sender) is gone, and its supervisor would report
+        // that orderly end as a death.
         for t in self.tasks {
             t.abort();
             let _ = t.await;
+        }
+        if let Some(main) = self.main {
+            main.abort();
+            let _ = main.await;
         }
     }
 }
