@@ -23,7 +23,7 @@ use crate::bitfield::{Bitfield, HAVE_HEADER_LEN, decode_have, encode_have, have_
 use crate::error::StoreError;
 use crate::id::ContentId;
 use crate::ledger::{Item, Ledger};
-use crate::map::{PieceError, PieceMap, PieceSize};
+use crate::map::{PieceError, PieceMap, PieceSize, VerifiedPiece};
 use crate::storage::{Aux, DiskSpace, FsStorage, Storage, is_disk_full};
 
 /// How often, at most, a content's last-access time is written to disk while it is in
@@ -730,6 +730,54 @@ impl<S: Storage> Cache<S> {
                 }
             }
         }
+        self.commit(id, &entry, good, out, now_ms)
+    }
+
+    /// [`Cache::write_pieces`] for pieces verified already ([`PieceMap::verify_shared`],
+    /// typically as they arrived): written and recorded the same way (one data fsync and
+    /// one bitfield fsync for the batch), without hashing them again. Like
+    /// [`Cache::write_pieces_shared`], the pieces stored are also kept in the bounded
+    /// memory of recently stored pieces, to serve peers without a re-read.
+    ///
+    /// A piece verified for another content is refused into [`BatchOutcome::bad`]
+    /// ([`PieceError::OtherContent`]); the others are stored.
+    pub fn write_verified(
+        &self,
+        id: &ContentId,
+        pieces: &[VerifiedPiece],
+        now_ms: u64,
+    ) -> Result<BatchOutcome, StoreError> {
+        let entry = self.entry(id)?;
+        let mut out = BatchOutcome::default();
+        let mut good: Vec<(u32, &[u8])> = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            if p.content() == id {
+                good.push((p.index(), &p.data()[..]));
+            } else {
+                out.bad.push((
+                    p.index(),
+                    PieceError::OtherContent {
+                        index: p.index(),
+                        verified_for: *p.content(),
+                    },
+                ));
+            }
+        }
+        let out = self.commit(id, &entry, good, out, now_ms)?;
+        self.remember(id, &out, pieces.iter().map(|p| (p.index(), p.data())));
+        Ok(out)
+    }
+
+    /// The part of a batch write after verification: writes the good pieces, makes them
+    /// durable, then records them (see [`Cache::write_pieces`]).
+    fn commit(
+        &self,
+        id: &ContentId,
+        entry: &Entry,
+        mut good: Vec<(u32, &[u8])>,
+        mut out: BatchOutcome,
+        now_ms: u64,
+    ) -> Result<BatchOutcome, StoreError> {
         {
             let st = lock(&entry.state);
             if st.removed {
@@ -860,22 +908,35 @@ impl<S: Storage> Cache<S> {
     ) -> Result<BatchOutcome, StoreError> {
         let refs: Vec<(u32, &[u8])> = pieces.iter().map(|(i, b)| (*i, &b[..])).collect();
         let out = self.write_pieces(id, &refs, now_ms)?;
+        self.remember(id, &out, pieces.iter().map(|(i, b)| (*i, b)));
+        Ok(out)
+    }
+
+    /// Keeps the buffers of the pieces `out` says were stored in the memory of recent
+    /// pieces (shared, not copied).
+    fn remember<'a>(
+        &self,
+        id: &ContentId,
+        out: &BatchOutcome,
+        pieces: impl Iterator<Item = (u32, &'a Bytes)>,
+    ) {
         if out.stored.is_empty() {
-            return Ok(out);
+            return;
         }
-        let entry = self.entry(id)?;
+        let Ok(entry) = self.entry(id) else {
+            return; // evicted meanwhile: nothing to serve from memory
+        };
         // Under the content's lock: an eviction marks it removed under this lock before it
         // drops the content's pieces from the memory, so none is left behind.
         let st = lock(&entry.state);
         if !st.removed {
             let mut recent = lock(&self.recent);
             for (index, data) in pieces {
-                if out.stored.contains(index) && st.have.get(*index) {
-                    recent.insert(*id, *index, data.clone());
+                if out.stored.contains(&index) && st.have.get(index) {
+                    recent.insert(*id, index, data.clone());
                 }
             }
         }
-        Ok(out)
     }
 
     /// Sets how many bytes of recently stored pieces are kept in memory for serving (0
@@ -1324,6 +1385,64 @@ mod tests {
             cache.read_piece_shared(&id, 3, 6),
             Err(StoreError::UnknownContent(_))
         ));
+    }
+
+    #[test]
+    fn verified_pieces_are_stored_without_a_second_hash_and_only_for_their_content() {
+        let piece = 16 * 1024;
+        let (cache, storage, map, content) = memory_cache(piece, 4);
+        let id = map.id();
+        let verified: Vec<VerifiedPiece> = [0, 2]
+            .iter()
+            .map(|&i| {
+                let (i, b) = shared(&content, piece, i);
+                map.verify_shared(i, b).unwrap()
+            })
+            .collect();
+        // A forged piece cannot become a VerifiedPiece.
+        let (_, good) = shared(&content, piece, 1);
+        let mut forged = good.to_vec();
+        forged[0] ^= 1;
+        assert!(matches!(
+            map.verify_shared(1, Bytes::from(forged)),
+            Err(PieceError::HashMismatch { index: 1 })
+        ));
+        // A piece verified for another content is refused, the rest stored.
+        let other: Vec<u8> = (0..piece).map(|i| (i % 7) as u8).collect();
+        let other_map = PieceMap::from_bytes(&other, PieceSize::new(piece).unwrap()).unwrap();
+        let foreign = other_map.verify_shared(0, Bytes::from(other)).unwrap();
+        let mut batch = verified.clone();
+        batch.push(foreign);
+        let out = cache.write_verified(&id, &batch, 2).unwrap();
+        assert_eq!(out.stored, vec![0, 2]);
+        assert!(matches!(
+            out.bad.as_slice(),
+            [(0, PieceError::OtherContent { .. })]
+        ));
+        // Served from memory, the verified buffer itself.
+        assert_eq!(
+            cache.read_piece_shared(&id, 2, 3).unwrap(),
+            verified[1].data().clone()
+        );
+        assert_eq!(cache.metrics().snapshot().pieces_served_from_memory, 1);
+        assert_eq!(cache.metrics().snapshot().bad_pieces_received, 0);
+        // Writing them again changes nothing.
+        let again = cache.write_verified(&id, &verified, 4).unwrap();
+        assert_eq!(again.already_present, vec![0, 2]);
+        assert!(again.stored.is_empty());
+        // Durable: after a crash that loses every unsynced write, both are recorded and
+        // read back verified from the data.
+        drop(cache);
+        storage.crash();
+        let cache = Cache::with_storage(storage.clone(), CacheCap::Bytes(1 << 30), 5).unwrap();
+        assert_eq!(
+            cache.have(&id).unwrap().present().collect::<Vec<_>>(),
+            vec![0, 2]
+        );
+        assert_eq!(
+            &cache.read_piece(&id, 0, 6).unwrap()[..],
+            &content[..piece as usize]
+        );
     }
 
     #[test]

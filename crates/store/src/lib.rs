@@ -130,6 +130,6 @@ pub use error::StoreError;
 pub use id::{ContentId, ParseIdError};
 pub use map::{
     DEFAULT_PIECE_SIZE, HashFileError, MAX_PIECE_SIZE, MIN_PIECE_SIZE, MapError, PieceError,
-    PieceMap, PieceSize, hash_file,
+    PieceMap, PieceSize, VerifiedPiece, hash_file,
 };
 pub use storage::{DiskSpace, FsStorage, MemStorage, Storage};

@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use blake3::hazmat::{
     ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
 };
+use bytes::Bytes;
 
 use crate::id::ContentId;
 
@@ -175,6 +176,42 @@ pub enum PieceError {
         /// Piece index.
         index: u32,
     },
+    /// The piece was verified against another content's map (a caller's mistake):
+    /// nothing was written.
+    #[error("piece {index} was verified for content {verified_for}, not this one")]
+    OtherContent {
+        /// Piece index.
+        index: u32,
+        /// The content whose map it matched.
+        verified_for: ContentId,
+    },
+}
+
+/// A piece whose bytes matched its content's piece map. The only way to make one is
+/// [`PieceMap::verify_shared`], so holding one proves the check was done (against the
+/// map of [`VerifiedPiece::content`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedPiece {
+    content: ContentId,
+    index: u32,
+    data: Bytes,
+}
+
+impl VerifiedPiece {
+    /// The content whose map the piece matched.
+    pub fn content(&self) -> &ContentId {
+        &self.content
+    }
+
+    /// The piece's index in that content.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The piece's bytes (shared, not copied).
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
 }
 
 /// The piece map of one content item: its id, size, piece size, and the BLAKE3 chaining
@@ -447,6 +484,19 @@ impl PieceMap {
             return Err(PieceError::HashMismatch { index });
         }
         Ok(())
+    }
+
+    /// Verifies one piece held in a shared buffer and, when it matches, returns it as a
+    /// [`VerifiedPiece`]: the proof that [`crate::Cache::write_verified`] asks for, so a
+    /// piece can be hashed as it arrives (on any thread) and written later without a
+    /// second hash. No copy is made.
+    pub fn verify_shared(&self, index: u32, data: Bytes) -> Result<VerifiedPiece, PieceError> {
+        self.verify_piece(index, &data)?;
+        Ok(VerifiedPiece {
+            content: self.id,
+            index,
+            data,
+        })
     }
 
     /// Checks that this map belongs to `id`, declares `size` bytes, and that its piece
