@@ -547,6 +547,21 @@ impl Scheduler {
         })
     }
 
+    /// A piece this scheduler counted as received could not be kept after all (the write
+    /// to the local disk failed, for example because it is full): it is missing again and
+    /// goes back to the pool, to be asked of a source that holds it. No source is judged:
+    /// the piece was good. Returns false if the piece was not held (nothing changes).
+    pub fn on_piece_lost(&mut self, piece: u32) -> Result<bool, SchedError> {
+        self.check_piece(piece)?;
+        if !self.have.remove(piece) {
+            return Ok(false);
+        }
+        if !self.in_flight.contains_key(&piece) {
+            self.avail.pool_insert(piece);
+        }
+        Ok(true)
+    }
+
     /// A request to `source` for `piece` failed. See [`Failure`] for the kinds and the
     /// crate docs for the consequences. Failures of requests the scheduler already
     /// forgot (cancelled duplicates, removed sources) are ignored, except that a bad piece

@@ -1289,3 +1289,41 @@ fn a_slow_source_gets_longer_deadlines_after_each_round_of_timeouts() {
     }
     assert_eq!(s.source_stats(A).unwrap().strikes, 1);
 }
+
+#[test]
+fn a_piece_lost_after_arrival_is_asked_for_again_without_blame() {
+    let t = Instant::now();
+    let n = 4;
+    let mut s = Scheduler::new(n, [], cfg()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, set(n, [0, 1, 2, 3])).unwrap();
+    let asked = drain(&mut s, A, t);
+    assert!(!asked.is_empty());
+    let p = asked[0];
+    assert!(s.on_piece_received(A, p, PIECE, t).unwrap().new);
+    assert!(s.has_piece(p));
+    // The disk refused it: missing again, in the pool, and the source is not judged.
+    assert!(s.on_piece_lost(p).unwrap());
+    assert!(!s.has_piece(p));
+    assert!(
+        !s.on_piece_lost(p).unwrap(),
+        "losing a piece not held changes nothing"
+    );
+    for &q in &asked[1..] {
+        assert!(s.on_piece_received(A, q, PIECE, t).unwrap().new);
+    }
+    let mut again = Vec::new();
+    for _ in 0..(2 * n) {
+        for q in drain(&mut s, A, t) {
+            again.push(q);
+            assert!(s.on_piece_received(A, q, PIECE, t).unwrap().new);
+        }
+    }
+    assert!(again.contains(&p), "asked for again: {again:?}");
+    assert!(s.is_complete());
+    assert_eq!(s.source_stats(A).unwrap().strikes, 0);
+    assert!(matches!(
+        s.on_piece_lost(n),
+        Err(SchedError::PieceOutOfRange { .. })
+    ));
+}
