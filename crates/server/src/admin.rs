@@ -33,7 +33,7 @@ pub enum AdminCall {
     TopologyShow,
     /// Today's tree, automatic offices included, as TOML that `apply` accepts.
     TopologyExport,
-    /// Make `target` (all, office:NAME, client:ID) fetch `content` (id or name[@version]).
+    /// Make `target` (all, office:NAME, client:ID) fetch `content` (id or `name[@version]`).
     Deploy {
         /// The content: its id (64 hex digits) or `name[@version]` (the last published
         /// version when none is given).

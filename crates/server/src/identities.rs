@@ -144,10 +144,10 @@ pub enum IdError {
     /// Approving a client that is already active.
     #[error("client {0} is already active")]
     AlreadyActive(ClientId),
+    /// Revoking would put more than [`MAX_REVOKED`] ids on the revocation list.
     #[error(
         "the revocation list is full ({MAX_REVOKED} clients): reset revoked clients that are gone for good"
     )]
-    /// Revoking would put more than [`MAX_REVOKED`] ids on the revocation list.
     ListFull,
 }
 

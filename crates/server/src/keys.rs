@@ -36,10 +36,10 @@ pub const MAX_TRACKED: usize = 1_000_000;
 /// Why a rotation was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RotateError {
+    /// Another rotation's overlap has not ended; one rotation runs at a time.
     #[error(
         "a rotation is under way: the previous key (fingerprint {previous}) is accepted until {retire_at_ms} (Unix ms); rotate again after that"
     )]
-    /// Another rotation's overlap has not ended; one rotation runs at a time.
     InOverlap {
         /// The previous key's fingerprint.
         previous: String,
