@@ -149,7 +149,9 @@ pub enum FailKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AdminResult {
-    /// The call's answer: one of the `*View` types of this module, as JSON.
+    /// The call's answer as JSON: a view of this module or of [`crate::enroll`], or for
+    /// `topology export` `{"toml": …}` and for a pause or resume the transfer's id,
+    /// office, content id and `paused`.
     Ok(serde_json::Value),
     /// The call failed; `message` says why and what to do.
     Error {
@@ -264,7 +266,7 @@ pub struct DeployView {
 pub struct StatusView {
     /// The content id (64 hex digits).
     pub content_id: String,
-    /// The content as `name@version` (empty in the status rows of `deployments`' savings).
+    /// The content as `name@version`.
     pub content: String,
     /// The content's size in bytes (0 if it is no longer in the catalogue).
     pub size: u64,

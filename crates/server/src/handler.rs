@@ -37,7 +37,7 @@ pub struct ServerState {
     /// Small-message counters (received, answered, dropped by reason), shared with the
     /// server's small-message endpoints; the health call and `/metrics` read them.
     pub counters: Arc<Counters>,
-    /// The clock every handler reads (the system clock; tests may pass another).
+    /// The clock every handler reads: the system clock, the same as the endpoints'.
     pub clock: Arc<dyn Clock>,
     /// When the server started (the health call's `uptime_s`).
     pub started: Instant,

@@ -231,7 +231,7 @@ pub struct Setup {
     pub key_path: PathBuf,
     /// `DATA_DIR/branchline.db`.
     pub db_path: PathBuf,
-    /// Clients read back from the database.
+    /// Client records read back from the database (revoked clients included).
     pub clients_loaded: usize,
     /// The admin endpoint, when it is on.
     pub admin: Option<web::AdminInfo>,
