@@ -27,9 +27,15 @@ pub const UPLOAD_IDLE_MS: u64 = 10 * 60 * 1000;
 /// A published content item.
 #[derive(Clone, Debug)]
 pub struct Item {
+    /// The metadata the publisher sent in `PublishBegin` (validated): id, name, version,
+    /// size, origin, piece size.
     pub meta: Meta,
+    /// The piece map, verified against the content id and size at commit.
     pub map: Arc<PieceMap>,
+    /// The same map in its wire encoding (`docs/wire.md` §7), as uploaded: what the
+    /// database stores.
     pub encoded_map: Arc<Vec<u8>>,
+    /// When it was published (Unix ms): the commit, or the stored time after a restart.
     pub published_ms: u64,
 }
 
@@ -43,34 +49,70 @@ struct Upload {
 /// Why a publish step was refused. Displayed to the publisher.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PublishError {
+    /// `PublishBegin.map_len` is over [`MAX_MAP`].
     #[error("a piece map of {0} bytes is larger than the {MAX_MAP}-byte limit")]
     MapTooLarge(usize),
+    /// [`MAX_UPLOADS`] other uploads are in progress.
     #[error("the server has {MAX_UPLOADS} uploads in progress; try again in a few minutes")]
     TooManyUploads,
+    /// A chunk or commit for a content id with no upload (never begun, or idle for
+    /// [`UPLOAD_IDLE_MS`]).
     #[error("no upload in progress for {0}; start again with PublishBegin")]
     NoUpload(ContentId),
+    /// A chunk whose offset is not a multiple of [`CHUNK`] inside the map, or whose length
+    /// is not the [`CHUNK`] bytes (less for the last one) expected there.
     #[error(
         "chunk at offset {offset} does not fit a map of {map_len} bytes in {CHUNK}-byte chunks"
     )]
-    BadChunk { offset: usize, map_len: usize },
+    BadChunk {
+        /// The chunk's offset in the map (bytes).
+        offset: usize,
+        /// The map length given by `PublishBegin` (bytes).
+        map_len: usize,
+    },
+    /// A commit before every chunk arrived.
     #[error("{missing} of {total} map chunks have not arrived")]
-    Incomplete { missing: usize, total: usize },
+    Incomplete {
+        /// Chunks not received.
+        missing: usize,
+        /// Chunks in the whole map.
+        total: usize,
+    },
+    /// The assembled map does not decode, or does not match the content id and size; the
+    /// upload is dropped.
     #[error("the piece map does not match the content id and size: {0}")]
     BadMap(#[source] branchline_store::MapError),
+    /// The map's piece size differs from `meta.piece_size`; the upload is dropped.
     #[error("the map has {map}-byte pieces, the metadata says {meta}")]
-    PieceSizeMismatch { map: u32, meta: u32 },
+    PieceSizeMismatch {
+        /// The map's piece size (bytes).
+        map: u32,
+        /// The metadata's piece size (bytes).
+        meta: u32,
+    },
+    /// The content id is published already under other metadata.
     #[error(
         "{id} is already published with different metadata ({what}); publish it under one name and version"
     )]
-    Conflict { id: ContentId, what: String },
+    Conflict {
+        /// The content id.
+        id: ContentId,
+        /// Which fields differ, old and new.
+        what: String,
+    },
+    /// The name and version belong to another content id.
     #[error(
         "{name}@{version} is already published with other bytes ({existing}); a name and version name one content item for ever: publish the new bytes under a new version"
     )]
     NameTaken {
+        /// The name asked for.
         name: String,
+        /// The version asked for.
         version: String,
+        /// The content id published (or being stored) under that name and version.
         existing: ContentId,
     },
+    /// [`MAX_ITEMS`] items are published already.
     #[error("the catalogue holds its maximum of {MAX_ITEMS} items")]
     TooManyItems,
 }
@@ -84,6 +126,7 @@ pub enum Begin {
     NeedsMap,
 }
 
+/// The published items, the uploads in progress and the name@version index.
 #[derive(Default)]
 pub struct Catalogue {
     items: HashMap<ContentId, Item>,
@@ -94,6 +137,7 @@ pub struct Catalogue {
 }
 
 impl Catalogue {
+    /// An empty catalogue (nothing published, nothing uploading).
     pub fn new() -> Self {
         Self::default()
     }
@@ -119,6 +163,7 @@ impl Catalogue {
         }
     }
 
+    /// The published item with content id `id`.
     pub fn get(&self, id: &ContentId) -> Option<&Item> {
         self.items.get(id)
     }
@@ -138,10 +183,12 @@ impl Catalogue {
         v
     }
 
+    /// Number of published items.
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
+    /// True when nothing is published.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }

@@ -24,8 +24,11 @@ use crate::registry::ClientRecord;
 
 /// The server's own content: its cache and the endpoint it sends from.
 pub struct ServerContent {
-    pub cache: Arc<Cache<FsStorage>>,
-    pub node: ContentNode,
+    /// The server's content cache (`DATA_DIR/content`, capped by
+    /// `server.content_cache_size`).
+    cache: Arc<Cache<FsStorage>>,
+    /// The QUIC endpoint it sends from (an ephemeral port).
+    node: ContentNode,
     /// The server's bind address: clients in its subnet are the Central Office.
     pub bind: IpAddr,
     /// Open sending connections, one per client.
@@ -48,6 +51,7 @@ impl Drop for ServerContent {
 }
 
 impl ServerContent {
+    /// Content served from `cache` through `node`; `bind` is the server's bind address.
     pub fn new(cache: Arc<Cache<FsStorage>>, node: ContentNode, bind: IpAddr) -> Self {
         ServerContent {
             cache,

@@ -60,15 +60,32 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 /// A database failure.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// The file cannot be opened or created.
     #[error("cannot open database {path}: {source}")]
-    Open { path: PathBuf, source: sqlx::Error },
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        source: sqlx::Error,
+    },
+    /// The schema cannot be brought to [`SCHEMA_VERSION`] (e.g. a database written by a
+    /// newer build).
     #[error("cannot migrate database {path} to schema version {SCHEMA_VERSION}: {source}")]
     Migrate {
+        /// The database file.
         path: PathBuf,
+        /// Why.
         source: sqlx::migrate::MigrateError,
     },
+    /// A stored row does not parse; the server refuses to start rather than guess.
     #[error("database {path} has a row that does not parse ({what}): was it edited by hand?")]
-    Corrupt { path: PathBuf, what: String },
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// Which row and field, and why.
+        what: String,
+    },
+    /// A query or commit failed.
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),
 }
@@ -122,6 +139,7 @@ impl Db {
         })
     }
 
+    /// The database file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -297,6 +315,7 @@ impl Db {
         Ok(n as u64)
     }
 
+    /// Closes the connection pool (at shutdown, after the writer's last flush).
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -344,9 +363,13 @@ fn decode_ports(s: &str) -> Option<Ports> {
 /// A connector activation to record.
 #[derive(Clone, Debug)]
 pub struct ConnectorRow {
+    /// The connector's host name, from its `Activate` message.
     pub hostname: String,
+    /// The address the activation came from.
     pub address: SocketAddr,
+    /// The connector's Branchline version.
     pub version: String,
+    /// When it was activated (Unix ms).
     pub now_ms: u64,
 }
 
@@ -380,6 +403,8 @@ enum Op {
 pub struct DbHealth(Arc<Mutex<Option<String>>>);
 
 impl DbHealth {
+    /// `ok`, or `write failing: ERROR` while commits fail (the health call's `database`
+    /// field).
     pub fn describe(&self) -> String {
         match &*self.0.lock().unwrap_or_else(PoisonError::into_inner) {
             None => "ok".into(),
@@ -405,6 +430,7 @@ pub struct Writer {
     tx: mpsc::Sender<Op>,
     refused_busy: Arc<std::sync::atomic::AtomicU64>,
     touches_dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// `ok` or the last write error, shared with the health call.
     pub health: DbHealth,
     /// Seconds each commit (one transaction) took, for the admin endpoint's metrics.
     pub commit_seconds: prometheus_client::metrics::histogram::Histogram,

@@ -27,8 +27,11 @@ pub const MAX_STATS: usize = 1_000_000;
 /// Who a deployment is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
+    /// Every client.
     All,
+    /// The clients placed in the named office (`office:NAME`).
     Office(String),
+    /// One client (`client:ID`).
     Client(ClientId),
 }
 
@@ -62,24 +65,35 @@ impl fmt::Display for Target {
 /// One deployment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Deployment {
+    /// The deployment's id: 1 and up, never reused (0 marks relay assignments).
     pub id: u64,
+    /// The content to fetch.
     pub content: ContentId,
+    /// Who fetches it.
     pub target: Target,
-    /// Fill the caches only (nothing is handed to an installer).
+    /// `--prestage`: recorded and shown only. Branchline runs no installer, so every
+    /// deployment does the same thing: it fills the targeted clients' caches.
     pub prestage: bool,
+    /// When the admin made it (Unix ms).
     pub created_ms: u64,
 }
 
-/// Verified bytes by source kind.
+/// Verified bytes by source kind, cumulative per (content, client), as the client last
+/// reported them in `ReportHave.sources` (`docs/wire.md` §5.4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceBytes {
+    /// Read from the origin.
     pub origin: u64,
+    /// From the server's own content cache.
     pub server: u64,
+    /// Over the office's WAN link, from a peer in an ancestor office.
     pub wan: u64,
+    /// From peers in the same office.
     pub lan: u64,
 }
 
 impl SourceBytes {
+    /// Adds `o`'s counts to these.
     pub fn add(&mut self, o: &SourceBytes) {
         self.origin += o.origin;
         self.server += o.server;
@@ -97,6 +111,8 @@ pub struct Deployments {
 }
 
 impl Deployments {
+    /// Deployments read back from the database; relays and byte counts start empty (they
+    /// are kept in memory only).
     pub fn load(list: Vec<Deployment>) -> Deployments {
         Deployments {
             list,
@@ -104,6 +120,7 @@ impl Deployments {
         }
     }
 
+    /// Every deployment, in the order they were made.
     pub fn list(&self) -> &[Deployment] {
         &self.list
     }

@@ -16,13 +16,18 @@ use crate::identities::{IdError, IdState, Identities, Identity};
 pub struct IdentitiesView {
     /// `open` or `approve`.
     pub enrollment: String,
+    /// Every bound identity (pending, active or revoked), sorted by client id.
     pub clients: Vec<IdentityView>,
 }
 
+/// One client identity in `client list`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IdentityView {
+    /// The client's id (32 hex digits).
     pub client_id: String,
+    /// Its host name: from the registry, else the one its registration gave.
     pub hostname: String,
+    /// The office it is placed in; `None` when it is not placed (e.g. pending).
     pub office: Option<String>,
     /// pending, active or revoked.
     pub state: String,
@@ -31,21 +36,30 @@ pub struct IdentityView {
     /// Unix ms: the last heartbeat or registration attempt; `None` when never heard
     /// from since the server started (pending) or unknown.
     pub last_seen_ms: Option<u64>,
+    /// When its key was bound to the id (Unix ms).
     pub bound_ms: u64,
 }
 
 /// The result of approve, reset and revoke.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IdentityChange {
+    /// The client's id (32 hex digits).
     pub client_id: String,
     /// The state now (`unbound` after a reset).
     pub state: String,
+    /// The key fingerprint of the binding (first 16 hex digits of BLAKE3 of the public
+    /// key).
     pub key_fingerprint: String,
     /// The revocation list's epoch after the change.
     pub revocation_epoch: u64,
 }
 
-pub async fn execute(state: &ServerState, call: AdminCall) -> AdminResult {
+/// Runs `client list`, `approve`, `reset` or `revoke` ([`AdminCall`]'s `Client*` calls);
+/// other calls are answered `invalid`. An id that is not 32 hex digits is `invalid`, an
+/// unknown one `not_found`; a revoked or reset client is also dropped from the registry,
+/// the locations and the reports, and the revocation list is updated before the change is
+/// stored.
+pub(crate) async fn execute(state: &ServerState, call: AdminCall) -> AdminResult {
     let parse = |id: &str| {
         id.parse::<ClientId>().map_err(|e| {
             AdminResult::invalid(format!(

@@ -30,11 +30,19 @@ pub const CLIENT_CERT_VALIDITY: std::time::Duration =
 
 /// State shared by the server's handlers.
 pub struct ServerState {
+    /// The client registry; also read by the command line's `demo` table.
     pub registry: Mutex<Registry>,
+    /// The database writer: every durable change goes through it.
     pub writer: Writer,
+    /// Small-message counters (received, answered, dropped by reason), shared with the
+    /// server's small-message endpoints; the health call and `/metrics` read them.
     pub counters: Arc<Counters>,
+    /// The clock every handler reads: the system clock, the same as the endpoints'.
     pub clock: Arc<dyn Clock>,
+    /// When the server started (the health call's `uptime_s`).
     pub started: Instant,
+    /// Connectors activated, counted from the database at start (the health call's
+    /// `connectors_total`).
     pub connectors_total: AtomicU64,
     /// Large-message requests answered (QUIC, 34333/34341).
     pub large_requests: AtomicU64,
@@ -44,7 +52,9 @@ pub struct ServerState {
     pub quota: Mutex<crate::quota::RegistrationQuota>,
     /// The deployment's certificate authority (issues client certificates).
     pub ca: DeploymentCa,
+    /// Published content items and piece-map uploads in progress.
     pub catalogue: Mutex<Catalogue>,
+    /// Who holds which pieces, and who reads the origin.
     pub locations: Mutex<Locations>,
     /// Content the server holds itself (opt-in).
     pub content: Option<Arc<crate::content::ServerContent>>,
@@ -357,7 +367,7 @@ fn publish_error(e: PublishError, now_ms: u64) -> Body {
     error(code, e.to_string(), now_ms)
 }
 
-/// The latest drop counters each client reported, bounded by the registry's size.
+/// The latest drop counters each client reported, for at most [`MAX_CLIENT_DROPS`] clients.
 #[derive(Debug, Default)]
 pub struct ClientDrops {
     by_client: std::collections::HashMap<ClientId, Vec<(String, u64)>>,
@@ -367,6 +377,8 @@ pub struct ClientDrops {
 pub const MAX_CLIENT_DROPS: usize = 1_000_000;
 
 impl ClientDrops {
+    /// Keeps `client`'s latest drop counters (reason, count); an empty list forgets the
+    /// client. Beyond [`MAX_CLIENT_DROPS`] clients, new ones are not kept.
     pub fn record(&mut self, client: ClientId, drops: Vec<(String, u64)>) {
         if drops.is_empty() {
             self.by_client.remove(&client);

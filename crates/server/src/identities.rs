@@ -43,12 +43,18 @@ impl std::str::FromStr for Enrollment {
 /// Where an identity stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdState {
+    /// Bound, waiting for the admin's approval (`server.enrollment = "approve"`): no
+    /// certificate, not in the registry.
     Pending,
+    /// Bound and allowed: it gets a certificate, a place in the registry and content.
     Active,
+    /// Refused at registration and heartbeat, and on the revocation list sent to every
+    /// peer.
     Revoked,
 }
 
 impl IdState {
+    /// The state's name as stored in the database and shown by `client list`.
     pub fn as_str(self) -> &'static str {
         match self {
             IdState::Pending => "pending",
@@ -57,6 +63,8 @@ impl IdState {
         }
     }
 
+    /// The inverse of [`IdState::as_str`]; `None` for any other text (a corrupt database
+    /// row).
     pub fn parse(s: &str) -> Option<IdState> {
         match s {
             "pending" => Some(IdState::Pending),
@@ -70,12 +78,15 @@ impl IdState {
 /// One client's binding.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
+    /// The client id bound.
     pub id: ClientId,
     /// Raw Ed25519 public key of the client's certificate requests.
     pub public_key: [u8; 32],
+    /// Where the binding stands.
     pub state: IdState,
     /// The hostname of the registration that bound it (shown while pending).
     pub hostname: String,
+    /// When the key was bound (Unix ms).
     pub bound_ms: u64,
     /// When the state last changed.
     pub changed_ms: u64,
@@ -101,16 +112,21 @@ pub fn fingerprint(key: &[u8; 32]) -> String {
 pub enum Admission {
     /// Go ahead; `bound` is the new binding to store, if this registration made one.
     Active {
+        /// The new binding, when this registration made one.
         bound: Option<Identity>,
     },
     /// Waiting for the admin; `bound` as above.
     Pending {
+        /// The new binding, when this registration made one.
         bound: Option<Identity>,
     },
     /// The id is bound to another key.
     KeyMismatch {
+        /// The bound key's fingerprint ([`Identity::fingerprint`]), for the refusal
+        /// message.
         bound_fingerprint: String,
     },
+    /// The id is revoked: refused until the admin resets it.
     Revoked,
     /// Too many identities already: the id is not bound.
     Full,
@@ -119,12 +135,16 @@ pub enum Admission {
 /// An admin action on an identity that cannot be done.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
+    /// The id has no binding.
     #[error("no client {0} has registered with a key (see `branchline connector client list`)")]
     Unknown(ClientId),
+    /// Approving a revoked client: it must be reset first.
     #[error("client {0} is revoked: `branchline connector client reset {0}` lets it enroll again")]
     IsRevoked(ClientId),
+    /// Approving a client that is already active.
     #[error("client {0} is already active")]
     AlreadyActive(ClientId),
+    /// Revoking would put more than [`MAX_REVOKED`] ids on the revocation list.
     #[error(
         "the revocation list is full ({MAX_REVOKED} clients): reset revoked clients that are gone for good"
     )]
@@ -159,6 +179,7 @@ impl Identities {
         }
     }
 
+    /// How new clients enroll, as configured.
     pub fn mode(&self) -> Enrollment {
         self.mode
     }
@@ -190,6 +211,7 @@ impl Identities {
         }
     }
 
+    /// The binding of `id`, if it has one.
     pub fn get(&self, id: &ClientId) -> Option<&Identity> {
         self.by_id.get(id)
     }
@@ -320,10 +342,12 @@ impl Identities {
         v
     }
 
+    /// Number of bindings, every state included.
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
 
+    /// True when no id is bound.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }

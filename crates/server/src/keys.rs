@@ -36,10 +36,17 @@ pub const MAX_TRACKED: usize = 1_000_000;
 /// Why a rotation was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RotateError {
+    /// Another rotation's overlap has not ended; one rotation runs at a time.
     #[error(
         "a rotation is under way: the previous key (fingerprint {previous}) is accepted until {retire_at_ms} (Unix ms); rotate again after that"
     )]
-    InOverlap { previous: String, retire_at_ms: u64 },
+    InOverlap {
+        /// The previous key's fingerprint.
+        previous: String,
+        /// When the previous key retires (Unix ms).
+        retire_at_ms: u64,
+    },
+    /// The requested overlap is outside [`MIN_OVERLAP`]..=[`MAX_OVERLAP`].
     #[error("the overlap must be between {min} and {max} seconds", min = MIN_OVERLAP.as_secs(), max = MAX_OVERLAP.as_secs())]
     BadOverlap,
 }
@@ -61,7 +68,10 @@ pub struct KeyState {
 /// A key as `connector key status` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyView {
+    /// The key id as 8 hex digits (`docs/wire.md` §3.2: 4 bytes from HKDF, sent in clear in
+    /// every datagram header).
     pub key_id: String,
+    /// The key's fingerprint (8 groups of 4 hex digits), never the key itself.
     pub fingerprint: String,
 }
 
@@ -73,6 +83,7 @@ fn view(k: &DeploymentKey) -> KeyView {
 }
 
 impl KeyState {
+    /// A state with `current` as the only key accepted and no client seen yet.
     pub fn new(current: DeploymentKey) -> KeyState {
         KeyState {
             current,
@@ -81,6 +92,7 @@ impl KeyState {
         }
     }
 
+    /// The current key: what the server seals with and hands to clients.
     pub fn current(&self) -> &DeploymentKey {
         &self.current
     }
@@ -156,10 +168,12 @@ impl KeyState {
         self.last_seen.remove(client);
     }
 
+    /// The current key as `key status` shows it.
     pub fn current_view(&self) -> KeyView {
         view(&self.current)
     }
 
+    /// The previous key as `key status` shows it, during an overlap.
     pub fn previous_view(&self) -> Option<KeyView> {
         self.previous.as_ref().map(|p| view(&p.key))
     }

@@ -1,6 +1,6 @@
-//! Large-message handlers (QUIC, server 34333): content metadata and piece maps, "where
-//! can I get X", and what clients hold. The requester is the client named by its verified
-//! certificate; no field of the request says who is asking.
+//! Large-message handlers (QUIC, server 34333 and Background 34341): content metadata and
+//! piece maps, "where can I get X", and what clients hold. The requester is the client
+//! named by its verified certificate; no field of the request says who is asking.
 
 use std::sync::{Arc, PoisonError};
 

@@ -12,12 +12,19 @@
 //! * [`handler`]: the request-port handlers (small messages).
 //! * [`catalogue`]: published content and piece-map uploads (pure).
 //! * [`locations`]: who holds what, who reads the origin (pure).
-//! * [`large`]: large-message handlers (QUIC on 34333): content, locate, have reports.
+//! * [`large`]: large-message handlers (QUIC on 34333, and 34341 for Background): content,
+//!   locate, have reports.
 //! * [`content`]: the server's own content copy, sent to Central Office clients.
 //! * [`offices`]: the office tree, placement by source address, one RVP per office and
 //!   content, who pulls from where (pure; `docs/offices.md`).
 //! * [`deploy`]: deployments, assignments and bytes per source kind (pure).
 //! * [`keys`]: the deployment key's rotation (overlap, retirement, who moved).
+//! * [`identities`]: each client id bound to one public key; pending, active, revoked
+//!   (pure). [`enroll`] runs the admin's calls on them.
+//! * [`quota`]: limits on new registrations per source address and in all (pure).
+//! * [`reports`]: checks on what clients report about their peers (pure).
+//! * [`transfers`]: live WAN transfers from the RVPs' signals; pause and resume (pure).
+//! * [`trust`]: the connector's credential: activation tokens and signed admin requests.
 //! * [`admin`]: admin-call transport (chunked JSON) and the request/result types.
 //! * [`calls`]: running admin calls (topology, deploy, status) against the server state.
 //! * [`web`]: the admin endpoint (HTTP, 34800 by default): metrics, JSON, dashboard.
@@ -80,11 +87,20 @@ pub const DB_FILE: &str = "branchline.db";
 /// Everything needed to start a server.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
+    /// Where the server keeps its key, database, CA, tokens and content cache; created
+    /// (mode 0700) at the first start.
     pub data_dir: PathBuf,
+    /// The address every server port binds to (`server.bind`; `0.0.0.0` = every interface).
     pub bind: IpAddr,
+    /// The server's ports (`[ports.server]`; small messages 34323/34322, QUIC 34333/34341,
+    /// adaptive 34545 by default).
     pub ports: ServerPorts,
+    /// A client is offline once this many of its heartbeat intervals pass unheard
+    /// (`server.offline_after_missed_heartbeats`, default 3; at least 1).
     pub offline_after_missed: u32,
+    /// Retries of the server-initiated small messages (`[transport]`).
     pub retry: RetryPolicy,
+    /// The replay window for incoming small messages (`[transport]`).
     pub replay: ReplayConfig,
     /// LEDBAT++ settings of the Background ports (ceiling, floor).
     pub background: branchline_ledbat::LedbatConfig,
@@ -144,29 +160,54 @@ pub fn default_tree(bind: IpAddr) -> branchline_office::Tree {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The data directory, or a file the server writes in it, cannot be made or read.
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
+        /// The path concerned.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
+    /// The deployment key file cannot be read or created.
     #[error(transparent)]
     Key(#[from] KeyFileError),
+    /// The database cannot be opened, migrated or read.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// A UDP port cannot be bound (in use, or an address this host lacks).
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The deployment CA (`DATA_DIR/ca`) cannot be loaded, made or used to issue the
+    /// server's certificate.
     #[error("certificate authority in {dir}: {message}")]
-    Ca { dir: PathBuf, message: String },
+    Ca {
+        /// The CA's directory.
+        dir: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The server's content cache (`DATA_DIR/content`) cannot be opened.
     #[error("the server's content cache in {dir}: {message}")]
-    ContentCache { dir: PathBuf, message: String },
+    ContentCache {
+        /// The cache's directory.
+        dir: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The admin endpoint cannot start (its token, TLS or its port).
     #[error("admin endpoint: {0}")]
     Admin(String),
+    /// The topology stored by `connector topology apply` no longer parses or applies.
     #[error("the stored office topology cannot be loaded: {0}")]
     Topology(String),
+    /// A QUIC endpoint cannot be bound or configured.
     #[error("cannot start QUIC on {addr} ({name}): {message}")]
     Quic {
+        /// The address it was to bind.
         addr: SocketAddr,
+        /// Which port (its configuration key) or setting.
         name: &'static str,
+        /// Why.
         message: String,
     },
 }
@@ -182,11 +223,15 @@ const SERVER_CERT_VALIDITY: std::time::Duration = std::time::Duration::from_secs
 /// What start-up found or created in the data directory.
 #[derive(Debug)]
 pub struct Setup {
-    /// True on the first start: the directory, key and database were just created.
+    /// True on the first start: there was no deployment key, and one was just made.
     pub created_key: bool,
+    /// The deployment key (the same as in `key_path`).
     pub key: DeploymentKey,
+    /// `DATA_DIR/deployment.key`.
     pub key_path: PathBuf,
+    /// `DATA_DIR/branchline.db`.
     pub db_path: PathBuf,
+    /// Client records read back from the database (revoked clients included).
     pub clients_loaded: usize,
     /// The admin endpoint, when it is on.
     pub admin: Option<web::AdminInfo>,
@@ -200,6 +245,7 @@ pub struct Setup {
 
 /// A running server.
 pub struct Server {
+    /// What start-up found or created.
     pub setup: Setup,
     state: Arc<ServerState>,
     /// Sends server-initiated small messages from the reply port (34322).

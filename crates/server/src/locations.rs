@@ -40,25 +40,32 @@ struct ContentState {
 /// One answer row: a peer and what it holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerPieces {
+    /// The peer.
     pub client: ClientId,
+    /// Whether it reported the content complete.
     pub complete: bool,
+    /// The pieces it reported (`have`, `docs/wire.md` §8).
     pub have: Bitfield,
 }
 
 /// The answer to "where can I get X".
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Located {
+    /// Online peers holding pieces of the content (at most [`MAX_PEERS`]): the nearest
+    /// first, then complete holders, then those with more pieces.
     pub peers: Vec<PeerPieces>,
     /// The requester should read the pieces no peer has from the origin.
     pub read_origin: bool,
 }
 
+/// Who holds which pieces of every content item, and which client reads the origin for it.
 #[derive(Default, Debug)]
 pub struct Locations {
     contents: HashMap<ContentId, ContentState>,
 }
 
 impl Locations {
+    /// Empty: nobody holds anything yet.
     pub fn new() -> Self {
         Self::default()
     }

@@ -38,13 +38,19 @@ pub const MAX_RVP_ENTRIES: usize = 100_000;
 /// What the caller knows about one client, for planning.
 #[derive(Clone, Debug)]
 pub struct Member {
+    /// The client.
     pub id: ClientId,
+    /// Whether its heartbeats arrive in time.
     pub online: bool,
-    /// Known to the server for this long.
+    /// Seconds since its first registration.
     pub uptime_s: u64,
+    /// Free space in its content cache (bytes), as last reported.
     pub cache_free_bytes: u64,
     /// Pieces of the content it holds.
     pub pieces: u32,
+    /// Whether it reported the content complete and that claim still counts
+    /// ([`crate::reports::Reports::complete_counts`]: it has served, or its proving
+    /// window is not over).
     pub complete: bool,
 }
 
@@ -61,10 +67,13 @@ pub enum Upstream {
 /// The answer for one requester and content.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
+    /// The requester's office.
     pub office: OfficeIdx,
     /// Same-office peers to take pieces from (Foreground).
     pub lan_peers: Vec<ClientId>,
+    /// The office's RVP for the content, if one is elected.
     pub rvp: Option<ClientId>,
+    /// True when the requester is that RVP: it alone pulls from upstream.
     pub am_rvp: bool,
     /// Set for the RVP only.
     pub upstream: Option<Upstream>,
@@ -124,6 +133,7 @@ fn candidate(m: &Member, vpn: bool) -> Candidate {
 }
 
 impl Offices {
+    /// Offices laid out by `tree`, with no client placed and no RVP yet.
     pub fn new(tree: Tree) -> Offices {
         Offices {
             tree,
@@ -135,6 +145,7 @@ impl Offices {
         }
     }
 
+    /// The office tree (declared and automatic offices).
     pub fn tree(&self) -> &Tree {
         &self.tree
     }

@@ -10,18 +10,34 @@ use branchline_wire::validate::{Beat, Ports, Registration, Subnet};
 /// Everything the server keeps about one client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientRecord {
+    /// The client's id (from `Register.client_id`).
     pub id: ClientId,
+    /// The host name the client reported (at most 253 bytes, no control characters).
     pub hostname: String,
+    /// The addresses it is listed at: only the source address the server saw
+    /// ([`observed_addresses`]), never a claimed one.
     pub addresses: Vec<IpAddr>,
     /// Where the last registration came from (may differ from `addresses` behind NAT).
     pub source: Option<SocketAddr>,
+    /// The subnet the client reported. Office placement ignores it (it uses the source
+    /// address); only [`crate::content::ServerContent::serves`] reads it.
     pub subnet: Subnet,
+    /// Size of the client's content cache (bytes), as it reported at registration.
     pub cache_size_bytes: u64,
+    /// Free space in its content cache (bytes), from its last heartbeat, never above the
+    /// size.
     pub cache_free_bytes: u64,
+    /// The Branchline version the client reported (at most 64 bytes).
     pub version: String,
+    /// The client's heartbeat interval (100 ms to 1 h); it is offline once
+    /// [`Registry::new`]'s `offline_after_missed` intervals pass without one.
     pub heartbeat_interval: Duration,
+    /// The ports it reported; `None`: it uses the seed's defaults.
     pub ports: Option<Ports>,
+    /// When it first registered (Unix ms); kept across later registrations.
     pub first_seen_ms: u64,
+    /// When it was last heard from: registration, heartbeat or an authenticated large
+    /// message (Unix ms).
     pub last_seen_ms: u64,
 }
 
@@ -63,7 +79,9 @@ pub fn observed_addresses(claimed: &[IpAddr], source: SocketAddr) -> Vec<IpAddr>
 /// What a registration did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Registered {
+    /// The client id was not in the registry.
     New,
+    /// The client id was known: its record was replaced, keeping `first_seen_ms`.
     Refreshed,
 }
 
@@ -149,6 +167,7 @@ impl Registry {
         }
     }
 
+    /// The record of `id`, if it is in the registry.
     pub fn get(&self, id: &ClientId) -> Option<&ClientRecord> {
         self.clients.get(id)
     }
@@ -177,10 +196,12 @@ impl Registry {
         v
     }
 
+    /// Number of clients in the registry, online or not.
     pub fn len(&self) -> usize {
         self.clients.len()
     }
 
+    /// True when no client is registered.
     pub fn is_empty(&self) -> bool {
         self.clients.is_empty()
     }

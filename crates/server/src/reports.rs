@@ -49,8 +49,11 @@ pub const PROVE_WINDOW_MS: u64 = 20_000;
 pub enum BadVerdict {
     /// The reporter was never given this peer for this content: ignored.
     NotNamed,
-    /// Counted; `reporters` distinct reporters so far, not yet enough.
-    Counted { reporters: usize },
+    /// Counted, but too few distinct reporters so far to drop the peer.
+    Counted {
+        /// Distinct reporters of this peer for this content so far.
+        reporters: usize,
+    },
     /// Enough distinct reporters: drop the peer for this content.
     Drop,
     /// Too many pairs under report already: ignored.
@@ -92,6 +95,7 @@ impl Default for Reports {
 }
 
 impl Reports {
+    /// Empty: nothing named, reported or served yet.
     pub fn new() -> Self {
         Self::default()
     }

@@ -126,25 +126,41 @@ pub const MAX_SENDERS: usize = 32;
 /// What a control signal says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
+    /// `SignalKind::Start`: the RVP starts pulling the content over its office's link.
     Start,
+    /// `SignalKind::Progress`: bytes and rate so far.
     Progress,
+    /// `SignalKind::End`: the transfer is over; it is no longer listed.
     End,
 }
 
 /// One transfer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Transfer {
+    /// The server's id for it (`transfer_id` in `TransferControl` and the admin's `transfer
+    /// pause|resume ID`): 1 and up, counted again from 1 after a restart.
     pub id: u64,
+    /// The office whose WAN link it crosses, into the office.
     pub office: String,
+    /// The content crossing.
     pub content: ContentId,
+    /// The RVP pulling it: the client whose signal came last.
     pub receiver: ClientId,
+    /// The parent office's clients it pulls from, as the RVP last named them (at most
+    /// [`MAX_SENDERS`]).
     pub senders: Vec<ClientId>,
+    /// Bytes received so far, as the RVP signalled (never goes down).
     pub bytes: u64,
     /// Bytes/s as the receiver measured it.
     pub rate: u64,
+    /// True while an admin has it paused.
     pub paused: bool,
+    /// When its first signal arrived (Unix ms).
     pub started_ms: u64,
+    /// When its last signal arrived (Unix ms); without one for [`TRANSFER_STALE_MS`] an
+    /// unpaused transfer is dropped.
     pub updated_ms: u64,
+    /// An `End` signal arrived: it is dropped at the next look.
     pub ended: bool,
 }
 

@@ -17,7 +17,11 @@ use branchline_wire::Body;
 use branchline_wire::connector::{self, NONCE_LEN, SECRET_LEN, Token};
 use branchline_wire::msg::{ConnectorEnroll, ConnectorSigned};
 
+/// File name, in the data directory, of the pending one-time activation tokens (one per
+/// line, mode 0600).
 pub const TOKENS_FILE: &str = "connector.tokens";
+/// File name, in the data directory, of the enrolled connectors' credentials (`NAME HEX`
+/// per line, mode 0600).
 pub const CREDENTIALS_FILE: &str = "connectors.cred";
 /// Oldest accepted signing time, behind the server's clock (ms).
 pub const SIGNED_BEHIND_MS: u64 = 120_000;
@@ -31,29 +35,41 @@ pub const MAX_NAME: usize = 64;
 /// Why an enrolment or a signed request was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
+    /// The enrolling connector's name is empty, longer than [`MAX_NAME`] or has other
+    /// characters.
     #[error("the connector name must be 1 to {MAX_NAME} letters, digits, '.', '-' or '_'")]
     BadName,
+    /// The activation token is not pending (never issued, or used already).
     #[error(
         "the activation token is not one the server issued, or it was used already: take the one the server printed at start (also in its data directory, {TOKENS_FILE})"
     )]
     BadToken,
+    /// The signed request names a connector that is not enrolled; a request that needs a
+    /// connector but came unsigned carries an empty name.
     #[error(
         "this request needs an enrolled connector's credential, not just the deployment key{}: run `branchline connector activate --token TOKEN` with the token the server printed",
         if .0.is_empty() { String::new() } else { format!(" (connector {:?} is not enrolled)", .0) }
     )]
     UnknownConnector(String),
+    /// The MAC (or the nonce's length) does not match the connector's credential.
     #[error(
         "the connector credential does not match (was the connector enrolled again elsewhere?)"
     )]
     BadMac,
+    /// `issued_ms` is more than [`SIGNED_BEHIND_MS`] behind or [`SIGNED_AHEAD_MS`] ahead of
+    /// the server's clock.
     #[error("the signed request is dated outside the accepted window (check the clocks)")]
     Stale,
+    /// The nonce was seen within the accepted window.
     #[error("this signed request was already used")]
     Replayed,
+    /// [`MAX_NONCES`] nonces are remembered already.
     #[error("too many signed requests at once; try again shortly")]
     Busy,
+    /// The signed payload is not a request the server knows.
     #[error("the signed request holds no request this server understands")]
     Undecodable,
+    /// The credential or token file cannot be written.
     #[error("the server cannot store the connector credential: {0}")]
     Io(String),
 }

@@ -27,10 +27,18 @@ pub type KindLabels = Vec<(&'static str, &'static str)>;
 /// Counters fed as things happen.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// `branchline_small_messages_received_total{kind}`: requests on the request port,
+    /// after authentication.
     pub received: Family<KindLabels, Counter>,
+    /// `branchline_small_messages_answered_total{kind,result}`: answers, `result` = `ok` or
+    /// `error`.
     pub answered: Family<KindLabels, Counter>,
+    /// `branchline_registrations_total`: `Register` messages received.
     pub registrations: Counter,
+    /// `branchline_heartbeats_total`: `Heartbeat` messages received.
     pub heartbeats: Counter,
+    /// `branchline_admin_refused_requests_total`: admin endpoint requests refused for a
+    /// missing or wrong token.
     pub admin_refused: Counter,
 }
 
@@ -41,6 +49,7 @@ pub struct Metered<H> {
 }
 
 impl<H> Metered<H> {
+    /// Wraps `inner`, counting each message it handles in `metrics`.
     pub fn new(inner: H, metrics: Arc<Metrics>) -> Metered<H> {
         Metered { inner, metrics }
     }

@@ -65,7 +65,11 @@ pub enum TlsMode {
 /// Where the admin endpoint listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdminOptions {
+    /// The address and port to listen on (`[admin] address` / `port`; the command line
+    /// defaults it to `127.0.0.1:34800`, or the server's own address when that is a
+    /// loopback one).
     pub addr: SocketAddr,
+    /// When to serve TLS (`[admin] tls`).
     pub tls: TlsMode,
 }
 
@@ -79,8 +83,11 @@ pub fn tls_name() -> String {
 /// What start-up set up for the admin endpoint.
 #[derive(Clone, Debug)]
 pub struct AdminInfo {
+    /// The address it listens on (the port chosen, when 0 was asked for).
     pub addr: SocketAddr,
+    /// True when it serves TLS only.
     pub tls: bool,
+    /// The admin token's file (`DATA_DIR/admin.token`).
     pub token_path: PathBuf,
     /// True when the token was created by this start.
     pub created_token: bool,
@@ -90,6 +97,7 @@ pub struct AdminInfo {
 pub struct Bound {
     listener: TcpListener,
     token: String,
+    /// The endpoint's address, TLS and token file, for the start-up banner.
     pub info: AdminInfo,
 }
 
@@ -153,7 +161,9 @@ struct Sample {
 
 /// What the handlers share.
 pub struct App {
+    /// The server state the pages and `/api` read.
     pub state: Arc<ServerState>,
+    /// The counters behind `/metrics` that the server updates as it runs.
     pub metrics: Arc<metrics::Metrics>,
     token: String,
     tls: bool,

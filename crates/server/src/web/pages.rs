@@ -159,6 +159,7 @@ pub async fn overview(State(app): State<Arc<App>>) -> Response {
     html(layout("Overview", "Overview", &body))
 }
 
+/// `/deployments`: each deployment's progress per office and where its bytes came from.
 pub async fn deployments(State(app): State<Arc<App>>) -> Response {
     let body = format!(
         r#"<h2>Deployments</h2><p class="legend">Bytes by source:<span class="s-origin"></span>origin<span class="s-server"></span>server<span class="s-wan"></span>WAN (parent office)<span class="s-lan"></span>LAN peers</p>{}"#,
@@ -167,6 +168,7 @@ pub async fn deployments(State(app): State<Arc<App>>) -> Response {
     html(layout("Deployments", "Deployments", &body))
 }
 
+/// `/clients`: every client, with a search box.
 pub async fn clients(State(app): State<Arc<App>>) -> Response {
     let body = format!(
         r#"<h2>Clients</h2><input id="filter" type="search" placeholder="Search by host name, id, office or address" autocomplete="off"> <span class="empty"><span id="shown"></span> shown</span>{}"#,
@@ -175,6 +177,7 @@ pub async fn clients(State(app): State<Arc<App>>) -> Response {
     html(layout("Clients", "Clients", &body))
 }
 
+/// `/catalogue`: the published content items.
 pub async fn catalogue(State(app): State<Arc<App>>) -> Response {
     let body = format!(
         "<h2>Catalogue</h2>{}",
