@@ -82,9 +82,13 @@ const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
 /// What to download: a content id, or `name[@version]` (latest version when omitted).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
+    /// A content id (parsed from 64 hex digits).
     Id(ContentId),
+    /// A published name, resolved by the server.
     Name {
+        /// The published name (the text before `@`).
         name: String,
+        /// The version (after `@`); `None` for the latest published.
         version: Option<String>,
     },
 }
@@ -133,79 +137,119 @@ impl fmt::Display for Target {
 /// Progress of a download, for `branchline get`'s progress bar.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct DownloadProgress {
+    /// The content id (64 hex digits).
     pub content_id: String,
+    /// `name@version` from the catalogue, or the content id when the server is
+    /// unreachable and the download goes on from the cached piece map.
     pub name: String,
+    /// File size (bytes).
     pub size: u64,
     /// Verified bytes in the cache.
     pub have_bytes: u64,
+    /// Pieces in the item.
     pub pieces: u32,
+    /// Verified pieces in the cache.
     pub have_pieces: u32,
     /// Sources delivering now (peers and the origin).
     pub sources: u32,
     /// True while this client reads the origin.
     pub reading_origin: bool,
-    /// Set while the download waits (e.g. "disk full").
+    /// Why the download waits, while it does (e.g. "disk full", "paused by an admin").
     pub paused: Option<String>,
 }
 
 /// A finished download.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Downloaded {
+    /// The content id (64 hex digits).
     pub content_id: String,
+    /// File size (bytes).
     pub size: u64,
     /// The verified file in the cache (do not modify it).
     pub path: PathBuf,
-    /// Bytes fetched by this download from same-office peers, from the origin, from the
-    /// server, and over the office's WAN link from the parent office.
+    /// Verified bytes this download fetched from same-office peers. Pieces already in
+    /// the cache when it started count under no source.
     pub from_peers: u64,
+    /// Verified bytes this download read from the origin.
     pub from_origin: u64,
+    /// Verified bytes the server sent from its own copy.
     pub from_server: u64,
+    /// Verified bytes fetched over the office's WAN link from the parent office.
     pub from_wan: u64,
-    /// The office the server placed this client in, and whether it was the office's RVP.
+    /// The office the server placed this client in (empty if it never said).
     pub office: String,
+    /// This client was the office's RVP for the item at its last locate.
     pub rvp: bool,
 }
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
+    /// A large request to the server failed or was refused (e.g. `NotFound`: no such
+    /// content in the catalogue).
     #[error("{0}")]
     Server(#[from] ServerCallError),
+    /// The piece map the server sent does not hash to the content id, or does not fit
+    /// the catalogue's size: nothing is fetched with it.
     #[error("the server's piece map for {id} does not match the content id: {source}")]
     BadMap {
+        /// The content id (64 hex digits).
         id: String,
+        /// What the check found.
         #[source]
         source: branchline_store::MapError,
     },
+    /// The server answered the named request with another kind of answer, or without
+    /// its catalogue entry.
     #[error("the server sent an unexpected answer to {0}")]
     Unexpected(&'static str),
+    /// The content cache failed (disk error, or it cannot hold the item).
     #[error("content cache: {0}")]
     Store(#[from] StoreError),
+    /// The origin the server named is not a usable URL or file path.
     #[error("the origin {origin} cannot be read: {source}")]
     Origin {
+        /// The origin as the server sent it.
         origin: String,
+        /// Why it was refused.
         #[source]
         source: branchline_origin::OriginError,
     },
+    /// No new piece for `secs` seconds while the WAN link was open: no source has what
+    /// is missing. Getting the item again resumes from the verified pieces.
     #[error("no progress for {secs} s: {why}")]
-    Stalled { secs: u64, why: String },
+    Stalled {
+        /// The stall limit (seconds).
+        secs: u64,
+        /// The scheduler's diagnosis (which pieces nobody offers, and why).
+        why: String,
+    },
     /// A task of the download (cache I/O, locating sources) panicked or was cancelled.
     #[error("a download task ({what}) stopped before it finished: {source}")]
     Task {
+        /// Which task.
         what: &'static str,
+        /// How it ended.
         #[source]
         source: tokio::task::JoinError,
     },
     /// The piece scheduler refused an event: a bug in the download's bookkeeping.
     #[error("the piece scheduler refused {what}: {source}")]
     Sched {
+        /// The event refused.
         what: &'static str,
+        /// The scheduler's reason.
         #[source]
         source: branchline_sched::SchedError,
     },
     /// The content finished, but the cache cannot hand out its file.
     #[error("content {id} finished downloading, but {why}; get it again")]
-    NotInCache { id: String, why: &'static str },
+    NotInCache {
+        /// The content id (64 hex digits).
+        id: String,
+        /// Why the cache cannot give the file.
+        why: &'static str,
+    },
 }
 
 enum SourceInfo {
