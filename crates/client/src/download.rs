@@ -833,7 +833,11 @@ impl Download {
                 if let Some(h) = self.in_flight.remove(&(source, piece)) {
                     h.abort();
                 }
-                let _ = sched.on_piece_failed(source, piece, Failure::Local, now);
+                // A local failure judges no source (the verdict is always `Continue`); an
+                // error is a bookkeeping bug that leaves the piece marked in flight.
+                if let Err(e) = sched.on_piece_failed(source, piece, Failure::Local, now) {
+                    tracing::error!(content = %self.id, %source, piece, error = %e, "scheduler refused a piece reset by the pause; it may not be fetched again until the download restarts");
+                }
             }
             self.progress
                 .send_modify(|p| p.paused = Some("paused by an admin".into()));
@@ -1424,7 +1428,9 @@ impl Download {
             if sched.add_source(source, SourceKind::Upstream).is_ok()
                 || sched.source_stats(source).is_some()
             {
-                let _ = sched.set_source_group(source, Some(WAN_GROUP));
+                if let Err(e) = sched.set_source_group(source, Some(WAN_GROUP)) {
+                    tracing::error!(content = %self.id, %source, error = %e, "scheduler refused the WAN group for an upstream peer; it is paced alone, not with the link");
+                }
                 if let Err(e) = sched.set_source_pieces(source, have) {
                     tracing::debug!(content = %self.id, error = %e, "an upstream peer's have set was refused");
                 }
@@ -1458,7 +1464,13 @@ impl Download {
                         what: "the origin as a source",
                         source,
                     })?;
-                let _ = sched.set_source_pieces(s, Have::All);
+                // Without its pieces the origin would be a source that serves nothing.
+                sched
+                    .set_source_pieces(s, Have::All)
+                    .map_err(|source| DownloadError::Sched {
+                        what: "the origin's pieces",
+                        source,
+                    })?;
                 self.origin_source = Some(s);
                 tracing::info!(content = %self.id, origin = %origin_text, "reading from the origin");
             }
@@ -1503,9 +1515,16 @@ impl Download {
             if up {
                 let s = self.new_source(SourceInfo::Server);
                 if sched.add_source(s, SourceKind::Peer).is_ok() {
-                    let _ = sched.set_source_pieces(s, Have::All);
-                    self.server_source = Some(s);
-                    tracing::info!(content = %self.id, "the server sends this content");
+                    match sched.set_source_pieces(s, Have::All) {
+                        Ok(()) => {
+                            self.server_source = Some(s);
+                            tracing::info!(content = %self.id, "the server sends this content");
+                        }
+                        // Not recorded as the server source: the next locate asks again.
+                        Err(e) => {
+                            tracing::error!(content = %self.id, error = %e, "scheduler refused the server's pieces; using peers")
+                        }
+                    }
                 }
                 return;
             }
