@@ -184,7 +184,8 @@ impl Body {
 /// See [`Body::ConnectorEnroll`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ConnectorEnroll {
-    /// The connector's name (a host-name-like label).
+    /// The connector's name: 1-64 letters, digits, `.`, `-` or `_` (the server refuses
+    /// others).
     #[prost(string, tag = "1")]
     pub name: String,
     /// 16 random bytes.
