@@ -38,7 +38,9 @@ pub struct Signals {
 }
 
 impl Signals {
-    pub fn new(
+    /// Signals sent with `requester` (the client's small-message reply port) as
+    /// `client_id`, to the server's Adaptive Protocol address `server`.
+    pub(crate) fn new(
         requester: Arc<Requester>,
         counters: Arc<Counters>,
         client_id: ClientId,
@@ -155,7 +157,8 @@ impl Signals {
 /// Serves a client's Adaptive Protocol port (34546): signals from the clients that pull
 /// from it.
 pub struct PeerSignalHandler {
-    pub counters: Arc<Counters>,
+    /// Where malformed and unexpected signals are counted.
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl Handler for PeerSignalHandler {

@@ -42,10 +42,13 @@ pub const MAX_HAVE_IN_ANSWER: usize = 900;
 /// A holder found on the subnet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Found {
+    /// The content it holds pieces of.
     pub content: ContentId,
+    /// The holder's client id, which its certificate must name.
     pub client: ClientId,
     /// Its Foreground content address.
     pub addr: SocketAddr,
+    /// It holds every piece.
     pub complete: bool,
     /// Bitfield of verified pieces (empty when complete or not sent).
     pub have: Vec<u8>,
@@ -95,8 +98,12 @@ pub struct Discovery {
 }
 
 impl Discovery {
+    /// Discovery for this client: asks from `requester`'s port (broadcast is enabled on
+    /// it) to `subnet`'s broadcast address and `broadcast_port`, names `reply_port` and
+    /// `content_port` in its messages, and keeps the office the server names in
+    /// `office_file`.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         requester: Arc<Requester>,
         counters: Arc<Counters>,
         client_id: ClientId,

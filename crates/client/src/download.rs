@@ -85,9 +85,13 @@ const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
 /// What to download: a content id, or `name[@version]` (latest version when omitted).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
+    /// A content id (parsed from 64 hex digits).
     Id(ContentId),
+    /// A published name, resolved by the server.
     Name {
+        /// The published name (the text before `@`).
         name: String,
+        /// The version (after `@`); `None` for the latest published.
         version: Option<String>,
     },
 }
@@ -136,79 +140,119 @@ impl fmt::Display for Target {
 /// Progress of a download, for `branchline get`'s progress bar.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct DownloadProgress {
+    /// The content id (64 hex digits).
     pub content_id: String,
+    /// `name@version` from the catalogue, or the content id when the server is
+    /// unreachable and the download goes on from the cached piece map.
     pub name: String,
+    /// File size (bytes).
     pub size: u64,
     /// Verified bytes in the cache.
     pub have_bytes: u64,
+    /// Pieces in the item.
     pub pieces: u32,
+    /// Verified pieces in the cache.
     pub have_pieces: u32,
     /// Sources delivering now (peers and the origin).
     pub sources: u32,
     /// True while this client reads the origin.
     pub reading_origin: bool,
-    /// Set while the download waits (e.g. "disk full").
+    /// Why the download waits, while it does (e.g. "disk full", "paused by an admin").
     pub paused: Option<String>,
 }
 
 /// A finished download.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Downloaded {
+    /// The content id (64 hex digits).
     pub content_id: String,
+    /// File size (bytes).
     pub size: u64,
     /// The verified file in the cache (do not modify it).
     pub path: PathBuf,
-    /// Bytes fetched by this download from same-office peers, from the origin, from the
-    /// server, and over the office's WAN link from the parent office.
+    /// Verified bytes this download fetched from same-office peers. Pieces already in
+    /// the cache when it started count under no source.
     pub from_peers: u64,
+    /// Verified bytes this download read from the origin.
     pub from_origin: u64,
+    /// Verified bytes the server sent from its own copy.
     pub from_server: u64,
+    /// Verified bytes fetched over the office's WAN link from the parent office.
     pub from_wan: u64,
-    /// The office the server placed this client in, and whether it was the office's RVP.
+    /// The office the server placed this client in (empty if it never said).
     pub office: String,
+    /// This client was the office's RVP for the item at its last locate.
     pub rvp: bool,
 }
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
+    /// A large request to the server failed or was refused (e.g. `NotFound`: no such
+    /// content in the catalogue).
     #[error("{0}")]
     Server(#[from] ServerCallError),
+    /// The piece map the server sent does not hash to the content id, or does not fit
+    /// the catalogue's size: nothing is fetched with it.
     #[error("the server's piece map for {id} does not match the content id: {source}")]
     BadMap {
+        /// The content id (64 hex digits).
         id: String,
+        /// What the check found.
         #[source]
         source: branchline_store::MapError,
     },
+    /// The server answered the named request with another kind of answer, or without
+    /// its catalogue entry.
     #[error("the server sent an unexpected answer to {0}")]
     Unexpected(&'static str),
+    /// The content cache failed (disk error, or it cannot hold the item).
     #[error("content cache: {0}")]
     Store(#[from] StoreError),
+    /// The origin the server named is not a usable URL or file path.
     #[error("the origin {origin} cannot be read: {source}")]
     Origin {
+        /// The origin as the server sent it.
         origin: String,
+        /// Why it was refused.
         #[source]
         source: branchline_origin::OriginError,
     },
+    /// No new piece for `secs` seconds while the WAN link was open: no source has what
+    /// is missing. Getting the item again resumes from the verified pieces.
     #[error("no progress for {secs} s: {why}")]
-    Stalled { secs: u64, why: String },
+    Stalled {
+        /// The stall limit (seconds).
+        secs: u64,
+        /// The scheduler's diagnosis (which pieces nobody offers, and why).
+        why: String,
+    },
     /// A task of the download (cache I/O, locating sources) panicked or was cancelled.
     #[error("a download task ({what}) stopped before it finished: {source}")]
     Task {
+        /// Which task.
         what: &'static str,
+        /// How it ended.
         #[source]
         source: tokio::task::JoinError,
     },
     /// The piece scheduler refused an event: a bug in the download's bookkeeping.
     #[error("the piece scheduler refused {what}: {source}")]
     Sched {
+        /// The event refused.
         what: &'static str,
+        /// The scheduler's reason.
         #[source]
         source: branchline_sched::SchedError,
     },
     /// The content finished, but the cache cannot hand out its file.
     #[error("content {id} finished downloading, but {why}; get it again")]
-    NotInCache { id: String, why: &'static str },
+    NotInCache {
+        /// The content id (64 hex digits).
+        id: String,
+        /// Why the cache cannot give the file.
+        why: &'static str,
+    },
 }
 
 enum SourceInfo {
@@ -862,7 +906,11 @@ impl Download {
                 if let Some(h) = self.in_flight.remove(&(source, piece)) {
                     h.abort();
                 }
-                let _ = sched.on_piece_failed(source, piece, Failure::Local, now);
+                // A local failure judges no source (the verdict is always `Continue`); an
+                // error is a bookkeeping bug that leaves the piece marked in flight.
+                if let Err(e) = sched.on_piece_failed(source, piece, Failure::Local, now) {
+                    tracing::error!(content = %self.id, %source, piece, error = %e, "scheduler refused a piece reset by the pause; it may not be fetched again until the download restarts");
+                }
             }
             self.progress
                 .send_modify(|p| p.paused = Some("paused by an admin".into()));
@@ -1447,7 +1495,9 @@ impl Download {
             if sched.add_source(source, SourceKind::Upstream).is_ok()
                 || sched.source_stats(source).is_some()
             {
-                let _ = sched.set_source_group(source, Some(WAN_GROUP));
+                if let Err(e) = sched.set_source_group(source, Some(WAN_GROUP)) {
+                    tracing::error!(content = %self.id, %source, error = %e, "scheduler refused the WAN group for an upstream peer; it is paced alone, not with the link");
+                }
                 if let Err(e) = sched.set_source_pieces(source, have) {
                     tracing::debug!(content = %self.id, error = %e, "an upstream peer's have set was refused");
                 }
@@ -1481,7 +1531,13 @@ impl Download {
                         what: "the origin as a source",
                         source,
                     })?;
-                let _ = sched.set_source_pieces(s, Have::All);
+                // Without its pieces the origin would be a source that serves nothing.
+                sched
+                    .set_source_pieces(s, Have::All)
+                    .map_err(|source| DownloadError::Sched {
+                        what: "the origin's pieces",
+                        source,
+                    })?;
                 self.origin_source = Some(s);
                 tracing::info!(content = %self.id, origin = %origin_text, "reading from the origin");
             }
@@ -1526,9 +1582,16 @@ impl Download {
             if up {
                 let s = self.new_source(SourceInfo::Server);
                 if sched.add_source(s, SourceKind::Peer).is_ok() {
-                    let _ = sched.set_source_pieces(s, Have::All);
-                    self.server_source = Some(s);
-                    tracing::info!(content = %self.id, "the server sends this content");
+                    match sched.set_source_pieces(s, Have::All) {
+                        Ok(()) => {
+                            self.server_source = Some(s);
+                            tracing::info!(content = %self.id, "the server sends this content");
+                        }
+                        // Not recorded as the server source: the next locate asks again.
+                        Err(e) => {
+                            tracing::error!(content = %self.id, error = %e, "scheduler refused the server's pieces; using peers")
+                        }
+                    }
                 }
                 return;
             }

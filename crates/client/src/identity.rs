@@ -11,19 +11,31 @@ pub const ID_FILE: &str = "client-id";
 /// Lock file: one client per data directory.
 pub const LOCK_FILE: &str = "client.lock";
 
+/// Why the client cannot take its data directory or read its id.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    /// The directory, its lock file or its id file cannot be created, read or written.
     #[error("cannot use the data directory {path}: {source}")]
     DataDir {
+        /// The data directory.
         path: PathBuf,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// Another process holds the directory's lock (`client.lock`).
     #[error(
         "another Branchline client is already using the data directory {0}; give each client its own --data-dir"
     )]
     InUse(PathBuf),
     #[error("{path} is corrupt ({reason}); delete it to enrol this machine as a new client")]
-    Corrupt { path: PathBuf, reason: String },
+    /// The id file does not hold 32 lowercase hex digits. Deleting it makes this machine a
+    /// new client (the server sees a new id).
+    Corrupt {
+        /// The id file (`DATA_DIR/client-id`).
+        path: PathBuf,
+        /// What is wrong with its text.
+        reason: String,
+    },
 }
 
 /// An exclusive lock on `DIR/client.lock` (`flock` on Unix, `LockFileEx` on Windows,

@@ -178,7 +178,8 @@ impl KeyHolder {
         self.set.ids()
     }
 
-    pub fn holds(&self, id: KeyId) -> bool {
+    /// Whether a held key has this id.
+    pub(crate) fn holds(&self, id: KeyId) -> bool {
         self.set.holds(id)
     }
 

@@ -74,13 +74,22 @@ use branchline_store::{Cache, CacheCap, FsStorage};
 /// Everything needed to start a client.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
+    /// The server's IP address; only it may assign work or pause transfers.
     pub server: IpAddr,
     /// The server's ports (only its request port is used by clients).
     pub server_ports: ServerPorts,
+    /// The deployment key the client starts with (`--key-file`); a newer key kept in
+    /// `deployment.keys` after a rotation is used beside it.
     pub key: DeploymentKey,
+    /// The data directory (created mode 0700, locked: one client per directory): client
+    /// id, QUIC identity, cache, keys, office and the local socket.
     pub data_dir: PathBuf,
+    /// The address every client port binds to; unspecified (`0.0.0.0`) for all.
     pub bind: IpAddr,
+    /// The client's ports, reported to the server at registration.
     pub ports: ClientPorts,
+    /// Time between heartbeats; the server refuses (fatally, `Invalid`) a registration
+    /// outside 100 ms to 1 hour.
     pub heartbeat_interval: Duration,
     /// Cache cap (bytes or a share of the disk).
     pub cache_cap: CacheCap,
@@ -90,7 +99,9 @@ pub struct ClientOptions {
     pub metrics: Option<SocketAddr>,
     /// Reported name; the host's name when `None`.
     pub hostname: Option<String>,
+    /// How small-message requests to the server and peers are retransmitted.
     pub retry: RetryPolicy,
+    /// Limits of the replay guard on the client's small-message ports.
     pub replay: ReplayConfig,
     /// The deployment CA's fingerprint (`sha256:HEX`) to pin at the first registration,
     /// read from `deployment.ca` beside the key file; `None`: pin whatever CA the first
@@ -101,32 +112,62 @@ pub struct ClientOptions {
 /// Why the client stopped or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The data directory or the client id file cannot be used.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// A client port cannot be bound (in use, or `bind` is not a local address).
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The server refused the registration as `Invalid`: fatal, its detail names the field
+    /// to fix. [`Client::wait`] also returns this variant, with a `Closed` error, when the
+    /// client had already stopped or its registration task ended.
     #[error("the server refused this client's registration: {0}")]
     Refused(RequestError),
+    /// The client's QUIC key, certificate request or pinned CA cannot be read or written.
     #[error("client identity (QUIC key) in {dir}: {message}")]
-    Quic { dir: PathBuf, message: String },
+    Quic {
+        /// The QUIC identity directory (`DATA_DIR/identity`).
+        dir: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The content cache cannot be opened.
     #[error("content cache in {dir}: {message}")]
-    Cache { dir: PathBuf, message: String },
+    Cache {
+        /// The cache directory (`DATA_DIR/cache`).
+        dir: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The server's registration reply carries no certificate, or one that is not for
+    /// this client's key and name or does not chain to the CA.
     #[error("the server issued a certificate this client cannot use: {0}")]
     Certificate(String),
+    /// The QUIC services, the metrics endpoint or the local socket cannot start.
     #[error("cannot start the QUIC services: {0}")]
     Services(String),
+    /// `deployment.keys` in the data directory cannot be read.
     #[error("deployment keys: {0}")]
     Keys(String),
+    /// The server presented another deployment CA than the pinned one. Never fatal: the
+    /// client logs it, shows it in [`Status::Unreachable`] and keeps trying.
     #[error(
         "the server at {server} presented a different certificate authority ({got}) than the one this client pinned ({pinned}, {source_of_pin}): it is not this deployment's server, or the deployment's CA was replaced; the client refuses it and keeps trying. If the CA was replaced on purpose, stop the client and delete {pin_files}"
     )]
     CaMismatch {
+        /// The server address the client registers with.
         server: IpAddr,
+        /// Fingerprint (`sha256:HEX`) of the CA the server presented.
         got: String,
+        /// Fingerprint of the pinned CA.
         pinned: String,
+        /// Where the pin comes from (the first registration, or `deployment.ca`).
         source_of_pin: String,
+        /// The files to delete to accept a replaced CA.
         pin_files: String,
     },
+    /// A supervised serving task stopped ([`Client::wait`]); the daemon is deaf on that
+    /// port and should exit non-zero so the service manager restarts it.
     #[error(transparent)]
     TaskDied(TaskDied),
 }
@@ -134,14 +175,20 @@ pub enum ClientError {
 /// The client's view of its registration, for status displays.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status {
+    /// Started; no registration has been answered yet.
     Starting,
     /// Registered and heartbeating; the value is when the server last answered.
     Registered {
+        /// When the server last answered a registration or heartbeat.
         last_answer: Instant,
     },
-    /// The server does not answer; retrying.
+    /// Not registered now, retrying: the server does not answer, answered with a
+    /// key-mismatch notice, presented another CA, or waits for the admin's approval.
     Unreachable {
+        /// When the client last recorded this state; only repeated failures to reach the
+        /// server for a registration keep the first time.
         since: Instant,
+        /// Why, for people.
         error: String,
     },
     /// Stopped for good.
@@ -385,6 +432,7 @@ impl Client {
         })
     }
 
+    /// This client's id (kept in `DATA_DIR/client-id`).
     pub fn id(&self) -> ClientId {
         self.id
     }
@@ -394,6 +442,7 @@ impl Client {
         &self.hostname
     }
 
+    /// The registration status now.
     pub fn status(&self) -> Status {
         self.status.borrow().clone()
     }

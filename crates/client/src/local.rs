@@ -25,6 +25,7 @@ pub const SOCKET: &str = "client.sock";
 /// A request on the local socket.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LocalRequest {
+    /// What to fetch: a content id (64 hex digits) or `name[@version]`.
     pub get: String,
 }
 
@@ -32,29 +33,50 @@ pub struct LocalRequest {
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "lowercase")]
 pub enum LocalReply {
+    /// `{"progress": {...}}`: the download goes on (at most 5 lines a second).
     Progress(ProgressLine),
+    /// `{"done": {...}}`: the last line of a success.
     Done(DoneLine),
+    /// `{"error": "..."}`: the last line of a failure, in words for the user.
     Error(String),
 }
 
+/// Progress of a `get`, from [`DownloadProgress`].
 #[derive(Debug, Serialize, Deserialize, PartialEq, Clone, Default)]
 pub struct ProgressLine {
+    /// The content id (64 hex digits); empty until the server answered.
     pub content_id: String,
+    /// `name@version` (or the content id when the server is unreachable); empty until
+    /// the server answered.
     pub name: String,
+    /// File size (bytes); 0 until known.
     pub size: u64,
+    /// Verified bytes in the cache.
     pub have_bytes: u64,
+    /// Sources delivering now (peers and the origin).
     pub sources: u32,
+    /// True while this client reads the origin.
     pub reading_origin: bool,
+    /// Why the download waits, while it does (e.g. "waiting for the server to register
+    /// this client", "disk full").
     pub paused: Option<String>,
 }
 
+/// The result of a successful `get`, from [`Downloaded`].
 #[derive(Debug, Serialize, Deserialize, PartialEq, Clone)]
 pub struct DoneLine {
+    /// The content id (64 hex digits).
     pub content_id: String,
+    /// File size (bytes).
     pub size: u64,
+    /// The verified file in the cache; read it, do not modify it.
     pub path: PathBuf,
+    /// Verified bytes fetched from same-office peers (bytes over the WAN link from the
+    /// parent office are not in this line).
     pub from_peers: u64,
+    /// Verified bytes read from the origin.
     pub from_origin: u64,
+    /// Verified bytes the server sent from its own copy (0 from older daemons).
     #[serde(default)]
     pub from_server: u64,
 }

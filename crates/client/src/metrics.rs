@@ -23,15 +23,20 @@ pub struct ClientMetrics {
     pub wan_transfers: AtomicI64,
 }
 
-/// Index into [`ClientMetrics::fetched`].
-pub const ORIGIN: usize = 0;
-pub const SERVER: usize = 1;
-pub const WAN: usize = 2;
-pub const LAN: usize = 3;
+/// Index into [`ClientMetrics::fetched`]: read from the origin.
+pub(crate) const ORIGIN: usize = 0;
+/// Index into [`ClientMetrics::fetched`]: sent by the server from its own copy.
+pub(crate) const SERVER: usize = 1;
+/// Index into [`ClientMetrics::fetched`]: over the WAN link from the parent office.
+pub(crate) const WAN: usize = 2;
+/// Index into [`ClientMetrics::fetched`]: from same-office peers.
+pub(crate) const LAN: usize = 3;
 const SOURCES: [&str; 4] = ["origin", "server", "wan", "lan"];
 
 impl ClientMetrics {
-    pub fn fetched(&self, source: usize, bytes: u64) {
+    /// Counts `bytes` verified bytes from `source` ([`ORIGIN`], [`SERVER`], [`WAN`] or
+    /// [`LAN`]).
+    pub(crate) fn fetched(&self, source: usize, bytes: u64) {
         self.fetched[source].fetch_add(bytes, Ordering::Relaxed);
     }
 }
@@ -40,7 +45,8 @@ impl ClientMetrics {
 pub struct Running<'a>(&'a AtomicI64);
 
 impl<'a> Running<'a> {
-    pub fn start(g: &'a AtomicI64) -> Running<'a> {
+    /// Increments `g` until the returned guard is dropped.
+    pub(crate) fn start(g: &'a AtomicI64) -> Running<'a> {
         g.fetch_add(1, Ordering::Relaxed);
         Running(g)
     }

@@ -25,14 +25,30 @@ pub use branchline_time::now_ms;
 /// A large exchange with the server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerCallError {
+    /// No QUIC connection to the server's large-message port could be made.
     #[error("cannot reach the server over QUIC at {addr}: {message}")]
-    Connect { addr: SocketAddr, message: String },
+    Connect {
+        /// The server's Foreground large-message address.
+        addr: SocketAddr,
+        /// Why (timeout, TLS refusal, ...).
+        message: String,
+    },
+    /// Two attempts failed on the stream (an error frame, a reset, or no answer within
+    /// 30 s); the message is the last failure.
     #[error("large message to the server failed: {0}")]
     Exchange(String),
+    /// The server's answer is not a `LargeResponse` or is empty (also: an unexpected
+    /// answer to `GetRevocations`).
     #[error("the server's answer does not decode: {0}")]
     Decode(String),
+    /// The server understood the request and refused it.
     #[error("the server refused ({code:?}): {detail}")]
-    Refused { code: ErrorCode, detail: String },
+    Refused {
+        /// The server's code (unknown codes read as `Unspecified`).
+        code: ErrorCode,
+        /// The server's explanation.
+        detail: String,
+    },
 }
 
 pub use branchline_quic::cache_source::CacheSource;
@@ -42,6 +58,7 @@ pub struct Services {
     /// The identity every endpoint presents; [`NodeIdentity::renew`] on it hot-swaps the
     /// certificate of all of them.
     pub identity: NodeIdentity,
+    /// The client's content cache, served to peers.
     pub cache: Arc<Cache<FsStorage>>,
     /// Foreground content (34760): same office.
     pub content: ContentNode,
@@ -51,6 +68,7 @@ pub struct Services {
     pub large: LargeMessaging,
     /// Background large messages (34345 accepts, 34343 connects, LEDBAT++).
     pub large_bg: LargeMessaging,
+    /// The connection to the server's Foreground large-message port, from our 34335.
     pub server_pool: ConnectionPool,
     /// Connections to same-office peers' 34760 (Foreground), from our 34760.
     pub peer_pool: ConnectionPool,
@@ -64,7 +82,9 @@ pub struct Services {
     pub metrics: Arc<crate::metrics::ClientMetrics>,
     /// One download per content item at a time (a `get` and a deployment share it).
     pub downloads: Mutex<std::collections::HashMap<ContentId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The server's Foreground large-message address (its IP, port 34333 by default).
     pub server_large: SocketAddr,
+    /// This client's Foreground content port (34760 by default), reported to the server.
     pub content_port: u16,
     /// Content found corrupted while serving; reported to the server with the heartbeat.
     pub corrupted: Arc<Mutex<HashSet<ContentId>>>,

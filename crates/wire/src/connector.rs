@@ -33,6 +33,8 @@ impl std::fmt::Debug for Token {
 }
 
 impl Token {
+    /// The text form the server prints and the admin passes on: `blct1_` followed by 64
+    /// lowercase hex digits.
     pub fn to_text(&self) -> String {
         format!("{TOKEN_PREFIX}{}", hex(&self.0))
     }

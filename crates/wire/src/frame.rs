@@ -9,7 +9,7 @@
 //! ```
 //!
 //! * `v1` is the framing version ([`FRAME_VERSION`]). Message evolution does not touch it:
-//!   the payload is a protobuf [`Envelope`](crate::msg::Envelope) whose unknown fields are
+//!   the payload is a protobuf [`Envelope`] whose unknown fields are
 //!   skipped, so mixed versions interoperate.
 //! * `typ` is [`FrameType::Sealed`] for every message, or [`FrameType::KeyMismatch`] for the
 //!   one unauthenticated frame: a receiver that gets a well-formed datagram sealed under a
@@ -54,29 +54,45 @@ pub enum FrameType {
 /// Why a datagram was not accepted. Each variant is a counted drop reason at the receiver.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
 pub enum OpenError {
+    /// Longer than [`MAX_DATAGRAM`] bytes (the length is carried); drop reason `oversized`.
     #[error("datagram of {0} bytes is larger than the {MAX_DATAGRAM}-byte limit")]
     Oversized(usize),
     #[error("datagram of {0} bytes is too short to be a Branchline message")]
+    /// Shorter than the header, or a sealed frame shorter than header and tag (36 bytes);
+    /// drop reason `too_short`.
     TooShort(usize),
     #[error("not a Branchline datagram (bad magic)")]
+    /// Bytes 0-1 are not [`MAGIC`] ("BL"); drop reason `bad_magic`.
     BadMagic,
     #[error("framing version {0} is not supported (this build speaks {FRAME_VERSION})")]
+    /// Byte 2 is not [`FRAME_VERSION`] (the version found is carried); drop reason
+    /// `unsupported_version`.
     UnsupportedVersion(u8),
     #[error("unknown frame type {0}")]
+    /// Byte 3 is not a [`FrameType`], or a key-mismatch notice is not exactly
+    /// [`HEADER_LEN`] bytes; drop reason `unknown_frame_type`.
     UnknownFrameType(u8),
     #[error("sealed with key {0}, which this node does not hold")]
+    /// Sealed under a key id (carried) that none of the receiver's keys has; drop reason
+    /// `wrong_key`. The receiver may answer with [`key_mismatch_notice`].
     WrongKey(KeyId),
     #[error("authentication failed (forged, garbled or truncated)")]
+    /// The AEAD tag does not verify under the key the header names; drop reason
+    /// `auth_failed`.
     AuthFailed,
     #[error("authenticated payload does not decode")]
+    /// The plaintext authenticated but is not a protobuf [`Envelope`]; drop reason `decode`.
     Decode,
     #[error("message id 0 is reserved")]
+    /// The envelope's `msg_id` is 0, which no sender may use; drop reason
+    /// `zero_message_id`.
     ZeroMessageId,
 }
 
 /// Why a message could not be sealed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SealError {
+    /// The encoded envelope (length carried) is longer than [`MAX_PLAINTEXT`] bytes.
     #[error(
         "message encodes to {0} bytes, more than the {MAX_PLAINTEXT} that fit in one datagram; send it as a large message"
     )]
@@ -86,8 +102,13 @@ pub enum SealError {
 /// The clear header of a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// Byte 3: what follows the header.
     pub frame_type: FrameType,
+    /// Bytes 4-7 (big-endian): the id of the key the datagram is sealed under, or, in a
+    /// key-mismatch notice, the id of the responder's own key.
     pub key_id: KeyId,
+    /// Bytes 8-19: the AEAD nonce, random per datagram; a key-mismatch notice echoes the
+    /// offending datagram's nonce here.
     pub nonce: [u8; 12],
 }
 
@@ -181,19 +202,23 @@ pub fn key_mismatch_notice(ours: KeyId, offending: &Header) -> [u8; HEADER_LEN] 
 pub enum Incoming {
     /// An authenticated, decoded message.
     Message {
+        /// The datagram's clear header (its key id names the key that opened it).
         header: Header,
+        /// The decoded message; its `msg_id` is non-zero.
         envelope: Box<Envelope>,
     },
     /// The peer does not hold our key. Unauthenticated: trust it only if `echoed_nonce`
     /// matches a request we sent.
     KeyMismatch {
+        /// The id of the key the responder holds (and seals with).
         responder_key: KeyId,
+        /// The nonce of the datagram the responder could not open.
         echoed_nonce: [u8; 12],
     },
 }
 
-/// Parses, authenticates and decodes one datagram, trying each key in `keys` whose id
-/// matches the header.
+/// Parses, authenticates and decodes one datagram with the key in `keys` whose id the
+/// header names.
 pub fn open(keys: &[SealingKey], datagram: &[u8]) -> Result<Incoming, OpenError> {
     let header = Header::parse(datagram)?;
     if header.frame_type == FrameType::KeyMismatch {

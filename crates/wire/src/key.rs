@@ -9,10 +9,10 @@
 //!   notice, see [`crate::frame`]) from "forged or garbled" (answer: silent drop).
 //!
 //! The key id reveals nothing useful about the key (it is an HKDF output) and lets a
-//! receiver hold more than one key at a time ([`crate::frame::open`] takes a list). That is
-//! what key rotation will rest on (the server accepting the old and the new key until
-//! every client has the new one), but rotation is not built yet: every node holds exactly
-//! one key today.
+//! receiver hold more than one key at a time ([`crate::frame::open`] takes a list). Key
+//! rotation rests on that: during a rotation's overlap the server accepts the previous
+//! and the current key, and a client opens with both once it has fetched the new one
+//! (`docs/wire.md` §3.2, "Rotation").
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,6 +31,7 @@ const HKDF_SALT: &[u8] = b"branchline deployment key v1";
 /// Why a deployment key could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyParseError {
+    /// The text (after trimming white space) does not start with `blk1_`.
     #[error(
         "a deployment key starts with `{KEY_PREFIX}`; this text does not (is it the right file?)"
     )]
@@ -38,8 +39,15 @@ pub enum KeyParseError {
     #[error(
         "a deployment key has {expected} hex digits after `{KEY_PREFIX}`, this one has {found}"
     )]
-    WrongLength { expected: usize, found: usize },
+    /// The text after `blk1_` is not 64 characters long.
+    WrongLength {
+        /// Hex digits a key has (64).
+        expected: usize,
+        /// Characters found after the prefix.
+        found: usize,
+    },
     #[error("a deployment key is hexadecimal; found {0:?}")]
+    /// This character after the prefix is not a hex digit (either case is accepted).
     NotHex(char),
 }
 
@@ -151,6 +159,7 @@ pub struct SealingKey {
 }
 
 impl SealingKey {
+    /// The id of the deployment key this was derived from, as sent in datagram headers.
     pub fn id(&self) -> KeyId {
         self.id
     }

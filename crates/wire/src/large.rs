@@ -4,12 +4,16 @@
 
 use crate::msg::{ContentMeta, ErrorCode};
 
+/// The payload of a `Request` frame (`docs/wire.md` §5.2, §5.4): one request per stream.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LargeRequest {
+    /// The request (tags 1-5, 10, 13). `None` when the requester sent a kind this build
+    /// does not know; the responder answers [`ErrorCode::Unsupported`].
     #[prost(oneof = "Request", tags = "1, 2, 3, 4, 5, 10, 13")]
     pub request: Option<Request>,
 }
 
+/// Every large request kind (`docs/wire.md` §5.4), with the [`Response`] each gets.
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum Request {
     /// Catalogue entry and piece map of a content item.
@@ -38,6 +42,7 @@ pub enum Request {
     GetDeploymentKey(GetDeploymentKey),
 }
 
+/// See [`Request::GetRevocations`]; no fields.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct GetRevocations {}
 
@@ -73,30 +78,44 @@ pub struct DeploymentKeyGrant {
     pub retire_ms: u64,
 }
 
+/// See [`Request::SendContent`] and `docs/wire.md` §6.5.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SendContent {
+    /// The content id (32 bytes) the server should serve over the connection it opens.
     #[prost(bytes = "vec", tag = "1")]
     pub content_id: Vec<u8>,
 }
 
+/// The payload of a `Response` frame: the answer to one [`LargeRequest`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LargeResponse {
+    /// The answer (tags 1-4, 10, 13); `None` if the responder sent a kind this build does
+    /// not know.
     #[prost(oneof = "Response", tags = "1, 2, 3, 4, 10, 13")]
     pub response: Option<Response>,
 }
 
+/// Every large response kind (`docs/wire.md` §5.4).
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum Response {
+    /// Answer to [`Request::GetContent`].
     #[prost(message, tag = "1")]
     Content(ContentInfo),
+    /// Answer to [`Request::Locate`].
     #[prost(message, tag = "2")]
     Locations(Locations),
+    /// Answer to [`Request::ReportHave`], [`Request::ReportBadPeer`] and (once the server
+    /// is connected) [`Request::SendContent`].
     #[prost(message, tag = "3")]
     Ack(crate::msg::Ack),
+    /// The request was understood and refused (message-layer error, `docs/wire.md` §5.3);
+    /// any request can get it.
     #[prost(message, tag = "4")]
     Error(LargeError),
+    /// Answer to [`Request::GetRevocations`].
     #[prost(message, tag = "10")]
     Revocations(Revocations),
+    /// Answer to [`Request::GetDeploymentKey`].
     #[prost(message, tag = "13")]
     DeploymentKey(DeploymentKeyGrant),
 }
@@ -104,16 +123,21 @@ pub enum Response {
 /// By id, or by name (and version; empty = the latest published).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct GetContent {
+    /// The content id (32 bytes); when set, `name` and `version` are ignored.
     #[prost(bytes = "vec", tag = "1")]
     pub content_id: Vec<u8>,
+    /// The published name, used when `content_id` is empty.
     #[prost(string, tag = "2")]
     pub name: String,
+    /// The version of `name` wanted; empty for the latest published.
     #[prost(string, tag = "3")]
     pub version: String,
 }
 
+/// A content item's catalogue entry and piece map (answer to [`GetContent`]).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ContentInfo {
+    /// The catalogue entry.
     #[prost(message, optional, tag = "1")]
     pub meta: Option<ContentMeta>,
     /// The encoded piece map (`branchline-store`'s format), verified by the server.
@@ -121,8 +145,10 @@ pub struct ContentInfo {
     pub piece_map: Vec<u8>,
 }
 
+/// Where to fetch a content item from (answered with [`Locations`]).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Locate {
+    /// The content id (32 bytes).
     #[prost(bytes = "vec", tag = "1")]
     pub content_id: Vec<u8>,
     /// The requester is reading this content from the origin now (it keeps that role
@@ -137,18 +163,24 @@ pub struct Locate {
 /// One peer that holds (part of) a content item.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PeerHolding {
+    /// The peer's client id (32 hex digits); its certificate must name it.
     #[prost(string, tag = "1")]
     pub client_id: String,
     /// IP address to reach the peer's content port on.
     #[prost(string, tag = "2")]
     pub address: String,
+    /// The peer's content port: its Foreground one (34760) in [`Locations::peers`], its
+    /// Background one (34750) in [`Locations::upstream`], as it registered them.
     #[prost(uint32, tag = "3")]
     pub content_port: u32,
+    /// The peer holds every piece.
     #[prost(bool, tag = "4")]
     pub complete: bool,
-    /// Bitfield of verified pieces (empty when `complete`).
+    /// Bitfield of verified pieces (`docs/wire.md` §8; empty when `complete`).
     #[prost(bytes = "vec", tag = "5")]
     pub have: Vec<u8>,
+    /// Meant to say the peer shares the requester's subnet; this server sets it to true
+    /// for every peer (upstream ones too) and the reference client does not read it.
     #[prost(bool, tag = "6")]
     pub same_subnet: bool,
     /// The peer's Adaptive Protocol port (34546), for control signals.
@@ -156,9 +188,11 @@ pub struct PeerHolding {
     pub adaptive_port: u32,
 }
 
+/// Where to fetch a content item from (answer to [`Locate`]).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Locations {
-    /// Peers holding pieces, same subnet first.
+    /// Peers of the requester's office holding (or fetching) pieces, complete ones first,
+    /// then by pieces held; at most 32.
     #[prost(message, repeated, tag = "1")]
     pub peers: Vec<PeerHolding>,
     /// True when the requester is the one client that reads this content from the origin.
@@ -214,13 +248,17 @@ pub struct LinkPolicy {
     pub paused: bool,
 }
 
+/// What the requester holds of a content item (answered with `Ack`).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ReportHave {
+    /// The content id (32 bytes).
     #[prost(bytes = "vec", tag = "1")]
     pub content_id: Vec<u8>,
-    /// Bitfield of verified pieces.
+    /// Bitfield of verified pieces (`docs/wire.md` §8), exactly the item's piece count;
+    /// empty when `complete`.
     #[prost(bytes = "vec", tag = "2")]
     pub have: Vec<u8>,
+    /// The requester holds every piece (the server then ignores `have`).
     #[prost(bool, tag = "3")]
     pub complete: bool,
     /// The port this client serves content on (Foreground). Ignored by the server, which
@@ -243,6 +281,7 @@ pub const MAX_SERVED_BY: usize = 64;
 /// Bytes by where they came from.
 #[derive(Clone, Copy, PartialEq, prost::Message)]
 pub struct SourceBytes {
+    /// Read from the content's origin (URL or file path).
     #[prost(uint64, tag = "1")]
     pub origin: u64,
     /// From the server's own copy.
@@ -256,20 +295,29 @@ pub struct SourceBytes {
     pub lan: u64,
 }
 
+/// A peer sent a piece of this content that failed verification (answered with `Ack`).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ReportBadPeer {
+    /// The content id (32 bytes).
     #[prost(bytes = "vec", tag = "1")]
     pub content_id: Vec<u8>,
+    /// The peer's client id (32 hex digits); counts only if the server named that peer to
+    /// the reporter for this content.
     #[prost(string, tag = "2")]
     pub peer_id: String,
+    /// What went wrong, for the server's log.
     #[prost(string, tag = "3")]
     pub reason: String,
 }
 
+/// A large request understood and refused (`docs/wire.md` §5.3, message layer).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LargeError {
+    /// An [`ErrorCode`] as its number (`docs/wire.md` §4.3); unknown numbers read as
+    /// [`ErrorCode::Unspecified`] through `code()`.
     #[prost(enumeration = "ErrorCode", tag = "1")]
     pub code: i32,
+    /// Human-readable explanation, for logs and the user.
     #[prost(string, tag = "2")]
     pub detail: String,
 }

@@ -22,6 +22,9 @@ pub struct Envelope {
     /// For a reply or ack: the `msg_id` of the request. 0 for a request.
     #[prost(uint64, tag = "3")]
     pub in_reply_to: u64,
+    /// The message (tags 10-34 and 40-42, `docs/wire.md` §4.2). `None` when the sender
+    /// used a kind this build does not know; a request is then answered
+    /// [`ErrorCode::Unsupported`].
     #[prost(
         oneof = "Body",
         tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 40, 41, 42"
@@ -181,7 +184,8 @@ impl Body {
 /// See [`Body::ConnectorEnroll`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ConnectorEnroll {
-    /// The connector's name (a host-name-like label).
+    /// The connector's name: 1-64 letters, digits, `.`, `-` or `_` (the server refuses
+    /// others).
     #[prost(string, tag = "1")]
     pub name: String,
     /// 16 random bytes.
@@ -195,6 +199,7 @@ pub struct ConnectorEnroll {
 /// See [`Body::ConnectorEnrolled`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ConnectorEnrolled {
+    /// The name the credential was made for (as in [`ConnectorEnroll::name`]).
     #[prost(string, tag = "1")]
     pub name: String,
     /// True when the name had a credential before (it is replaced).
@@ -205,12 +210,14 @@ pub struct ConnectorEnrolled {
 /// See [`Body::ConnectorSigned`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ConnectorSigned {
+    /// The enrolled connector's name; the server refuses a name it has no credential for.
     #[prost(string, tag = "1")]
     pub connector: String,
-    /// The connector's clock when it signed (Unix milliseconds).
+    /// The connector's clock when it signed (Unix milliseconds); the server refuses one
+    /// more than 120 s behind or 5 s ahead of its clock.
     #[prost(uint64, tag = "2")]
     pub issued_ms: u64,
-    /// 16 random bytes, never used twice.
+    /// 16 random bytes, never used twice; the server refuses one it saw within 125 s.
     #[prost(bytes = "vec", tag = "3")]
     pub nonce: Vec<u8>,
     /// An [`Envelope`] holding only the request's body, encoded.
@@ -221,9 +228,11 @@ pub struct ConnectorSigned {
     pub mac: Vec<u8>,
 }
 
+/// See [`Body::Ack`]; no fields (also the large-message `Ack` response).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Ack {}
 
+/// See [`Body::Ping`]; no fields.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Ping {}
 
@@ -231,67 +240,90 @@ pub struct Ping {}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
 pub enum ErrorCode {
+    /// No code given, or a code this build does not know.
     Unspecified = 0,
     /// The receiver does not know this message kind (it is older than the sender).
     Unsupported = 1,
     /// A field failed validation; `detail` says which.
     Invalid = 2,
-    /// The receiver's clock and the sender's differ by more than the replay window.
+    /// The receiver's clock and the sender's differ by more than the replay window. Sent
+    /// by older versions only: current receivers drop such requests unanswered.
     ClockSkew = 3,
-    /// The receiver is temporarily unable to serve (e.g. its database failed).
+    /// The receiver is temporarily unable to serve (e.g. its database failed, or the
+    /// client has no office yet); retry later.
     Unavailable = 4,
     /// The thing asked for does not exist (e.g. no such content).
     NotFound = 5,
-    /// The request needs a credential the sender did not show (e.g. the connector's).
+    /// The request needs a credential the sender did not show (e.g. the connector's), or
+    /// the client id is bound to another key, revoked or not yet approved.
     Unauthorized = 6,
 }
 
+/// See [`Body::Error`]: a small-message request understood and refused.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ErrorReply {
+    /// An [`ErrorCode`] as its number; unknown numbers read as [`ErrorCode::Unspecified`]
+    /// through `code()`.
     #[prost(enumeration = "ErrorCode", tag = "1")]
     pub code: i32,
-    /// Human-readable explanation.
+    /// Human-readable explanation; for `Invalid`, `field `x`: ...` naming the field.
     #[prost(string, tag = "2")]
     pub detail: String,
-    /// Receiver's clock (Unix ms), so a sender can report clock skew precisely.
+    /// Receiver's clock (Unix ms), so a sender can report clock skew precisely; 0 when the
+    /// receiver does not say (the reference client's own refusals).
     #[prost(uint64, tag = "3")]
     pub receiver_time_ms: u64,
 }
 
 /// The ports a client listens on, reported so the server and peers can reach it even
-/// when an admin moved them away from the defaults.
+/// when an admin moved them away from the defaults. Each must be 1-65535
+/// ([`crate::validate::ports_from_wire`]).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ClientPorts {
+    /// Small-message requests are received here (default 34325).
     #[prost(uint32, tag = "1")]
     pub small_request: u32,
+    /// Small-message requests are sent from here and answers come back (default 34324).
     #[prost(uint32, tag = "2")]
     pub small_reply: u32,
+    /// Foreground large-message requests are received here (default 34337).
     #[prost(uint32, tag = "3")]
     pub large_fg_request: u32,
+    /// Foreground large-message requests are sent from here (default 34335).
     #[prost(uint32, tag = "4")]
     pub large_fg_reply: u32,
+    /// Background large-message requests are received here (default 34345).
     #[prost(uint32, tag = "5")]
     pub large_bg_request: u32,
+    /// Background large-message requests are sent from here (default 34343).
     #[prost(uint32, tag = "6")]
     pub large_bg_reply: u32,
+    /// Subnet discovery ([`WhoHas`]) is received here (default 34329).
     #[prost(uint32, tag = "7")]
     pub broadcast: u32,
+    /// Foreground content port (QUIC, default 34760): peers and the server's
+    /// `SendContent` connection reach the client here.
     #[prost(uint32, tag = "8")]
     pub content_fg: u32,
+    /// Background content port (QUIC, default 34750), for child offices' pulls.
     #[prost(uint32, tag = "9")]
     pub content_bg: u32,
+    /// Adaptive Protocol signals ([`TransferSignal`]) are received here (default 34546).
     #[prost(uint32, tag = "10")]
     pub adaptive: u32,
 }
 
+/// See [`Body::Register`]; checked by [`Register::validate`] before the server acts.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Register {
     /// 32 lowercase hex digits, chosen by the client once and kept in its data dir.
     #[prost(string, tag = "1")]
     pub client_id: String,
+    /// The client host's name (1-253 bytes, no control characters).
     #[prost(string, tag = "2")]
     pub hostname: String,
-    /// The client's IP addresses (text form), most preferred first.
+    /// The client's IP addresses (text form, 1-16), most preferred first. Informational:
+    /// the server lists the client at the source address of the registration.
     #[prost(string, repeated, tag = "3")]
     pub addresses: Vec<String>,
     /// The client's subnet in CIDR form, e.g. `10.1.2.0/24`.
@@ -300,25 +332,30 @@ pub struct Register {
     /// Cache cap (bytes).
     #[prost(uint64, tag = "5")]
     pub cache_size_bytes: u64,
-    /// Free cache space (bytes).
+    /// Free cache space (bytes); at most `cache_size_bytes`.
     #[prost(uint64, tag = "6")]
     pub cache_free_bytes: u64,
-    /// Client software version.
+    /// Client software version (1-64 bytes).
     #[prost(string, tag = "7")]
     pub version: String,
-    /// Interval between this client's heartbeats (milliseconds).
+    /// Interval between this client's heartbeats (milliseconds, 100 to 3 600 000); the
+    /// server counts the client offline after several missed ones.
     #[prost(uint32, tag = "8")]
     pub heartbeat_interval_ms: u32,
+    /// The client's ports; absent: the defaults. Peers and the server use these.
     #[prost(message, optional, tag = "9")]
     pub ports: Option<ClientPorts>,
-    /// The client's QUIC certificate request (97 bytes, see `branchline-quic`); empty
-    /// when the client wants no certificate.
+    /// The client's QUIC certificate request (97 bytes, `docs/wire.md` §9.2); empty when
+    /// the client wants no certificate. Its key binds the client id at the first
+    /// registration.
     #[prost(bytes = "vec", tag = "10")]
     pub cert_request: Vec<u8>,
 }
 
+/// See [`Body::RegisterOk`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RegisterOk {
+    /// The server's software version.
     #[prost(string, tag = "1")]
     pub server_version: String,
     /// Server clock (Unix ms).
@@ -336,9 +373,10 @@ pub struct RegisterOk {
     /// The deployment's name, as in the certificates.
     #[prost(string, tag = "6")]
     pub deployment: String,
-    /// The office the server placed this client in, and its type (default, wifi, vpn).
+    /// The office the server placed this client in (empty: none yet).
     #[prost(string, tag = "7")]
     pub office: String,
+    /// The office's type: `default`, `wifi` or `vpn`.
     #[prost(string, tag = "8")]
     pub office_kind: String,
     /// The server runs `server.enrollment = "approve"` and the admin has not approved
@@ -355,20 +393,25 @@ pub struct RegisterOk {
     pub key_retire_ms: u64,
 }
 
+/// See [`Body::Heartbeat`]; checked by [`Heartbeat::validate`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Heartbeat {
+    /// The sender's client id (32 lowercase hex digits), as registered.
     #[prost(string, tag = "1")]
     pub client_id: String,
+    /// Free cache space now (bytes).
     #[prost(uint64, tag = "2")]
     pub cache_free_bytes: u64,
     /// Seconds since the client process started.
     #[prost(uint64, tag = "3")]
     pub uptime_s: u64,
-    /// The client's datagram drop counters since it started, by reason (non-zero only).
+    /// The client's drop counters since it started, by reason (non-zero only; at most
+    /// [`crate::validate::MAX_DROP_REASONS`], checked by [`crate::validate::drop_counts`]).
     #[prost(message, repeated, tag = "4")]
     pub drops: Vec<DropCount>,
 }
 
+/// See [`Body::HeartbeatAck`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct HeartbeatAck {
     /// False when the server has no record of this client: it must register again.
@@ -379,9 +422,10 @@ pub struct HeartbeatAck {
     /// was lost; at most [`MAX_ASSIGNMENTS`] entries.
     #[prost(message, repeated, tag = "2")]
     pub assignments: Vec<Assign>,
-    /// The client's office and its type, as in [`RegisterOk`] (offices can change).
+    /// The client's office, as in [`RegisterOk::office`] (offices can change).
     #[prost(string, tag = "3")]
     pub office: String,
+    /// The office's type, as in [`RegisterOk::office_kind`].
     #[prost(string, tag = "4")]
     pub office_kind: String,
     /// Changes whenever the server's list of revoked clients does: the client then asks
@@ -400,20 +444,32 @@ pub struct HeartbeatAck {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
 pub enum SignalKind {
+    /// Not set, or a kind this build does not know: receivers drop the signal.
     Unspecified = 0,
+    /// The receiving client (its office's RVP) started pulling the content over the WAN
+    /// link; sent to the server and each sender.
     Start = 1,
+    /// Bytes received over the link so far and the rate now; sent to the server.
     Progress = 2,
+    /// The receiving client holds the whole content; sent to the server.
     End = 3,
+    /// The receiving client paused pulling over the link (an admin's request); sent to
+    /// each sender, which only acknowledges it.
     Pause = 4,
+    /// The receiving client resumed pulling after a pause; sent to each sender.
     Resume = 5,
+    /// The receiving client needs nothing more from the senders (sent with `End`); sent
+    /// to each sender.
     Cancel = 6,
 }
 
 /// A control signal about one WAN transfer (a content item pulled over an office's link).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TransferSignal {
+    /// The content id (32 bytes).
     #[prost(bytes = "vec", tag = "1")]
     pub content_id: Vec<u8>,
+    /// A [`SignalKind`] as its number.
     #[prost(enumeration = "SignalKind", tag = "2")]
     pub kind: i32,
     /// Bytes received over the link so far.
@@ -433,8 +489,10 @@ pub struct TransferSignal {
 /// Pause or resume a WAN transfer.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TransferControl {
+    /// The content id (32 bytes) of the transfer.
     #[prost(bytes = "vec", tag = "1")]
     pub content_id: Vec<u8>,
+    /// True: pause the transfer; false: resume it.
     #[prost(bool, tag = "2")]
     pub pause: bool,
     /// The server's id for the transfer.
@@ -463,6 +521,7 @@ pub struct WhoHas {
 /// An answer to [`WhoHas`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct IHave {
+    /// The content id (32 bytes) asked about.
     #[prost(bytes = "vec", tag = "1")]
     pub content_id: Vec<u8>,
     /// The holder's client id (its certificate must name it).
@@ -471,10 +530,11 @@ pub struct IHave {
     /// The holder's Foreground content port (34760).
     #[prost(uint32, tag = "3")]
     pub content_port: u32,
+    /// The holder has every piece.
     #[prost(bool, tag = "4")]
     pub complete: bool,
-    /// Bitfield of verified pieces when not complete and it fits the datagram (the
-    /// asker then asks the holder directly otherwise).
+    /// Bitfield of verified pieces (`docs/wire.md` §8) when not complete and it fits the
+    /// datagram (the asker then asks the holder directly otherwise).
     #[prost(bytes = "vec", tag = "5")]
     pub have: Vec<u8>,
     /// The holder's office: the asker takes holders of its own office only.
@@ -509,46 +569,58 @@ pub struct AdminChunk {
     /// Length of the whole request (bytes).
     #[prost(uint32, tag = "2")]
     pub total_len: u32,
-    /// Offset of `data` in the request.
+    /// Offset of `data` in the request (a multiple of 900).
     #[prost(uint32, tag = "3")]
     pub offset: u32,
+    /// The request bytes at `offset`: 900, or fewer in the last chunk.
     #[prost(bytes = "vec", tag = "4")]
     pub data: Vec<u8>,
 }
 
+/// See [`Body::AdminRun`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AdminRun {
+    /// The call whose request was uploaded in [`AdminChunk`]s.
     #[prost(uint64, tag = "1")]
     pub call_id: u64,
-    /// Offset in the result of the page wanted.
+    /// Offset in the result of the page wanted (a multiple of 900); 0 runs the call (or
+    /// returns its stored result).
     #[prost(uint32, tag = "2")]
     pub offset: u32,
 }
 
+/// See [`Body::AdminPage`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AdminPage {
+    /// The call, as in [`AdminRun::call_id`].
     #[prost(uint64, tag = "1")]
     pub call_id: u64,
-    /// Length of the whole result (bytes).
+    /// Length of the whole result (bytes, at most 16 MiB).
     #[prost(uint32, tag = "2")]
     pub total_len: u32,
+    /// Offset of `data` in the result, as asked in [`AdminRun::offset`].
     #[prost(uint32, tag = "3")]
     pub offset: u32,
+    /// At most 900 bytes of the JSON result.
     #[prost(bytes = "vec", tag = "4")]
     pub data: Vec<u8>,
 }
 
+/// See [`Body::Activate`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Activate {
-    /// The connector host's name.
+    /// The connector host's name (1-253 bytes, no control characters).
     #[prost(string, tag = "1")]
     pub hostname: String,
+    /// The connector's software version (1-64 bytes).
     #[prost(string, tag = "2")]
     pub version: String,
 }
 
+/// See [`Body::ActivateOk`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ActivateOk {
+    /// The server's software version.
     #[prost(string, tag = "1")]
     pub server_version: String,
     /// True the first time this connector host activates.
@@ -556,38 +628,53 @@ pub struct ActivateOk {
     pub first_activation: bool,
 }
 
+/// See [`Body::HealthRequest`]; no fields.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct HealthRequest {}
 
 /// One drop reason with its count.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct DropCount {
+    /// The reason's name (`docs/wire.md` §10; 1-32 bytes of `[a-z_]` in heartbeats).
+    /// Receivers accept names they do not know.
     #[prost(string, tag = "1")]
     pub reason: String,
+    /// Datagrams (or refusals) counted under it.
     #[prost(uint64, tag = "2")]
     pub count: u64,
 }
 
+/// See [`Body::Health`]: the server's state, for `connector health`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Health {
+    /// The server's software version.
     #[prost(string, tag = "1")]
     pub version: String,
+    /// Seconds since the server process started.
     #[prost(uint64, tag = "2")]
     pub uptime_s: u64,
     /// `ok` or a short description of what is wrong with the database.
     #[prost(string, tag = "3")]
     pub database: String,
+    /// The database schema version (the number of the last migration applied).
     #[prost(uint32, tag = "4")]
     pub schema_version: u32,
+    /// Clients the server has a record of.
     #[prost(uint64, tag = "5")]
     pub clients_total: u64,
+    /// Clients heard from within their last few heartbeat intervals.
     #[prost(uint64, tag = "6")]
     pub clients_online: u64,
-    /// Sum of all drop counts.
+    /// Small-message datagrams the server dropped since it started (the sum of the
+    /// `docs/wire.md` §10 reasons in `drops`; the other entries are not included).
     #[prost(uint64, tag = "7")]
     pub dropped_datagrams: u64,
+    /// The server's own drops and refusals since it started, by reason (non-zero only):
+    /// datagram drops, QUIC refusals (`quic_*`), refused registrations and dropped
+    /// heartbeat updates.
     #[prost(message, repeated, tag = "8")]
     pub drops: Vec<DropCount>,
+    /// Connector hosts that ever activated.
     #[prost(uint64, tag = "9")]
     pub connectors_total: u64,
     /// Large-message requests (QUIC) the server has answered since it started.
@@ -604,8 +691,10 @@ pub struct ContentMeta {
     /// BLAKE3 hash of the whole file (32 bytes): the content's identity.
     #[prost(bytes = "vec", tag = "1")]
     pub content_id: Vec<u8>,
+    /// The published name (1-128 bytes, no `@` and no control characters).
     #[prost(string, tag = "2")]
     pub name: String,
+    /// The published version of `name` (1-64 bytes).
     #[prost(string, tag = "3")]
     pub version: String,
     /// File size (bytes).
@@ -614,7 +703,7 @@ pub struct ContentMeta {
     /// Where the bytes can be read when no peer has them: an HTTP(S) URL or a file path.
     #[prost(string, tag = "5")]
     pub origin: String,
-    /// Piece size (bytes, a power of two).
+    /// Piece size (bytes, a power of two from 16 KiB to 16 MiB).
     #[prost(uint32, tag = "6")]
     pub piece_size: u32,
     /// When it was published (Unix ms); 0 in requests.
@@ -628,8 +717,10 @@ pub struct ContentMeta {
     pub server_holds: bool,
 }
 
+/// See [`Body::PublishBegin`] and `docs/wire.md` §4.4.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PublishBegin {
+    /// The item to publish (checked by [`ContentMeta::validate`]).
     #[prost(message, optional, tag = "1")]
     pub meta: Option<ContentMeta>,
     /// Length of the encoded piece map that the chunks will carry (bytes).
@@ -637,25 +728,32 @@ pub struct PublishBegin {
     pub map_len: u32,
 }
 
+/// See [`Body::PublishChunk`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PublishChunk {
+    /// The content id (32 bytes) given in [`PublishBegin`].
     #[prost(bytes = "vec", tag = "1")]
     pub content_id: Vec<u8>,
-    /// Byte offset of `data` in the encoded piece map.
+    /// Byte offset of `data` in the encoded piece map (a multiple of 1024).
     #[prost(uint32, tag = "2")]
     pub offset: u32,
+    /// The map bytes at `offset`: 1024, or fewer in the last chunk.
     #[prost(bytes = "vec", tag = "3")]
     pub data: Vec<u8>,
 }
 
+/// See [`Body::PublishCommit`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PublishCommit {
+    /// The content id (32 bytes) whose piece map is complete.
     #[prost(bytes = "vec", tag = "1")]
     pub content_id: Vec<u8>,
 }
 
+/// See [`Body::Published`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Published {
+    /// The content id (32 bytes) the reply is about.
     #[prost(bytes = "vec", tag = "1")]
     pub content_id: Vec<u8>,
     /// False when the same bytes were already published (publishing is idempotent).
@@ -666,6 +764,7 @@ pub struct Published {
     pub needs_map: bool,
 }
 
+/// See [`Body::ListContent`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ListContent {
     /// Index of the first item wanted.
@@ -673,6 +772,7 @@ pub struct ListContent {
     pub offset: u32,
 }
 
+/// See [`Body::ContentList`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ContentList {
     /// As many items from `offset` as fit in one datagram.

@@ -27,7 +27,9 @@ pub const HEARTBEAT_RANGE: std::ops::RangeInclusive<Duration> =
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("field `{field}`: {reason}")]
 pub struct Invalid {
+    /// The field's wire name, dotted when nested (`meta.name`, `ports.small_request`).
     pub field: &'static str,
+    /// What is wrong with it, in words for the sender (sent in `ErrorReply.detail`).
     pub reason: String,
 }
 
@@ -86,7 +88,9 @@ impl FromStr for ClientId {
 /// An IP subnet in CIDR form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Subnet {
+    /// The network address: host bits cleared.
     pub network: IpAddr,
+    /// Prefix length in bits; text forms are refused above 32 (IPv4) or 128 (IPv6).
     pub prefix: u8,
 }
 
@@ -99,6 +103,7 @@ impl Subnet {
         Subnet { network, prefix }
     }
 
+    /// Whether `addr` lies in this subnet (an address of the other family never does).
     pub fn contains(&self, addr: IpAddr) -> bool {
         Subnet::of(addr, self.prefix) == *self
     }
@@ -182,13 +187,22 @@ pub fn ports_from_wire(p: &ClientPorts) -> Result<Ports, Invalid> {
 /// A validated [`Register`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Registration {
+    /// The client's id.
     pub client_id: ClientId,
+    /// The host's name: 1 to [`MAX_HOSTNAME`] bytes, no control characters.
     pub hostname: String,
+    /// The addresses the client claims, 1 to [`MAX_ADDRESSES`] (informational: the server
+    /// uses the registration's source address).
     pub addresses: Vec<IpAddr>,
+    /// The client's subnet, without host bits.
     pub subnet: Subnet,
+    /// Cache cap (bytes).
     pub cache_size_bytes: u64,
+    /// Free cache space (bytes), at most `cache_size_bytes`.
     pub cache_free_bytes: u64,
+    /// Client software version: 1 to [`MAX_VERSION`] bytes, no control characters.
     pub version: String,
+    /// Interval between the client's heartbeats, within [`HEARTBEAT_RANGE`].
     pub heartbeat_interval: Duration,
     /// `None` when the client did not report ports (it uses the defaults).
     pub ports: Option<Ports>,
@@ -213,6 +227,9 @@ fn check_text(field: &'static str, s: &str, max: usize) -> Result<String, Invali
 }
 
 impl Register {
+    /// Checks every field against the bounds documented on [`Registration`]; ports must
+    /// be 1-65535 and `cert_request` at most 256 bytes (its contents are the CA's to
+    /// check). The error names the first bad field.
     pub fn validate(&self) -> Result<Registration, Invalid> {
         let client_id: ClientId = self.client_id.parse()?;
         let hostname = check_text("hostname", &self.hostname, MAX_HOSTNAME)?;
@@ -279,12 +296,16 @@ impl Register {
 /// A validated [`Heartbeat`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Beat {
+    /// The sender's client id.
     pub client_id: ClientId,
+    /// Free cache space (bytes), as reported (not checked against the cache size).
     pub cache_free_bytes: u64,
+    /// Seconds since the client process started.
     pub uptime_s: u64,
 }
 
 impl Heartbeat {
+    /// Checks the client id; the drop counters are checked apart, by [`drop_counts`].
     pub fn validate(&self) -> Result<Beat, Invalid> {
         Ok(Beat {
             client_id: self.client_id.parse()?,
@@ -312,15 +333,24 @@ pub fn content_id(field: &'static str, bytes: &[u8]) -> Result<[u8; 32], Invalid
 /// A validated [`ContentMeta`] from a publisher.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
+    /// The content id (BLAKE3 of the whole file).
     pub content_id: [u8; 32],
+    /// 1 to [`MAX_CONTENT_NAME`] bytes, no `@` and no control characters.
     pub name: String,
+    /// 1 to [`MAX_VERSION`] bytes, no control characters.
     pub version: String,
+    /// File size (bytes), never 0.
     pub size: u64,
+    /// HTTP(S) URL or file path, 1 to [`MAX_ORIGIN`] bytes, no control characters.
     pub origin: String,
+    /// Piece size (bytes): a power of two from 16 KiB to 16 MiB.
     pub piece_size: u32,
 }
 
 impl ContentMeta {
+    /// Checks what a publisher sends, against the bounds documented on [`Meta`]; the
+    /// server-filled fields (`published_ms`, `complete_holders`, `server_holds`) are
+    /// ignored. Field names in errors are prefixed `meta.`.
     pub fn validate(&self) -> Result<Meta, Invalid> {
         let content_id = content_id("meta.content_id", &self.content_id)?;
         let name = check_text("meta.name", &self.name, MAX_CONTENT_NAME)?;
@@ -429,8 +459,11 @@ mod tests {
 /// A validated [`crate::msg::WhoHas`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ask {
+    /// The content id asked about.
     pub content_id: [u8; 32],
+    /// The asker's client id.
     pub client_id: ClientId,
+    /// The asker's port for [`crate::msg::IHave`] answers, 1-65535.
     pub reply_port: u16,
 }
 
@@ -438,6 +471,8 @@ pub struct Ask {
 pub const MAX_OFFICE_NAME: usize = 64;
 
 impl crate::msg::WhoHas {
+    /// Checks the content id (32 bytes), the client id and the reply port; `office` is
+    /// not checked here (the holder compares it with its own).
     pub fn validate(&self) -> Result<Ask, Invalid> {
         Ok(Ask {
             content_id: content_id("content_id", &self.content_id)?,
@@ -450,15 +485,22 @@ impl crate::msg::WhoHas {
 /// A validated [`crate::msg::IHave`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Holding {
+    /// The content id the holder answers about.
     pub content_id: [u8; 32],
+    /// The holder's client id, which its certificate must name.
     pub client_id: ClientId,
+    /// The holder's Foreground content port, 1-65535.
     pub content_port: u16,
+    /// The holder has every piece.
     pub complete: bool,
     /// Empty when complete or not sent.
     pub have: Vec<u8>,
 }
 
 impl crate::msg::IHave {
+    /// Checks the content id (32 bytes), the client id and the content port; `have` is
+    /// copied unchecked (the asker checks its length against the piece count before use)
+    /// and `office` is left to the asker.
     pub fn validate(&self) -> Result<Holding, Invalid> {
         Ok(Holding {
             content_id: content_id("content_id", &self.content_id)?,
