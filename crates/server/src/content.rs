@@ -3,14 +3,15 @@
 //!
 //! Opt-in (`server.content_cache_size`, 0 = off). When a package is published with a
 //! file origin that the server host can read, the server imports it into its own cache
-//! (verified against the content id). A client in the Central Office, which for now
-//! means the server's subnet (every client when the server binds all interfaces), is then
-//! told `server_sends` by `Locate` and never reads the origin: it asks with `SendContent`,
+//! (verified against the content id). A client placed in the Central Office (by the
+//! source address the server sees, never by the subnet it reports: the /24 or /64 of the
+//! server's bind address until a topology says otherwise) is then told `server_sends` by
+//! `Locate` and never reads the origin: it asks with `SendContent`, which the server
+//! refuses to clients placed elsewhere;
 //! the server opens a QUIC connection from an ephemeral port to the client's content port
 //! and serves the client's piece requests on it.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -29,8 +30,6 @@ pub struct ServerContent {
     cache: Arc<Cache<FsStorage>>,
     /// The QUIC endpoint it sends from (an ephemeral port).
     node: ContentNode,
-    /// The server's bind address: clients in its subnet are the Central Office.
-    pub bind: IpAddr,
     /// Open sending connections, one per client.
     sending: Mutex<HashMap<String, (quinn::Connection, JoinHandle<()>)>>,
 }
@@ -51,12 +50,11 @@ impl Drop for ServerContent {
 }
 
 impl ServerContent {
-    /// Content served from `cache` through `node`; `bind` is the server's bind address.
-    pub fn new(cache: Arc<Cache<FsStorage>>, node: ContentNode, bind: IpAddr) -> Self {
+    /// Content served from `cache` through `node`.
+    pub fn new(cache: Arc<Cache<FsStorage>>, node: ContentNode) -> Self {
         ServerContent {
             cache,
             node,
-            bind,
             sending: Mutex::new(HashMap::new()),
         }
     }
@@ -64,11 +62,6 @@ impl ServerContent {
     /// True when the server holds `id` complete and verified.
     pub fn holds(&self, id: &ContentId) -> bool {
         self.cache.status(id).is_some_and(|s| s.complete)
-    }
-
-    /// Whether `client` is in the Central Office (the server's subnet).
-    pub fn serves(&self, client: &ClientRecord) -> bool {
-        self.bind.is_unspecified() || client.subnet.contains(self.bind)
     }
 
     /// Imports a newly published item when its origin is a file this host can read.

@@ -117,7 +117,13 @@ async fn send_content(state: &ServerState, client: ClientId, content_id: &[u8]) 
     let Some(record) = record else {
         return error(ErrorCode::NotFound, "unknown client: register first");
     };
-    if !content.serves(&record) {
+    // Placed by the address the server saw, never by the subnet the client claims: a
+    // client elsewhere cannot talk the server into sending it content directly.
+    let central = {
+        let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
+        offices.office_of(&client) == Some(offices.tree().root())
+    };
+    if !central {
         return error(
             ErrorCode::Invalid,
             "the server sends content only to Central Office clients",
@@ -451,11 +457,8 @@ fn locate(
             upstream.truncate(crate::locations::MAX_PEERS);
         }
         Some(Upstream::Origin) => {
-            server_sends = plan.office == root
-                && state
-                    .content
-                    .as_ref()
-                    .is_some_and(|c| c.holds(&id) && c.serves(&me));
+            server_sends =
+                plan.office == root && state.content.as_ref().is_some_and(|c| c.holds(&id));
             // A complete copy in the office covers it once its holder has shown it
             // serves (another client received bytes from it), or while its claim is
             // new (see `crate::reports`): a bare `complete` claim never stops origin

@@ -479,11 +479,7 @@ impl Server {
                     name: "server content sender",
                     message: e.to_string(),
                 })?;
-                Some(Arc::new(content::ServerContent::new(
-                    Arc::new(cache),
-                    node,
-                    ip,
-                )))
+                Some(Arc::new(content::ServerContent::new(Arc::new(cache), node)))
             }
         };
         let admin = match &opts.admin {

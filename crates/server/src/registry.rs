@@ -19,8 +19,8 @@ pub struct ClientRecord {
     pub addresses: Vec<IpAddr>,
     /// Where the last registration came from (may differ from `addresses` behind NAT).
     pub source: Option<SocketAddr>,
-    /// The subnet the client reported. Office placement ignores it (it uses the source
-    /// address); only [`crate::content::ServerContent::serves`] reads it.
+    /// The subnet the client reported, shown to admins. Nothing the server decides reads
+    /// it: offices, and whom the server sends content, go by the source address.
     pub subnet: Subnet,
     /// Size of the client's content cache (bytes), as it reported at registration.
     pub cache_size_bytes: u64,

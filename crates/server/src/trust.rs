@@ -210,7 +210,10 @@ impl ConnectorAuth {
         if !connector::mac_matches(&expect, &s.mac) {
             return Err(AuthError::BadMac);
         }
-        if s.issued_ms + SIGNED_BEHIND_MS < now_ms || s.issued_ms > now_ms + SIGNED_AHEAD_MS {
+        // Saturating: a signed time near u64::MAX is stale, not an overflow.
+        if s.issued_ms.saturating_add(SIGNED_BEHIND_MS) < now_ms
+            || s.issued_ms > now_ms.saturating_add(SIGNED_AHEAD_MS)
+        {
             return Err(AuthError::Stale);
         }
         let nonce: [u8; NONCE_LEN] = s
@@ -231,7 +234,7 @@ impl ConnectorAuth {
         if self.seen.len() >= MAX_NONCES {
             return Err(AuthError::Busy);
         }
-        let forget = now_ms + SIGNED_BEHIND_MS + SIGNED_AHEAD_MS + 1;
+        let forget = now_ms.saturating_add(SIGNED_BEHIND_MS + SIGNED_AHEAD_MS + 1);
         self.seen.insert(nonce, forget);
         self.order.push_back((forget, nonce));
         connector::inner(s).ok_or(AuthError::Undecodable)
@@ -345,6 +348,11 @@ mod tests {
         ));
         let old = connector::signed(&cred, "admin", T - 200_000, [4; 16], Body::Ping(Ping {}));
         assert_eq!(a.verify(&old, T), Err(AuthError::Stale));
+        // The far future, signed by the connector itself: stale, not an overflow.
+        for at in [u64::MAX, u64::MAX - SIGNED_BEHIND_MS / 2] {
+            let far = connector::signed(&cred, "admin", at, [7; 16], Body::Ping(Ping {}));
+            assert_eq!(a.verify(&far, T), Err(AuthError::Stale));
+        }
         // Survives a restart, files private.
         let mut b = ConnectorAuth::load(dir.path()).unwrap();
         assert_eq!(b.enrolled(), vec!["admin".to_string()]);
