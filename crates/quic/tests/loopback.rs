@@ -83,19 +83,48 @@ fn content_node(identity: &NodeIdentity, trust: DeploymentTrust) -> ContentNode 
     .unwrap()
 }
 
+/// Clients aa01 and bb02 of one deployment: `a` serves `source` and `b` has connected
+/// to it, checking that the peer at `a`'s address is aa01 (`peer`).
+struct Pair {
+    a: ContentNode,
+    b: ContentNode,
+    conn: quinn::Connection,
+    peer: PeerIdentity,
+    _dep: Deployment,
+    _serving: tokio::task::JoinHandle<()>,
+}
+
+async fn serving_pair<S: PieceSource>(source: Arc<S>) -> Pair {
+    let dep = Deployment::new();
+    let a = content_node(&dep.client("aa01"), dep.trust());
+    let b = content_node(&dep.client("bb02"), dep.trust());
+    let serving = a.serve(source);
+    let (conn, peer) = b
+        .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
+        .await
+        .unwrap();
+    Pair {
+        a,
+        b,
+        conn,
+        peer,
+        _dep: dep,
+        _serving: serving,
+    }
+}
+
 #[tokio::test]
 async fn two_clients_of_one_deployment_authenticate_each_other_and_move_pieces() {
     tokio::time::timeout(GUARD, async {
-        let dep = Deployment::new();
-        let a = content_node(&dep.client("aa01"), dep.trust());
-        let b = content_node(&dep.client("bb02"), dep.trust());
         let source = source_with_pieces();
-        let _serving = a.serve(source.clone());
-
-        let (conn, peer) = b
-            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
-            .await
-            .unwrap();
+        let Pair {
+            a: _a,
+            b,
+            conn,
+            peer,
+            _dep,
+            _serving,
+        } = serving_pair(source.clone()).await;
         assert_eq!(peer.role, client_role("aa01"));
 
         // Whole piece, a sub-range, and several pieces at once on one connection.
@@ -136,14 +165,14 @@ async fn two_clients_of_one_deployment_authenticate_each_other_and_move_pieces()
 #[tokio::test]
 async fn piece_errors_are_typed() {
     tokio::time::timeout(GUARD, async {
-        let dep = Deployment::new();
-        let a = content_node(&dep.client("aa01"), dep.trust());
-        let b = content_node(&dep.client("bb02"), dep.trust());
-        let _serving = a.serve(source_with_pieces());
-        let (conn, _) = b
-            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
-            .await
-            .unwrap();
+        let Pair {
+            a: _a,
+            b,
+            conn,
+            _dep,
+            _serving,
+            ..
+        } = serving_pair(source_with_pieces()).await;
 
         let missing = PieceRequest {
             content: CONTENT,
@@ -983,14 +1012,14 @@ impl PieceSource for StuckSource {
 #[tokio::test]
 async fn a_slow_peer_hits_the_piece_timeout_and_the_connection_stays_usable() {
     tokio::time::timeout(GUARD, async {
-        let dep = Deployment::new();
-        let a = content_node(&dep.client("aa01"), dep.trust());
-        let b = content_node(&dep.client("bb02"), dep.trust());
-        let _serving = a.serve(Arc::new(StuckSource));
-        let (conn, _) = b
-            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
-            .await
-            .unwrap();
+        let Pair {
+            a: _a,
+            b: _b,
+            conn,
+            _dep,
+            _serving,
+            ..
+        } = serving_pair(Arc::new(StuckSource)).await;
         let quick = ContentConfig {
             piece_timeout: Duration::from_millis(200),
             ..ContentConfig::default()
@@ -1017,10 +1046,6 @@ use branchline_time::now_ms;
 #[tokio::test]
 async fn have_queries_follow_the_cache_as_it_grows() {
     tokio::time::timeout(GUARD, async {
-        let dep = Deployment::new();
-        let a = content_node(&dep.client("aa01"), dep.trust());
-        let b = content_node(&dep.client("bb02"), dep.trust());
-
         // A's cache: one content of 10 pieces of 16 KiB (10 bits: 2 bytes).
         let dir = tempfile::tempdir().unwrap();
         let cache = Arc::new(Cache::open(dir.path(), CacheCap::Bytes(1 << 30), now_ms()).unwrap());
@@ -1030,14 +1055,18 @@ async fn have_queries_follow_the_cache_as_it_grows() {
         let id = map.id();
         let content = *id.as_bytes();
         let piece = |i: usize| &data[i * 16 * 1024..(i + 1) * 16 * 1024];
-        let _serving = a.serve(Arc::new(CacheSource {
+        let Pair {
+            a: _a,
+            b,
+            conn,
+            _dep,
+            _serving,
+            ..
+        } = serving_pair(Arc::new(CacheSource {
             cache: cache.clone(),
             corrupted: None,
-        }));
-        let (conn, _) = b
-            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
-            .await
-            .unwrap();
+        }))
+        .await;
 
         // Unknown content, then begun but no piece yet: NotFound both times.
         assert_eq!(b.fetch_have(&conn, &content).await.unwrap(), None);
@@ -1094,15 +1123,14 @@ async fn have_queries_follow_the_cache_as_it_grows() {
 #[tokio::test]
 async fn have_queries_to_a_source_without_bitfields_say_not_found() {
     tokio::time::timeout(GUARD, async {
-        let dep = Deployment::new();
-        let a = content_node(&dep.client("aa01"), dep.trust());
-        let b = content_node(&dep.client("bb02"), dep.trust());
-        // MemSource keeps the trait's default `have`.
-        let _serving = a.serve(source_with_pieces());
-        let (conn, _) = b
-            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
-            .await
-            .unwrap();
+        let Pair {
+            a: _a,
+            b,
+            conn,
+            _dep,
+            _serving,
+            ..
+        } = serving_pair(source_with_pieces()).await;
         assert_eq!(b.fetch_have(&conn, &CONTENT).await.unwrap(), None);
     })
     .await
@@ -1112,14 +1140,14 @@ async fn have_queries_to_a_source_without_bitfields_say_not_found() {
 #[tokio::test]
 async fn an_unknown_first_byte_is_refused_cleanly() {
     tokio::time::timeout(GUARD, async {
-        let dep = Deployment::new();
-        let a = content_node(&dep.client("aa01"), dep.trust());
-        let b = content_node(&dep.client("bb02"), dep.trust());
-        let _serving = a.serve(source_with_pieces());
-        let (conn, _) = b
-            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
-            .await
-            .unwrap();
+        let Pair {
+            a: _a,
+            b,
+            conn,
+            _dep,
+            _serving,
+            ..
+        } = serving_pair(source_with_pieces()).await;
 
         for garbage in [&[0x00][..], &[0xff; 45][..], &[0x03; 33][..]] {
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -1159,15 +1187,15 @@ async fn an_unknown_first_byte_is_refused_cleanly() {
 #[tokio::test]
 async fn the_progress_counter_ends_at_the_piece_length() {
     tokio::time::timeout(GUARD, async {
-        let dep = Deployment::new();
-        let a = content_node(&dep.client("aa01"), dep.trust());
-        let b = content_node(&dep.client("bb02"), dep.trust());
         let source = source_with_pieces();
-        let _serving = a.serve(source.clone());
-        let (conn, _) = b
-            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
-            .await
-            .unwrap();
+        let Pair {
+            a: _a,
+            b,
+            conn,
+            _dep,
+            _serving,
+            ..
+        } = serving_pair(source.clone()).await;
 
         let whole = PieceRequest {
             content: CONTENT,
