@@ -12,34 +12,6 @@ mod common;
 
 use common::*;
 
-fn random_file(path: &Path, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    rand::fill(&mut data[..]);
-    std::fs::write(path, &data).unwrap();
-    data
-}
-
-fn publish(bed: &Bed, key: &str, file: &Path, name: &str, origin: &str, extra: &[&str]) -> String {
-    let mut args = vec![
-        "publish",
-        file.to_str().unwrap(),
-        "--name",
-        name,
-        "--origin",
-        origin,
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let out = bed.connector(key, &args);
-    assert!(
-        out.status.success(),
-        "publish: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["content_id"].as_str().unwrap().to_owned()
-}
-
 fn get_proc(bed: &Bed, n: u8, content: &str, out: &Path) -> Child {
     Command::new(BIN)
         .args([
@@ -76,49 +48,9 @@ fn finish(child: Child, what: &str, procs: &[&Proc]) -> Value {
 }
 
 fn wait_registered(bed: &Bed, key: &str, n: u64, procs: &[&Proc]) {
-    wait_for(
-        &format!("{n} clients online"),
-        Duration::from_secs(30),
-        procs,
-        || {
-            bed.health(key)
-                .filter(|h| h["clients_online"].as_u64() == Some(n))
-        },
-    );
+    bed.wait_online(key, n, procs);
     // The QUIC services start right after registration.
     std::thread::sleep(Duration::from_millis(300));
-}
-
-/// A server, an HTTP origin and one published package of `size` random bytes.
-struct Lan {
-    bed: Bed,
-    server: Proc,
-    key: String,
-    origin: Origin,
-    data: Vec<u8>,
-    id: String,
-}
-
-fn lan(size: usize, name: &str, publish_args: &[&str]) -> Lan {
-    let bed = Bed::new();
-    let server = bed.server();
-    let key = bed.path("server/deployment.key");
-    wait_for("the server", Duration::from_secs(20), &[&server], || {
-        bed.health(&key)
-    });
-    let origin = Origin::start(&bed.ip(5));
-    let src = PathBuf::from(bed.path("pkg.bin"));
-    let data = random_file(&src, size);
-    let url = origin.add("pkg.bin", &data);
-    let id = publish(&bed, &key, &src, name, &url, publish_args);
-    Lan {
-        bed,
-        server,
-        key,
-        origin,
-        data,
-        id,
-    }
 }
 
 #[test]
@@ -252,11 +184,7 @@ fn the_server_sends_content_it_holds_to_central_office_clients() {
     let bed = Bed::new();
     let cfg = bed.path("server.toml");
     std::fs::write(&cfg, "[server]\ncontent_cache_size = \"1GiB\"\n").unwrap();
-    let server = bed.server_with(&["--config", &cfg]);
-    let key = bed.path("server/deployment.key");
-    wait_for("the server", Duration::from_secs(20), &[&server], || {
-        bed.health(&key)
-    });
+    let (server, key) = bed.started_server_with(&["--config", &cfg]);
     // A package published with a file origin this host can read: the server keeps a copy.
     const SIZE: usize = 24 << 20;
     let src = PathBuf::from(bed.path("pkg.bin"));

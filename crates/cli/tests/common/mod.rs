@@ -115,19 +115,21 @@ impl Bed {
     }
 
     pub fn server(&self) -> Proc {
-        Proc::spawn(
-            self.dir.path(),
-            "server",
-            &[
-                "server",
-                "--data-dir",
-                &self.path("server"),
-                "--bind",
-                &self.ip(1),
-                "--offline-after",
-                "3",
-            ],
-        )
+        self.server_with(&[])
+    }
+    /// Starts the server and waits until it answers health requests; the server and its
+    /// deployment key file.
+    pub fn started_server(&self) -> (Proc, String) {
+        self.started_server_with(&[])
+    }
+    /// [`Bed::started_server`] with extra global arguments (see [`Bed::server_with`]).
+    pub fn started_server_with(&self, global: &[&str]) -> (Proc, String) {
+        let server = self.server_with(global);
+        let key = self.path("server/deployment.key");
+        wait_for("the server", Duration::from_secs(30), &[&server], || {
+            self.health(&key)
+        });
+        (server, key)
     }
     pub fn client(&self, n: u8, key: &str) -> Proc {
         Proc::spawn(
@@ -197,6 +199,101 @@ impl Bed {
         out.status
             .success()
             .then(|| serde_json::from_slice(&out.stdout).expect("health --json prints JSON"))
+    }
+    /// Waits (up to 30 s) until the server counts exactly `n` clients online; its health
+    /// report then.
+    pub fn wait_online(&self, key: &str, n: u64, procs: &[&Proc]) -> Value {
+        wait_for(
+            &format!("{n} clients online"),
+            Duration::from_secs(30),
+            procs,
+            || {
+                self.health(key)
+                    .filter(|h| h["clients_online"].as_u64() == Some(n))
+            },
+        )
+    }
+}
+
+/// Writes `len` random bytes to `path`; the bytes.
+pub fn random_file(path: &Path, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand::fill(&mut data[..]);
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+/// Publishes `file` as `name` with `origin` and the `extra` arguments (the connector
+/// enrols with the server's token on its first admin command); the content id.
+pub fn publish(
+    bed: &Bed,
+    key: &str,
+    file: &Path,
+    name: &str,
+    origin: &str,
+    extra: &[&str],
+) -> String {
+    let mut args = vec![
+        "publish",
+        file.to_str().unwrap(),
+        "--name",
+        name,
+        "--origin",
+        origin,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = bed.connector(key, &args);
+    assert!(
+        out.status.success(),
+        "publish: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["content_id"].as_str().unwrap().to_owned()
+}
+
+/// A server, an HTTP origin and one published package of random bytes.
+pub struct Lan {
+    pub bed: Bed,
+    pub server: Proc,
+    pub key: String,
+    pub origin: Origin,
+    pub data: Vec<u8>,
+    pub id: String,
+}
+
+/// A [`Lan`] whose package, `size` random bytes behind the origin as `pkg.bin`, is
+/// published as `name` with the `publish_args`.
+pub fn lan(size: usize, name: &str, publish_args: &[&str]) -> Lan {
+    let bed = Bed::new();
+    let (server, key) = bed.started_server();
+    let origin = Origin::start(&bed.ip(5));
+    let src = PathBuf::from(bed.path("pkg.bin"));
+    let data = random_file(&src, size);
+    let url = origin.add("pkg.bin", &data);
+    let id = publish(&bed, &key, &src, name, &url, publish_args);
+    Lan {
+        bed,
+        server,
+        key,
+        origin,
+        data,
+        id,
+    }
+}
+
+/// The detail of an `unauthorized` refusal; panics on any other outcome.
+pub fn unauthorized<T: std::fmt::Debug>(
+    r: Result<T, branchline_transport::RequestError>,
+) -> String {
+    match r {
+        Err(branchline_transport::RequestError::Refused {
+            code: branchline_wire::msg::ErrorCode::Unauthorized,
+            detail,
+            ..
+        }) => detail,
+        other => panic!("expected an unauthorized refusal, got {other:?}"),
     }
 }
 
