@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use branchline_transport::{Context, RequestError, Requester};
+use branchline_transport::{RequestError, Requester};
 use branchline_wire::msg::{ContentMeta, ErrorCode, PublishBegin};
 use branchline_wire::{Body, connector};
 
@@ -21,18 +21,11 @@ mod common;
 use common::*;
 
 fn hostile_requester(bed: &Bed, key: &str, last: u8) -> (tokio::runtime::Runtime, Requester) {
-    let key = branchline_transport::read_key_file(Path::new(key)).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let ip: IpAddr = bed.ip(last).parse().unwrap();
-    let req = rt.block_on(async {
-        Requester::new(
-            tokio::net::UdpSocket::bind((ip, 0)).await.unwrap(),
-            Context::new(vec![key.derive()]),
-        )
-    });
+    let req = key_holder(&rt, key, bed.ip(last).parse().unwrap());
     (rt, req)
 }
 

@@ -8,7 +8,6 @@
 //! correctly.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use branchline_quic::{
     DeploymentName, DeploymentTrust, LargeConfig, LargeMessaging, PieceRequest, Role,
     TransportSettings, transport_config,
 };
-use branchline_transport::{Context, RequestError, Requester};
+use branchline_transport::{RequestError, Requester};
 use branchline_wire::large::{
     LargeRequest, LargeResponse, Locate, Locations, ReportBadPeer, ReportHave, Request, Response,
 };
@@ -64,13 +63,7 @@ fn get(bed: &Bed, n: u8, content: &str, procs: &[&Proc]) -> Vec<u8> {
 
 /// `connector client list --json`, by hostname.
 fn identities(bed: &Bed, key: &str) -> Vec<Value> {
-    let out = bed.connector_raw(key, &["client", "list", "--json"]);
-    assert!(
-        out.status.success(),
-        "client list: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = bed.connector_json(key, &["client", "list", "--json"]);
     v["clients"].as_array().unwrap().clone()
 }
 
@@ -95,19 +88,13 @@ struct Device {
 
 impl Device {
     fn new(bed: &Bed, key: &str, last: u8, id: ClientId) -> Device {
-        let key = branchline_transport::read_key_file(Path::new(key)).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
         let ip: IpAddr = bed.ip(last).parse().unwrap();
-        let req = rt.block_on(async {
-            Requester::new(
-                tokio::net::UdpSocket::bind((ip, 0)).await.unwrap(),
-                Context::new(vec![key.derive()]),
-            )
-        });
+        let req = key_holder(&rt, key, ip);
         let dir = tempfile::tempdir().unwrap();
         let identity = ClientIdentity::load_or_generate(dir.path()).unwrap();
         Device {

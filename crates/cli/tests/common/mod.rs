@@ -194,6 +194,16 @@ impl Bed {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         run(&refs)
     }
+    /// Runs a connector command that must succeed (see [`Bed::connector`]); its JSON output.
+    pub fn connector_json(&self, key: &str, action: &[&str]) -> Value {
+        let out = self.connector(key, action);
+        assert!(
+            out.status.success(),
+            "connector {action:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
     pub fn health(&self, key: &str) -> Option<Value> {
         let out = self.connector(key, &["health", "--json"]);
         out.status
@@ -243,13 +253,7 @@ pub fn publish(
         "--json",
     ];
     args.extend_from_slice(extra);
-    let out = bed.connector(key, &args);
-    assert!(
-        out.status.success(),
-        "publish: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = bed.connector_json(key, &args);
     v["content_id"].as_str().unwrap().to_owned()
 }
 
@@ -281,6 +285,22 @@ pub fn lan(size: usize, name: &str, publish_args: &[&str]) -> Lan {
         data,
         id,
     }
+}
+
+/// A requester on `rt` that seals with the deployment key of the file `key` (as every
+/// device holds it), bound to `ip`, port chosen by the kernel.
+pub fn key_holder(
+    rt: &tokio::runtime::Runtime,
+    key: &str,
+    ip: std::net::IpAddr,
+) -> branchline_transport::Requester {
+    let key = branchline_transport::read_key_file(Path::new(key)).unwrap();
+    rt.block_on(async {
+        branchline_transport::Requester::new(
+            tokio::net::UdpSocket::bind((ip, 0)).await.unwrap(),
+            branchline_transport::Context::new(vec![key.derive()]),
+        )
+    })
 }
 
 /// The detail of an `unauthorized` refusal; panics on any other outcome.
