@@ -395,27 +395,7 @@ fn client_metrics_count_where_the_bytes_came_from() {
     } = lan(SIZE, "metered", &["--version", "1"]);
     let port = |n: u8| 35800 + u16::from(n);
     let clients: Vec<Proc> = (1..=2u8)
-        .map(|n| {
-            Proc::spawn(
-                bed.dir.path(),
-                &format!("client{n}"),
-                &[
-                    "client",
-                    "--server",
-                    &bed.ip(1),
-                    "--key-file",
-                    &key,
-                    "--data-dir",
-                    &bed.path(&format!("client{n}")),
-                    "--bind",
-                    &bed.ip(10 + n),
-                    "--heartbeat-interval",
-                    "0.3",
-                    "--metrics-port",
-                    &port(n).to_string(),
-                ],
-            )
-        })
+        .map(|n| bed.client_with(&[], n, &key, &["--metrics-port", &port(n).to_string()]))
         .collect();
     let mut all: Vec<&Proc> = vec![&server];
     all.extend(clients.iter());
@@ -497,25 +477,7 @@ fn json_logs_carry_the_client_content_and_office() {
         data,
         id,
     } = lan(SIZE, "logged", &["--version", "1"]);
-    let client = Proc::spawn(
-        bed.dir.path(),
-        "client1",
-        &[
-            "--log-format",
-            "json",
-            "client",
-            "--server",
-            &bed.ip(1),
-            "--key-file",
-            &key,
-            "--data-dir",
-            &bed.path("client1"),
-            "--bind",
-            &bed.ip(11),
-            "--heartbeat-interval",
-            "0.3",
-        ],
-    );
+    let client = bed.client_with(&["--log-format", "json"], 1, &key, &[]);
     wait_registered(&bed, &key, 1, &[&server, &client]);
     let out = PathBuf::from(bed.path("logged.bin"));
     finish(get_proc(&bed, 1, &id, &out), "get", &[&server, &client]);

@@ -131,26 +131,34 @@ impl Bed {
         });
         (server, key)
     }
+    /// Client `n` (hostname `client-N`, address `.1N`, data in `clientN`).
     pub fn client(&self, n: u8, key: &str) -> Proc {
-        Proc::spawn(
-            self.dir.path(),
-            &format!("client{n}"),
-            &[
-                "client",
-                "--server",
-                &self.ip(1),
-                "--key-file",
-                key,
-                "--data-dir",
-                &self.path(&format!("client{n}")),
-                "--bind",
-                &self.ip(10 + n),
-                "--heartbeat-interval",
-                "0.3",
-                "--hostname",
-                &format!("client-{n}"),
-            ],
-        )
+        self.client_with(&[], n, key, &["--hostname", &format!("client-{n}")])
+    }
+    /// Client `n` with extra `global` arguments before `client` and `extra` ones after its
+    /// own (no `--hostname` unless given).
+    pub fn client_with(&self, global: &[&str], n: u8, key: &str, extra: &[&str]) -> Proc {
+        let (server, data, bind) = (
+            self.ip(1),
+            self.path(&format!("client{n}")),
+            self.ip(10 + n),
+        );
+        let mut args: Vec<&str> = global.to_vec();
+        args.extend([
+            "client",
+            "--server",
+            &server,
+            "--key-file",
+            key,
+            "--data-dir",
+            &data,
+            "--bind",
+            &bind,
+            "--heartbeat-interval",
+            "0.3",
+        ]);
+        args.extend_from_slice(extra);
+        Proc::spawn(self.dir.path(), &format!("client{n}"), &args)
     }
     /// Runs a connector command. Admin commands need the connector's credential (issue
     /// #10): the first one enrols the connector with the server's pending token (its
