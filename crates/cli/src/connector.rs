@@ -216,31 +216,12 @@ pub fn unexpected(asked: &str, got: &Body) -> Fail {
     )
 }
 
-/// The health report as one JSON object (the keys are a stable interface).
+/// The health report as one JSON object (the keys are a stable interface): the fields of
+/// the admin endpoint's `/api/health`, and the server's address.
 pub fn health_json(server: std::net::SocketAddr, h: &Health) -> serde_json::Value {
-    let drops: serde_json::Map<String, serde_json::Value> = h
-        .drops
-        .iter()
-        .map(|d| (d.reason.clone(), d.count.into()))
-        .collect();
-    serde_json::json!({
-        "server": server.to_string(),
-        "version": h.version,
-        "uptime_s": h.uptime_s,
-        "database": h.database,
-        "schema_version": h.schema_version,
-        "clients_total": h.clients_total,
-        "clients_online": h.clients_online,
-        "connectors_total": h.connectors_total,
-        "large_requests": h.large_requests,
-        "client_drops": h
-            .client_drops
-            .iter()
-            .map(|d| (d.reason.clone(), serde_json::Value::from(d.count)))
-            .collect::<serde_json::Map<String, serde_json::Value>>(),
-        "dropped_datagrams": h.dropped_datagrams,
-        "drops": drops,
-    })
+    let mut v = branchline_server::web::health_json(h);
+    v["server"] = server.to_string().into();
+    v
 }
 
 /// The health report as an aligned table.

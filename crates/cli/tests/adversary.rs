@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use branchline_transport::{Context, RequestError, Requester};
+use branchline_transport::{RequestError, Requester};
 use branchline_wire::msg::{ContentMeta, ErrorCode, PublishBegin};
 use branchline_wire::{Body, connector};
 
@@ -21,40 +21,32 @@ mod common;
 use common::*;
 
 fn hostile_requester(bed: &Bed, key: &str, last: u8) -> (tokio::runtime::Runtime, Requester) {
-    let key = branchline_transport::read_key_file(Path::new(key)).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let ip: IpAddr = bed.ip(last).parse().unwrap();
-    let req = rt.block_on(async {
-        Requester::new(
-            tokio::net::UdpSocket::bind((ip, 0)).await.unwrap(),
-            Context::new(vec![key.derive()]),
-        )
-    });
+    let req = key_holder(&rt, key, bed.ip(last).parse().unwrap());
     (rt, req)
 }
 
-fn unauthorized(r: Result<Body, RequestError>) -> String {
-    match r {
-        Err(RequestError::Refused {
-            code: ErrorCode::Unauthorized,
-            detail,
-            ..
-        }) => detail,
-        other => panic!("expected an unauthorized refusal, got {other:?}"),
-    }
+/// `publish FILE --name app --version 1.0 --origin FILE`.
+fn publish_app(file: &str) -> [&str; 8] {
+    [
+        "publish",
+        file,
+        "--name",
+        "app",
+        "--version",
+        "1.0",
+        "--origin",
+        file,
+    ]
 }
 
 #[test]
 fn a_device_with_the_deployment_key_cannot_publish_or_replace_a_package() {
     let bed = Bed::new();
-    let server = bed.server();
-    let key = bed.path("server/deployment.key");
-    wait_for("the server", Duration::from_secs(20), &[&server], || {
-        bed.health(&key)
-    });
+    let (server, key) = bed.started_server();
     let server_addr: SocketAddr = format!("{}:34323", bed.ip(1)).parse().unwrap();
 
     // The hostile device: deployment key, no credential.
@@ -103,58 +95,20 @@ fn a_device_with_the_deployment_key_cannot_publish_or_replace_a_package() {
     let evil_key = format!("{evil_dir}/deployment.key");
     write_key(&evil_key, &std::fs::read_to_string(&key).unwrap());
     let pkg = bed.path("app.bin");
-    let mut data = vec![0u8; 300_000];
-    rand::fill(&mut data[..]);
-    std::fs::write(&pkg, &data).unwrap();
-    let out = bed.connector_raw(
-        &evil_key,
-        &[
-            "publish",
-            &pkg,
-            "--name",
-            "app",
-            "--version",
-            "1.0",
-            "--origin",
-            &pkg,
-        ],
-    );
+    let mut data = random_file(Path::new(&pkg), 300_000);
+    let out = bed.connector_raw(&evil_key, &publish_app(&pkg));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("activate --token"), "{err}");
 
     // The honest connector (enrolled with the printed token) publishes app@1.0 ...
-    let out = bed.connector(
-        &key,
-        &[
-            "publish",
-            &pkg,
-            "--name",
-            "app",
-            "--version",
-            "1.0",
-            "--origin",
-            &pkg,
-        ],
-    );
+    let out = bed.connector(&key, &publish_app(&pkg));
     assert!(out.status.success(), "{out:?}\n{}", server.log());
     // ... and the same name@version with other bytes is refused, even for it.
     let other = bed.path("other.bin");
     data[0] ^= 1;
     std::fs::write(&other, &data).unwrap();
-    let out = bed.connector(
-        &key,
-        &[
-            "publish",
-            &other,
-            "--name",
-            "app",
-            "--version",
-            "1.0",
-            "--origin",
-            &other,
-        ],
-    );
+    let out = bed.connector(&key, &publish_app(&other));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("app@1.0 is already published"), "{err}");
@@ -190,17 +144,10 @@ fn a_device_with_the_deployment_key_cannot_publish_or_replace_a_package() {
 #[test]
 fn forged_key_mismatch_notices_do_not_stop_a_client() {
     let bed = Bed::new();
-    let server = bed.server();
-    let key = bed.path("server/deployment.key");
-    wait_for("the server", Duration::from_secs(20), &[&server], || {
-        bed.health(&key)
-    });
+    let (server, key) = bed.started_server();
     let client = bed.client(1, &key);
     let procs = [&server, &client];
-    wait_for("the client online", Duration::from_secs(30), &procs, || {
-        bed.health(&key)
-            .filter(|h| h["clients_online"].as_u64() == Some(1))
-    });
+    bed.wait_online(&key, 1, &procs);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -284,11 +231,8 @@ fn dropped(h: &serde_json::Value) -> u64 {
 fn ten_thousand_garbage_datagrams_at_20k_per_second_are_all_counted() {
     const GARBAGE: u64 = 10_000;
     let bed = Bed::new();
-    let server = bed.server();
-    let key = bed.path("server/deployment.key");
-    let before = wait_for("the server", Duration::from_secs(20), &[&server], || {
-        bed.health(&key)
-    });
+    let (server, key) = bed.started_server();
+    let before = bed.health(&key).unwrap();
     let server_addr: SocketAddr = format!("{}:34323", bed.ip(1)).parse().unwrap();
     let (socket_before, snmp_before) = (socket_drops(server_addr), rcvbuf_errors());
     let from: IpAddr = bed.ip(66).parse().unwrap();
@@ -371,17 +315,10 @@ fn sealed_at(key: &str, body: Body, sent_at_ms: u64) -> Vec<u8> {
 #[test]
 fn future_dated_floods_and_spoofed_source_replays_are_counted_and_never_answered() {
     let bed = Bed::new();
-    let server = bed.server();
-    let key = bed.path("server/deployment.key");
-    wait_for("the server", Duration::from_secs(20), &[&server], || {
-        bed.health(&key)
-    });
+    let (server, key) = bed.started_server();
     let client = bed.client(1, &key);
     let procs = [&server, &client];
-    wait_for("the client online", Duration::from_secs(30), &procs, || {
-        bed.health(&key)
-            .filter(|h| h["clients_online"].as_u64() == Some(1))
-    });
+    bed.wait_online(&key, 1, &procs);
     let server_addr: SocketAddr = format!("{}:34323", bed.ip(1)).parse().unwrap();
     let before = bed.health(&key).unwrap();
     let count = |h: &serde_json::Value, reason: &str| h["drops"][reason].as_u64().unwrap_or(0);
@@ -448,22 +385,8 @@ fn future_dated_floods_and_spoofed_source_replays_are_counted_and_never_answered
     // The honest client is still registered and still gets a package.
     assert_eq!(after["clients_online"].as_u64(), Some(1), "{after}");
     let pkg = bed.path("app.bin");
-    let mut data = vec![0u8; 3 << 20];
-    rand::fill(&mut data[..]);
-    std::fs::write(&pkg, &data).unwrap();
-    let out = bed.connector(
-        &key,
-        &[
-            "publish",
-            &pkg,
-            "--name",
-            "app",
-            "--version",
-            "1.0",
-            "--origin",
-            &pkg,
-        ],
-    );
+    let data = random_file(Path::new(&pkg), 3 << 20);
+    let out = bed.connector(&key, &publish_app(&pkg));
     assert!(out.status.success(), "{out:?}\n{}", server.log());
     let got = bed.path("got.bin");
     let out = run(&[
@@ -491,41 +414,15 @@ fn a_thousand_quic_connections_from_one_client_are_refused_beyond_the_cap() {
     const ATTEMPTS: usize = 1_000;
     const PER_IDENTITY: usize = branchline_quic::limits::DEFAULT_MAX_PER_PEER;
     let bed = Bed::new();
-    let server = bed.server();
-    let key = bed.path("server/deployment.key");
-    wait_for("the server", Duration::from_secs(20), &[&server], || {
-        bed.health(&key)
-    });
+    let (server, key) = bed.started_server();
     let seeder = bed.client(1, &key);
     let mut hostile = bed.client(3, &key);
     let procs = [&server, &seeder, &hostile];
-    wait_for(
-        "two clients online",
-        Duration::from_secs(30),
-        &procs,
-        || {
-            bed.health(&key)
-                .filter(|h| h["clients_online"].as_u64() == Some(2))
-        },
-    );
+    bed.wait_online(&key, 2, &procs);
     // The honest client 1 holds a package.
     let pkg = bed.path("app.bin");
-    let mut data = vec![0u8; 4 << 20];
-    rand::fill(&mut data[..]);
-    std::fs::write(&pkg, &data).unwrap();
-    let out = bed.connector(
-        &key,
-        &[
-            "publish",
-            &pkg,
-            "--name",
-            "app",
-            "--version",
-            "1.0",
-            "--origin",
-            &pkg,
-        ],
-    );
+    let data = random_file(Path::new(&pkg), 4 << 20);
+    let out = bed.connector(&key, &publish_app(&pkg));
     assert!(out.status.success(), "{out:?}");
     let out = run(&["get", "app@1.0", "--data-dir", &bed.path("client1")]);
     assert!(out.status.success(), "{out:?}\n{}", seeder.log());
@@ -638,15 +535,7 @@ fn a_thousand_quic_connections_from_one_client_are_refused_beyond_the_cap() {
     // package correctly.
     let honest = bed.client(2, &key);
     let procs = [&server, &seeder, &honest];
-    wait_for(
-        "the honest client online",
-        Duration::from_secs(30),
-        &procs,
-        || {
-            bed.health(&key)
-                .filter(|h| h["clients_online"].as_u64() == Some(2))
-        },
-    );
+    bed.wait_online(&key, 2, &procs);
     let got = bed.path("got.bin");
     let out = run(&[
         "get",
@@ -668,11 +557,7 @@ fn a_thousand_quic_connections_from_one_client_are_refused_beyond_the_cap() {
 fn registrations_of_new_ids_from_one_address_are_limited_per_minute() {
     const QUOTA: u64 = branchline_server::quota::DEFAULT_NEW_CLIENTS_PER_SOURCE_PER_MINUTE as u64;
     let bed = Bed::new();
-    let server = bed.server();
-    let key = bed.path("server/deployment.key");
-    wait_for("the server", Duration::from_secs(20), &[&server], || {
-        bed.health(&key)
-    });
+    let (server, key) = bed.started_server();
     let server_addr: SocketAddr = format!("{}:34323", bed.ip(1)).parse().unwrap();
     let (rt, req) = hostile_requester(&bed, &key, 66);
     let register = |n: u64| {

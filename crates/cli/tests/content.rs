@@ -12,34 +12,6 @@ mod common;
 
 use common::*;
 
-fn random_file(path: &Path, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    rand::fill(&mut data[..]);
-    std::fs::write(path, &data).unwrap();
-    data
-}
-
-fn publish(bed: &Bed, key: &str, file: &Path, name: &str, origin: &str, extra: &[&str]) -> String {
-    let mut args = vec![
-        "publish",
-        file.to_str().unwrap(),
-        "--name",
-        name,
-        "--origin",
-        origin,
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let out = bed.connector(key, &args);
-    assert!(
-        out.status.success(),
-        "publish: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["content_id"].as_str().unwrap().to_owned()
-}
-
 fn get_proc(bed: &Bed, n: u8, content: &str, out: &Path) -> Child {
     Command::new(BIN)
         .args([
@@ -76,49 +48,9 @@ fn finish(child: Child, what: &str, procs: &[&Proc]) -> Value {
 }
 
 fn wait_registered(bed: &Bed, key: &str, n: u64, procs: &[&Proc]) {
-    wait_for(
-        &format!("{n} clients online"),
-        Duration::from_secs(30),
-        procs,
-        || {
-            bed.health(key)
-                .filter(|h| h["clients_online"].as_u64() == Some(n))
-        },
-    );
+    bed.wait_online(key, n, procs);
     // The QUIC services start right after registration.
     std::thread::sleep(Duration::from_millis(300));
-}
-
-/// A server, an HTTP origin and one published package of `size` random bytes.
-struct Lan {
-    bed: Bed,
-    server: Proc,
-    key: String,
-    origin: Origin,
-    data: Vec<u8>,
-    id: String,
-}
-
-fn lan(size: usize, name: &str, publish_args: &[&str]) -> Lan {
-    let bed = Bed::new();
-    let server = bed.server();
-    let key = bed.path("server/deployment.key");
-    wait_for("the server", Duration::from_secs(20), &[&server], || {
-        bed.health(&key)
-    });
-    let origin = Origin::start(&bed.ip(5));
-    let src = PathBuf::from(bed.path("pkg.bin"));
-    let data = random_file(&src, size);
-    let url = origin.add("pkg.bin", &data);
-    let id = publish(&bed, &key, &src, name, &url, publish_args);
-    Lan {
-        bed,
-        server,
-        key,
-        origin,
-        data,
-        id,
-    }
 }
 
 #[test]
@@ -140,7 +72,7 @@ fn content_on_one_lan() {
     );
 
     // Publishing the same bytes again is idempotent: same id, nothing new.
-    let out = bed.connector(
+    let again = bed.connector_json(
         &key,
         &[
             "publish",
@@ -152,12 +84,6 @@ fn content_on_one_lan() {
             "--json",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(again["content_id"], id.as_str());
     assert_eq!(again["new"], false);
 
@@ -252,25 +178,15 @@ fn the_server_sends_content_it_holds_to_central_office_clients() {
     let bed = Bed::new();
     let cfg = bed.path("server.toml");
     std::fs::write(&cfg, "[server]\ncontent_cache_size = \"1GiB\"\n").unwrap();
-    let server = bed.server_with(&["--config", &cfg]);
-    let key = bed.path("server/deployment.key");
-    wait_for("the server", Duration::from_secs(20), &[&server], || {
-        bed.health(&key)
-    });
+    let (server, key) = bed.started_server_with(&["--config", &cfg]);
     // A package published with a file origin this host can read: the server keeps a copy.
     const SIZE: usize = 24 << 20;
     let src = PathBuf::from(bed.path("pkg.bin"));
     let data = random_file(&src, SIZE);
-    let out = bed.connector(
+    let id = bed.connector_json(
         &key,
         &["publish", src.to_str().unwrap(), "--name", "held", "--json"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["content_id"]
+    )["content_id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -479,27 +395,7 @@ fn client_metrics_count_where_the_bytes_came_from() {
     } = lan(SIZE, "metered", &["--version", "1"]);
     let port = |n: u8| 35800 + u16::from(n);
     let clients: Vec<Proc> = (1..=2u8)
-        .map(|n| {
-            Proc::spawn(
-                bed.dir.path(),
-                &format!("client{n}"),
-                &[
-                    "client",
-                    "--server",
-                    &bed.ip(1),
-                    "--key-file",
-                    &key,
-                    "--data-dir",
-                    &bed.path(&format!("client{n}")),
-                    "--bind",
-                    &bed.ip(10 + n),
-                    "--heartbeat-interval",
-                    "0.3",
-                    "--metrics-port",
-                    &port(n).to_string(),
-                ],
-            )
-        })
+        .map(|n| bed.client_with(&[], n, &key, &["--metrics-port", &port(n).to_string()]))
         .collect();
     let mut all: Vec<&Proc> = vec![&server];
     all.extend(clients.iter());
@@ -581,25 +477,7 @@ fn json_logs_carry_the_client_content_and_office() {
         data,
         id,
     } = lan(SIZE, "logged", &["--version", "1"]);
-    let client = Proc::spawn(
-        bed.dir.path(),
-        "client1",
-        &[
-            "--log-format",
-            "json",
-            "client",
-            "--server",
-            &bed.ip(1),
-            "--key-file",
-            &key,
-            "--data-dir",
-            &bed.path("client1"),
-            "--bind",
-            &bed.ip(11),
-            "--heartbeat-interval",
-            "0.3",
-        ],
-    );
+    let client = bed.client_with(&["--log-format", "json"], 1, &key, &[]);
     wait_registered(&bed, &key, 1, &[&server, &client]);
     let out = PathBuf::from(bed.path("logged.bin"));
     finish(get_proc(&bed, 1, &id, &out), "get", &[&server, &client]);

@@ -41,15 +41,9 @@ const CLIENTS: [&str; 12] = [
 #[ignore = "needs root: network namespaces"]
 fn deploy_to_all_crosses_each_link_once() {
     let topo = topology("four-offices.toml");
-    let d = Deployment::start(&topo, &CLIENTS);
-    d.wait_online(CLIENTS.len() as u64);
-    let file = d.dir.path().join("topology.toml");
-    std::fs::write(&file, TOPOLOGY).unwrap();
-    d.connector_ok(&["topology", "apply", file.to_str().unwrap()]);
+    let d = Deployment::with_offices(&topo, &CLIENTS, TOPOLOGY);
     let size = 32 << 20;
-    let data = random(size);
-    let (origin, url) = Origin::start(&d.tb, "origin", "pkg.bin", data.clone());
-    let id = publish(&d, &data, &url);
+    let (data, origin, id) = published_package(&d, size);
     let before = d.wan_in();
     let started = Instant::now();
     d.connector_ok(&["deploy", &id, "--to", "all"]);
@@ -106,15 +100,9 @@ fn deploy_to_all_crosses_each_link_once() {
 fn a_killed_rvp_is_replaced_and_its_office_completes() {
     let topo = topology("four-offices.toml");
     let hosts = ["hq1", "n1", "n2", "n3"];
-    let mut d = Deployment::start(&topo, &hosts);
-    d.wait_online(hosts.len() as u64);
-    let file = d.dir.path().join("topology.toml");
-    std::fs::write(&file, TOPOLOGY).unwrap();
-    d.connector_ok(&["topology", "apply", file.to_str().unwrap()]);
+    let mut d = Deployment::with_offices(&topo, &hosts, TOPOLOGY);
     let size = 32 << 20;
-    let data = random(size);
-    let (origin, url) = Origin::start(&d.tb, "origin", "pkg.bin", data.clone());
-    let id = publish(&d, &data, &url);
+    let (data, origin, id) = published_package(&d, size);
     let before = d.wan_in();
     d.connector_ok(&["deploy", &id, "--to", "all"]);
     // Find north's RVP once it has pulled about a third, and kill it.
@@ -226,15 +214,9 @@ fn a_slow_lossy_link_completes_with_one_copy() {
     // West: 4 Mbit/s, 64 kB of queue, 60 ms each way, 0.5 % loss.
     let topo = topology("three-offices.toml");
     let hosts = ["hq1", "hq2", "e1", "e2", "e3", "e4", "w1", "w2"];
-    let d = Deployment::start(&topo, &hosts);
-    d.wait_online(hosts.len() as u64);
-    let file = d.dir.path().join("topology.toml");
-    std::fs::write(&file, THREE_OFFICES).unwrap();
-    d.connector_ok(&["topology", "apply", file.to_str().unwrap()]);
+    let d = Deployment::with_offices(&topo, &hosts, THREE_OFFICES);
     let size = 8 << 20;
-    let data = random(size);
-    let (origin, url) = Origin::start(&d.tb, "origin", "pkg.bin", data.clone());
-    let id = publish(&d, &data, &url);
+    let (data, origin, id) = published_package(&d, size);
     let before = d.wan_in();
     let started = Instant::now();
     d.connector_ok(&["deploy", &id, "--to", "all"]);
@@ -278,13 +260,9 @@ fn a_link_outside_its_hours_carries_nothing_until_they_begin() {
         "subnets = [\"198.18.3.0/24\"]\n",
         &format!("subnets = [\"198.18.3.0/24\"]\n[office.wan]\nhours = \"{hours}\"\n"),
     );
-    let file = d.dir.path().join("topology.toml");
-    std::fs::write(&file, text).unwrap();
-    d.connector_ok(&["topology", "apply", file.to_str().unwrap()]);
+    d.apply_topology(&text);
     let size = 8 << 20;
-    let data = random(size);
-    let (_origin, url) = Origin::start(&d.tb, "origin", "pkg.bin", data.clone());
-    let id = publish(&d, &data, &url);
+    let (data, _origin, id) = published_package(&d, size);
     let before = d.wan_in();
     d.connector_ok(&["deploy", &id, "--to", "all"]);
     let south = |l: &Vec<(String, u64)>| l.iter().find(|(n, _)| n == "south").unwrap().1;
@@ -335,11 +313,7 @@ fn south_of(d: &Deployment, id: &str) -> (u64, u64) {
 fn two_deployments_cross_a_link_one_after_the_other() {
     let topo = topology("four-offices.toml");
     let hosts = ["hq1", "s1", "s2"];
-    let d = Deployment::start(&topo, &hosts);
-    d.wait_online(hosts.len() as u64);
-    let file = d.dir.path().join("topology.toml");
-    std::fs::write(&file, TOPOLOGY).unwrap();
-    d.connector_ok(&["topology", "apply", file.to_str().unwrap()]);
+    let d = Deployment::with_offices(&topo, &hosts, TOPOLOGY);
     let size = 16 << 20;
     let (a, b) = (random(size), random(size));
     let (_origin_a, url_a) = Origin::start(&d.tb, "origin", "a.bin", a.clone());
@@ -399,15 +373,9 @@ fn two_deployments_cross_a_link_one_after_the_other() {
 fn an_office_completes_through_subnet_discovery_with_the_server_down() {
     let topo = topology("four-offices.toml");
     let hosts = ["hq1", "n1", "n2", "n3"];
-    let mut d = Deployment::start(&topo, &hosts);
-    d.wait_online(hosts.len() as u64);
-    let file = d.dir.path().join("topology.toml");
-    std::fs::write(&file, TOPOLOGY).unwrap();
-    d.connector_ok(&["topology", "apply", file.to_str().unwrap()]);
+    let mut d = Deployment::with_offices(&topo, &hosts, TOPOLOGY);
     let size = 32 << 20;
-    let data = random(size);
-    let (_origin, url) = Origin::start(&d.tb, "origin", "pkg.bin", data.clone());
-    let id = publish(&d, &data, &url);
+    let (data, _origin, id) = published_package(&d, size);
     let before = d.wan_in();
     d.connector_ok(&["deploy", &id, "--to", "all"]);
     // Stop the server once north's RVP has pulled about a quarter over the link.
@@ -486,9 +454,7 @@ fn wifi_offices_do_not_broadcast_and_hostile_discovery_datagrams_are_counted() {
         "subnets = [\"198.18.3.0/24\"]\n",
         "subnets = [\"198.18.3.0/24\"]\ntype = \"wifi\"\n",
     );
-    let file = d.dir.path().join("topology.toml");
-    std::fs::write(&file, text).unwrap();
-    d.connector_ok(&["topology", "apply", file.to_str().unwrap()]);
+    d.apply_topology(&text);
     // Heartbeats (every second) tell the clients their office type.
     std::thread::sleep(Duration::from_millis(2500));
     let stop = Arc::new(AtomicBool::new(false));
@@ -506,9 +472,7 @@ fn wifi_offices_do_not_broadcast_and_hostile_discovery_datagrams_are_counted() {
     );
     std::thread::sleep(Duration::from_millis(300));
     let size = 8 << 20;
-    let data = random(size);
-    let (_origin, url) = Origin::start(&d.tb, "origin", "pkg.bin", data.clone());
-    let id = publish(&d, &data, &url);
+    let (data, _origin, id) = published_package(&d, size);
     d.connector_ok(&["deploy", &id, "--to", "all"]);
     d.wait_done(&id, 3, Duration::from_secs(180));
     stop.store(true, Ordering::Relaxed);
@@ -561,15 +525,9 @@ fn wifi_offices_do_not_broadcast_and_hostile_discovery_datagrams_are_counted() {
 fn an_admin_pauses_and_resumes_a_wan_transfer() {
     let topo = topology("four-offices.toml");
     let hosts = ["hq1", "s1", "s2"];
-    let d = Deployment::start(&topo, &hosts);
-    d.wait_online(hosts.len() as u64);
-    let file = d.dir.path().join("topology.toml");
-    std::fs::write(&file, TOPOLOGY).unwrap();
-    d.connector_ok(&["topology", "apply", file.to_str().unwrap()]);
+    let d = Deployment::with_offices(&topo, &hosts, TOPOLOGY);
     let size = 32 << 20;
-    let data = random(size);
-    let (_origin, url) = Origin::start(&d.tb, "origin", "pkg.bin", data.clone());
-    let id = publish(&d, &data, &url);
+    let (data, _origin, id) = published_package(&d, size);
     let before = d.wan_in();
     d.connector_ok(&["deploy", &id, "--to", "all"]);
     // South's transfer, once it has a quarter.

@@ -8,7 +8,6 @@
 //! correctly.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +17,11 @@ use branchline_quic::{
     DeploymentName, DeploymentTrust, LargeConfig, LargeMessaging, PieceRequest, Role,
     TransportSettings, transport_config,
 };
-use branchline_transport::{Context, RequestError, Requester};
+use branchline_transport::{RequestError, Requester};
 use branchline_wire::large::{
     LargeRequest, LargeResponse, Locate, Locations, ReportBadPeer, ReportHave, Request, Response,
 };
-use branchline_wire::msg::{ErrorCode, Register, RegisterOk};
+use branchline_wire::msg::{Register, RegisterOk};
 use branchline_wire::{Body, ClientId};
 use prost::Message as _;
 use serde_json::Value;
@@ -31,62 +30,7 @@ mod common;
 
 use common::*;
 
-/// A server, an origin and one published package of random bytes.
-struct Lan {
-    bed: Bed,
-    server: Proc,
-    key: String,
-    origin: Origin,
-    data: Vec<u8>,
-    id: String,
-}
-
 const SIZE: usize = 4 << 20;
-
-fn lan() -> Lan {
-    let bed = Bed::new();
-    let server = bed.server();
-    let key = bed.path("server/deployment.key");
-    wait_for("the server", Duration::from_secs(30), &[&server], || {
-        bed.health(&key)
-    });
-    let origin = Origin::start(&bed.ip(5));
-    let src = PathBuf::from(bed.path("pkg.bin"));
-    let mut data = vec![0u8; SIZE];
-    rand::fill(&mut data[..]);
-    std::fs::write(&src, &data).unwrap();
-    let url = origin.add("pkg.bin", &data);
-    // The connector enrols with the server's token on its first admin command.
-    let out = bed.connector(
-        &key,
-        &[
-            "publish",
-            src.to_str().unwrap(),
-            "--name",
-            "pkg",
-            "--version",
-            "1",
-            "--origin",
-            &url,
-            "--json",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "publish: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let id = v["content_id"].as_str().unwrap().to_owned();
-    Lan {
-        bed,
-        server,
-        key,
-        origin,
-        data,
-        id,
-    }
-}
 
 /// `branchline get` through client `n`'s daemon; the file's bytes.
 fn get(bed: &Bed, n: u8, content: &str, procs: &[&Proc]) -> Vec<u8> {
@@ -117,27 +61,9 @@ fn get(bed: &Bed, n: u8, content: &str, procs: &[&Proc]) -> Vec<u8> {
     std::fs::read(out_path).unwrap()
 }
 
-fn wait_online(bed: &Bed, key: &str, n: u64, procs: &[&Proc]) {
-    wait_for(
-        &format!("{n} clients online"),
-        Duration::from_secs(30),
-        procs,
-        || {
-            bed.health(key)
-                .filter(|h| h["clients_online"].as_u64() == Some(n))
-        },
-    );
-}
-
 /// `connector client list --json`, by hostname.
 fn identities(bed: &Bed, key: &str) -> Vec<Value> {
-    let out = bed.connector_raw(key, &["client", "list", "--json"]);
-    assert!(
-        out.status.success(),
-        "client list: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = bed.connector_json(key, &["client", "list", "--json"]);
     v["clients"].as_array().unwrap().clone()
 }
 
@@ -162,19 +88,13 @@ struct Device {
 
 impl Device {
     fn new(bed: &Bed, key: &str, last: u8, id: ClientId) -> Device {
-        let key = branchline_transport::read_key_file(Path::new(key)).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
         let ip: IpAddr = bed.ip(last).parse().unwrap();
-        let req = rt.block_on(async {
-            Requester::new(
-                tokio::net::UdpSocket::bind((ip, 0)).await.unwrap(),
-                Context::new(vec![key.derive()]),
-            )
-        });
+        let req = key_holder(&rt, key, ip);
         let dir = tempfile::tempdir().unwrap();
         let identity = ClientIdentity::load_or_generate(dir.path()).unwrap();
         Device {
@@ -328,17 +248,6 @@ fn random_id() -> ClientId {
     ClientId(rand::random())
 }
 
-fn unauthorized(r: Result<RegisterOk, RequestError>) -> String {
-    match r {
-        Err(RequestError::Refused {
-            code: ErrorCode::Unauthorized,
-            detail,
-            ..
-        }) => detail,
-        other => panic!("expected an unauthorized refusal, got {other:?}"),
-    }
-}
-
 #[test]
 fn another_clients_id_cannot_be_taken_over() {
     let Lan {
@@ -348,9 +257,9 @@ fn another_clients_id_cannot_be_taken_over() {
         data,
         id,
         origin: _origin,
-    } = lan();
+    } = lan(SIZE, "pkg", &["--version", "1"]);
     let victim = bed.client(1, &key);
-    wait_online(&bed, &key, 1, &[&server, &victim]);
+    bed.wait_online(&key, 1, &[&server, &victim]);
     let before = wait_for(
         "the victim's identity",
         Duration::from_secs(20),
@@ -409,10 +318,10 @@ fn one_hostile_reporter_cannot_get_an_honest_peer_dropped() {
         origin,
         data,
         id,
-    } = lan();
+    } = lan(SIZE, "pkg", &["--version", "1"]);
     let honest = bed.client(1, &key);
     let other = bed.client(2, &key);
-    wait_online(&bed, &key, 2, &[&server, &honest, &other]);
+    bed.wait_online(&key, 2, &[&server, &honest, &other]);
     assert_eq!(get(&bed, 1, &id, &[&server, &honest]), data);
     let honest_id = identity_of(&bed, &key, "client-1").unwrap()["client_id"]
         .as_str()
@@ -468,7 +377,7 @@ fn false_complete_claims_do_not_stop_origin_reads() {
         origin,
         data,
         id,
-    } = lan();
+    } = lan(SIZE, "pkg", &["--version", "1"]);
     // Before anyone holds the package, a hostile device claims it holds all of it (and
     // serves nothing).
     let mut hostile = Device::new(&bed, &key, 66, random_id());
@@ -485,7 +394,7 @@ fn false_complete_claims_do_not_stop_origin_reads() {
     let c1 = bed.client(1, &key);
     let c2 = bed.client(2, &key);
     // The hostile device counts as online (it announced a 10-minute heartbeat).
-    wait_online(&bed, &key, 3, &[&server, &c1, &c2]);
+    bed.wait_online(&key, 3, &[&server, &c1, &c2]);
     assert_eq!(get(&bed, 1, &id, &[&server, &c1]), data);
     let read = origin.server.bytes_served();
     assert!(read >= SIZE as u64, "the origin was read: {read} bytes");
@@ -504,10 +413,10 @@ fn a_revoked_client_cannot_fetch_from_any_peer() {
         data,
         id,
         origin: _origin,
-    } = lan();
+    } = lan(SIZE, "pkg", &["--version", "1"]);
     let c1 = bed.client(1, &key);
     let c2 = bed.client(2, &key);
-    wait_online(&bed, &key, 2, &[&server, &c1, &c2]);
+    bed.wait_online(&key, 2, &[&server, &c1, &c2]);
     let procs = [&server, &c1, &c2];
     assert_eq!(get(&bed, 1, &id, &procs), data);
     let c1_id = identity_of(&bed, &key, "client-1").unwrap()["client_id"]
@@ -577,11 +486,7 @@ fn in_approve_mode_a_new_client_waits_for_the_admin() {
     let bed = Bed::new();
     let config = bed.path("approve.toml");
     std::fs::write(&config, "[server]\nenrollment = \"approve\"\n").unwrap();
-    let server = bed.server_with(&["--config", &config]);
-    let key = bed.path("server/deployment.key");
-    wait_for("the server", Duration::from_secs(30), &[&server], || {
-        bed.health(&key)
-    });
+    let (server, key) = bed.started_server_with(&["--config", &config]);
     // The connector enrols (its credential is needed for `client` commands).
     let tokens = bed.path("server/connector.tokens");
     let out = bed.connector_raw(&key, &["activate", "--token-file", &tokens]);
@@ -616,7 +521,7 @@ fn in_approve_mode_a_new_client_waits_for_the_admin() {
         "approve: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_online(&bed, &key, 1, &[&server, &c1]);
+    bed.wait_online(&key, 1, &[&server, &c1]);
     wait_for(
         "the approved client's QUIC services",
         Duration::from_secs(30),

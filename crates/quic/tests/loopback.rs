@@ -83,19 +83,43 @@ fn content_node(identity: &NodeIdentity, trust: DeploymentTrust) -> ContentNode 
     .unwrap()
 }
 
+/// Clients aa01 and bb02 of one deployment: `a` serves `source` and `b` has connected
+/// to it, checking that the peer at `a`'s address is aa01 (`peer`).
+struct Pair {
+    b: ContentNode,
+    conn: quinn::Connection,
+    peer: PeerIdentity,
+    /// `a`, the deployment and `a`'s serving task: bind it for the whole test.
+    _keep: (ContentNode, Deployment, tokio::task::JoinHandle<()>),
+}
+
+async fn serving_pair<S: PieceSource>(source: Arc<S>) -> Pair {
+    let dep = Deployment::new();
+    let a = content_node(&dep.client("aa01"), dep.trust());
+    let b = content_node(&dep.client("bb02"), dep.trust());
+    let serving = a.serve(source);
+    let (conn, peer) = b
+        .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
+        .await
+        .unwrap();
+    Pair {
+        b,
+        conn,
+        peer,
+        _keep: (a, dep, serving),
+    }
+}
+
 #[tokio::test]
 async fn two_clients_of_one_deployment_authenticate_each_other_and_move_pieces() {
     tokio::time::timeout(GUARD, async {
-        let dep = Deployment::new();
-        let a = content_node(&dep.client("aa01"), dep.trust());
-        let b = content_node(&dep.client("bb02"), dep.trust());
         let source = source_with_pieces();
-        let _serving = a.serve(source.clone());
-
-        let (conn, peer) = b
-            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
-            .await
-            .unwrap();
+        let Pair {
+            b,
+            conn,
+            peer,
+            _keep,
+        } = serving_pair(source.clone()).await;
         assert_eq!(peer.role, client_role("aa01"));
 
         // Whole piece, a sub-range, and several pieces at once on one connection.
@@ -136,14 +160,7 @@ async fn two_clients_of_one_deployment_authenticate_each_other_and_move_pieces()
 #[tokio::test]
 async fn piece_errors_are_typed() {
     tokio::time::timeout(GUARD, async {
-        let dep = Deployment::new();
-        let a = content_node(&dep.client("aa01"), dep.trust());
-        let b = content_node(&dep.client("bb02"), dep.trust());
-        let _serving = a.serve(source_with_pieces());
-        let (conn, _) = b
-            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
-            .await
-            .unwrap();
+        let Pair { b, conn, _keep, .. } = serving_pair(source_with_pieces()).await;
 
         let missing = PieceRequest {
             content: CONTENT,
@@ -392,6 +409,24 @@ fn large_pair(dep: &Deployment, server_cfg: LargeConfig, client_cfg: LargeConfig
     LargePair { server, client }
 }
 
+impl LargePair {
+    /// Serves `handler` on the server and connects the client to it: the serving task
+    /// (keep it for the whole test) and the connection.
+    async fn serve_and_connect<H, Fut>(
+        &self,
+        handler: H,
+    ) -> (tokio::task::JoinHandle<()>, quinn::Connection)
+    where
+        H: Fn(PeerIdentity, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Bytes, HandlerError>> + Send + 'static,
+    {
+        let serving = self.server.serve(handler);
+        let addr = self.server.request_endpoint().local_addr().unwrap();
+        let (conn, _) = self.client.connect(addr, &Role::Server).await.unwrap();
+        (serving, conn)
+    }
+}
+
 /// Answers with the request's bytes reversed, prefixed by the asker's name.
 async fn reverse_handler(peer: PeerIdentity, request: Bytes) -> Result<Bytes, HandlerError> {
     if request.as_ref() == b"refuse" {
@@ -486,9 +521,7 @@ async fn oversized_frames_get_typed_errors() {
 
         // Our own limit: refused before anything is sent.
         let pair = large_pair(&dep, big.clone(), small.clone());
-        let _serving = pair.server.serve(reverse_handler);
-        let addr = pair.server.request_endpoint().local_addr().unwrap();
-        let (conn, _) = pair.client.connect(addr, &Role::Server).await.unwrap();
+        let (_serving, conn) = pair.serve_and_connect(reverse_handler).await;
         let err = pair
             .client
             .request(&conn, pattern(100_000, 1))
@@ -513,9 +546,7 @@ async fn oversized_frames_get_typed_errors() {
         let echo_big =
             async |_p: PeerIdentity, _r: Bytes| Ok::<_, HandlerError>(pattern(200_000, 3));
         let pair2 = large_pair(&dep, big.clone(), small.clone());
-        let _serving2 = pair2.server.serve(echo_big);
-        let addr2 = pair2.server.request_endpoint().local_addr().unwrap();
-        let (conn2, _) = pair2.client.connect(addr2, &Role::Server).await.unwrap();
+        let (_serving2, conn2) = pair2.serve_and_connect(echo_big).await;
         let err = pair2
             .client
             .request(&conn2, Bytes::from_static(b"hi"))
@@ -534,9 +565,7 @@ async fn oversized_frames_get_typed_errors() {
 
         // The peer's limit is smaller than ours: it refuses with a reason.
         let pair3 = large_pair(&dep, small.clone(), big.clone());
-        let _serving3 = pair3.server.serve(reverse_handler);
-        let addr3 = pair3.server.request_endpoint().local_addr().unwrap();
-        let (conn3, _) = pair3.client.connect(addr3, &Role::Server).await.unwrap();
+        let (_serving3, conn3) = pair3.serve_and_connect(reverse_handler).await;
         let err = pair3
             .client
             .request(&conn3, pattern(500_000, 1))
@@ -565,9 +594,7 @@ async fn malformed_frames_are_answered_not_crashed_on() {
     tokio::time::timeout(GUARD, async {
         let dep = Deployment::new();
         let pair = large_pair(&dep, LargeConfig::default(), LargeConfig::default());
-        let _serving = pair.server.serve(reverse_handler);
-        let addr = pair.server.request_endpoint().local_addr().unwrap();
-        let (conn, _) = pair.client.connect(addr, &Role::Server).await.unwrap();
+        let (_serving, conn) = pair.serve_and_connect(reverse_handler).await;
         for junk in [
             &[9u8, 0, 0, 0, 0][..],
             &[1, 0, 0, 0, 10, 1, 2][..],
@@ -604,9 +631,7 @@ async fn a_stuck_handler_hits_the_request_timeout() {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok::<_, HandlerError>(Bytes::new())
         };
-        let _serving = pair.server.serve(stuck);
-        let addr = pair.server.request_endpoint().local_addr().unwrap();
-        let (conn, _) = pair.client.connect(addr, &Role::Server).await.unwrap();
+        let (_serving, conn) = pair.serve_and_connect(stuck).await;
         let err = pair
             .client
             .request(&conn, Bytes::from_static(b"hi"))
@@ -983,14 +1008,9 @@ impl PieceSource for StuckSource {
 #[tokio::test]
 async fn a_slow_peer_hits_the_piece_timeout_and_the_connection_stays_usable() {
     tokio::time::timeout(GUARD, async {
-        let dep = Deployment::new();
-        let a = content_node(&dep.client("aa01"), dep.trust());
-        let b = content_node(&dep.client("bb02"), dep.trust());
-        let _serving = a.serve(Arc::new(StuckSource));
-        let (conn, _) = b
-            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
-            .await
-            .unwrap();
+        let Pair {
+            b: _b, conn, _keep, ..
+        } = serving_pair(Arc::new(StuckSource)).await;
         let quick = ContentConfig {
             piece_timeout: Duration::from_millis(200),
             ..ContentConfig::default()
@@ -1017,10 +1037,6 @@ use branchline_time::now_ms;
 #[tokio::test]
 async fn have_queries_follow_the_cache_as_it_grows() {
     tokio::time::timeout(GUARD, async {
-        let dep = Deployment::new();
-        let a = content_node(&dep.client("aa01"), dep.trust());
-        let b = content_node(&dep.client("bb02"), dep.trust());
-
         // A's cache: one content of 10 pieces of 16 KiB (10 bits: 2 bytes).
         let dir = tempfile::tempdir().unwrap();
         let cache = Arc::new(Cache::open(dir.path(), CacheCap::Bytes(1 << 30), now_ms()).unwrap());
@@ -1030,14 +1046,11 @@ async fn have_queries_follow_the_cache_as_it_grows() {
         let id = map.id();
         let content = *id.as_bytes();
         let piece = |i: usize| &data[i * 16 * 1024..(i + 1) * 16 * 1024];
-        let _serving = a.serve(Arc::new(CacheSource {
+        let Pair { b, conn, _keep, .. } = serving_pair(Arc::new(CacheSource {
             cache: cache.clone(),
             corrupted: None,
-        }));
-        let (conn, _) = b
-            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
-            .await
-            .unwrap();
+        }))
+        .await;
 
         // Unknown content, then begun but no piece yet: NotFound both times.
         assert_eq!(b.fetch_have(&conn, &content).await.unwrap(), None);
@@ -1094,15 +1107,8 @@ async fn have_queries_follow_the_cache_as_it_grows() {
 #[tokio::test]
 async fn have_queries_to_a_source_without_bitfields_say_not_found() {
     tokio::time::timeout(GUARD, async {
-        let dep = Deployment::new();
-        let a = content_node(&dep.client("aa01"), dep.trust());
-        let b = content_node(&dep.client("bb02"), dep.trust());
         // MemSource keeps the trait's default `have`.
-        let _serving = a.serve(source_with_pieces());
-        let (conn, _) = b
-            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
-            .await
-            .unwrap();
+        let Pair { b, conn, _keep, .. } = serving_pair(source_with_pieces()).await;
         assert_eq!(b.fetch_have(&conn, &CONTENT).await.unwrap(), None);
     })
     .await
@@ -1112,14 +1118,7 @@ async fn have_queries_to_a_source_without_bitfields_say_not_found() {
 #[tokio::test]
 async fn an_unknown_first_byte_is_refused_cleanly() {
     tokio::time::timeout(GUARD, async {
-        let dep = Deployment::new();
-        let a = content_node(&dep.client("aa01"), dep.trust());
-        let b = content_node(&dep.client("bb02"), dep.trust());
-        let _serving = a.serve(source_with_pieces());
-        let (conn, _) = b
-            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
-            .await
-            .unwrap();
+        let Pair { b, conn, _keep, .. } = serving_pair(source_with_pieces()).await;
 
         for garbage in [&[0x00][..], &[0xff; 45][..], &[0x03; 33][..]] {
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -1159,15 +1158,8 @@ async fn an_unknown_first_byte_is_refused_cleanly() {
 #[tokio::test]
 async fn the_progress_counter_ends_at_the_piece_length() {
     tokio::time::timeout(GUARD, async {
-        let dep = Deployment::new();
-        let a = content_node(&dep.client("aa01"), dep.trust());
-        let b = content_node(&dep.client("bb02"), dep.trust());
         let source = source_with_pieces();
-        let _serving = a.serve(source.clone());
-        let (conn, _) = b
-            .connect(a.endpoint().local_addr().unwrap(), &client_role("aa01"))
-            .await
-            .unwrap();
+        let Pair { b, conn, _keep, .. } = serving_pair(source.clone()).await;
 
         let whole = PieceRequest {
             content: CONTENT,

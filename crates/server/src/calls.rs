@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use branchline_office::{OfficeKind, TopologyFile};
 use branchline_store::ContentId;
@@ -16,6 +16,7 @@ use crate::admin::{
 };
 use crate::deploy::{Deployment, SourceBytes, Target};
 use crate::handler::ServerState;
+use crate::lock;
 use crate::registry::ClientRecord;
 
 /// The address the server saw a client at (placement uses it, never what it reports).
@@ -48,13 +49,7 @@ pub async fn execute(state: Arc<ServerState>, call: AdminCall) -> AdminResult {
         AdminCall::TopologyApply { toml } => apply(&state, toml).await,
         AdminCall::TopologyShow => AdminResult::ok(topology_view(&state)),
         AdminCall::TopologyExport => {
-            let toml = state
-                .offices
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .tree()
-                .export()
-                .to_toml();
+            let toml = lock(&state.offices).tree().export().to_toml();
             AdminResult::ok(serde_json::json!({ "toml": toml }))
         }
         AdminCall::Deploy {
@@ -91,7 +86,7 @@ fn rotate_key(state: &ServerState, overlap_s: Option<u64>) -> AdminResult {
     let now = state.clock.now_ms();
     let new = branchline_wire::DeploymentKey::from_bytes(rand::random());
     {
-        let mut keys = state.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys = lock(&state.keys);
         if let Err(e) = keys.rotate(new.clone(), now, overlap) {
             return AdminResult::invalid(e.to_string());
         }
@@ -122,12 +117,9 @@ fn rotate_key(state: &ServerState, overlap_s: Option<u64>) -> AdminResult {
 /// The keys and, per client, which key it used last.
 pub fn key_status(state: &ServerState) -> crate::admin::KeyStatusView {
     let now = state.clock.now_ms();
-    let keys = state.keys.lock().unwrap_or_else(PoisonError::into_inner);
+    let keys = lock(&state.keys);
     let current = keys.current().derive().id();
-    let registry = state
-        .registry
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let registry = lock(&state.registry);
     let mut clients: Vec<crate::admin::ClientKeyView> = registry
         .snapshot()
         .into_iter()
@@ -169,10 +161,7 @@ async fn apply(state: &Arc<ServerState>, toml: String) -> AdminResult {
         return AdminResult::invalid(e.to_string());
     }
     let clients: Vec<(ClientId, IpAddr)> = {
-        let registry = state
-            .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let registry = lock(&state.registry);
         registry
             .snapshot()
             .iter()
@@ -182,7 +171,7 @@ async fn apply(state: &Arc<ServerState>, toml: String) -> AdminResult {
     // Check first on a copy, so that a refused file leaves nothing half-applied and the
     // database write happens before the change takes effect.
     {
-        let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
+        let offices = lock(&state.offices);
         let mut probe = offices.tree().clone();
         if let Err(e) = probe.apply(&file) {
             return AdminResult::invalid(e.to_string());
@@ -191,11 +180,7 @@ async fn apply(state: &Arc<ServerState>, toml: String) -> AdminResult {
     if let Err(e) = state.writer.save_topology(toml, state.clock.now_ms()).await {
         return AdminResult::failed(format!("the server could not store the topology: {e}"));
     }
-    let applied = state
-        .offices
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .apply(&file, clients);
+    let applied = lock(&state.offices).apply(&file, clients);
     match applied {
         Ok(()) => {
             tracing::info!(offices = file.offices.len(), "topology applied");
@@ -208,15 +193,9 @@ async fn apply(state: &Arc<ServerState>, toml: String) -> AdminResult {
 /// The tree with clients per office and current RVPs.
 pub fn topology_view(state: &ServerState) -> TopologyView {
     let now = state.clock.now_ms();
-    let registry = state
-        .registry
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
-    let catalogue = state
-        .catalogue
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let registry = lock(&state.registry);
+    let offices = lock(&state.offices);
+    let catalogue = lock(&state.catalogue);
     let tree = offices.tree();
     let rvps = offices.rvps();
     let mut out = Vec::new();
@@ -260,10 +239,7 @@ pub fn topology_view(state: &ServerState) -> TopologyView {
 
 /// A content id or name[@version] from the catalogue.
 fn resolve(state: &ServerState, text: &str) -> Result<(ContentId, String), AdminResult> {
-    let cat = state
-        .catalogue
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let cat = lock(&state.catalogue);
     let item = if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
         text.parse::<ContentId>().ok().and_then(|id| cat.get(&id))
     } else {
@@ -299,13 +275,7 @@ async fn deploy(
         Err(e) => return AdminResult::invalid(format!("--to {e}")),
     };
     if let Target::Office(n) = &target
-        && state
-            .offices
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .tree()
-            .find(n)
-            .is_none()
+        && lock(&state.offices).tree().find(n).is_none()
     {
         return AdminResult::invalid(format!(
             "--to office:{n}: no such office (`connector topology show` lists them)"
@@ -313,10 +283,7 @@ async fn deploy(
     }
     let now = state.clock.now_ms();
     let (deployment, new) = {
-        let mut d = state
-            .deployments
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut d = lock(&state.deployments);
         let next = d.next_id();
         match d.add(Deployment {
             id: next,
@@ -335,15 +302,9 @@ async fn deploy(
     // Push to the targeted clients that are online now; the rest learn it from their
     // heartbeat replies.
     let targets: Vec<SocketAddr> = {
-        let registry = state
-            .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
-        let locations = state
-            .locations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let registry = lock(&state.registry);
+        let offices = lock(&state.offices);
+        let locations = lock(&state.locations);
         registry
             .snapshot()
             .iter()
@@ -382,24 +343,12 @@ async fn deploy(
 
 /// Per office: who is done, the RVP, and where the bytes came from.
 pub fn status(state: &ServerState, id: ContentId, name: String) -> StatusView {
-    let registry = state
-        .registry
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
-    let locations = state
-        .locations
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let deployments = state
-        .deployments
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let registry = lock(&state.registry);
+    let offices = lock(&state.offices);
+    let locations = lock(&state.locations);
+    let deployments = lock(&state.deployments);
     let tree = offices.tree();
-    let size = state
-        .catalogue
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+    let size = lock(&state.catalogue)
         .get(&id)
         .map(|i| i.meta.size)
         .unwrap_or(0);
@@ -473,10 +422,7 @@ pub fn status(state: &ServerState, id: ContentId, name: String) -> StatusView {
 }
 
 fn content_name(state: &ServerState, id: &ContentId) -> String {
-    state
-        .catalogue
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+    lock(&state.catalogue)
         .get(id)
         .map(|i| format!("{}@{}", i.meta.name, i.meta.version))
         .unwrap_or_else(|| id.to_hex())
@@ -484,10 +430,7 @@ fn content_name(state: &ServerState, id: &ContentId) -> String {
 
 /// Every content id in the catalogue.
 fn content_ids(state: &ServerState) -> Vec<ContentId> {
-    state
-        .catalogue
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+    lock(&state.catalogue)
         .list()
         .iter()
         .map(|i| ContentId::from_bytes(i.meta.content_id))
@@ -498,19 +441,10 @@ fn content_ids(state: &ServerState) -> Vec<ContentId> {
 pub fn clients_view(state: &ServerState) -> ClientsView {
     let ids = content_ids(state);
     let now = state.clock.now_ms();
-    let registry = state
-        .registry
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
-    let locations = state
-        .locations
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let catalogue = state
-        .catalogue
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let registry = lock(&state.registry);
+    let offices = lock(&state.offices);
+    let locations = lock(&state.locations);
+    let catalogue = lock(&state.catalogue);
     let rvps = offices.rvps();
     let clients = registry
         .snapshot()
@@ -549,10 +483,7 @@ pub fn clients_view(state: &ServerState) -> ClientsView {
 
 /// The catalogue, as `content list` shows it.
 pub fn catalogue_view(state: &ServerState) -> CatalogueView {
-    let cat = state
-        .catalogue
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let cat = lock(&state.catalogue);
     let items = cat
         .list()
         .into_iter()
@@ -592,12 +523,7 @@ pub fn savings_of(offices: &[OfficeStatus], acc: &mut Savings) {
 
 /// Every deployment with its progress, and the bytes saved over every content item.
 pub fn deployments_view(state: &ServerState) -> DeploymentsView {
-    let list: Vec<Deployment> = state
-        .deployments
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .list()
-        .to_vec();
+    let list: Vec<Deployment> = lock(&state.deployments).list().to_vec();
     let mut savings = Savings::default();
     for id in content_ids(state) {
         let s = status(state, id, String::new());
@@ -606,15 +532,9 @@ pub fn deployments_view(state: &ServerState) -> DeploymentsView {
     let mut out = Vec::new();
     for d in list {
         let (done, total) = {
-            let registry = state
-                .registry
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
-            let locations = state
-                .locations
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let registry = lock(&state.registry);
+            let offices = lock(&state.offices);
+            let locations = lock(&state.locations);
             let mut done = 0u64;
             let mut total = 0u64;
             for r in registry.snapshot() {
@@ -652,22 +572,12 @@ pub fn deployments_view(state: &ServerState) -> DeploymentsView {
 /// Pauses or resumes transfer `id` and tells its RVP at once (its next locate says so
 /// too, should the message be lost).
 fn pause(state: &ServerState, id: u64, paused: bool) -> AdminResult {
-    let Some(t) = state
-        .transfers
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .set_paused(id, paused)
-    else {
+    let Some(t) = lock(&state.transfers).set_paused(id, paused) else {
         return AdminResult::not_found(format!(
             "no live transfer {id} (`connector transfers` lists them)"
         ));
     };
-    let to = state
-        .registry
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&t.receiver)
-        .and_then(small_addr);
+    let to = lock(&state.registry).get(&t.receiver).and_then(small_addr);
     if let Some(to) = to {
         state.push_control(
             to,
@@ -689,16 +599,8 @@ fn pause(state: &ServerState, id: u64, paused: bool) -> AdminResult {
 
 /// The contents each office's WAN link carries now, with the bytes taken so far.
 pub fn transfers_view(state: &ServerState) -> TransfersView {
-    let links = state
-        .offices
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .transfers();
-    let live = state
-        .transfers
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .list(state.clock.now_ms());
+    let links = lock(&state.offices).transfers();
+    let live = lock(&state.transfers).list(state.clock.now_ms());
     let mut transfers = Vec::new();
     for (office, contents) in links {
         for content in contents {
@@ -707,17 +609,14 @@ pub fn transfers_view(state: &ServerState) -> TransfersView {
                 .find(|t| t.office == office && t.content == content)
                 .cloned();
             let name = content_name(state, &content);
-            let size = state
-                .catalogue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
+            let size = lock(&state.catalogue)
                 .get(&content)
                 .map(|i| i.meta.size)
                 .unwrap_or(0);
             let s = status(state, content, name.clone());
             let row = s.offices.iter().find(|o| o.office == office);
             let parent = {
-                let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
+                let offices = lock(&state.offices);
                 let tree = offices.tree();
                 tree.find(&office)
                     .and_then(|i| tree.parent(i))

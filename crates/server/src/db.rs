@@ -144,39 +144,50 @@ impl Db {
         &self.path
     }
 
-    /// Every client record.
-    pub async fn load_clients(&self) -> Result<Vec<ClientRecord>, DbError> {
-        let rows = sqlx::query(
-            "SELECT id, hostname, addresses, source_address, subnet, cache_size_bytes, cache_free_bytes, \
-             version, heartbeat_interval_ms, ports, first_seen_ms, last_seen_ms FROM clients",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let corrupt = |what: String| DbError::Corrupt {
+    /// Runs `sql` and decodes each row it returns with `decode`.
+    async fn load_rows<T>(
+        &self,
+        sql: &'static str,
+        decode: impl Fn(&sqlx::sqlite::SqliteRow) -> Result<T, DbError>,
+    ) -> Result<Vec<T>, DbError> {
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// A [`DbError::Corrupt`] of this database: `what` says which row and field, and why.
+    fn corrupt(&self, what: String) -> DbError {
+        DbError::Corrupt {
             path: self.path.clone(),
             what,
-        };
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
+        }
+    }
+
+    /// Every client record.
+    pub async fn load_clients(&self) -> Result<Vec<ClientRecord>, DbError> {
+        const SQL: &str = "SELECT id, hostname, addresses, source_address, subnet, \
+            cache_size_bytes, cache_free_bytes, version, heartbeat_interval_ms, ports, \
+            first_seen_ms, last_seen_ms FROM clients";
+        self.load_rows(SQL, |row| {
             let id: String = row.try_get("id")?;
             let addresses: String = row.try_get("addresses")?;
             let source: Option<String> = row.try_get("source_address")?;
             let subnet: String = row.try_get("subnet")?;
             let ports: Option<String> = row.try_get("ports")?;
-            out.push(ClientRecord {
+            Ok(ClientRecord {
                 id: ClientId::from_str(&id)
-                    .map_err(|e| corrupt(format!("client id {id:?}: {e}")))?,
+                    .map_err(|e| self.corrupt(format!("client id {id:?}: {e}")))?,
                 hostname: row.try_get("hostname")?,
                 addresses: addresses
                     .split(',')
                     .filter(|s| !s.is_empty())
                     .map(|a| {
-                        IpAddr::from_str(a).map_err(|_| corrupt(format!("address {a:?} of {id}")))
+                        IpAddr::from_str(a)
+                            .map_err(|_| self.corrupt(format!("address {a:?} of {id}")))
                     })
                     .collect::<Result<_, _>>()?,
                 source: source.and_then(|s| SocketAddr::from_str(&s).ok()),
                 subnet: Subnet::from_str(&subnet)
-                    .map_err(|e| corrupt(format!("subnet of {id}: {e}")))?,
+                    .map_err(|e| self.corrupt(format!("subnet of {id}: {e}")))?,
                 cache_size_bytes: row.try_get::<i64, _>("cache_size_bytes")? as u64,
                 cache_free_bytes: row.try_get::<i64, _>("cache_free_bytes")? as u64,
                 version: row.try_get("version")?,
@@ -186,37 +197,29 @@ impl Db {
                 ports: match ports {
                     None => None,
                     Some(p) => Some(
-                        decode_ports(&p).ok_or_else(|| corrupt(format!("ports of {id}: {p:?}")))?,
+                        decode_ports(&p)
+                            .ok_or_else(|| self.corrupt(format!("ports of {id}: {p:?}")))?,
                     ),
                 },
                 first_seen_ms: row.try_get::<i64, _>("first_seen_ms")? as u64,
                 last_seen_ms: row.try_get::<i64, _>("last_seen_ms")? as u64,
-            });
-        }
-        Ok(out)
+            })
+        })
+        .await
     }
 
     /// Every published content item, maps verified again on load.
     pub async fn load_contents(&self) -> Result<Vec<Item>, DbError> {
-        let rows = sqlx::query(
-            "SELECT id, name, version, size, origin, piece_size, piece_map, published_ms FROM contents",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
+        const SQL: &str = "SELECT id, name, version, size, origin, piece_size, piece_map, published_ms FROM contents";
+        self.load_rows(SQL, |row| {
             let id_text: String = row.try_get("id")?;
-            let corrupt = |what: String| DbError::Corrupt {
-                path: self.path.clone(),
-                what,
-            };
             let id = ContentId::from_str(&id_text)
-                .map_err(|e| corrupt(format!("content id {id_text:?}: {e}")))?;
+                .map_err(|e| self.corrupt(format!("content id {id_text:?}: {e}")))?;
             let size = row.try_get::<i64, _>("size")? as u64;
             let encoded: Vec<u8> = row.try_get("piece_map")?;
             let map = PieceMap::decode(&encoded, &id, size)
-                .map_err(|e| corrupt(format!("piece map of {id}: {e}")))?;
-            out.push(Item {
+                .map_err(|e| self.corrupt(format!("piece map of {id}: {e}")))?;
+            Ok(Item {
                 meta: Meta {
                     content_id: *id.as_bytes(),
                     name: row.try_get("name")?,
@@ -228,9 +231,9 @@ impl Db {
                 map: Arc::new(map),
                 encoded_map: Arc::new(encoded),
                 published_ms: row.try_get::<i64, _>("published_ms")? as u64,
-            });
-        }
-        Ok(out)
+            })
+        })
+        .await
     }
 
     /// The office tree's TOML as last applied, if any.
@@ -242,69 +245,56 @@ impl Db {
 
     /// Every deployment.
     pub async fn load_deployments(&self) -> Result<Vec<Deployment>, DbError> {
-        let rows = sqlx::query(
+        self.load_rows(
             "SELECT id, content_id, target, prestage, created_ms FROM deployments ORDER BY id",
+            |row| {
+                let id_text: String = row.try_get("content_id")?;
+                let target_text: String = row.try_get("target")?;
+                Ok(Deployment {
+                    id: row.try_get::<i64, _>("id")? as u64,
+                    content: ContentId::from_str(&id_text).map_err(|e| {
+                        self.corrupt(format!("deployment content id {id_text:?}: {e}"))
+                    })?,
+                    target: target_text
+                        .parse::<Target>()
+                        .map_err(|e| self.corrupt(format!("deployment target: {e}")))?,
+                    prestage: row.try_get::<i64, _>("prestage")? != 0,
+                    created_ms: row.try_get::<i64, _>("created_ms")? as u64,
+                })
+            },
         )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let corrupt = |what: String| DbError::Corrupt {
-                path: self.path.clone(),
-                what,
-            };
-            let id_text: String = row.try_get("content_id")?;
-            let target_text: String = row.try_get("target")?;
-            out.push(Deployment {
-                id: row.try_get::<i64, _>("id")? as u64,
-                content: ContentId::from_str(&id_text)
-                    .map_err(|e| corrupt(format!("deployment content id {id_text:?}: {e}")))?,
-                target: target_text
-                    .parse::<Target>()
-                    .map_err(|e| corrupt(format!("deployment target: {e}")))?,
-                prestage: row.try_get::<i64, _>("prestage")? != 0,
-                created_ms: row.try_get::<i64, _>("created_ms")? as u64,
-            });
-        }
-        Ok(out)
+        .await
     }
 
     /// Every client identity (key binding and state).
     pub async fn load_identities(&self) -> Result<Vec<Identity>, DbError> {
-        let rows = sqlx::query(
+        self.load_rows(
             "SELECT id, public_key, state, hostname, bound_ms, changed_ms FROM identities",
+            |row| {
+                let id: String = row.try_get("id")?;
+                let key: String = row.try_get("public_key")?;
+                let state: String = row.try_get("state")?;
+                let id: ClientId = id
+                    .parse()
+                    .map_err(|_| self.corrupt(format!("identity id {id:?}")))?;
+                let public_key: [u8; 32] = branchline_wire::connector::unhex(&key)
+                    .ok_or_else(|| self.corrupt(format!("public key of identity {id}")))?;
+                let state = IdState::parse(&state)
+                    .ok_or_else(|| self.corrupt(format!("state {state:?} of identity {id}")))?;
+                let bound_ms: i64 = row.try_get("bound_ms")?;
+                let changed_ms: i64 = row.try_get("changed_ms")?;
+                Ok(Identity {
+                    id,
+                    public_key,
+                    state,
+                    hostname: row.try_get("hostname")?,
+                    bound_ms: bound_ms as u64,
+                    changed_ms: changed_ms as u64,
+                    last_attempt_ms: 0,
+                })
+            },
         )
-        .fetch_all(&self.pool)
-        .await?;
-        let corrupt = |what: String| DbError::Corrupt {
-            path: self.path.clone(),
-            what,
-        };
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            let key: String = row.try_get("public_key")?;
-            let state: String = row.try_get("state")?;
-            let id: ClientId = id
-                .parse()
-                .map_err(|_| corrupt(format!("identity id {id:?}")))?;
-            let public_key: [u8; 32] = branchline_wire::connector::unhex(&key)
-                .ok_or_else(|| corrupt(format!("public key of identity {id}")))?;
-            let state = IdState::parse(&state)
-                .ok_or_else(|| corrupt(format!("state {state:?} of identity {id}")))?;
-            let bound_ms: i64 = row.try_get("bound_ms")?;
-            let changed_ms: i64 = row.try_get("changed_ms")?;
-            out.push(Identity {
-                id,
-                public_key,
-                state,
-                hostname: row.try_get("hostname")?,
-                bound_ms: bound_ms as u64,
-                changed_ms: changed_ms as u64,
-                last_attempt_ms: 0,
-            });
-        }
-        Ok(out)
+        .await
     }
 
     /// Number of connectors ever activated.

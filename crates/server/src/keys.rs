@@ -15,9 +15,7 @@
 //!   accepting both keys until the same deadline.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use branchline_wire::{ClientId, DeploymentKey, KeyId, SealingKey};
 use serde::{Deserialize, Serialize};
@@ -223,38 +221,18 @@ impl KeyState {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
             },
-            Some(p) => write_private(
+            Some(p) => branchline_transport::write_private_file(
                 &path,
-                &format!("{}\nretire_at_ms {}\n", p.key.to_text(), p.retire_at_ms),
+                format!("{}\nretire_at_ms {}\n", p.key.to_text(), p.retire_at_ms).as_bytes(),
             ),
         }
     }
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    if let Some(d) = path.parent() {
-        std::fs::File::open(d)?.sync_all()?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
 
     const T: u64 = 1_800_000_000_000;

@@ -129,6 +129,12 @@ pub fn apply_revocations(ids: &identities::Identities, list: &branchline_quic::R
     list.replace_clients(names);
 }
 
+/// Locks one part of the server's state. A panic while it was held does not stop the
+/// server: the state is used as it was left.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Unix milliseconds now (one clock for the whole workspace).
 pub use branchline_time::now_ms;
 

@@ -8,8 +8,6 @@
 //! * `connectors.cred`: `NAME HEX` per enrolled connector (its credential).
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::PoisonError;
 
@@ -91,21 +89,6 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-}
-
 fn read_private(path: &Path) -> std::io::Result<String> {
     match std::fs::read_to_string(path) {
         Ok(t) => {
@@ -163,7 +146,7 @@ impl ConnectorAuth {
 
     fn save_tokens(&self) -> std::io::Result<()> {
         let text: String = self.tokens.iter().map(|t| t.to_text() + "\n").collect();
-        write_private(&self.dir.join(TOKENS_FILE), &text)
+        branchline_transport::write_private_file(&self.dir.join(TOKENS_FILE), text.as_bytes())
     }
 
     fn save_creds(&self) -> std::io::Result<()> {
@@ -173,7 +156,7 @@ impl ConnectorAuth {
             .into_iter()
             .map(|n| format!("{n} {}\n", connector::hex(&self.creds[n])))
             .collect();
-        write_private(&self.dir.join(CREDENTIALS_FILE), &text)
+        branchline_transport::write_private_file(&self.dir.join(CREDENTIALS_FILE), text.as_bytes())
     }
 
     /// Enrols a connector: the proof must match a pending token, which is consumed.
@@ -302,6 +285,7 @@ pub fn admit(
 mod tests {
     use super::*;
     use branchline_wire::msg::Ping;
+    use std::os::unix::fs::PermissionsExt;
 
     const T: u64 = 1_800_000_000_000;
 

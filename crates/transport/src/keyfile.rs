@@ -1,4 +1,5 @@
-//! Reading and creating the deployment key file (`deployment.key`, mode 0600).
+//! Reading and creating the deployment key file (`deployment.key`, mode 0600), and writing
+//! other private files (credentials, tokens) the same atomic way.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -71,47 +72,56 @@ pub fn read_key_file(path: &Path) -> Result<DeploymentKey, KeyFileError> {
 
 /// Writes `key` to a new file at `path` with mode 0600; refuses to overwrite.
 pub fn create_key_file(path: &Path, key: &DeploymentKey) -> Result<(), KeyFileError> {
-    let err = |source| KeyFileError::Create {
+    create_private(path, key_line(key).as_bytes()).map_err(|source| KeyFileError::Create {
         path: path.to_owned(),
         source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(err)?;
-    // The umask cannot widen 0600, but make the mode explicit regardless.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(err)?;
-    writeln!(f, "{}", key.to_text()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    Ok(())
+    })
 }
 
 /// Writes `key` to `path` (mode 0600), replacing the file atomically: a temporary file
 /// beside it is written and synced, then renamed over `path`, so a crash leaves the old
 /// key or the new one, never a torn file (key rotation).
 pub fn write_key_file(path: &Path, key: &DeploymentKey) -> Result<(), KeyFileError> {
-    let err = |source| KeyFileError::Create {
+    write_private_file(path, key_line(key).as_bytes()).map_err(|source| KeyFileError::Create {
         path: path.to_owned(),
         source,
-    };
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
+    })
+}
+
+/// A key file's text: the key, then a newline.
+fn key_line(key: &DeploymentKey) -> String {
+    format!("{}\n", key.to_text())
+}
+
+/// Writes `contents` to `path` (mode 0600), replacing the file atomically: a temporary
+/// file beside it (`path` with `.tmp` appended) is written and synced, then renamed over
+/// `path`, and the directory is synced, so a crash leaves the old contents or the new
+/// ones, never a torn file. For keys, credentials and tokens.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
-    create_key_file(&tmp, key).map_err(|e| match e {
-        KeyFileError::Create { source, .. } => err(source),
-        other => other,
-    })?;
-    std::fs::rename(&tmp, path).map_err(err)?;
+    create_private(&tmp, contents)?;
+    std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
+        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Writes `contents` to a new file at `path` with mode 0600 and syncs it; refuses to
+/// overwrite.
+fn create_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    // The umask cannot widen 0600, but make the mode explicit regardless.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(contents)?;
+    f.sync_all()
 }
 
 /// Creates `dir` (and its parents) with mode 0700, and narrows an existing `dir` that group

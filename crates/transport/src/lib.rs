@@ -36,7 +36,8 @@ pub use endpoint::{
     Clock, Context, Handler, RequestError, Requester, Responder, Response, SystemClock,
 };
 pub use keyfile::{
-    KeyFileError, create_key_file, ensure_private_dir, read_key_file, restrict_file, write_key_file,
+    KeyFileError, create_key_file, ensure_private_dir, read_key_file, restrict_file,
+    write_key_file, write_private_file,
 };
 pub use keys::KeySet;
 pub use replay::ReplayConfig;

@@ -193,6 +193,22 @@ impl Deployment {
         d
     }
 
+    /// [`Deployment::start`], then waits until every client is online and applies the
+    /// office tree `offices` (a topology file's text).
+    pub fn with_offices(topo: &Topology, clients: &[&str], offices: &str) -> Deployment {
+        let d = Deployment::start(topo, clients);
+        d.wait_online(clients.len() as u64);
+        d.apply_topology(offices);
+        d
+    }
+
+    /// `connector topology apply` of the office tree `offices` (a topology file's text).
+    pub fn apply_topology(&self, offices: &str) {
+        let file = self.dir.path().join("topology.toml");
+        std::fs::write(&file, offices).unwrap();
+        self.connector_ok(&["topology", "apply", file.to_str().unwrap()]);
+    }
+
     pub fn client(&mut self, host: &str) {
         let ip = self.tb.host_addr(host).unwrap().to_string();
         let data = self.dir.path().join(host);
@@ -338,6 +354,15 @@ pub fn publish(d: &Deployment, data: &[u8], url: &str) -> String {
     ]);
     let v: Value = serde_json::from_str(&out).unwrap();
     v["content_id"].as_str().unwrap().to_owned()
+}
+
+/// `size` random bytes, served as `pkg.bin` by an origin in the `origin` host and
+/// published: the bytes, the origin (it serves while it lives) and the content id.
+pub fn published_package(d: &Deployment, size: usize) -> (Vec<u8>, Origin, String) {
+    let data = random(size);
+    let (origin, url) = Origin::start(&d.tb, "origin", "pkg.bin", data.clone());
+    let id = publish(d, &data, &url);
+    (data, origin, id)
 }
 
 /// Every client's cached copy matches the package.

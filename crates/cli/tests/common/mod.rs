@@ -115,40 +115,50 @@ impl Bed {
     }
 
     pub fn server(&self) -> Proc {
-        Proc::spawn(
-            self.dir.path(),
-            "server",
-            &[
-                "server",
-                "--data-dir",
-                &self.path("server"),
-                "--bind",
-                &self.ip(1),
-                "--offline-after",
-                "3",
-            ],
-        )
+        self.server_with(&[])
     }
+    /// Starts the server and waits until it answers health requests; the server and its
+    /// deployment key file.
+    pub fn started_server(&self) -> (Proc, String) {
+        self.started_server_with(&[])
+    }
+    /// [`Bed::started_server`] with extra global arguments (see [`Bed::server_with`]).
+    pub fn started_server_with(&self, global: &[&str]) -> (Proc, String) {
+        let server = self.server_with(global);
+        let key = self.path("server/deployment.key");
+        wait_for("the server", Duration::from_secs(30), &[&server], || {
+            self.health(&key)
+        });
+        (server, key)
+    }
+    /// Client `n` (hostname `client-N`, address `.1N`, data in `clientN`).
     pub fn client(&self, n: u8, key: &str) -> Proc {
-        Proc::spawn(
-            self.dir.path(),
-            &format!("client{n}"),
-            &[
-                "client",
-                "--server",
-                &self.ip(1),
-                "--key-file",
-                key,
-                "--data-dir",
-                &self.path(&format!("client{n}")),
-                "--bind",
-                &self.ip(10 + n),
-                "--heartbeat-interval",
-                "0.3",
-                "--hostname",
-                &format!("client-{n}"),
-            ],
-        )
+        self.client_with(&[], n, key, &["--hostname", &format!("client-{n}")])
+    }
+    /// Client `n` with extra `global` arguments before `client` and `extra` ones after its
+    /// own (no `--hostname` unless given).
+    pub fn client_with(&self, global: &[&str], n: u8, key: &str, extra: &[&str]) -> Proc {
+        let (server, data, bind) = (
+            self.ip(1),
+            self.path(&format!("client{n}")),
+            self.ip(10 + n),
+        );
+        let mut args: Vec<&str> = global.to_vec();
+        args.extend([
+            "client",
+            "--server",
+            &server,
+            "--key-file",
+            key,
+            "--data-dir",
+            &data,
+            "--bind",
+            &bind,
+            "--heartbeat-interval",
+            "0.3",
+        ]);
+        args.extend_from_slice(extra);
+        Proc::spawn(self.dir.path(), &format!("client{n}"), &args)
     }
     /// Runs a connector command. Admin commands need the connector's credential (issue
     /// #10): the first one enrols the connector with the server's pending token (its
@@ -192,11 +202,126 @@ impl Bed {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         run(&refs)
     }
+    /// Runs a connector command that must succeed (see [`Bed::connector`]); its JSON output.
+    pub fn connector_json(&self, key: &str, action: &[&str]) -> Value {
+        let out = self.connector(key, action);
+        assert!(
+            out.status.success(),
+            "connector {action:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
     pub fn health(&self, key: &str) -> Option<Value> {
         let out = self.connector(key, &["health", "--json"]);
         out.status
             .success()
             .then(|| serde_json::from_slice(&out.stdout).expect("health --json prints JSON"))
+    }
+    /// Waits (up to 30 s) until the server counts exactly `n` clients online; its health
+    /// report then.
+    pub fn wait_online(&self, key: &str, n: u64, procs: &[&Proc]) -> Value {
+        wait_for(
+            &format!("{n} clients online"),
+            Duration::from_secs(30),
+            procs,
+            || {
+                self.health(key)
+                    .filter(|h| h["clients_online"].as_u64() == Some(n))
+            },
+        )
+    }
+}
+
+/// Writes `len` random bytes to `path`; the bytes.
+pub fn random_file(path: &Path, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand::fill(&mut data[..]);
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+/// Publishes `file` as `name` with `origin` and the `extra` arguments (the connector
+/// enrols with the server's token on its first admin command); the content id.
+pub fn publish(
+    bed: &Bed,
+    key: &str,
+    file: &Path,
+    name: &str,
+    origin: &str,
+    extra: &[&str],
+) -> String {
+    let mut args = vec![
+        "publish",
+        file.to_str().unwrap(),
+        "--name",
+        name,
+        "--origin",
+        origin,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let v = bed.connector_json(key, &args);
+    v["content_id"].as_str().unwrap().to_owned()
+}
+
+/// A server, an HTTP origin and one published package of random bytes.
+pub struct Lan {
+    pub bed: Bed,
+    pub server: Proc,
+    pub key: String,
+    pub origin: Origin,
+    pub data: Vec<u8>,
+    pub id: String,
+}
+
+/// A [`Lan`] whose package, `size` random bytes behind the origin as `pkg.bin`, is
+/// published as `name` with the `publish_args`.
+pub fn lan(size: usize, name: &str, publish_args: &[&str]) -> Lan {
+    let bed = Bed::new();
+    let (server, key) = bed.started_server();
+    let origin = Origin::start(&bed.ip(5));
+    let src = PathBuf::from(bed.path("pkg.bin"));
+    let data = random_file(&src, size);
+    let url = origin.add("pkg.bin", &data);
+    let id = publish(&bed, &key, &src, name, &url, publish_args);
+    Lan {
+        bed,
+        server,
+        key,
+        origin,
+        data,
+        id,
+    }
+}
+
+/// A requester on `rt` that seals with the deployment key of the file `key` (as every
+/// device holds it), bound to `ip`, port chosen by the kernel.
+pub fn key_holder(
+    rt: &tokio::runtime::Runtime,
+    key: &str,
+    ip: std::net::IpAddr,
+) -> branchline_transport::Requester {
+    let key = branchline_transport::read_key_file(Path::new(key)).unwrap();
+    rt.block_on(async {
+        branchline_transport::Requester::new(
+            tokio::net::UdpSocket::bind((ip, 0)).await.unwrap(),
+            branchline_transport::Context::new(vec![key.derive()]),
+        )
+    })
+}
+
+/// The detail of an `unauthorized` refusal; panics on any other outcome.
+pub fn unauthorized<T: std::fmt::Debug>(
+    r: Result<T, branchline_transport::RequestError>,
+) -> String {
+    match r {
+        Err(branchline_transport::RequestError::Refused {
+            code: branchline_wire::msg::ErrorCode::Unauthorized,
+            detail,
+            ..
+        }) => detail,
+        other => panic!("expected an unauthorized refusal, got {other:?}"),
     }
 }
 

@@ -403,13 +403,19 @@ async fn api_transfers(State(app): State<Arc<App>>) -> Response {
 
 /// The health report (the fields of `connector health --json`).
 async fn api_health(State(app): State<Arc<App>>) -> Response {
-    let h = app.state.health();
-    let drops: serde_json::Map<String, serde_json::Value> = h
-        .drops
-        .iter()
-        .map(|d| (d.reason.clone(), d.count.into()))
-        .collect();
-    axum::Json(serde_json::json!({
+    axum::Json(health_json(&app.state.health())).into_response()
+}
+
+/// The health report as one JSON object (the keys are a stable interface): what
+/// `/api/health` serves, and `connector health --json` with the server's address added.
+pub fn health_json(h: &branchline_wire::msg::Health) -> serde_json::Value {
+    let by_reason = |drops: &[branchline_wire::msg::DropCount]| {
+        drops
+            .iter()
+            .map(|d| (d.reason.clone(), serde_json::Value::from(d.count)))
+            .collect::<serde_json::Map<String, serde_json::Value>>()
+    };
+    serde_json::json!({
         "version": h.version,
         "uptime_s": h.uptime_s,
         "database": h.database,
@@ -418,10 +424,10 @@ async fn api_health(State(app): State<Arc<App>>) -> Response {
         "clients_online": h.clients_online,
         "connectors_total": h.connectors_total,
         "large_requests": h.large_requests,
+        "client_drops": by_reason(&h.client_drops),
         "dropped_datagrams": h.dropped_datagrams,
-        "drops": drops,
-    }))
-    .into_response()
+        "drops": by_reason(&h.drops),
+    })
 }
 
 /// Serves HTML with the usual headers.
