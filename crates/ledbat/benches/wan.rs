@@ -18,7 +18,7 @@
 //!
 //! Run as root: `cargo bench -p branchline-ledbat --bench wan` (options after `--`:
 //! `--variant ledbat|draft|cubic` and `--tcp cubic|bbr`, both repeatable, `--alone S`,
-//! `--compete S`, `--after S`, `--timeline`, `--repeat N`, `--loss PERCENT`; `--tcp none` runs
+//! `--compete S`, `--after S`, `--timeline`, `--trace` (every controller sample), `--repeat N` (default 3), `--loss PERCENT`; `--tcp none` runs
 //! Background alone). Without root it prints why it skips.
 
 use std::io::{Read, Write};
@@ -47,6 +47,8 @@ const ECHO_PORT: u16 = 40001;
 const PROBE_INTERVAL: Duration = Duration::from_millis(20);
 /// Start-up left out of the "alone" figures.
 const WARMUP: Duration = Duration::from_secs(2);
+/// Nice value of the benchmark's threads (see `main`).
+const BENCH_NICE: libc::c_int = -20;
 const SERVER_NAME: &str = "bench.branchline.invalid";
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -82,6 +84,8 @@ struct Options {
     compete: Duration,
     after: Duration,
     timeline: bool,
+    /// Print every controller sample (one per bin) too.
+    trace: bool,
     /// Random loss on the WAN link, percent of frames each direction.
     loss: f64,
     /// Runs of each (controller, TCP) pair.
@@ -96,8 +100,9 @@ fn parse_args() -> Res<Options> {
         compete: Duration::from_secs(10),
         after: Duration::from_secs(12),
         timeline: false,
+        trace: false,
         loss: 0.0,
-        repeat: 1,
+        repeat: 3,
     };
     let mut args = std::env::args().skip(1);
     let secs = |v: Option<String>, what: &str| -> Res<Duration> {
@@ -142,6 +147,7 @@ fn parse_args() -> Res<Options> {
             "--compete" => o.compete = secs(args.next(), "--compete")?,
             "--after" => o.after = secs(args.next(), "--after")?,
             "--timeline" => o.timeline = true,
+            "--trace" => o.trace = true,
             "--repeat" => {
                 let v = args.next().ok_or("--repeat needs a count")?;
                 o.repeat = v
@@ -219,6 +225,12 @@ fn main() {
         );
         return;
     }
+    // Every thread the benchmark starts (QUIC and TCP endpoints, probes, the link sampler)
+    // inherits this nice level: on a machine shared with compilers, a sender thread starved
+    // for seconds measures the scheduler, not the congestion controller. The test bed's delay
+    // relays run SCHED_FIFO for the same reason. Failure is harmless (normal priority then).
+    // SAFETY: changes only this thread's nice value (Linux applies it per thread).
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BENCH_NICE) };
     if let Err(e) = run(&opts) {
         eprintln!("wan bench failed: {e}");
         std::process::exit(1);
@@ -262,33 +274,48 @@ fn run(opts: &Options) -> Res<()> {
         ms(base)
     );
 
+    // The reference: each TCP alone, `--repeat` times. Its solo rate (the median over the
+    // repeats) is what "back to 90 %" means below, and its own ramp from idle to 90 % of that
+    // rate is the yardstick for how fast Background gets out of its way.
     let mut solo = Vec::new();
     for cc in &opts.tcps {
         if cc == "none" {
-            solo.push((cc.clone(), 0.0));
+            solo.push(Solo::none());
             continue;
         }
-        let (rate, qd) = tcp_solo(&tb, cc, base)?;
+        let mut runs = Vec::new();
+        for _ in 0..opts.repeat {
+            runs.push(tcp_solo(&tb, cc, base)?);
+        }
+        let s = Solo::from_runs(cc, runs);
         println!(
-            "# TCP {cc} solo: {:.2} Mbit/s goodput ({:.1} % of link), median queueing delay {:.1} ms",
-            rate * 8.0 / 1e6,
-            rate / LINK_BYTES * 100.0,
-            ms(qd)
+            "# TCP {cc} solo ({} runs): {} Mbit/s goodput, median queueing delay {} ms, \
+             ramp from idle to 90 % of the median solo rate {}",
+            s.runs.len(),
+            spread(&s.runs.iter().map(|r| r.rate * 8.0 / 1e6).collect::<Vec<_>>(), 2),
+            spread(&s.runs.iter().map(|r| ms(r.qd)).collect::<Vec<_>>(), 1),
+            spread_secs(&s.ramps()),
         );
-        solo.push((cc.clone(), rate));
+        solo.push(s);
     }
 
+    // Repeats interleaved (all pairs once, then again), so a burst of CPU noise from other
+    // work on the machine does not land on one pair only.
     let mut summary = Vec::new();
-    for &variant in &opts.variants {
-        for (cc, solo_rate) in &solo {
-            for _ in 0..opts.repeat {
-                let r = scenario(&tb, opts, variant, cc, *solo_rate, base)?;
+    for _ in 0..opts.repeat {
+        for &variant in &opts.variants {
+            for s in &solo {
+                let r = scenario(&tb, opts, variant, &s.cc, s.rate, base)?;
                 summary.push(r);
             }
         }
     }
 
     println!();
+    println!(
+        "# per run (Background alone: link utilization, added median queueing delay; TCP from \
+         its start to 90 % of solo; Background from TCP's stop back to 80 % of the link)"
+    );
     println!(
         "{:<24} {:<6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>11}",
         "controller",
@@ -327,9 +354,59 @@ fn run(opts: &Options) -> Res<()> {
             secs_or(r.recovery_80),
         );
     }
+
+    println!();
     println!(
-        "# targets: alone ≥ 90 % utilization, added median queueing delay ≤ 60 ms, \
-         TCP at 90 % of solo within 2 s, Background back to 80 % within 3 s"
+        "# median [min–max] of {} runs per row; TCP's own ramp from idle is the reference row",
+        opts.repeat
+    );
+    println!(
+        "| controller | TCP | alone util % | alone added qd ms | TCP → 90 % of solo s | \
+         TCP's own ramp s | TCP share % | Background back to 80 % s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for s in &solo {
+        if s.cc == "none" {
+            continue;
+        }
+        println!(
+            "| TCP alone (reference) | {} | {} | {} | — | {} | — | — |",
+            s.cc,
+            spread(&s.runs.iter().map(|r| r.util * 100.0).collect::<Vec<_>>(), 1),
+            spread(&s.runs.iter().map(|r| ms(r.qd)).collect::<Vec<_>>(), 1),
+            spread_secs(&s.ramps()),
+        );
+    }
+    for &variant in &opts.variants {
+        for s in &solo {
+            let rows: Vec<&Summary> = summary
+                .iter()
+                .filter(|r| r.variant == variant && r.tcp == s.cc)
+                .collect();
+            let col = |f: &dyn Fn(&Summary) -> f64, digits: usize| {
+                spread(&rows.iter().map(|r| f(r)).collect::<Vec<_>>(), digits)
+            };
+            let util = col(&|r| r.alone_util * 100.0, 1);
+            let qd = col(&|r| ms(r.alone_qd_median), 1);
+            if s.cc == "none" {
+                println!("| {} | none | {util} | {qd} | — | — | — | — |", variant.name());
+                continue;
+            }
+            println!(
+                "| {} | {} | {util} | {qd} | {} | {} | {} | {} |",
+                variant.name(),
+                s.cc,
+                spread_secs(&rows.iter().map(|r| r.tcp_to_90).collect::<Vec<_>>()),
+                spread_secs(&s.ramps()),
+                col(&|r| r.tcp_share * 100.0, 1),
+                spread_secs(&rows.iter().map(|r| r.recovery_80).collect::<Vec<_>>()),
+            );
+        }
+    }
+    println!(
+        "# targets (issue #12), in every run: alone ≥ 95 % utilization, added median queueing \
+         delay ≤ 40 ms, TCP at 90 % of solo within TCP's own ramp from idle + 0.3 s, \
+         Background back to 80 % within 1 s"
     );
     tb.down()?;
     Ok(())
@@ -396,24 +473,147 @@ fn base_rtt(tb: &Testbed) -> Res<Duration> {
         .ok_or_else(|| "no UDP probe came back on the idle link".into())
 }
 
-/// TCP alone for 10 s: goodput (bytes/s) over [2 s, 10 s) and median queueing delay.
-fn tcp_solo(tb: &Testbed, cc: &str, base: Duration) -> Res<(f64, Duration)> {
+/// One run of a TCP flavour alone on the link.
+struct SoloRun {
+    /// Goodput over [2 s, 10 s) (bytes/s).
+    rate: f64,
+    /// Link utilization over [2 s, 10 s).
+    util: f64,
+    /// Median added queueing delay over [2 s, 10 s).
+    qd: Duration,
+    /// Goodput per bin from the flow's start.
+    bins: Bins,
+}
+
+/// A TCP flavour alone: its runs and the median solo rate.
+struct Solo {
+    cc: String,
+    /// Median goodput of the runs (bytes/s); 0 for `none`.
+    rate: f64,
+    runs: Vec<SoloRun>,
+}
+
+impl Solo {
+    fn none() -> Self {
+        Self {
+            cc: "none".into(),
+            rate: 0.0,
+            runs: Vec::new(),
+        }
+    }
+
+    fn from_runs(cc: &str, runs: Vec<SoloRun>) -> Self {
+        let rate = median(&runs.iter().map(|r| r.rate).collect::<Vec<_>>());
+        Self {
+            cc: cc.into(),
+            rate,
+            runs,
+        }
+    }
+
+    /// Per run: time from the flow's start until a bin reaches 90 % of the median solo rate
+    /// (the same measure as "TCP → 90 %" next to Background).
+    fn ramps(&self) -> Vec<Option<Duration>> {
+        self.runs
+            .iter()
+            .map(|r| {
+                (0..r.bins.0.len())
+                    .find(|&i| r.bins.rate(i) >= 0.9 * self.rate)
+                    .map(|i| BIN * (i + 1) as u32)
+            })
+            .collect()
+    }
+}
+
+/// TCP alone for 10 s from an idle link: goodput, utilization and median queueing delay over
+/// [2 s, 10 s), and the goodput per bin from its start (for its ramp from idle).
+fn tcp_solo(tb: &Testbed, cc: &str, base: Duration) -> Res<SoloRun> {
     let span = Duration::from_secs(10);
     let epoch = Instant::now() + Duration::from_millis(300);
     let deadline = epoch + span + Duration::from_secs(1);
     let stop = Arc::new(AtomicBool::new(false));
     let echo = start_echo(tb, deadline)?;
     let probes = start_prober(tb, epoch, deadline, stop.clone(), None)?;
+    let counter = || -> Res<u64> {
+        tb.wan_counters()?
+            .iter()
+            .find(|c| c.link == "branch" && c.dir == Direction::Inbound)
+            .map(|c| c.bytes)
+            .ok_or_else(|| "no inbound counter for the branch link".into())
+    };
+    // Started at the epoch (as next to Background, where it starts on a bin boundary), so
+    // bin 0 is its first 200 ms.
+    sleep_until(epoch);
     let tcp = TcpRun::start(tb, cc, epoch, deadline)?;
+    sleep_until(epoch + WARMUP);
+    let link_from = counter()?;
     sleep_until(epoch + span);
+    let link_to = counter()?;
     tcp.stop.store(true, Ordering::SeqCst);
     let bins = tcp.wait()?;
     stop.store(true, Ordering::SeqCst);
     let probes = join(probes)?;
     join(echo)?;
-    let rate = bins.sum(WARMUP, span) as f64 / (span - WARMUP).as_secs_f64();
+    let secs = (span - WARMUP).as_secs_f64();
+    let rate = bins.sum(WARMUP, span) as f64 / secs;
+    let util = link_to.saturating_sub(link_from) as f64 / secs / LINK_BYTES;
     let qd = percentile(queueing_delays(&probes, base, WARMUP, span), 0.5);
-    Ok((rate, qd))
+    Ok(SoloRun {
+        rate,
+        util,
+        qd,
+        bins,
+    })
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// `median [min–max]` of the values.
+fn spread(v: &[f64], digits: usize) -> String {
+    if v.is_empty() {
+        return "—".into();
+    }
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.digits$} [{lo:.digits$}–{hi:.digits$}]", median(v))
+}
+
+/// `median [min–max]` of durations in seconds, "never" counting as longer than any.
+fn spread_secs(v: &[Option<Duration>]) -> String {
+    if v.is_empty() {
+        return "—".into();
+    }
+    let mut s: Vec<f64> = v
+        .iter()
+        .map(|d| d.map_or(f64::INFINITY, |d| d.as_secs_f64()))
+        .collect();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    let med = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    let show = |x: f64| {
+        if x.is_finite() {
+            format!("{x:.1}")
+        } else {
+            "never".into()
+        }
+    };
+    format!("{} [{}–{}]", show(med), show(s[0]), show(s[n - 1]))
 }
 
 fn sleep_until(t: Instant) {
@@ -587,6 +787,33 @@ fn scenario(
             (opts.alone + opts.compete).as_secs_f64(),
             secs_or(recovery_80),
         );
+    }
+    if opts.trace {
+        println!("  t(s)   bg Mbit/s  link %  cwnd kB  ssthresh kB  ledbat qd ms  others ms  slowdowns  phase");
+        for (t, st, cwnd) in &cc_samples {
+            let i = index(*t);
+            let (ss, lqd, others, n, phase) = match st {
+                Some(st) => (
+                    if st.ssthresh == u64::MAX { f64::INFINITY } else { st.ssthresh as f64 / 1000.0 },
+                    st.queueing_delay.map(ms).unwrap_or(0.0),
+                    ms(st.others_delay),
+                    st.slowdowns,
+                    format!("{:?}", st.phase),
+                ),
+                None => (0.0, 0.0, 0.0, 0, "-".into()),
+            };
+            println!(
+                "  {:>6.2}  {:>9.2}  {:>6.1}  {:>7.1}  {:>11.1}  {:>12.1}  {:>9.1}  {:>9}  {phase}",
+                t.as_secs_f64(),
+                quic_bins.rate(i) * 8.0 / 1e6,
+                link.rate(i) / LINK_BYTES * 100.0,
+                *cwnd as f64 / 1000.0,
+                ss,
+                lqd,
+                others,
+                n,
+            );
+        }
     }
     if opts.timeline {
         println!(
