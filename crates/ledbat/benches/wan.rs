@@ -292,7 +292,13 @@ fn run(opts: &Options) -> Res<()> {
             "# TCP {cc} solo ({} runs): {} Mbit/s goodput, median queueing delay {} ms, \
              ramp from idle to 90 % of the median solo rate {}",
             s.runs.len(),
-            spread(&s.runs.iter().map(|r| r.rate * 8.0 / 1e6).collect::<Vec<_>>(), 2),
+            spread(
+                &s.runs
+                    .iter()
+                    .map(|r| r.rate * 8.0 / 1e6)
+                    .collect::<Vec<_>>(),
+                2
+            ),
             spread(&s.runs.iter().map(|r| ms(r.qd)).collect::<Vec<_>>(), 1),
             spread_secs(&s.ramps()),
         );
@@ -372,7 +378,10 @@ fn run(opts: &Options) -> Res<()> {
         println!(
             "| TCP alone (reference) | {} | {} | {} | — | {} | — | — |",
             s.cc,
-            spread(&s.runs.iter().map(|r| r.util * 100.0).collect::<Vec<_>>(), 1),
+            spread(
+                &s.runs.iter().map(|r| r.util * 100.0).collect::<Vec<_>>(),
+                1
+            ),
             spread(&s.runs.iter().map(|r| ms(r.qd)).collect::<Vec<_>>(), 1),
             spread_secs(&s.ramps()),
         );
@@ -389,7 +398,10 @@ fn run(opts: &Options) -> Res<()> {
             let util = col(&|r| r.alone_util * 100.0, 1);
             let qd = col(&|r| ms(r.alone_qd_median), 1);
             if s.cc == "none" {
-                println!("| {} | none | {util} | {qd} | — | — | — | — |", variant.name());
+                println!(
+                    "| {} | none | {util} | {qd} | — | — | — | — |",
+                    variant.name()
+                );
                 continue;
             }
             println!(
@@ -789,12 +801,18 @@ fn scenario(
         );
     }
     if opts.trace {
-        println!("  t(s)   bg Mbit/s  link %  cwnd kB  ssthresh kB  ledbat qd ms  others ms  slowdowns  phase");
+        println!(
+            "  t(s)   bg Mbit/s  link %  cwnd kB  ssthresh kB  ledbat qd ms  others ms  slowdowns  phase"
+        );
         for (t, st, cwnd) in &cc_samples {
             let i = index(*t);
             let (ss, lqd, others, n, phase) = match st {
                 Some(st) => (
-                    if st.ssthresh == u64::MAX { f64::INFINITY } else { st.ssthresh as f64 / 1000.0 },
+                    if st.ssthresh == u64::MAX {
+                        f64::INFINITY
+                    } else {
+                        st.ssthresh as f64 / 1000.0
+                    },
                     st.queueing_delay.map(ms).unwrap_or(0.0),
                     ms(st.others_delay),
                     st.slowdowns,
