@@ -140,15 +140,17 @@ pub const fn default_competition_yield() -> bool {
     true
 }
 
-/// Default weight of the queueing delay others cause: 3, so the controller stops growing when
-/// others alone hold a third of the target (10 ms) in the queue.
+/// Default weight of the queueing delay others cause: 5, so the controller stops growing when
+/// others alone hold a fifth of the target (6 ms, the idle threshold) in the queue.
 ///
-/// Why 3: a TCP Cubic flow that starts next to Background leaves slow start early (HyStart
+/// Why 5: a TCP Cubic flow that starts next to Background leaves slow start early (HyStart
 /// sees the queue grow) and then holds only 5–20 ms of queue while it grows; with a weight of 2
-/// the controller kept ~15 % of the link for a second, and TCP took 1 s to reach 90 % of its
-/// solo rate. BBR's own queue (4–8 ms) stays under the threshold.
+/// (or 3) the controller kept 10–15 % of the link for up to a second, and TCP took 1.0–1.2 s
+/// to reach 90 % of its solo rate (0.4 s alone). With 5, any queue others hold beyond
+/// measurement noise makes Background back off; that includes BBR's own 4–8 ms, which is the
+/// point of a background flow.
 pub const fn default_others_weight() -> f64 {
-    3.0
+    5.0
 }
 
 /// Default window of the path-capacity estimate (maximum delivery rate): 10 s.
@@ -220,7 +222,7 @@ pub struct LedbatConfig {
     /// [`default_competition_yield`] (on).
     pub competition_yield: bool,
     /// Weight of the queueing delay attributed to other flows. Default:
-    /// [`default_others_weight`] (3).
+    /// [`default_others_weight`] (5).
     pub others_weight: f64,
     /// Window of the path-capacity estimate. Default: [`default_capacity_window`] (10 s).
     pub capacity_window: Duration,

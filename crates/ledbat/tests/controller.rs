@@ -445,7 +445,12 @@ fn recovers_fast_once_the_queue_empties_and_still_yields() {
 
 #[test]
 fn idle_ramp_stops_at_the_first_queue() {
-    let mut d = Driver::new(no_slowdowns(LedbatConfig::default()));
+    // Without the competition-aware yield, which would (rightly) take a queue this window does
+    // not explain for a competitor's and back off.
+    let mut d = Driver::new(no_slowdowns(LedbatConfig {
+        competition_yield: false,
+        ..LedbatConfig::default()
+    }));
     d.settle(40 * MS);
     d.run_for(40 * MS, Duration::from_millis(500));
     assert!(d.c.stats().idle_ramp_active);
@@ -537,7 +542,7 @@ fn quinn_interface_matches_state() {
 fn yields_to_a_competitor_that_keeps_the_queue_below_target() {
     // A BBR-like competitor holds 20 ms of queue: below the target (30 ms as shipped, 60 ms in
     // the draft), so the draft keeps a large window; the competition-aware extension sees the
-    // queue is not its own and weighs it × 3.
+    // queue is not its own and weighs it × 5.
     let mut windows = Vec::new();
     for config in [LedbatConfig::default(), LedbatConfig::draft()] {
         let mut d = Driver::new(no_slowdowns(config));
