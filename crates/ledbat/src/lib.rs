@@ -61,9 +61,9 @@
 //!   estimates the path capacity `C` as its largest delivery rate (measured over two round
 //!   trips, at least 250 ms) in the last 10 s, attributes `(W − C·base)/C` of the queue to its
 //!   own window `W` (the largest of the last smoothed RTT, whose packets may still be queued),
-//!   and steers by `max(queueing delay, 5 × the rest)`, the rest taken as its minimum over the
+//!   and steers by `max(queueing delay, 2 × the rest)`, the rest taken as its minimum over the
 //!   last smoothed RTT so that a burst of its own is not mistaken for a competitor: a queue
-//!   built by others counts five times, so it backs off once others hold 6 ms. While others hold
+//!   built by others counts double, so it backs off once others hold 15 ms. While others hold
 //!   a queue, the decrease is capped at halving once per *base* round trip rather than once per
 //!   (queue-lengthened) round trip, so a TCP flow in slow start gets the link back as fast as
 //!   on an empty path. Slow start and the ramp after a

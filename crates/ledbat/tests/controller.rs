@@ -542,7 +542,7 @@ fn quinn_interface_matches_state() {
 fn yields_to_a_competitor_that_keeps_the_queue_below_target() {
     // A BBR-like competitor holds 20 ms of queue: below the target (30 ms as shipped, 60 ms in
     // the draft), so the draft keeps a large window; the competition-aware extension sees the
-    // queue is not its own and weighs it × 5.
+    // queue is not its own and weighs it × 2.
     let mut windows = Vec::new();
     for config in [LedbatConfig::default(), LedbatConfig::draft()] {
         let mut d = Driver::new(no_slowdowns(config));
