@@ -326,7 +326,7 @@ fn run(opts: &Options) -> Res<()> {
          its start to 90 % of solo; Background from TCP's stop back to 80 % of the link)"
     );
     println!(
-        "{:<24} {:<6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>11}",
+        "{:<24} {:<6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>11} {:>5}",
         "controller",
         "tcp",
         "alone util",
@@ -334,12 +334,13 @@ fn run(opts: &Options) -> Res<()> {
         "tcp→90%",
         "tcp share",
         "tcp/solo",
-        "back to 80%"
+        "back to 80%",
+        "load"
     );
     for r in &summary {
         if r.tcp == "none" {
             println!(
-                "{:<24} {:<6} {:>9.1}% {:>7.1} ms {:>10} {:>10} {:>10} {:>11}",
+                "{:<24} {:<6} {:>9.1}% {:>7.1} ms {:>10} {:>10} {:>10} {:>11} {:>5.1}",
                 r.variant.name(),
                 r.tcp,
                 r.alone_util * 100.0,
@@ -347,12 +348,13 @@ fn run(opts: &Options) -> Res<()> {
                 "-",
                 "-",
                 "-",
-                "-"
+                "-",
+                r.load
             );
             continue;
         }
         println!(
-            "{:<24} {:<6} {:>9.1}% {:>7.1} ms {:>10} {:>9.1}% {:>9.1}% {:>11}",
+            "{:<24} {:<6} {:>9.1}% {:>7.1} ms {:>10} {:>9.1}% {:>9.1}% {:>11} {:>5.1}",
             r.variant.name(),
             r.tcp,
             r.alone_util * 100.0,
@@ -361,6 +363,7 @@ fn run(opts: &Options) -> Res<()> {
             r.tcp_share * 100.0,
             r.tcp_vs_solo * 100.0,
             secs_or(r.recovery_80),
+            r.load,
         );
     }
 
@@ -447,6 +450,16 @@ struct Summary {
     tcp_share: f64,
     tcp_vs_solo: f64,
     recovery_80: Option<Duration>,
+    /// The machine's 1-minute load average at the end of the run (other sessions' builds).
+    load: f64,
+}
+
+/// The 1-minute load average (`/proc/loadavg`), or NaN if it cannot be read.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
 }
 
 fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
@@ -760,7 +773,12 @@ fn scenario(
     );
 
     println!();
-    println!("## {} vs TCP {cc}", variant.name());
+    let load = load_average();
+    println!(
+        "## {} vs TCP {cc} (load average {load:.1} on {} CPUs)",
+        variant.name(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!(
         "Background alone ({:.0}-{:.0} s): link utilization {:.1} %, goodput {:.2} Mbit/s, \
          added queueing delay median {:.1} ms, p95 {:.1} ms",
@@ -886,6 +904,7 @@ fn scenario(
         tcp_share,
         tcp_vs_solo,
         recovery_80,
+        load,
     })
 }
 

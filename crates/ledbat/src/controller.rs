@@ -173,9 +173,17 @@ pub struct Ledbat {
     /// Raw estimates of the last smoothed RTT, increasing from front to back (monotonic queue
     /// for the windowed minimum).
     others_recent: VecDeque<(Instant, Duration)>,
+    /// Windows of the last smoothed RTT, decreasing from front to back (monotonic queue for
+    /// the windowed maximum): the queue measured now was built by the window of up to one
+    /// round trip ago, not by the one just cut.
+    recent_windows: VecDeque<(Instant, f64)>,
     /// When the running slowdown started and when its frozen phase ends.
     slowdown_started: Option<Instant>,
     freeze_until: Option<Instant>,
+    /// How long the running slowdown would take as the draft runs it (frozen for
+    /// `slowdown_freeze_rtts`, then slow start at the draft's gain from the minimum window back
+    /// to the window held before), for the gentle slowdown's schedule.
+    slowdown_nominal: Duration,
     /// When the next slowdown is due.
     next_slowdown: Option<Instant>,
     slowdowns: u64,
@@ -210,8 +218,10 @@ impl Ledbat {
             rate_interval: None,
             others_delay: Duration::ZERO,
             others_recent: VecDeque::new(),
+            recent_windows: VecDeque::new(),
             slowdown_started: None,
             freeze_until: None,
+            slowdown_nominal: Duration::ZERO,
             next_slowdown: None,
             slowdowns: 0,
             congestion_losses: 0,
@@ -267,6 +277,9 @@ impl Ledbat {
                 if drained || self.freeze_until.is_none_or(|t| now >= t) {
                     self.freeze_until = None;
                     self.phase = Phase::SlowdownRamp;
+                    if drained && self.config.gentle_slowdown {
+                        self.restore_after_drain(now);
+                    }
                 }
             }
             Phase::SlowStart | Phase::SlowdownRamp => {
@@ -292,6 +305,18 @@ impl Ledbat {
                 }
             }
             Phase::CongestionAvoidance => {
+                let due = self.next_slowdown.is_some_and(|t| now >= t);
+                if due && self.config.gentle_slowdown && self.idle_ramp_active(now) {
+                    // Extension: the queue has been empty for a while (the link is idle, or
+                    // we are ramping back after a competitor left), so the base delay is
+                    // being measured right now and nobody holds a queue for a latecomer to
+                    // mistake for the base. A slowdown would only idle the link: it is
+                    // counted as done, and the next one comes on the draft's schedule.
+                    let srtt = self.srtt.unwrap_or(INITIAL_RTT);
+                    let nominal = self.draft_slowdown_duration(srtt, self.cwnd);
+                    self.next_slowdown =
+                        Some(now + nominal.saturating_mul(self.config.slowdown_interval_factor));
+                }
                 if self.next_slowdown.is_some_and(|t| now >= t) {
                     self.start_slowdown(now);
                 } else if qd_s < target {
@@ -311,7 +336,7 @@ impl Ledbat {
                     let off_target = qd_s / target - 1.0;
                     let change =
                         self.gain() * self.mtu as f64 * bytes / self.cwnd - off_target * bytes;
-                    self.cwnd += change.max(-bytes / 2.0);
+                    self.cwnd += change.max(-self.max_decrease() * bytes);
                 }
             }
         }
@@ -442,13 +467,35 @@ impl Ledbat {
         if capacity <= 0.0 {
             return Duration::ZERO;
         }
-        let own = ((self.cwnd - capacity * base.as_secs_f64()) / capacity).max(0.0);
+        let window = self.recent_window_max(now);
+        let own = ((window - capacity * base.as_secs_f64()) / capacity).max(0.0);
         let others = qd.as_secs_f64() - own;
         if others > 0.0 && others.is_finite() {
             Duration::from_secs_f64(others.min(3600.0))
         } else {
             Duration::ZERO
         }
+    }
+
+    /// Largest window of the last smoothed RTT (the current one included). The queue this flow
+    /// explains is that of the largest window whose packets may still be in it: right after a
+    /// cut, the queue still holds the old window's packets for up to a round trip, and taking
+    /// the cut window would attribute them to others.
+    fn recent_window_max(&mut self, now: Instant) -> f64 {
+        let span = self.srtt.unwrap_or(INITIAL_RTT);
+        let w = self.cwnd;
+        while self.recent_windows.back().is_some_and(|(_, x)| *x <= w) {
+            self.recent_windows.pop_back();
+        }
+        self.recent_windows.push_back((now, w));
+        while self
+            .recent_windows
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > span)
+        {
+            self.recent_windows.pop_front();
+        }
+        self.recent_windows.front().map_or(w, |(_, x)| *x)
     }
 
     /// Minimum of the raw others-delay estimates over the last smoothed RTT.
@@ -481,7 +528,16 @@ impl Ledbat {
         let Some(since) = self.idle_since else {
             return false;
         };
-        let hold = self.srtt.unwrap_or(INITIAL_RTT) * self.config.idle_hold_rtts;
+        // Round trips counted at the latest RTT (the current delay) when it is shorter than the
+        // smoothed one: right after a competitor's queue drains, the smoothed RTT still
+        // remembers that queue for many samples (more so at a small window, with few ACKs per
+        // round trip), and waiting two of those would leave the link idle for nothing.
+        let rtt = match (self.srtt, self.current.current()) {
+            (Some(s), Some(c)) => s.min(c),
+            (Some(s), None) => s,
+            _ => INITIAL_RTT,
+        };
+        let hold = rtt * self.config.idle_hold_rtts;
         self.config.idle_ramp && now.saturating_duration_since(since) >= hold
     }
 
@@ -517,8 +573,18 @@ impl Ledbat {
                 }
             }
             Phase::SlowdownRamp | Phase::SlowdownFreeze => {
+                // The idle-link ramp must not carry on from the drained queue the slowdown
+                // just measured: the window is back where it was, and its queue is on the way.
+                self.idle_since = None;
                 let started = self.slowdown_started.take().unwrap_or(now);
-                let took = now.saturating_duration_since(started);
+                let mut took = now.saturating_duration_since(started);
+                if self.config.gentle_slowdown {
+                    // Extension: the schedule follows the draft's own slowdown, not the
+                    // shortened one, so slowdowns come as often as in the draft and the time
+                    // the shortcuts save is kept as link use rather than spent on more
+                    // slowdowns.
+                    took = took.max(self.slowdown_nominal);
+                }
                 self.next_slowdown =
                     Some(now + took.saturating_mul(self.config.slowdown_interval_factor));
                 self.freeze_until = None;
@@ -535,8 +601,64 @@ impl Ledbat {
         self.cwnd = self.min_window();
         self.slowdown_started = Some(now);
         self.freeze_until = Some(now + srtt * self.config.slowdown_freeze_rtts);
+        self.slowdown_nominal = self.draft_slowdown_duration(srtt, self.ssthresh);
         self.next_slowdown = None;
         self.phase = Phase::SlowdownFreeze;
+    }
+
+    /// Largest share of the window one round trip's acknowledgements may take off above the
+    /// target: ½, the draft's cap (§4.1), when the round trip is at the base delay.
+    ///
+    /// Extension (with the competition-aware yield): while others hold a queue (more than
+    /// `idle_delay` of it, see [`Ledbat::others_delay_estimate`]), the cap is "halve at most
+    /// once per *base* round trip", `1 − ½^(RTT / base)` per round trip. A competitor that
+    /// builds a queue lengthens our round trip, and with the draft's per-round-trip cap the
+    /// yield then gets slower in wall-clock time just when the competitor (a TCP flow in slow
+    /// start) needs the link; this keeps the pace of the yield that of an empty path. A queue
+    /// of our own (an overshoot) keeps the draft's cap: cutting it faster would take the
+    /// window below the path's bandwidth-delay product and idle the link.
+    fn max_decrease(&self) -> f64 {
+        if !self.config.competition_yield || self.others_delay <= self.config.idle_delay {
+            return 0.5;
+        }
+        let (Some(current), Some(base)) = (self.current.current(), self.base.base()) else {
+            return 0.5;
+        };
+        if base.is_zero() {
+            return 0.5;
+        }
+        let rounds = (current.as_secs_f64() / base.as_secs_f64()).clamp(1.0, 16.0);
+        1.0 - 0.5f64.powf(rounds)
+    }
+
+    /// How long the draft's slowdown takes from the current state: `slowdown_freeze_rtts`
+    /// round trips frozen, then slow start at the draft's gain (× (1 + GAIN) per round trip)
+    /// from the minimum window back to `window`.
+    fn draft_slowdown_duration(&self, srtt: Duration, window: f64) -> Duration {
+        let growth = (window / self.min_window()).max(1.0);
+        let ramp_rounds = if growth.is_finite() {
+            (growth.ln() / (1.0 + self.gain()).ln()).ceil()
+        } else {
+            0.0
+        };
+        let rounds = f64::from(self.config.slowdown_freeze_rtts) + ramp_rounds.min(1000.0);
+        srtt.mul_f64(rounds)
+    }
+
+    /// Extension (gentle slowdown): once a slowdown has drained the queue, the base delay is
+    /// measured and nobody else is queueing, so the window goes straight back to the path's
+    /// bandwidth-delay product without a queue (capacity estimate × base delay), never above
+    /// the window held before the slowdown; the ramp then slow-starts the rest of the way and
+    /// its ¾-target exit still applies. The draft slow-starts from 2 packets instead, leaving
+    /// the link mostly idle for several round trips per slowdown.
+    fn restore_after_drain(&mut self, now: Instant) {
+        let (Some(capacity), Some(base)) = (self.capacity.max(now), self.base.base()) else {
+            return;
+        };
+        let bdp = capacity * base.as_secs_f64();
+        if bdp.is_finite() && bdp > 0.0 {
+            self.cwnd = self.cwnd.max(bdp.min(self.ssthresh));
+        }
     }
 
     fn min_window(&self) -> f64 {

@@ -13,7 +13,9 @@
 //!   *current delay* is the minimum of the last few samples, the *base delay* the minimum over
 //!   a windowed history (ten one-minute buckets by default, RFC 6817 §4.2; quinn's own minimum
 //!   RTT never expires, so it is not used). Queueing delay = current − base ([`delay`]).
-//! * **Target 60 ms.** Below the target the window grows by `GAIN` packets per round trip,
+//! * **Target 30 ms** (the draft says 60 ms; see [`config::default_target`] for why Branchline
+//!   halves it: alone, the controller holds about its target in the bottleneck queue). Below
+//!   the target the window grows by `GAIN` packets per round trip,
 //!   `GAIN = 1 / min(16, ceil(2·target / base delay))`; above it the window shrinks by
 //!   `W·(delay/target − 1)` per round trip, capped at half the window per round trip.
 //! * **Slow start** grows by `GAIN` × acknowledged bytes and ends when the queueing delay passes
@@ -29,26 +31,42 @@
 //! Published experience with LEDBAT++ (e.g. Bagnulo & García-Martínez, *An experimental
 //! evaluation of LEDBAT++*, Computer Networks 2022) shows it cannot fill an idle link on its
 //! own and recovers slowly once competing traffic stops: with a 40 ms base delay the gain is ⅓,
-//! so regaining a 20 Mbit/s link after yielding takes ~200 round trips (~9 s). Three
-//! extensions, all on by default and all off in [`LedbatConfig::draft`]:
+//! so regaining a 20 Mbit/s link after yielding takes ~200 round trips (~9 s). Four
+//! extensions, all on by default and all off in [`LedbatConfig::draft`] (which also keeps the
+//! draft's 60 ms target):
 //!
 //! * **Idle-link ramp.** When the queueing delay has stayed under `idle_delay` (6 ms) for
-//!   `idle_hold_rtts` (2) smoothed round trips, nobody else is queueing at the bottleneck, so
-//!   the window grows multiplicatively (× 1.5 per round trip). The ramp back after a slowdown
+//!   `idle_hold_rtts` (2) round trips (counted at the latest RTT when the smoothed one still
+//!   remembers a competitor's queue), nobody else is queueing at the bottleneck, so
+//!   the window grows multiplicatively (× 1.5 per round trip; × 2 would overshoot past the
+//!   target and start a cut-and-ramp cycle, see [`config::default_idle_growth`]). The ramp back after a slowdown
 //!   runs at full slow-start speed (× 2 per round trip): it cannot overshoot the window held
 //!   before the slowdown, and the ¾-target exit still stops it at the first queue. The first sample with a
 //!   queue above `idle_delay` stops the ramp, and the ordinary LEDBAT++ decrease applies. The
 //!   yield is untouched: competing TCP always builds a queue, and a queue switches the ramp
 //!   off. The same idea shortens a slowdown's frozen phase: it ends as soon as a sample shows
 //!   the queue drained (after at least one base RTT) instead of idling the link for the rest
-//!   of its two round trips.
-//! * **Competition-aware yield.** A flow that keeps the queue below 60 ms (BBR does) never
+//!   of its two round trips. The ramp does not carry on from the queue a slowdown drained.
+//! * **Gentle slowdown.** Once a slowdown has drained the queue (the base delay is measured,
+//!   nobody else queues), the window goes straight back to the estimated bandwidth-delay
+//!   product without a queue (capacity × base delay, never above the window held before) and
+//!   slow-starts only the rest of the way, instead of from 2 packets: the link is idle for
+//!   about one round trip per slowdown instead of several. The next slowdown is scheduled from
+//!   the duration the draft's slowdown would have taken (2 frozen round trips, then slow start
+//!   at the draft's gain), so slowdowns come as often as in the draft, not more often because
+//!   they got shorter. A slowdown that falls due while the queue has been empty for the idle
+//!   hold (the base delay is being measured anyway) is counted as done.
+//! * **Competition-aware yield.** A flow that keeps the queue below the target (BBR does) never
 //!   pushes the draft over its target, so the draft keeps a share next to it. The controller
 //!   estimates the path capacity `C` as its largest delivery rate (measured over two round
-//!   trips, at least 250 ms) in the last 10 s, attributes `(W − C·base)/C` of the queue to its own window `W`, and steers by
-//!   `max(queueing delay, 2 × the rest)`, the rest taken as its minimum over the last smoothed
-//!   RTT so that a burst of its own is not mistaken for a competitor: a queue built by others
-//!   counts double, so it backs off once others hold 30 ms. Slow start and the ramp after a
+//!   trips, at least 250 ms) in the last 10 s, attributes `(W − C·base)/C` of the queue to its
+//!   own window `W` (the largest of the last smoothed RTT, whose packets may still be queued),
+//!   and steers by `max(queueing delay, 2 × the rest)`, the rest taken as its minimum over the
+//!   last smoothed RTT so that a burst of its own is not mistaken for a competitor: a queue
+//!   built by others counts double, so it backs off once others hold 15 ms. While others hold
+//!   a queue, the decrease is capped at halving once per *base* round trip rather than once per
+//!   (queue-lengthened) round trip, so a TCP flow in slow start gets the link back as fast as
+//!   on an empty path. Slow start and the ramp after a
 //!   slowdown still end on the plain queueing delay. Alone, its window explains the whole queue and nothing
 //!   changes. An underestimated capacity (a link that got faster) makes it yield less, never
 //!   more, than the draft; an overestimated one (a link that got slower) makes it hold a

@@ -5,7 +5,7 @@
 //! LEDBAT++ reads the queue from round-trip times. An RTT sample taken from an ACK that the
 //! peer held back includes that hold time, and quinn's default peer holds an ACK for up to
 //! `max_ack_delay` = 25 ms when fewer than two packets arrived: at the tail of every flight
-//! and all the time at small windows. 25 ms of phantom queue against a 60 ms target is far too
+//! and all the time at small windows. 25 ms of phantom queue against a 30 ms target is far too
 //! much. Two ways out:
 //!
 //! 1. *Filter*: subtract the ack delay the peer reports. quinn does not hand the controller
