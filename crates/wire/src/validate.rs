@@ -412,6 +412,30 @@ mod tests {
     }
 
     #[test]
+    fn discovery_office_names_are_bounded() {
+        let ask = |office: String| crate::msg::WhoHas {
+            content_id: vec![1; 32],
+            client_id: "00112233445566778899aabbccddeeff".into(),
+            reply_port: 34761,
+            office,
+        };
+        assert!(ask("o".repeat(MAX_OFFICE_NAME)).validate().is_ok());
+        let e = ask("o".repeat(MAX_OFFICE_NAME + 1)).validate().unwrap_err();
+        assert_eq!(e.field, "office");
+        let holding = |office: String| crate::msg::IHave {
+            content_id: vec![1; 32],
+            client_id: "00112233445566778899aabbccddeeff".into(),
+            content_port: 34760,
+            complete: true,
+            have: vec![],
+            office,
+        };
+        assert!(holding(String::new()).validate().is_ok());
+        let e = holding("o".repeat(1000)).validate().unwrap_err();
+        assert_eq!(e.field, "office");
+    }
+
+    #[test]
     fn accepts_good_registration() {
         let r = good().validate().unwrap();
         assert_eq!(r.client_id.to_string(), "00112233445566778899aabbccddeeff");
@@ -471,9 +495,10 @@ pub struct Ask {
 pub const MAX_OFFICE_NAME: usize = 64;
 
 impl crate::msg::WhoHas {
-    /// Checks the content id (32 bytes), the client id and the reply port; `office` is
-    /// not checked here (the holder compares it with its own).
+    /// Checks the content id (32 bytes), the client id, the reply port, and that `office`
+    /// is at most [`MAX_OFFICE_NAME`] bytes (the holder compares it with its own).
     pub fn validate(&self) -> Result<Ask, Invalid> {
+        office_field("office", &self.office)?;
         Ok(Ask {
             content_id: content_id("content_id", &self.content_id)?,
             client_id: self.client_id.parse()?,
@@ -498,10 +523,12 @@ pub struct Holding {
 }
 
 impl crate::msg::IHave {
-    /// Checks the content id (32 bytes), the client id and the content port; `have` is
-    /// copied unchecked (the asker checks its length against the piece count before use)
-    /// and `office` is left to the asker.
+    /// Checks the content id (32 bytes), the client id, the content port, and that
+    /// `office` is at most [`MAX_OFFICE_NAME`] bytes; `have` is copied
+    /// unchecked (the asker checks its length against the piece count before use) and the
+    /// office's value is left to the asker.
     pub fn validate(&self) -> Result<Holding, Invalid> {
+        office_field("office", &self.office)?;
         Ok(Holding {
             content_id: content_id("content_id", &self.content_id)?,
             client_id: self.client_id.parse()?,
@@ -510,6 +537,16 @@ impl crate::msg::IHave {
             have: self.have.clone(),
         })
     }
+}
+
+fn office_field(field: &'static str, v: &str) -> Result<(), Invalid> {
+    if v.len() > MAX_OFFICE_NAME {
+        return Err(invalid(
+            field,
+            format!("{} bytes; at most {MAX_OFFICE_NAME}", v.len()),
+        ));
+    }
+    Ok(())
 }
 
 fn port(field: &'static str, p: u32) -> Result<u16, Invalid> {
