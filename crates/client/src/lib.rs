@@ -119,10 +119,15 @@ pub enum ClientError {
     #[error(transparent)]
     Bind(#[from] BindError),
     /// The server refused the registration as `Invalid`: fatal, its detail names the field
-    /// to fix. [`Client::wait`] also returns this variant, with a `Closed` error, when the
-    /// client had already stopped or its registration task ended.
+    /// to fix.
     #[error("the server refused this client's registration: {0}")]
     Refused(RequestError),
+    /// [`Client::wait`] was called again after it had returned: the client had stopped.
+    #[error("the client had already stopped")]
+    AlreadyStopped,
+    /// The client's main task panicked or was cancelled (a bug: the log has the panic).
+    #[error("the client's main task ended abnormally: {0}")]
+    MainTask(#[source] tokio::task::JoinError),
     /// The client's QUIC key, certificate request or pinned CA cannot be read or written.
     #[error("client identity (QUIC key) in {dir}: {message}")]
     Quic {
@@ -489,7 +494,7 @@ impl Client {
     /// service manager restarts it.
     pub async fn wait(&mut self) -> ClientError {
         let Some(main) = self.main.as_mut() else {
-            return ClientError::Refused(RequestError::Closed("the client already stopped".into()));
+            return ClientError::AlreadyStopped;
         };
         let result = tokio::select! {
             result = main => result,
@@ -498,7 +503,7 @@ impl Client {
         self.main = None;
         match result {
             Ok(e) => e,
-            Err(e) => ClientError::Refused(RequestError::Closed(format!("client task ended: {e}"))),
+            Err(e) => ClientError::MainTask(e),
         }
     }
 
