@@ -105,8 +105,8 @@ fn random_file(path: &Path, bytes: u64) {
 
 /// Plain TCP copy of `src` to `dst` over loopback: file -> socket -> file (MiB/s).
 ///
-/// `dst` must be a new file that is kept until the benchmark ends, like the clients'
-/// caches: on a virtual machine that hands freed guest memory back to its host (free page
+/// `dst` must be a new file that is kept at least until the transfers it is compared with
+/// have run, like the clients' caches: on a virtual machine that hands freed guest memory back to its host (free page
 /// reporting, as on the machine these figures come from), writing into page cache that
 /// was freed a moment ago runs several times faster than writing into fresh memory
 /// (measured 5.8 GB/s against 0.4 GB/s). A copy deleted after each run would let the
@@ -599,6 +599,10 @@ fn main() {
             from_origin += done(g)["from_origin"].as_u64().unwrap();
         }
         took.push(t.elapsed().as_secs_f64());
+        // The run is measured: its N copies go, so that the disk holds one run's at a time.
+        for i in 0..n {
+            std::fs::remove_file(copies.join(format!("swarm-{k}-{i}.bin"))).unwrap();
+        }
         swarm_cpu.push((cpu(&swarm_pids) - before) / (nf * gib));
         served += origin.bytes_served_for(&format!("swarm-{k}.bin"));
     }
