@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use branchline_quic::cache_source::CacheSource;
 use branchline_quic::{ClientName, ContentNode, Role};
@@ -93,11 +93,7 @@ impl ServerContent {
     /// requests on it.
     pub async fn send_to(&self, client: &ClientRecord) -> Result<(), String> {
         let key = client.id.to_string();
-        if let Some((conn, _)) = self
-            .sending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
+        if let Some((conn, _)) = crate::lock(&self.sending).get(&key)
             && conn.close_reason().is_none()
         {
             return Ok(());
@@ -119,12 +115,7 @@ impl ServerContent {
                 corrupted: None,
             }),
         );
-        if let Some((old, old_task)) = self
-            .sending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, (conn, task))
-        {
+        if let Some((old, old_task)) = crate::lock(&self.sending).insert(key, (conn, task)) {
             old.close(0u32.into(), b"replaced");
             old_task.abort();
         }

@@ -1,8 +1,6 @@
 //! The admin's calls on client identities (`branchline connector client ...`): list,
 //! approve, reset and revoke. See [`crate::identities`] for the rules.
 
-use std::sync::PoisonError;
-
 use serde::{Deserialize, Serialize};
 
 use branchline_wire::ClientId;
@@ -79,33 +77,18 @@ pub(crate) async fn execute(state: &ServerState, call: AdminCall) -> AdminResult
         Ok(id) => id,
         Err(e) => return e,
     };
-    let result = change(
-        &mut state
-            .identities
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-        &id,
-        now,
-    );
+    let result = change(&mut crate::lock(&state.identities), &id, now);
     let identity = match result {
         Ok(i) => i,
         Err(e @ IdError::Unknown(_)) => return AdminResult::not_found(e.to_string()),
         Err(e) => return AdminResult::invalid(e.to_string()),
     };
-    let removed = state
-        .identities
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&id)
-        .is_none();
+    let removed = crate::lock(&state.identities).get(&id).is_none();
     if removed || identity.state == IdState::Revoked {
         forget_everywhere(state, &id);
     }
     let (epoch, fingerprint) = {
-        let ids = state
-            .identities
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let ids = crate::lock(&state.identities);
         crate::apply_revocations(&ids, &state.revoked);
         (ids.epoch(), identity.fingerprint())
     };
@@ -135,43 +118,19 @@ pub(crate) async fn execute(state: &ServerState, call: AdminCall) -> AdminResult
 /// A revoked or reset client is no longer listed, located or trusted for reports; its
 /// heartbeat gets "unknown" and it must register again (and is then checked again).
 fn forget_everywhere(state: &ServerState, id: &ClientId) {
-    state
-        .registry
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(id);
-    state
-        .locations
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .forget_client(id);
-    state
-        .reports
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .forget_client(id);
+    crate::lock(&state.registry).remove(id);
+    crate::lock(&state.locations).forget_client(id);
+    crate::lock(&state.reports).forget_client(id);
 }
 
 fn view(state: &ServerState) -> IdentitiesView {
-    let identities: Vec<Identity> = state
-        .identities
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .snapshot();
-    let enrollment = match state
-        .identities
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .mode()
-    {
+    let identities: Vec<Identity> = crate::lock(&state.identities).snapshot();
+    let enrollment = match crate::lock(&state.identities).mode() {
         crate::identities::Enrollment::Open => "open",
         crate::identities::Enrollment::Approve => "approve",
     };
-    let registry = state
-        .registry
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
+    let registry = crate::lock(&state.registry);
+    let offices = crate::lock(&state.offices);
     let clients = identities
         .into_iter()
         .map(|i| {

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use branchline_quic::{CertRequest, ClientName, DeploymentCa};
@@ -94,14 +94,14 @@ impl ServerState {
     /// The current key's id and, during an overlap, when the previous key retires: what
     /// registration and heartbeat replies announce.
     pub fn key_announcement(&self) -> (u32, u64) {
-        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let keys = crate::lock(&self.keys);
         (keys.current().derive().id().0, keys.retire_ms())
     }
 
     /// Retires the previous deployment key once its overlap is over: from then on the
     /// endpoints drop what is sealed with it (counted `wrong_key`).
     pub fn retire_keys(&self) {
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys = crate::lock(&self.keys);
         let previous = keys.previous_view();
         if keys.tick(self.clock.now_ms()) {
             self.keyset.replace(keys.accepted());
@@ -125,7 +125,7 @@ impl ServerState {
     /// The office a client sits in and its type, for its registration and heartbeat
     /// replies.
     pub fn office_of(&self, client: &ClientId) -> (String, String) {
-        let offices = self.offices.lock().unwrap_or_else(PoisonError::into_inner);
+        let offices = crate::lock(&self.offices);
         match offices.office_of(client) {
             Some(o) => {
                 let spec = offices.tree().office(o);
@@ -149,19 +149,14 @@ impl ServerState {
     /// What a client should fetch now, for its heartbeat reply.
     pub fn assignments_of(&self, client: ClientId) -> Vec<Assign> {
         let office = {
-            let offices = self.offices.lock().unwrap_or_else(PoisonError::into_inner);
+            let offices = crate::lock(&self.offices);
             offices
                 .office_of(&client)
                 .map(|o| offices.tree().office(o).name.clone())
         };
-        let locations = self
-            .locations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let locations = crate::lock(&self.locations);
         let complete = |c: &ContentId| locations.have(&client, c).is_some_and(|h| h.is_complete());
-        self.deployments
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        crate::lock(&self.deployments)
             .assignments(client, office.as_deref(), complete, MAX_ASSIGNMENTS)
             .into_iter()
             .map(|(c, d)| Assign {
@@ -174,11 +169,7 @@ impl ServerState {
     /// The answer to a health request.
     pub fn health(&self) -> Health {
         let now = self.clock.now_ms();
-        let (total, online) = self
-            .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .counts(now);
+        let (total, online) = crate::lock(&self.registry).counts(now);
         Health {
             version: SOFTWARE_VERSION.into(),
             uptime_s: self.started.elapsed().as_secs(),
@@ -192,12 +183,7 @@ impl ServerState {
                 .snapshot()
                 .into_iter()
                 .chain(self.quic_refusals.snapshot())
-                .chain(
-                    self.quota
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .snapshot(),
-                )
+                .chain(crate::lock(&self.quota).snapshot())
                 .chain([("db_heartbeat_dropped", self.writer.touches_dropped())])
                 .filter(|(_, n)| *n > 0)
                 .map(|(reason, count)| DropCount {
@@ -207,10 +193,7 @@ impl ServerState {
                 .collect(),
             connectors_total: self.connectors_total.load(Ordering::Relaxed),
             large_requests: self.large_requests.load(Ordering::Relaxed),
-            client_drops: self
-                .client_drops
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
+            client_drops: crate::lock(&self.client_drops)
                 .sums()
                 .into_iter()
                 .map(|(reason, count)| DropCount { reason, count })
@@ -229,11 +212,7 @@ impl ServerState {
             origin: item.meta.origin.clone(),
             piece_size: item.meta.piece_size,
             published_ms: item.published_ms,
-            complete_holders: self
-                .locations
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .complete_holders(&id) as u32,
+            complete_holders: crate::lock(&self.locations).complete_holders(&id) as u32,
             server_holds: self.content.as_ref().is_some_and(|c| c.holds(&id)),
         }
     }
@@ -270,10 +249,7 @@ impl ServerState {
         use crate::identities::{Admission, Enrollment};
         let id = reg.client_id;
         let Some(req) = &reg.cert_request else {
-            let ids = self
-                .identities
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let ids = crate::lock(&self.identities);
             if ids.get(&id).is_some() {
                 return Err(Box::new(self.unauthorized(format!(
                     "client {id} is bound to a key: register with a certificate request signed by it"
@@ -295,11 +271,8 @@ impl ServerState {
                 })));
             }
         };
-        let admitted = self
-            .identities
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .admit(id, request.public_key, &reg.hostname, now);
+        let admitted =
+            crate::lock(&self.identities).admit(id, request.public_key, &reg.hostname, now);
         match admitted {
             Admission::Active { bound } => {
                 if bound.is_some() {
@@ -414,17 +387,9 @@ impl Handler for ServerHandler {
         let response = self.handle(from, body);
         if let Some(c) = client {
             let s = &self.0;
-            let known = s
-                .registry
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&c)
-                .is_some();
+            let known = crate::lock(&s.registry).get(&c).is_some();
             if known {
-                s.keys
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .seen(c, key);
+                crate::lock(&s.keys).seen(c, key);
             }
         }
         response
@@ -452,10 +417,7 @@ impl Handler for ServerHandler {
                     Ok(bound) => bound,
                     Err(reply) => return *reply,
                 };
-                if s.identities
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .state(&reg.client_id)
+                if crate::lock(&s.identities).state(&reg.client_id)
                     == Some(crate::identities::IdState::Pending)
                 {
                     let saved = bound.map(|b| s.writer.save_identity(b.id, Some(b)));
@@ -495,15 +457,12 @@ impl Handler for ServerHandler {
                     )
                 };
                 let (what, record) = {
-                    let mut registry = s.registry.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut registry = crate::lock(&s.registry);
                     let (what, rec) = registry.register(reg, from, now);
                     (what, rec.clone())
                 };
                 // Placed by the address the server sees, never by what the client says.
-                s.offices
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .place(record.id, from.ip());
+                crate::lock(&s.offices).place(record.id, from.ip());
                 if what == Registered::New {
                     tracing::info!(client = %record.id, host = %record.hostname, %from, "client enrolled");
                 } else {
@@ -550,16 +509,13 @@ impl Handler for ServerHandler {
                     Ok(b) => b,
                     Err(e) => return s.refuse(e),
                 };
-                if s.identities
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .state(&beat.client_id)
+                if crate::lock(&s.identities).state(&beat.client_id)
                     == Some(crate::identities::IdState::Revoked)
                 {
                     return s.refuse_revoked(&beat.client_id, from);
                 }
                 let known = {
-                    let mut registry = s.registry.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut registry = crate::lock(&s.registry);
                     registry
                         .heartbeat(&beat, now)
                         .map(|r| (r.last_seen_ms, r.cache_free_bytes))
@@ -569,10 +525,7 @@ impl Handler for ServerHandler {
                 }
                 let (assignments, (office, office_kind)) = if known.is_some() {
                     if let Ok(drops) = branchline_wire::validate::drop_counts(&h.drops) {
-                        s.client_drops
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .record(beat.client_id, drops);
+                        crate::lock(&s.client_drops).record(beat.client_id, drops);
                     } else {
                         s.counters.count(DropReason::Invalid);
                     }
@@ -589,11 +542,7 @@ impl Handler for ServerHandler {
                     assignments,
                     office,
                     office_kind,
-                    revocation_epoch: s
-                        .identities
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .epoch(),
+                    revocation_epoch: crate::lock(&s.identities).epoch(),
                     key_id,
                     key_retire_ms,
                 }))
@@ -645,11 +594,7 @@ impl Handler for ServerHandler {
                     }
                 };
                 let id = meta.content_id;
-                let begun = s
-                    .catalogue
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .begin(meta, b.map_len as usize, now);
+                let begun = crate::lock(&s.catalogue).begin(meta, b.map_len as usize, now);
                 match begun {
                     Ok(begin) => Response::Reply(Body::Published(Published {
                         content_id: id.to_vec(),
@@ -664,11 +609,7 @@ impl Handler for ServerHandler {
                     Ok(id) => ContentId::from_bytes(id),
                     Err(e) => return s.refuse(e),
                 };
-                let stored = s
-                    .catalogue
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .chunk(&id, c.offset as usize, &c.data, now);
+                let stored = crate::lock(&s.catalogue).chunk(&id, c.offset as usize, &c.data, now);
                 match stored {
                     Ok(()) => Response::Reply(Body::Ack(Ack {})),
                     Err(e) => Response::Reply(publish_error(e, now)),
@@ -679,11 +620,7 @@ impl Handler for ServerHandler {
                     Ok(id) => ContentId::from_bytes(id),
                     Err(e) => return s.refuse(e),
                 };
-                let committed = s
-                    .catalogue
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .commit(&id, now);
+                let committed = crate::lock(&s.catalogue).commit(&id, now);
                 match committed {
                     Ok(None) => Response::Reply(Body::Published(Published {
                         content_id: id.as_bytes().to_vec(),
@@ -700,11 +637,7 @@ impl Handler for ServerHandler {
                                     if let Some(c) = &state.content {
                                         c.import_after_publish(&item);
                                     }
-                                    state
-                                        .catalogue
-                                        .lock()
-                                        .unwrap_or_else(PoisonError::into_inner)
-                                        .insert(item);
+                                    crate::lock(&state.catalogue).insert(item);
                                     Body::Published(Published {
                                         content_id: id.as_bytes().to_vec(),
                                         new_content: true,
@@ -726,7 +659,7 @@ impl Handler for ServerHandler {
             }
             Body::ListContent(l) => {
                 let metas: Vec<ContentMeta> = {
-                    let cat = s.catalogue.lock().unwrap_or_else(PoisonError::into_inner);
+                    let cat = crate::lock(&s.catalogue);
                     cat.list().into_iter().map(|i| s.meta_of(i)).collect()
                 };
                 let total = metas.len() as u32;
@@ -747,28 +680,20 @@ impl Handler for ServerHandler {
                 Response::Reply(Body::ContentList(page))
             }
             Body::AdminChunk(c) => {
-                let stored = s
-                    .calls
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .chunk(
-                        c.call_id,
-                        c.total_len as usize,
-                        c.offset as usize,
-                        &c.data,
-                        now,
-                    );
+                let stored = crate::lock(&s.calls).chunk(
+                    c.call_id,
+                    c.total_len as usize,
+                    c.offset as usize,
+                    &c.data,
+                    now,
+                );
                 match stored {
                     Ok(()) => Response::Reply(Body::Ack(Ack {})),
                     Err(e) => Response::Reply(error(ErrorCode::Invalid, e.to_string(), now)),
                 }
             }
             Body::AdminRun(r) => {
-                let found = s.calls.lock().unwrap_or_else(PoisonError::into_inner).run(
-                    r.call_id,
-                    r.offset as usize,
-                    now,
-                );
+                let found = crate::lock(&s.calls).run(r.call_id, r.offset as usize, now);
                 let call_id = r.call_id;
                 match found {
                     Ok(crate::admin::Run::Page { total_len, data }) => {
@@ -790,8 +715,7 @@ impl Handler for ServerHandler {
                                     )),
                                 };
                             let now = state.clock.now_ms();
-                            let mut calls =
-                                state.calls.lock().unwrap_or_else(PoisonError::into_inner);
+                            let mut calls = crate::lock(&state.calls);
                             calls.finish(call_id, &result, now);
                             match calls.run(call_id, 0, now) {
                                 Ok(crate::admin::Run::Page { total_len, data }) => {

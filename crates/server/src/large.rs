@@ -2,7 +2,7 @@
 //! piece maps, "where can I get X", and what clients hold. The requester is the client
 //! named by its verified certificate; no field of the request says who is asking.
 
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use branchline_quic::{HandlerError, PeerIdentity, Role};
 use branchline_store::{Bitfield, ContentId};
@@ -51,32 +51,21 @@ pub async fn handle(
         .large_requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // Its certificate proves who it is: it is alive.
-    state
-        .registry
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .seen(&client, state.clock.now_ms());
+    crate::lock(&state.registry).seen(&client, state.clock.now_ms());
     let request = LargeRequest::decode(request).map_err(|e| {
         state.counters.count(DropReason::Decode);
         HandlerError(format!("undecodable large request: {e}"))
     })?;
     // A revoked (or not yet approved) client gets nothing, even on a connection it
     // opened before the revocation.
-    let may = state
-        .identities
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .may_serve(&client);
+    let may = crate::lock(&state.identities).may_serve(&client);
     let response = match request.request {
         _ if !may => error(
             ErrorCode::Unauthorized,
             "this client is revoked or not approved by the admin",
         ),
         Some(Request::GetRevocations(_)) => {
-            let ids = state
-                .identities
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let ids = crate::lock(&state.identities);
             Response::Revocations(Revocations {
                 epoch: ids.epoch(),
                 clients: ids.revoked().iter().map(|c| c.to_string()).collect(),
@@ -108,19 +97,14 @@ async fn send_content(state: &ServerState, client: ClientId, content_id: &[u8]) 
     if !content.holds(&id) {
         return error(ErrorCode::NotFound, "the server does not hold this content");
     }
-    let record = state
-        .registry
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&client)
-        .cloned();
+    let record = crate::lock(&state.registry).get(&client).cloned();
     let Some(record) = record else {
         return error(ErrorCode::NotFound, "unknown client: register first");
     };
     // Placed by the address the server saw, never by the subnet the client claims: a
     // client elsewhere cannot talk the server into sending it content directly.
     let central = {
-        let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
+        let offices = crate::lock(&state.offices);
         offices.office_of(&client) == Some(offices.tree().root())
     };
     if !central {
@@ -144,10 +128,7 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
     let id_of = content_id_of;
     match request {
         Request::GetContent(g) => {
-            let cat = state
-                .catalogue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let cat = crate::lock(&state.catalogue);
             let item = if !g.content_id.is_empty() {
                 match id_of(&g.content_id) {
                     Ok(id) => cat.get(&id),
@@ -172,12 +153,7 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                 Ok(id) => id,
                 Err(e) => return error(ErrorCode::Invalid, e.to_string()),
             };
-            let (origin, pieces) = match state
-                .catalogue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&id)
-            {
+            let (origin, pieces) = match crate::lock(&state.catalogue).get(&id) {
                 Some(item) => (item.meta.origin.clone(), item.map.piece_count()),
                 None => return error(ErrorCode::NotFound, "no such content in the catalogue"),
             };
@@ -188,12 +164,7 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                 Ok(id) => id,
                 Err(e) => return error(ErrorCode::Invalid, e.to_string()),
             };
-            let pieces = match state
-                .catalogue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&id)
-            {
+            let pieces = match crate::lock(&state.catalogue).get(&id) {
                 Some(item) => item.map.piece_count(),
                 None => return error(ErrorCode::NotFound, "no such content in the catalogue"),
             };
@@ -223,56 +194,34 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
                 .filter_map(|p| p.parse().ok())
                 .collect();
             if !served.is_empty() {
-                state
-                    .reports
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .served_by(client, id, served);
+                crate::lock(&state.reports).served_by(client, id, served);
             }
-            state
-                .locations
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .report(client, id, have, now);
-            state
-                .offices
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .progress(client, id, pieces, complete, now);
+            crate::lock(&state.locations).report(client, id, have, now);
+            crate::lock(&state.offices).progress(client, id, pieces, complete, now);
             if let Some(b) = h.sources {
-                state
-                    .deployments
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .record(
-                        id,
-                        client,
-                        SourceBytes {
-                            origin: b.origin,
-                            server: b.server,
-                            wan: b.wan,
-                            lan: b.lan,
-                        },
-                    );
+                crate::lock(&state.deployments).record(
+                    id,
+                    client,
+                    SourceBytes {
+                        origin: b.origin,
+                        server: b.server,
+                        wan: b.wan,
+                        lan: b.lan,
+                    },
+                );
             }
             Response::Ack(Ack {})
         }
         Request::GetDeploymentKey(_) => {
             // The certificate says who asks; only a client the server knows gets the key.
-            if state
-                .registry
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&client)
-                .is_none()
-            {
+            if crate::lock(&state.registry).get(&client).is_none() {
                 return error(
                     ErrorCode::NotFound,
                     "this client is not registered; register first",
                 );
             }
             let (key, retire_ms) = {
-                let keys = state.keys.lock().unwrap_or_else(PoisonError::into_inner);
+                let keys = crate::lock(&state.keys);
                 (keys.current().clone(), keys.retire_ms())
             };
             tracing::info!(%client, key_id = %key.derive().id(), "gave the current deployment key to a client");
@@ -296,28 +245,17 @@ fn answer(state: &ServerState, client: ClientId, request: Request) -> Response {
             };
             // The address the server sees the reporter at: one device with several ids
             // counts once.
-            let ip = state
-                .registry
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
+            let ip = crate::lock(&state.registry)
                 .get(&client)
                 .and_then(crate::calls::seen_ip);
             let Some(ip) = ip else {
                 return error(ErrorCode::NotFound, "unknown client: register first");
             };
-            let verdict = state
-                .reports
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .bad_peer(client, ip, id, bad, now);
+            let verdict = crate::lock(&state.reports).bad_peer(client, ip, id, bad, now);
             match verdict {
                 BadVerdict::Drop => {
                     tracing::warn!(reporter = %client, peer = %bad, content = %id, reason = %b.reason, "peer reported bad by several clients; no longer offered for this content");
-                    state
-                        .locations
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .forget(&bad, &id);
+                    crate::lock(&state.locations).forget(&bad, &id);
                 }
                 BadVerdict::Counted { reporters } => {
                     tracing::info!(reporter = %client, peer = %bad, content = %id, reason = %b.reason, reporters, "bad-peer report counted; more reporters are needed to drop the peer");
@@ -345,28 +283,19 @@ fn locate(
     now: u64,
 ) -> Response {
     let wall = crate::now_ms();
-    let registry = state
-        .registry
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let registry = crate::lock(&state.registry);
     let Some(me) = registry.get(&client).cloned() else {
         return error(ErrorCode::NotFound, "unknown client: register first");
     };
-    let mut offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut offices = crate::lock(&state.offices);
     if offices.office_of(&client).is_none()
         && let Some(ip) = crate::calls::seen_ip(&me)
     {
         offices.place(client, ip);
     }
-    let identities = state
-        .identities
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let mut locations = state
-        .locations
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let mut reports = state.reports.lock().unwrap_or_else(PoisonError::into_inner);
+    let identities = crate::lock(&state.identities);
+    let mut locations = crate::lock(&state.locations);
+    let mut reports = crate::lock(&state.reports);
     let open: Vec<bool> = offices
         .tree()
         .iter()
@@ -488,17 +417,9 @@ fn locate(
         .chain(upstream.iter())
         .filter_map(|p| p.client_id.parse().ok())
         .collect();
-    state
-        .reports
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .named(client, id, &named);
+    crate::lock(&state.reports).named(client, id, &named);
     if let Some(relay) = plan.relay {
-        state
-            .deployments
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .relay(relay, id);
+        crate::lock(&state.deployments).relay(relay, id);
         if let Some(addr) = registry.get(&relay).and_then(crate::calls::small_addr) {
             tracing::info!(relay = %relay, content = %id, "asked to fetch for a child office");
             state.push(
@@ -511,11 +432,7 @@ fn locate(
         }
     }
     let spec = offices.tree().office(plan.office);
-    let paused = state
-        .transfers
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .is_paused(&spec.name, &id);
+    let paused = crate::lock(&state.transfers).is_paused(&spec.name, &id);
     let link = plan.am_rvp.then(|| {
         let wan = &spec.wan;
         LinkPolicy {

@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Default new client ids per source address per minute (600).
@@ -184,11 +183,11 @@ impl crate::handler::ServerState {
         now_ms: u64,
     ) -> Result<(), Box<branchline_wire::Body>> {
         let (known, clients) = {
-            let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+            let registry = crate::lock(&self.registry);
             (registry.get(client).is_some(), registry.len() as u64)
         };
         let busy = self.writer.is_busy();
-        let mut quota = self.quota.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut quota = crate::lock(&self.quota);
         quota
             .admit(from.ip(), known, clients, busy, now_ms)
             .map_err(|refused| {

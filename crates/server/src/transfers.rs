@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use branchline_store::ContentId;
 use branchline_transport::{DropReason, Handler, Response};
@@ -44,10 +44,7 @@ impl SignalHandler {
         let Ok(client) = s.client_id.parse::<ClientId>() else {
             return self.refuse("client_id: not a client id".into());
         };
-        let seen = state
-            .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let seen = crate::lock(&state.registry)
             .get(&client)
             .and_then(crate::calls::seen_ip);
         if seen != Some(from.ip()) {
@@ -63,7 +60,7 @@ impl SignalHandler {
             _ => return self.refuse(format!("signal kind {} is not for the server", s.kind)),
         };
         let Some(office) = ({
-            let offices = state.offices.lock().unwrap_or_else(PoisonError::into_inner);
+            let offices = crate::lock(&state.offices);
             offices
                 .office_of(&client)
                 .map(|o| offices.tree().office(o).name.clone())
@@ -76,10 +73,7 @@ impl SignalHandler {
             .take(MAX_SENDERS)
             .filter_map(|c| c.parse().ok())
             .collect();
-        let mut transfers = state
-            .transfers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut transfers = crate::lock(&state.transfers);
         if let Some(t) = transfers.signal(
             &office, content, client, senders, what, s.bytes, s.rate, now,
         ) {

@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::PoisonError;
 
 use branchline_wire::Body;
 use branchline_wire::connector::{self, NONCE_LEN, SECRET_LEN, Token};
@@ -246,11 +245,7 @@ pub fn admit(
     };
     match body {
         Body::ConnectorEnroll(e) => {
-            let enrolled = s
-                .connector_auth
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .enroll(&e);
+            let enrolled = crate::lock(&s.connector_auth).enroll(&e);
             match enrolled {
                 Ok(replaced) => {
                     tracing::info!(connector = %e.name, %from, replaced, "connector enrolled");
@@ -263,11 +258,7 @@ pub fn admit(
             }
         }
         Body::ConnectorSigned(signed) => {
-            let inner = s
-                .connector_auth
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .verify(&signed, now_ms);
+            let inner = crate::lock(&s.connector_auth).verify(&signed, now_ms);
             match inner {
                 Ok(Body::ConnectorSigned(_) | Body::ConnectorEnroll(_)) => {
                     Err(refuse(AuthError::Undecodable))

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use branchline_transport::{Handler, Response};
 use branchline_wire::Body;
@@ -209,11 +209,7 @@ impl Collector for StateCollector {
         )?;
 
         // WAN transfers admitted to each office's link.
-        let transfers = s
-            .offices
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .transfers();
+        let transfers = crate::lock(&s.offices).transfers();
         let active: Vec<(Labels, i64)> = topo
             .offices
             .iter()
@@ -235,10 +231,7 @@ impl Collector for StateCollector {
         )?;
 
         // Bytes per office and source kind, over every content item.
-        let ids: Vec<(branchline_store::ContentId, String)> = s
-            .catalogue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let ids: Vec<(branchline_store::ContentId, String)> = crate::lock(&s.catalogue)
             .list()
             .iter()
             .map(|i| {
@@ -292,11 +285,7 @@ impl Collector for StateCollector {
             &wan,
         )?;
 
-        let elections = s
-            .offices
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .elections;
+        let elections = crate::lock(&s.offices).elections;
         counters(
             &mut e,
             "rvp_elections",

@@ -25,7 +25,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -177,7 +177,7 @@ impl App {
     /// counter.
     pub fn rate(&self, office: &str, content: &str, bytes: u64) -> f64 {
         let now = self.state.clock.now_ms();
-        let mut samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut samples = crate::lock(&self.samples);
         let key = (office.to_owned(), content.to_owned());
         match samples.get_mut(&key) {
             None => {

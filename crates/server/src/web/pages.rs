@@ -5,7 +5,7 @@
 //! Every figure a test or a script may want is also in a `data-*` attribute.
 
 use std::fmt::Write;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -211,12 +211,7 @@ fn summary(app: &App) -> String {
     let h = app.state.health();
     let deps = crate::calls::deployments_view(&app.state);
     let s: &Savings = &deps.savings;
-    let items = app
-        .state
-        .catalogue
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .len();
+    let items = crate::lock(&app.state.catalogue).len();
     let mut out = String::from(r#"<div class="cards">"#);
     out.push_str(&card(
         "clients online",
