@@ -504,3 +504,96 @@ fn json_logs_carry_the_client_content_and_office() {
         "no line carries the content id and office:\n{log}"
     );
 }
+
+/// A tmpfs mounted on a directory for one test, unmounted when dropped (also when the
+/// test fails).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, bytes: u64) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "mount -t tmpfs (this test needs root): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Tmpfs(dir.to_owned())
+    }
+
+    fn resize(&self, bytes: u64) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={bytes}")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "growing the test tmpfs failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+#[ignore = "needs root: mounts a small tmpfs as a client's data directory"]
+fn a_full_disk_pauses_a_download_that_ends_intact_once_there_is_room() {
+    // 12 MiB of 256 KiB pieces onto a 4 MiB disk: the writer hits ENOSPC with pieces
+    // queued; they must go back to the pool, and nothing recorded may be lost.
+    const SIZE: usize = 12 << 20;
+    let Lan {
+        bed,
+        server,
+        key,
+        origin,
+        data,
+        id,
+    } = lan(SIZE, "big", &["--piece-size", "262144"]);
+    let disk = Tmpfs::mount(Path::new(&bed.path("client1")), 4 << 20);
+    let client = bed.client_with(
+        &[],
+        1,
+        &key,
+        &["--hostname", "client-1", "--cache-size", "1GiB"],
+    );
+    wait_registered(&bed, &key, 1, &[&server, &client]);
+    let out = PathBuf::from(bed.path("out"));
+    let get = get_proc(&bed, 1, &id, &out);
+    wait_for(
+        "the download to pause on the full disk",
+        Duration::from_secs(120),
+        &[&server, &client],
+        || {
+            client
+                .log()
+                .contains("disk full: download paused")
+                .then_some(())
+        },
+    );
+    disk.resize(64 << 20);
+    let v = finish(get, "get once the disk grew", &[&server, &client]);
+    assert!(std::fs::read(&out).unwrap() == data, "the file is intact");
+    assert_eq!(v["size"].as_u64(), Some(SIZE as u64), "{v}");
+    // The pieces that were waiting for the disk were fetched again, from the only
+    // source: the origin served more than once, but at most what could wait.
+    let served = origin.server.bytes_served_for("pkg.bin");
+    assert!(served >= SIZE as u64, "origin served {served}");
+    assert!(
+        served <= (SIZE + (64 << 20)) as u64,
+        "origin served {served}"
+    );
+    drop(client);
+}

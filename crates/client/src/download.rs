@@ -849,7 +849,12 @@ impl Download {
                             }
                         }
                         Err(StoreError::DiskFull { .. }) => {
-                            tracing::warn!(content = %self.id, "disk full: download paused");
+                            if paused_until.is_none() {
+                                tracing::warn!(content = %self.id, "disk full: download paused");
+                            } else {
+                                // Pieces that were on their way when it filled up.
+                                tracing::debug!(content = %self.id, "disk still full");
+                            }
                             self.progress.send_modify(|p| p.paused = Some("disk full".into()));
                             paused_until = Some(Instant::now() + DISK_FULL_RETRY);
                             // Nothing wrong with the sources: these pieces, and those queued
