@@ -144,10 +144,21 @@ pub struct Deployment {
     pub procs: Procs,
     pub key: String,
     pub server_ip: String,
+    /// One deployment at a time in this process (dropped last, after everything else).
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Deployments take turns: the tests measure WAN bytes that depend on timing (what an
+/// office's peers had when its RVP was killed, how far a pause got), and a second test
+/// bed running beside one on a 2-core machine turns its load into the other's figures.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Deployment {
     pub fn start(topo: &Topology, clients: &[&str]) -> Deployment {
+        // A test that failed while holding it leaves nothing behind (its drop ran).
+        let alone = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tb = Testbed::up(topo).expect("test bed up");
         let dir = tempfile::tempdir().unwrap();
         let mut procs = Procs(Vec::new());
@@ -186,6 +197,7 @@ impl Deployment {
             procs,
             key,
             server_ip,
+            _alone: alone,
         };
         for c in clients {
             d.client(c);
