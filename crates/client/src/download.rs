@@ -886,8 +886,8 @@ impl Download {
     }
 
     /// Adds (or refreshes) a same-office peer: listed by the server, or found on the
-    /// subnet. A dropped source comes back when it is listed again; a banned one is
-    /// refused by the scheduler.
+    /// subnet. A source dropped for strikes comes back on probation when it is listed
+    /// again (see the scheduler's crate docs); a banned one is refused by the scheduler.
     fn add_peer(&mut self, sched: &mut Scheduler, client: &str, addr: SocketAddr, have: Have) {
         let source = match self.peers.get(client) {
             Some(s) => *s,

@@ -158,6 +158,16 @@
 //! retransmission timeout); a transport strike halves the window. Either way the source
 //! proves itself again on less work, and its window doubles back per good sample.
 //!
+//! **Probation.** A source dropped for strikes may be added again (the server lists
+//! every holder at each locate, and an honest peer that was only overloaded should come
+//! back). It returns on probation ([`SourceStats::probation`]): it is asked only for
+//! pieces no other active source holds, never for an endgame copy, and what it claims
+//! counts like an upstream source's, so it holds back no origin read and does not make
+//! a piece look common to rarest-first. Its first whole verified piece ends the
+//! probation. Without it, a peer that claims everything and serves nothing took every
+//! missing piece away from the origin again each time it was listed, for another round
+//! of deadlines (a download beside such a peer stalled at half its pieces for a minute).
+//!
 //! **Busy and local failures.** A source that holds a piece but cannot serve it now
 //! ([`Failure::Busy`], e.g. an RVP limiting how many clients it serves at once) earns no
 //! strike: its window halves and the piece goes to another holder first. A failure on

@@ -220,6 +220,11 @@ impl Scheduler {
                 s.unavailable = old.unavailable;
                 s.busy = old.busy;
                 s.group = old.group;
+                // Dropped for strikes and listed again: it must prove itself before its
+                // claims count (a peer that claims everything and serves nothing would
+                // otherwise hold every missing piece back from the origin, again and
+                // again).
+                s.probation = true;
                 self.sources.insert(id, s);
             }
             None => {
@@ -229,7 +234,7 @@ impl Scheduler {
         }
         let s = &self.sources[&id];
         let empty = PieceSet::new(self.piece_count);
-        self.avail.apply(s.kind, &empty, &s.effective);
+        self.avail.apply(s.avail_kind(), &empty, &s.effective);
         Ok(())
     }
 
@@ -262,7 +267,7 @@ impl Scheduler {
         for &p in s.denied_until.keys() {
             effective.remove(p);
         }
-        self.avail.apply(s.kind, &s.effective, &effective);
+        self.avail.apply(s.avail_kind(), &s.effective, &effective);
         s.reported = reported;
         s.effective = effective;
         Ok(())
@@ -280,7 +285,7 @@ impl Scheduler {
         }
         s.reported.insert(piece);
         if !s.denied_until.contains_key(&piece) && s.effective.insert(piece) {
-            self.avail.add(s.kind, piece);
+            self.avail.add(s.avail_kind(), piece);
         }
         Ok(())
     }
@@ -513,6 +518,14 @@ impl Scheduler {
             if request.is_some() {
                 s.strikes = 0;
                 s.backoff = s.backoff.saturating_sub(1);
+                if s.probation && s.is_active() {
+                    // Proven: its claims count again.
+                    let before = s.avail_kind();
+                    s.probation = false;
+                    let none = PieceSet::new(self.piece_count);
+                    self.avail.apply(before, &s.effective, &none);
+                    self.avail.apply(s.kind, &none, &s.effective);
+                }
             }
         }
         if let Some(r) = request {
@@ -896,6 +909,19 @@ impl Scheduler {
         let avoided = |p: u32| s.avoid_until.contains_key(&p) && self.avail.total(p) > 1;
         let pool = self.avail.pool().words();
         let held = s.effective.words();
+        if s.probation {
+            // Only what no other active source holds: a source on probation is a last
+            // resort until it delivers.
+            for (i, (&pw, &ew)) in pool.iter().zip(held).enumerate() {
+                for b in bits(pw & ew) {
+                    let p = i as u32 * 64 + b;
+                    if self.avail.total(p) == 1 {
+                        return Some(p);
+                    }
+                }
+            }
+            return None;
+        }
         if s.kind != SourceKind::Peer {
             let peer_held = self.avail.peer_any().words();
             for (i, ((&pw, &ew), &hw)) in pool.iter().zip(held).zip(peer_held).enumerate() {
@@ -951,8 +977,8 @@ impl Scheduler {
             return None;
         }
         let s = &self.sources[&id];
-        if !s.in_flight.is_empty() {
-            // Only an idle source takes over: one that is busy would only queue the copy.
+        if !s.in_flight.is_empty() || s.probation {
+            // Only an idle source takes over (and not one on probation): one that is busy would only queue the copy.
             return None;
         }
         let remote = s.kind != SourceKind::Peer;
@@ -1041,6 +1067,7 @@ impl Scheduler {
             h != id
                 && o.is_active()
                 && o.in_flight.is_empty()
+                && !o.probation
                 && o.window > 0
                 && o.effective.contains(piece)
                 && !o.avoid_until.contains_key(&piece)
@@ -1371,7 +1398,7 @@ impl Scheduler {
             .get_mut(&id)
             .expect("deactivating a known source");
         let empty = PieceSet::new(n);
-        self.avail.apply(s.kind, &s.effective, &empty);
+        self.avail.apply(s.avail_kind(), &s.effective, &empty);
         s.state = state;
         s.reported = empty.clone();
         s.effective = empty;
@@ -1396,7 +1423,7 @@ impl Scheduler {
             HoldKind::Denied => {
                 s.denied_until.insert(piece, until);
                 if s.effective.remove(piece) {
-                    self.avail.sub(s.kind, piece);
+                    self.avail.sub(s.avail_kind(), piece);
                 }
             }
             HoldKind::Avoid => {
@@ -1430,7 +1457,7 @@ impl Scheduler {
                 && s.reported.contains(piece)
                 && s.effective.insert(piece)
             {
-                self.avail.add(s.kind, piece);
+                self.avail.add(s.avail_kind(), piece);
             }
         }
     }

@@ -100,6 +100,10 @@ pub struct SourceStats {
     pub bad_pieces: u64,
     /// Pieces it holds that the scheduler would request from it (reported minus refused).
     pub pieces_held: u32,
+    /// Back after a drop for strikes, and no whole piece delivered since: it is asked
+    /// only for pieces no other active source holds, and what it claims holds back no
+    /// origin or upstream read (see the crate docs, "Probation").
+    pub probation: bool,
 }
 
 /// Internal state of one source.
@@ -145,6 +149,8 @@ pub(crate) struct Source {
     pub(crate) unavailable: u64,
     pub(crate) busy: u64,
     pub(crate) bad_pieces: u64,
+    /// See [`SourceStats::probation`].
+    pub(crate) probation: bool,
 }
 
 impl Source {
@@ -180,6 +186,7 @@ impl Source {
             unavailable: 0,
             busy: 0,
             bad_pieces: 0,
+            probation: false,
         }
     }
 
@@ -205,6 +212,7 @@ impl Source {
             } else {
                 0
             },
+            probation: self.probation,
         }
     }
 
@@ -227,5 +235,16 @@ impl Source {
 
     pub(crate) fn is_active(&self) -> bool {
         self.state == SourceState::Active
+    }
+
+    /// The kind its holdings count as in availability: a peer on probation counts like
+    /// an upstream source, so its claims shield no piece from the origin and do not
+    /// make a piece look common to rarest-first.
+    pub(crate) fn avail_kind(&self) -> SourceKind {
+        if self.probation && self.kind == SourceKind::Peer {
+            SourceKind::Upstream
+        } else {
+            self.kind
+        }
     }
 }

@@ -1327,3 +1327,96 @@ fn a_piece_lost_after_arrival_is_asked_for_again_without_blame() {
         Err(SchedError::PieceOutOfRange { .. })
     ));
 }
+
+#[test]
+fn a_peer_dropped_for_strikes_comes_back_on_probation_and_shields_nothing_from_the_origin() {
+    // A peer claims every piece and serves none; the origin is read beside it. Dropped
+    // for strikes, the server lists it again at the next locate: it may come back, but
+    // it must not hold back the origin (it used to take every remaining piece from the
+    // origin again, and keep them for another round of deadlines).
+    let n = 8;
+    let t = Instant::now();
+    let mut s = Scheduler::new(n, [], cfg()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, Have::All).unwrap();
+    s.add_source(O, SourceKind::Origin).unwrap();
+    assert_eq!(
+        drain(&mut s, O, t),
+        Vec::<u32>::new(),
+        "a peer holds them all"
+    );
+    let mut now = t;
+    let mut drop = None;
+    for _ in 0..3 {
+        now += Duration::from_millis(10);
+        let round = drain(&mut s, A, now);
+        assert!(!round.is_empty(), "still active");
+        now += Duration::from_millis(10);
+        for p in round {
+            if let Verdict::Drop(d) = s.on_piece_failed(A, p, Failure::Transport, now).unwrap() {
+                drop = Some(d.reason);
+            }
+        }
+    }
+    assert_eq!(drop, Some(DropReason::Strikes));
+    // Listed again: back, on probation.
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, Have::All).unwrap();
+    let stats = s.source_stats(A).unwrap();
+    assert_eq!(stats.state, SourceState::Active);
+    assert!(stats.probation, "{stats:?}");
+    // The origin takes the missing pieces, in order, as fast as it delivers them; the
+    // peer on probation gets only what no other source holds (nothing here).
+    let mut from_origin = 0;
+    while !s.is_complete() {
+        let asked = drain(&mut s, O, now);
+        assert!(!asked.is_empty(), "the origin is held back");
+        assert_eq!(drain(&mut s, A, now), Vec::<u32>::new());
+        now += Duration::from_millis(5);
+        for p in asked {
+            assert!(s.on_piece_received(O, p, PIECE, now).unwrap().new);
+            from_origin += 1;
+        }
+    }
+    assert_eq!(from_origin, n);
+}
+
+#[test]
+fn a_peer_on_probation_serves_what_only_it_holds_and_its_first_piece_ends_the_probation() {
+    let n = 8;
+    let t = Instant::now();
+    let mut s = Scheduler::new(n, [], cfg()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, Have::All).unwrap();
+    s.add_source(B, SourceKind::Peer).unwrap();
+    s.set_source_pieces(B, set(n, 0..4)).unwrap();
+    let mut now = t;
+    let mut dropped = false;
+    for _ in 0..3 {
+        now += Duration::from_millis(10);
+        for p in drain(&mut s, A, now) {
+            now += Duration::from_millis(1);
+            dropped |= matches!(
+                s.on_piece_failed(A, p, Failure::Transport, now).unwrap(),
+                Verdict::Drop(_)
+            );
+        }
+    }
+    assert!(dropped);
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, Have::All).unwrap();
+    assert!(s.source_stats(A).unwrap().probation);
+    // Only A holds 4..8: it is asked for those (at its floor), never for 0..4, which B
+    // holds too.
+    let asked = drain(&mut s, A, now);
+    assert!(!asked.is_empty());
+    assert!(asked.iter().all(|&p| p >= 4), "{asked:?}");
+    now += Duration::from_millis(5);
+    assert!(s.on_piece_received(A, asked[0], PIECE, now).unwrap().new);
+    let stats = s.source_stats(A).unwrap();
+    assert!(
+        !stats.probation,
+        "a whole verified piece ends the probation"
+    );
+    assert_eq!(stats.strikes, 0);
+}
