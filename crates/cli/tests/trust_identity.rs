@@ -61,6 +61,19 @@ fn get(bed: &Bed, n: u8, content: &str, procs: &[&Proc]) -> Vec<u8> {
     std::fs::read(out_path).unwrap()
 }
 
+/// User and system CPU time a daemon has used so far (`/proc/<pid>/stat`), in seconds.
+fn cpu_seconds(p: &Proc) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.child.id())).unwrap();
+    // The fields after the command name (in parentheses, which may hold spaces):
+    // utime and stime are fields 14 and 15 of the whole line, in clock ticks.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // In USER_HZ ticks, which Linux fixes at 100 for /proc on every architecture we
+    // run on.
+    ticks as f64 / 100.0
+}
+
 /// `connector client list --json`, by hostname.
 fn identities(bed: &Bed, key: &str) -> Vec<Value> {
     let v = bed.connector_json(key, &["client", "list", "--json"]);
@@ -395,7 +408,25 @@ fn false_complete_claims_do_not_stop_origin_reads() {
     let c2 = bed.client(2, &key);
     // The hostile device counts as online (it announced a 10-minute heartbeat).
     bed.wait_online(&key, 3, &[&server, &c1, &c2]);
-    assert_eq!(get(&bed, 1, &id, &[&server, &c1]), data);
+    let got = std::thread::scope(|scope| {
+        let fetching = scope.spawn(|| get(&bed, 1, &id, &[&server, &c1]));
+        // For the claim's first 20 s nothing can be fetched (the hostile peer never
+        // answers, and the origin waits for the claim to prove itself): client 1 must
+        // wait asleep. Its download loop once spun on a wake-up time in the past,
+        // burning a core; asleep it uses a few milliseconds of CPU in this window.
+        std::thread::sleep(Duration::from_secs(3));
+        let before = cpu_seconds(&c1);
+        std::thread::sleep(Duration::from_secs(5));
+        let used = cpu_seconds(&c1) - before;
+        println!("client 1 used {used:.3} s of CPU in 5 s while waiting");
+        assert!(
+            used < 1.0,
+            "client 1 used {used:.2} s of CPU in 5 s while waiting\n{}",
+            c1.log()
+        );
+        fetching.join().unwrap()
+    });
+    assert_eq!(got, data);
     let read = origin.server.bytes_served();
     assert!(read >= SIZE as u64, "the origin was read: {read} bytes");
     assert_eq!(get(&bed, 2, &id, &[&server, &c1, &c2]), data);

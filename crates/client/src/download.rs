@@ -671,12 +671,18 @@ impl Download {
                 .then(|| self.budget.ready_at(self.ceiling, piece_bytes))
                 .flatten()
                 .map(|t| t.max(now + Duration::from_millis(5)));
+            // Nothing asked of a closed link or while paused lifts the scheduler's
+            // expired holds: lift them here, or the earliest of them would be a wake-up
+            // time in the past.
+            sched.expire_holds(now);
             let wake = [
                 Some(next_locate),
                 Some(next_ask),
                 Some(next_signal),
                 Some(next_have),
-                Some(next_report),
+                // Due only once there is something to report (until then it stays in the
+                // past, and this loop would spin).
+                self.have_dirty.then_some(next_report),
                 sched.next_deadline(),
                 paused_until,
                 budget_wake,

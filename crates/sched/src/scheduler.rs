@@ -465,8 +465,18 @@ impl Scheduler {
         out
     }
 
+    /// Lifts the holds that have expired by `now` (pieces kept away from a source for a
+    /// while). Every call that takes `now` does this too; call it before
+    /// [`Scheduler::next_deadline`] when the caller asks for no request this turn (a
+    /// closed WAN link, a pause), or the expired hold stays the earliest deadline and a
+    /// timer armed for it fires at once, again and again.
+    pub fn expire_holds(&mut self, now: Instant) {
+        self.expire(now);
+    }
+
     /// The earliest instant at which something times out or a hold expires: arm a timer
-    /// for it, then call [`Scheduler::timeouts`] and [`Scheduler::next_request`].
+    /// for it, then call [`Scheduler::timeouts`] and [`Scheduler::next_request`] (or
+    /// [`Scheduler::expire_holds`]).
     pub fn next_deadline(&self) -> Option<Instant> {
         let req = self
             .sources

@@ -1420,3 +1420,30 @@ fn a_peer_on_probation_serves_what_only_it_holds_and_its_first_piece_ends_the_pr
     );
     assert_eq!(stats.strikes, 0);
 }
+
+#[test]
+fn expired_holds_are_no_deadline_once_lifted() {
+    // A piece that failed on a source is held away from it for the holdoff. A caller
+    // that asks for no request for a while (its WAN link is closed) must not see that
+    // expired hold as the next deadline, or its timer fires at once, for ever.
+    let t = Instant::now();
+    let mut s = Scheduler::new(4, [], cfg()).unwrap();
+    s.add_source(A, SourceKind::Peer).unwrap();
+    s.set_source_pieces(A, Have::All).unwrap();
+    s.add_source(B, SourceKind::Peer).unwrap();
+    s.set_source_pieces(B, Have::All).unwrap();
+    let p = s.next_request(A, t).unwrap();
+    assert_eq!(
+        s.on_piece_failed(A, p, Failure::Busy, t).unwrap(),
+        Verdict::Continue
+    );
+    let hold_ends = s.next_deadline().expect("the hold");
+    assert!(hold_ends > t);
+    let later = hold_ends + Duration::from_secs(1);
+    assert!(
+        s.next_deadline().is_some_and(|d| d < later),
+        "not lifted yet"
+    );
+    s.expire_holds(later);
+    assert_eq!(s.next_deadline(), None, "nothing in flight, nothing held");
+}

@@ -31,7 +31,10 @@ impl Proc {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .args(args)
-            .env("BRANCHLINE_LOG", "info")
+            .env(
+                "BRANCHLINE_LOG",
+                std::env::var("BL_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
