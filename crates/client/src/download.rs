@@ -28,7 +28,7 @@ use branchline_quic::{ClientName, ContentError, PieceRequest, PieceSink, Role, f
 use branchline_sched::{
     Failure, Have, PieceSet, SchedConfig, Scheduler, SourceId, SourceKind, Verdict,
 };
-use branchline_store::{ContentId, PieceMap, StoreError};
+use branchline_store::{BatchOutcome, ContentId, PieceMap, StoreError, VerifiedPiece};
 /// The scheduler group of every upstream source: they share the office's WAN link.
 const WAN_GROUP: GroupId = GroupId(1);
 /// How often bytes of pieces still streaming over the WAN are reported to the scheduler.
@@ -74,8 +74,11 @@ const FINAL_REPORT_WAIT: Duration = Duration::from_secs(5);
 const REPORT_EVERY: Duration = Duration::from_secs(3);
 /// A download with no new piece for this long fails (no source has what is missing).
 const STALL_LIMIT: Duration = Duration::from_secs(120);
-/// Most pieces written in one group commit.
-const MAX_BATCH: usize = 16;
+/// Most bytes of verified pieces waiting for the disk (being written, or queued for the
+/// next group commit). Pieces are written by one writer beside the download loop, so the
+/// network and the disk work at once; beyond this no new request is issued, so a disk
+/// slower than the network holds the download back instead of filling memory.
+const MAX_UNWRITTEN_BYTES: u64 = 64 << 20;
 /// Wait before retrying after the disk filled up.
 const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
 
@@ -271,7 +274,34 @@ enum SourceInfo {
 struct Fetched {
     source: SourceId,
     piece: u32,
-    result: Result<Bytes, Failure>,
+    /// The piece, verified against the map as it arrived, or why there is none (a piece
+    /// that fails verification is [`Failure::BadPiece`]).
+    result: Result<VerifiedPiece, Failure>,
+}
+
+/// A write of verified pieces on the blocking pool: the pieces, and what the cache did.
+type Writing = JoinHandle<(Vec<VerifiedPiece>, Result<BatchOutcome, StoreError>)>;
+
+/// Checks a fetched piece against the content's map, on the blocking pool (hashing a
+/// piece takes long enough to hold up the runtime), as soon as it arrives: every piece is
+/// verified before it is written, and the writer does not hash it again.
+async fn verified(
+    map: Arc<PieceMap>,
+    piece: u32,
+    fetched: Result<Bytes, Failure>,
+) -> Result<VerifiedPiece, Failure> {
+    let bytes = fetched?;
+    match tokio::task::spawn_blocking(move || map.verify_shared(piece, bytes)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::debug!(piece, error = %e, "a fetched piece failed verification");
+            Err(Failure::BadPiece)
+        }
+        Err(e) => {
+            tracing::warn!(piece, error = %e, "verifying a fetched piece failed");
+            Err(Failure::Local)
+        }
+    }
 }
 
 /// Downloads `target` into the cache, publishing progress on `progress`.
@@ -397,6 +427,9 @@ pub async fn download(
         wan_at_signal: (Instant::now(), 0),
         link_change: None,
         whole: Default::default(),
+        unwritten: Vec::new(),
+        unwritten_bytes: 0,
+        durable: (0, 0),
     };
     dl.progress.send_modify(|p| {
         p.content_id = id.to_hex();
@@ -409,6 +442,13 @@ pub async fn download(
             .have(&id)
             .map(|b| b.present().collect())
             .unwrap_or_default();
+        dl.durable = (
+            have.len() as u32,
+            have.iter()
+                .filter_map(|&i| map.piece_range(i))
+                .map(|(_, len)| u64::from(len))
+                .sum(),
+        );
         let mut config = SchedConfig::new(u64::from(map.piece_size().bytes()));
         config.seed = seed;
         let sched = Scheduler::new(map.piece_count(), have, config).map_err(|source| {
@@ -555,6 +595,12 @@ struct Download {
     link_change: Option<Instant>,
     /// Sources known to hold every piece (no more have queries).
     whole: std::collections::HashSet<SourceId>,
+    /// Verified pieces received and not yet handed to the writer.
+    unwritten: Vec<VerifiedPiece>,
+    /// Bytes of pieces queued or being written (bounded by [`MAX_UNWRITTEN_BYTES`]).
+    unwritten_bytes: u64,
+    /// Pieces and bytes recorded in the cache (durable): what progress reports.
+    durable: (u32, u64),
 }
 
 impl Drop for Download {
@@ -591,7 +637,10 @@ impl Download {
         let mut next_ask = Instant::now();
         let mut controls = self.svc.signals.subscribe();
         let mut next_signal = Instant::now() + Duration::from_millis(300);
-        while !sched.is_complete() {
+        // The write in progress, if any. The download ends once every piece is received
+        // and every received piece is durable.
+        let mut writing: Option<Writing> = None;
+        while !(sched.is_complete() && writing.is_none() && self.unwritten.is_empty()) {
             let now = Instant::now();
             if now >= next_signal {
                 self.signal_progress(now);
@@ -638,22 +687,17 @@ impl Download {
                     .await;
             }
             self.report_streamed(&mut sched, now);
-            if paused_until.is_none() {
+            if writing.is_none() {
+                writing = self.start_write();
+            }
+            if paused_until.is_none() && self.unwritten_bytes < MAX_UNWRITTEN_BYTES {
                 self.issue(&mut sched, &mut tasks, now);
             }
             let p = sched.progress();
             self.progress.send_modify(|d| {
-                d.have_pieces = p.have;
+                // What the cache holds durably, not what is still on its way to the disk.
+                (d.have_pieces, d.have_bytes) = self.durable;
                 d.sources = p.active_sources;
-                // Every piece is full-size but the last.
-                let full = u64::from(self.map.piece_size().bytes());
-                let last = self.map.piece_count().saturating_sub(1);
-                let last_short = self
-                    .map
-                    .piece_range(last)
-                    .map_or(0, |(_, len)| full - u64::from(len));
-                d.have_bytes =
-                    u64::from(p.have) * full - if sched.has_piece(last) { last_short } else { 0 };
                 d.reading_origin = self.origin_source.is_some();
             });
             if !self.link_open {
@@ -761,40 +805,69 @@ impl Download {
                     }
                 }
                 joined = tasks.join_next(), if !tasks.is_empty() => {
-                    // Group commit: this result and every other one already finished go to
-                    // the cache in one batch (one data fsync and one bitfield fsync).
-                    let mut batch = Vec::new();
+                    // This result and every other one already finished: verified pieces
+                    // count as received at once (their requests are done) and queue for
+                    // the writer; failures are judged.
                     let mut next = joined;
                     while let Some(joined) = next {
                         if let Ok(fetched) = joined {
-                            self.in_flight.remove(&(fetched.source, fetched.piece));
+                            let (source, piece) = (fetched.source, fetched.piece);
+                            self.in_flight.remove(&(source, piece));
+                            let assembled = self.assembled.remove(&(source, piece));
                             match fetched.result {
-                                Ok(bytes) => batch.push((fetched.source, fetched.piece, bytes)),
+                                Ok(verified) => {
+                                    if self.received(&mut sched, source, verified, Instant::now())? {
+                                        last_progress = Instant::now();
+                                    }
+                                }
+                                Err(Failure::BadPiece) if assembled => {
+                                    tracing::warn!(content = %self.id, piece, "a piece continued from an abandoned fetch failed verification; fetching it whole");
+                                    self.apply_verdict(&mut sched, source, piece, Failure::Local, Instant::now()).await;
+                                }
                                 Err(failure) => {
-                                    self.apply_verdict(&mut sched, fetched.source, fetched.piece, failure, Instant::now()).await
+                                    self.apply_verdict(&mut sched, source, piece, failure, Instant::now()).await
                                 }
                             }
                         } // else: an aborted (cancelled) fetch
-                        next = if batch.len() < MAX_BATCH { tasks.try_join_next() } else { None };
+                        next = tasks.try_join_next();
                     }
-                    if batch.is_empty() {
-                        continue;
-                    }
-                    let pieces: Vec<(SourceId, u32)> = batch.iter().map(|(s, p, _)| (*s, *p)).collect();
-                    match self.store(&mut sched, batch, Instant::now()).await {
-                        Ok(true) => last_progress = Instant::now(),
-                        Ok(false) => {}
-                        Err(DownloadError::Store(StoreError::DiskFull { .. })) => {
+                }
+                done = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
+                    writing = None;
+                    let (pieces, result) = done.map_err(|source| DownloadError::Task {
+                        what: "writing pieces",
+                        source,
+                    })?;
+                    let bytes: u64 = pieces.iter().map(|p| p.data().len() as u64).sum();
+                    self.unwritten_bytes = self.unwritten_bytes.saturating_sub(bytes);
+                    match result {
+                        Ok(out) => {
+                            self.have_dirty |= !out.stored.is_empty();
+                            for &piece in &out.stored {
+                                let len = self.map.piece_range(piece).map_or(0, |(_, l)| l);
+                                self.durable.0 += 1;
+                                self.durable.1 += u64::from(len);
+                            }
+                            for (piece, e) in out.bad {
+                                // Verified for another content: a bug here, not a bad source.
+                                tracing::error!(content = %self.id, piece, error = %e, "a piece was refused by the cache; fetching it again");
+                                self.lost(&mut sched, piece);
+                            }
+                        }
+                        Err(StoreError::DiskFull { .. }) => {
                             tracing::warn!(content = %self.id, "disk full: download paused");
                             self.progress.send_modify(|p| p.paused = Some("disk full".into()));
                             paused_until = Some(Instant::now() + DISK_FULL_RETRY);
-                            // Nothing wrong with the sources: give the pieces back.
-                            for (source, piece) in pieces {
-                                self.apply_verdict(&mut sched, source, piece, Failure::Local, Instant::now()).await;
+                            // Nothing wrong with the sources: these pieces, and those queued
+                            // behind them, are missing again and fetched after the pause.
+                            let queued = std::mem::take(&mut self.unwritten);
+                            for p in pieces.iter().chain(&queued) {
+                                self.lost(&mut sched, p.index());
                             }
+                            self.unwritten_bytes = 0;
                             last_progress = Instant::now();
                         }
-                        Err(e) => return Err(e),
+                        Err(e) => return Err(e.into()),
                     }
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {}
@@ -1092,11 +1165,13 @@ impl Download {
                                 prefix: prefix.clone(),
                             },
                         );
+                        let map = self.map.clone();
                         let handle = tasks.spawn(async move {
                             let result = fetch_from_upstream(
                                 &svc, &client, addr, id, piece, len, prefix, &sink,
                             )
                             .await;
+                            let result = verified(map, piece, result).await;
                             Fetched {
                                 source,
                                 piece,
@@ -1109,8 +1184,10 @@ impl Download {
                     SourceInfo::Peer { client, addr } => {
                         let (svc, client, addr, id) =
                             (self.svc.clone(), client.clone(), *addr, self.id);
+                        let map = self.map.clone();
                         tasks.spawn(async move {
                             let result = fetch_from_peer(&svc, &client, addr, id, piece).await;
+                            let result = verified(map, piece, result).await;
                             Fetched {
                                 source,
                                 piece,
@@ -1120,8 +1197,10 @@ impl Download {
                     }
                     SourceInfo::Server => {
                         let (svc, id) = (self.svc.clone(), self.id);
+                        let map = self.map.clone();
                         tasks.spawn(async move {
                             let result = fetch_from_server(&svc, id, piece).await;
+                            let result = verified(map, piece, result).await;
                             Fetched {
                                 source,
                                 piece,
@@ -1130,7 +1209,7 @@ impl Download {
                         })
                     }
                     SourceInfo::Origin(origin) => {
-                        let origin = origin.clone();
+                        let (origin, map) = (origin.clone(), self.map.clone());
                         tasks.spawn(async move {
                             let result =
                                 origin
@@ -1140,6 +1219,7 @@ impl Download {
                                         tracing::warn!(error = %e, piece, "origin read failed");
                                         Failure::Transport
                                     });
+                            let result = verified(map, piece, result).await;
                             Fetched {
                                 source,
                                 piece,
@@ -1153,96 +1233,83 @@ impl Download {
         }
     }
 
-    /// Verifies and stores a batch of pieces with one group commit. Ok(true) when at
-    /// least one was new. A piece that fails verification drops (and reports) its source.
-    async fn store(
+    /// A verified piece arrived from `source`: the scheduler counts it as received (its
+    /// request is done, duplicates elsewhere are cancelled) and, when new, it queues for
+    /// the writer. True when it was new.
+    fn received(
         &mut self,
         sched: &mut Scheduler,
-        batch: Vec<(SourceId, u32, Bytes)>,
+        source: SourceId,
+        piece: VerifiedPiece,
         now: Instant,
     ) -> Result<bool, DownloadError> {
-        // Endgame can deliver two copies of one piece in one batch: write the first, check
-        // the others in memory.
-        let mut first: Vec<(u32, Bytes)> = Vec::new();
-        for (_, piece, bytes) in &batch {
-            if !first.iter().any(|(p, _)| p == piece) {
-                first.push((*piece, bytes.clone()));
+        let len = piece.data().len() as u64;
+        let m = &self.svc.metrics;
+        match self.sources.get(&source) {
+            Some(SourceInfo::Origin(_)) => {
+                self.from_origin += len;
+                m.fetched(crate::metrics::ORIGIN, len);
+            }
+            Some(SourceInfo::Peer { client, .. }) => {
+                self.from_peers += len;
+                m.fetched(crate::metrics::LAN, len);
+                if self.served_by.len() < branchline_wire::large::MAX_SERVED_BY {
+                    self.served_by.insert(client.clone());
+                }
+            }
+            Some(SourceInfo::Upstream { client, .. }) => {
+                if self.served_by.len() < branchline_wire::large::MAX_SERVED_BY {
+                    self.served_by.insert(client.clone());
+                }
+                self.from_wan += len;
+                m.fetched(crate::metrics::WAN, len);
+            }
+            Some(SourceInfo::Server) => {
+                self.from_server += len;
+                m.fetched(crate::metrics::SERVER, len);
+            }
+            None => {}
+        }
+        let received = sched
+            .on_piece_received(source, piece.index(), len, now)
+            .map_err(|source| DownloadError::Sched {
+                what: "a received piece",
+                source,
+            })?;
+        for (s, p) in received.cancel {
+            if let Some(h) = self.in_flight.remove(&(s, p)) {
+                h.abort();
             }
         }
+        if !received.new {
+            tracing::debug!(content = %self.id, %source, piece = piece.index(), "a piece already held arrived again");
+            return Ok(false);
+        }
+        self.unwritten_bytes += len;
+        self.unwritten.push(piece);
+        Ok(true)
+    }
+
+    /// Starts writing every queued piece in one group commit (one data fsync and one
+    /// bitfield fsync) on the blocking pool, if any is queued. Pieces are recorded in the
+    /// cache only once durable; the download loop goes on receiving meanwhile.
+    fn start_write(&mut self) -> Option<Writing> {
+        if self.unwritten.is_empty() {
+            return None;
+        }
+        let pieces = std::mem::take(&mut self.unwritten);
         let (cache, id) = (self.svc.cache.clone(), self.id);
-        // The cache keeps the stored pieces' buffers (no copy) to serve peers soon after.
-        let written =
-            tokio::task::spawn_blocking(move || cache.write_pieces_shared(&id, &first, now_ms()))
-                .await
-                .map_err(|source| DownloadError::Task {
-                    what: "writing pieces",
-                    source,
-                })??;
-        let bad: Vec<u32> = written.bad.iter().map(|(p, _)| *p).collect();
-        let mut written_once: Vec<u32> = Vec::new();
-        for (source, piece, bytes) in batch {
-            let good = if written_once.contains(&piece) {
-                self.map.verify_piece(piece, &bytes).is_ok()
-            } else {
-                written_once.push(piece);
-                !bad.contains(&piece)
-            };
-            let assembled = self.assembled.remove(&(source, piece));
-            if !good {
-                let failure = if assembled {
-                    tracing::warn!(content = %self.id, piece, "a piece continued from an abandoned fetch failed verification; fetching it whole");
-                    Failure::Local
-                } else {
-                    Failure::BadPiece
-                };
-                self.apply_verdict(sched, source, piece, failure, now).await;
-                continue;
-            }
-            let len = bytes.len() as u64;
-            let m = &self.svc.metrics;
-            match self.sources.get(&source) {
-                Some(SourceInfo::Origin(_)) => {
-                    self.from_origin += len;
-                    m.fetched(crate::metrics::ORIGIN, len);
-                }
-                Some(SourceInfo::Peer { client, .. }) => {
-                    self.from_peers += len;
-                    m.fetched(crate::metrics::LAN, len);
-                    if self.served_by.len() < branchline_wire::large::MAX_SERVED_BY {
-                        self.served_by.insert(client.clone());
-                    }
-                }
-                Some(SourceInfo::Upstream { client, .. }) => {
-                    if self.served_by.len() < branchline_wire::large::MAX_SERVED_BY {
-                        self.served_by.insert(client.clone());
-                    }
-                    self.from_wan += len;
-                    m.fetched(crate::metrics::WAN, len);
-                }
-                Some(SourceInfo::Server) => {
-                    self.from_server += len;
-                    m.fetched(crate::metrics::SERVER, len);
-                }
-                None => {}
-            }
-            let received = sched
-                .on_piece_received(source, piece, len, now)
-                .map_err(|source| DownloadError::Sched {
-                    what: "a received piece",
-                    source,
-                })?;
-            if !received.new {
-                tracing::debug!(content = %self.id, %source, piece, "a piece already held arrived again");
-            }
-            for (s, p) in received.cancel {
-                if let Some(h) = self.in_flight.remove(&(s, p)) {
-                    h.abort();
-                }
-            }
+        Some(tokio::task::spawn_blocking(move || {
+            let result = cache.write_verified(&id, &pieces, now_ms());
+            (pieces, result)
+        }))
+    }
+
+    /// A received piece could not be kept: it is missing again.
+    fn lost(&mut self, sched: &mut Scheduler, piece: u32) {
+        if let Err(e) = sched.on_piece_lost(piece) {
+            tracing::error!(content = %self.id, piece, error = %e, "scheduler refused a lost piece");
         }
-        let new = !written.stored.is_empty();
-        self.have_dirty |= new;
-        Ok(new)
     }
 
     async fn apply_verdict(
