@@ -162,6 +162,9 @@ pub struct CacheMetrics {
     /// Of those, pieces served from the memory of recently stored pieces: the very bytes
     /// that were verified when they were stored, so neither read nor hashed again.
     pub pieces_served_from_memory: AtomicU64,
+    /// Of those, pieces read from disk but not hashed again: verified by this cache
+    /// earlier in this run, and the file unchanged since (see [`Cache::read_piece_shared`]).
+    pub pieces_served_unhashed: AtomicU64,
     /// Bytes of those pieces.
     pub bytes_served: AtomicU64,
     /// Pieces from peers that failed verification (the peer is at fault).
@@ -188,6 +191,7 @@ pub struct MetricsSnapshot {
     pub bytes_written: u64,
     pub pieces_served: u64,
     pub pieces_served_from_memory: u64,
+    pub pieces_served_unhashed: u64,
     pub bytes_served: u64,
     pub bad_pieces_received: u64,
     pub corrupt_pieces_on_disk: u64,
@@ -207,6 +211,7 @@ impl CacheMetrics {
             bytes_written: g(&self.bytes_written),
             pieces_served: g(&self.pieces_served),
             pieces_served_from_memory: g(&self.pieces_served_from_memory),
+            pieces_served_unhashed: g(&self.pieces_served_unhashed),
             bytes_served: g(&self.bytes_served),
             bad_pieces_received: g(&self.bad_pieces_received),
             corrupt_pieces_on_disk: g(&self.corrupt_pieces_on_disk),
@@ -313,10 +318,24 @@ struct EntryState {
     /// it, or `None` once something else changed it (or it cannot be told): pieces kept in
     /// memory are served only while the data still carries this stamp.
     stamp: Option<[i64; 4]>,
+    /// Pieces this cache verified (before writing them, or when re-reading them) while the
+    /// data carried `stamp`: served from disk without hashing them again, as long as the
+    /// data still carries it. Cleared with `stamp`.
+    trusted: Bitfield,
     /// Set (under this lock) before the content's files are deleted; writers that see
     /// it stop.
     removed: bool,
     disk_full: bool,
+}
+
+/// How a piece about to be served may be had (see [`Cache::read_piece_shared`]).
+enum Kept {
+    /// From the memory of recently stored pieces.
+    Memory(Bytes),
+    /// Read from disk without hashing it again.
+    Trusted,
+    /// Read and verified; `unchanged` says the file still carries this cache's stamp.
+    No { unchanged: bool },
 }
 
 struct Entry {
@@ -526,6 +545,7 @@ impl<S: Storage> Cache<S> {
             Entry {
                 map: Arc::new(map),
                 state: Mutex::new(EntryState {
+                    trusted: Bitfield::new(have.len()),
                     have,
                     stamp,
                     removed: false,
@@ -664,6 +684,7 @@ impl<S: Storage> Cache<S> {
                 entry: Arc::new(Entry {
                     map: Arc::new(map),
                     state: Mutex::new(EntryState {
+                        trusted: Bitfield::new(have.len()),
                         have,
                         stamp,
                         removed: false,
@@ -844,6 +865,13 @@ impl<S: Storage> Cache<S> {
                 // trusted for this content again in this run.
                 _ => None,
             };
+            if st.stamp.is_some() {
+                for (i, _) in &good {
+                    st.trusted.set(*i);
+                }
+            } else {
+                st.trusted = Bitfield::new(entry.map.piece_count());
+            }
             let changed: Vec<u32> = good
                 .iter()
                 .map(|(i, _)| *i)
@@ -857,6 +885,7 @@ impl<S: Storage> Cache<S> {
                 if let Err(e) = self.storage.patch_aux(id, Aux::Have, off, &bytes) {
                     for i in &changed {
                         st.have.clear(*i);
+                        st.trusted.clear(*i);
                     }
                     if is_disk_full(&e) {
                         st.disk_full = true;
@@ -957,8 +986,13 @@ impl<S: Storage> Cache<S> {
     /// Reads a piece to serve to a peer, like [`Cache::read_piece`], in a shared buffer. A
     /// piece stored by [`Cache::write_pieces_shared`] that is still in the memory of
     /// recently stored pieces is served from there: those are the bytes that were verified
-    /// when it was stored, so they are neither read nor hashed again. Every other piece is
-    /// re-read and re-verified ([`StoreError::CorruptOnDisk`] as there).
+    /// when it was stored, so they are neither read nor hashed again. A piece this cache
+    /// verified in this run (when it wrote it, or at an earlier serve) is read but not
+    /// hashed again, while the data file carries the stamp (mtime, ctime, size, inode)
+    /// this cache's own last write left: anything else that writes to the file changes
+    /// its ctime, and from then on every piece is re-read and re-verified
+    /// ([`StoreError::CorruptOnDisk`] as there). (Rot that changes no metadata is caught
+    /// by the receiving peer, which verifies every piece.)
     pub fn read_piece_shared(
         &self,
         id: &ContentId,
@@ -976,17 +1010,36 @@ impl<S: Storage> Cache<S> {
             }
             // Trusted only while the data file is as this cache last left it: a file changed
             // by anything else (a disk tool, tampering) is read and verified again.
+            let unchanged =
+                st.stamp.is_some() && self.storage.data_stamp(id).ok().flatten() == st.stamp;
             let kept = lock(&self.recent).pieces.get(&(*id, index)).cloned();
-            kept.filter(|_| {
-                st.stamp.is_some() && self.storage.data_stamp(id).ok().flatten() == st.stamp
-            })
+            match kept {
+                Some(data) if unchanged => Kept::Memory(data),
+                _ if unchanged && st.trusted.get(index) => Kept::Trusted,
+                _ => Kept::No { unchanged },
+            }
         };
         let data = match kept {
-            Some(data) => {
+            Kept::Memory(data) => {
                 bump(&self.metrics.pieces_served_from_memory, 1);
                 data
             }
-            None => Bytes::from(self.read_verified(&entry, id, index)?),
+            Kept::Trusted => {
+                let data = self.read_unverified(&entry, id, index)?;
+                bump(&self.metrics.pieces_served_unhashed, 1);
+                Bytes::from(data)
+            }
+            Kept::No { unchanged } => {
+                let data = self.read_verified(&entry, id, index)?;
+                if unchanged {
+                    let mut st = lock(&entry.state);
+                    // Still as it was when checked: the bytes just verified are on disk.
+                    if st.stamp.is_some() && st.have.get(index) {
+                        st.trusted.set(index);
+                    }
+                }
+                Bytes::from(data)
+            }
         };
         bump(&self.metrics.pieces_served, 1);
         bump(&self.metrics.bytes_served, data.len() as u64);
@@ -1009,6 +1062,27 @@ impl<S: Storage> Cache<S> {
         bump(&self.metrics.bytes_served, data.len() as u64);
         self.touch(&mut lock(&self.inner), id, now_ms);
         Ok(data)
+    }
+
+    /// Reads a present piece without hashing it (see [`Cache::read_piece_shared`] for
+    /// when that is allowed).
+    fn read_unverified(
+        &self,
+        entry: &Entry,
+        id: &ContentId,
+        index: u32,
+    ) -> Result<Vec<u8>, StoreError> {
+        let Some((offset, len)) = entry.map.piece_range(index) else {
+            return Err(StoreError::PieceMissing { id: *id, index });
+        };
+        let mut buf = vec![0u8; len as usize];
+        if let Err(e) = self.storage.read_data(id, offset, &mut buf) {
+            if lock(&entry.state).removed {
+                return Err(StoreError::UnknownContent(*id));
+            }
+            return Err(StoreError::io(format!("reading piece {index} of {id}"), e));
+        }
+        Ok(buf)
     }
 
     fn read_verified(
@@ -1041,6 +1115,7 @@ impl<S: Storage> Cache<S> {
         }
         bump(&self.metrics.corrupt_pieces_on_disk, 1);
         let mut st = lock(&entry.state);
+        st.trusted.clear(index);
         if !st.removed && st.have.clear(index) {
             let (at, byte) = st.have.byte_of(index);
             // If this write fails the bit may come back after a restart; the piece is then
@@ -1443,6 +1518,40 @@ mod tests {
             &cache.read_piece(&id, 0, 6).unwrap()[..],
             &content[..piece as usize]
         );
+    }
+
+    #[test]
+    fn pieces_verified_in_this_run_are_served_unhashed_until_the_file_changes() {
+        let piece = 16 * 1024;
+        let (cache, storage, map, content) = memory_cache(piece, 4);
+        cache.set_recent_capacity(0);
+        let id = map.id();
+        let batch: Vec<(u32, Bytes)> = (0..3).map(|i| shared(&content, piece, i)).collect();
+        cache.write_pieces_shared(&id, &batch, 2).unwrap();
+        let m = || cache.metrics().snapshot();
+        assert_eq!(cache.read_piece_shared(&id, 0, 3).unwrap(), batch[0].1);
+        assert_eq!(
+            (m().pieces_served_unhashed, m().pieces_served_from_memory),
+            (1, 0)
+        );
+        // Rot written through the file system changes the file's stamp: every piece is
+        // hashed again from then on, and the rotten one is caught.
+        assert!(storage.corrupt_data(&id, u64::from(piece) + 9, 0x40));
+        assert!(matches!(
+            cache.read_piece_shared(&id, 1, 4),
+            Err(StoreError::CorruptOnDisk { index: 1, .. })
+        ));
+        assert_eq!(cache.read_piece_shared(&id, 0, 4).unwrap(), batch[0].1);
+        assert_eq!(m().pieces_served_unhashed, 1);
+        assert_eq!(m().corrupt_pieces_on_disk, 1);
+
+        // Reopened (a restart): nothing is trusted until this run has verified it.
+        let cache = Cache::with_storage(storage.clone(), CacheCap::Bytes(1 << 30), 5).unwrap();
+        cache.set_recent_capacity(0);
+        assert_eq!(cache.read_piece_shared(&id, 2, 6).unwrap(), batch[2].1);
+        assert_eq!(cache.metrics().snapshot().pieces_served_unhashed, 0);
+        assert_eq!(cache.read_piece_shared(&id, 2, 7).unwrap(), batch[2].1);
+        assert_eq!(cache.metrics().snapshot().pieces_served_unhashed, 1);
     }
 
     #[test]
