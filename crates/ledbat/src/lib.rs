@@ -66,7 +66,17 @@
 //!   built by others counts double, so it backs off once others hold 15 ms. While others hold
 //!   a queue, the decrease is capped at halving once per *base* round trip rather than once per
 //!   (queue-lengthened) round trip, so a TCP flow in slow start gets the link back as fast as
-//!   on an empty path. Slow start and the ramp after a
+//!   on an empty path. *Arrival yield:* that estimate lags a starting competitor by a
+//!   round trip (it is a minimum over one), and a flow in slow start queues in flights that
+//!   come and go; so when the minimum over the last half base round trip is `arrival_rise`
+//!   (4 ms) above the minimum over the smoothed RTT, a competitor is arriving, and the
+//!   window shrinks at that capped pace at once, for one smoothed RTT after the last such
+//!   rise, instead of in proportion to a queue just above the target (the
+//!   first 250 ms of a TCP flow next to Background took a quarter of its window without it).
+//!   Our own growth does not count (its queue is explained by the window), and only
+//!   congestion avoidance is watched. Another Background flow's return from a slowdown
+//!   also looks like an arrival; on the link model that moves the share between the two,
+//!   not the link's use. Slow start and the ramp after a
 //!   slowdown still end on the plain queueing delay. Alone, its window explains the whole queue and nothing
 //!   changes. An underestimated capacity (a link that got faster) makes it yield less, never
 //!   more, than the draft; an overestimated one (a link that got slower) makes it hold a
