@@ -186,6 +186,10 @@ pub struct Ledbat {
     arrival_until: Option<Instant>,
     /// Whether the arrival yield was active at the last ACK frame.
     arriving: bool,
+    /// Time of the last ACK frame with an RTT sample, to see gaps in the ACK clock.
+    last_frame: Option<Instant>,
+    /// Until when a rise is not taken for an arrival, after a gap in the ACK clock.
+    arrival_blind_until: Option<Instant>,
     /// Competitor arrivals detected so far.
     arrivals: u64,
     /// When the running slowdown started and when its frozen phase ends.
@@ -232,6 +236,8 @@ impl Ledbat {
             recent_windows: VecDeque::new(),
             arrival_until: None,
             arriving: false,
+            last_frame: None,
+            arrival_blind_until: None,
             arrivals: 0,
             slowdown_started: None,
             freeze_until: None,
@@ -260,6 +266,7 @@ impl Ledbat {
         let Some(sample) = batch.min_rtt else {
             return;
         };
+        self.note_ack_gap(now);
         self.take_sample(now, sample);
         self.measure_rate(now, batch.bytes as f64, app_limited);
         let qd = self.queueing_delay().unwrap_or(Duration::ZERO);
@@ -549,6 +556,28 @@ impl Ledbat {
             .map_or(Duration::ZERO, |(_, d)| *d)
     }
 
+    /// A gap in the ACK clock (no ACK frame for half a base RTT, and for four times the
+    /// spacing the window implies) blinds the arrival yield for one smoothed RTT. After a
+    /// stall of our own (a starved sender thread, or no data to send) the ACKs that waited
+    /// come in at once, their RTT samples inflated by the wait, and the window then leaves as
+    /// a burst into a drained pipe and builds a queue of its own that its size does not
+    /// explain: both look like a queue others build. A competitor's arrival does not stop
+    /// our ACK clock.
+    fn note_ack_gap(&mut self, now: Instant) {
+        let Some(last) = self.last_frame.replace(now) else {
+            return;
+        };
+        let gap = now.saturating_duration_since(last);
+        let srtt = self.srtt.unwrap_or(INITIAL_RTT);
+        let base = self.base.base().unwrap_or(srtt);
+        // One ACK frame per two packets; a window of `cwnd` bytes per smoothed RTT.
+        let frames = (self.cwnd / (2 * self.mtu) as f64).max(1.0);
+        let spacing = srtt.div_f64(frames);
+        if gap > (base / 2).max(spacing * 4) {
+            self.arrival_blind_until = Some(now + srtt.max(gap));
+        }
+    }
+
     /// Extension (arrival yield, with the competition-aware yield): whether a competitor is
     /// arriving, i.e. the queue others hold has risen by at least `arrival_rise` within the
     /// last smoothed RTT and stayed up for half a base RTT: the minimum of the raw
@@ -573,8 +602,9 @@ impl Ledbat {
         let Some(base) = self.base.base() else {
             return false;
         };
+        let blind = self.arrival_blind_until.is_some_and(|t| now < t);
         let held = self.others_min_within(now, base / 2);
-        if held >= self.others_delay.saturating_add(self.config.arrival_rise) {
+        if !blind && held >= self.others_delay.saturating_add(self.config.arrival_rise) {
             if self.arrival_until.is_none_or(|t| now >= t) {
                 self.arrivals += 1;
             }

@@ -73,8 +73,10 @@
 //!   window shrinks at that capped pace at once, for one smoothed RTT after the last such
 //!   rise, instead of in proportion to a queue just above the target (the
 //!   first 250 ms of a TCP flow next to Background took a quarter of its window without it).
-//!   Our own growth does not count (its queue is explained by the window), and only
-//!   congestion avoidance is watched. Another Background flow's return from a slowdown
+//!   Our own growth does not count (its queue is explained by the window), only congestion
+//!   avoidance is watched, and for a round trip after a gap in our ACK clock (a stalled
+//!   sender: the waiting ACKs' samples are inflated and the window leaves as one burst) no
+//!   rise counts. Another Background flow's return from a slowdown
 //!   also looks like an arrival; on the link model that moves the share between the two,
 //!   not the link's use. Slow start and the ramp after a
 //!   slowdown still end on the plain queueing delay. Alone, its window explains the whole queue and nothing

@@ -869,3 +869,46 @@ fn two_background_flows_keep_the_link_full_with_the_arrival_yield() {
         "utilization {util:.3} with the arrival yield, {util_without:.3} without: {results:?}"
     );
 }
+
+#[test]
+fn a_stall_of_our_own_is_not_taken_for_an_arriving_competitor() {
+    // Alone on the link model, then the sender stalls for 140 ms (a starved thread): the ACKs
+    // of the window in flight wait and are processed at once, their samples inflated by the
+    // wait, and the window then leaves as one burst into the drained pipe, its last packets
+    // queued behind a window of its own. Neither is a competitor.
+    let mut d = Driver::new(no_slowdowns(LedbatConfig {
+        ceiling: Some(100 * LINK_RATE),
+        ..LedbatConfig::default()
+    }));
+    utilization_on_link(&mut d, Duration::from_secs(10), Duration::ZERO);
+    let w = d.c.window();
+    let capacity = LINK_RATE as f64;
+    let pkt = u64::from(MTU);
+    let frames = w / (2 * pkt);
+    let frame_time = Duration::from_secs_f64((2 * pkt) as f64 / capacity);
+    // The window in flight, sent over the last round trip before the stall.
+    let sent_from = d.now - frame_time * frames as u32;
+    d.now += 140 * MS;
+    for i in 0..frames {
+        d.c.on_ack_sample(d.now, sent_from + frame_time * i as u32, 2 * pkt);
+        d.c.end_acks(d.now, false);
+    }
+    // The burst: sent at once, acknowledged as the link serves it.
+    let sent = d.now;
+    let base = 40 * MS;
+    for i in 1..=frames {
+        d.now = sent + base + frame_time * i as u32;
+        d.c.on_ack_sample(d.now, sent, 2 * pkt);
+        d.c.end_acks(d.now, false);
+    }
+    for _ in 0..5 {
+        d.round_on_link(capacity, base, Duration::ZERO);
+    }
+    let s = d.c.stats();
+    assert_eq!(s.competitor_arrivals, 0, "{s:?}");
+    assert!(
+        s.window >= BDP_20M_40MS,
+        "window {} after the stall (was {w}): {s:?}",
+        s.window
+    );
+}
