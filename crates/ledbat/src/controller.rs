@@ -334,17 +334,18 @@ impl Ledbat {
                 }
             }
             Phase::CongestionAvoidance => {
-                let due = self.next_slowdown.is_some_and(|t| now >= t);
-                if due && self.config.gentle_slowdown && self.idle_ramp_active(now) {
+                if self.config.gentle_slowdown && self.idle_ramp_active(now) {
                     // Extension: the queue has been empty for a while (the link is idle, or
                     // we are ramping back after a competitor left), so the base delay is
                     // being measured right now and nobody holds a queue for a latecomer to
-                    // mistake for the base. A slowdown would only idle the link: it is
-                    // counted as done, and the next one comes on the draft's schedule.
+                    // mistake for the base: this is as good as a slowdown, and the next one
+                    // comes on the draft's schedule from here. A slowdown falling due now
+                    // would only idle the link; one falling due just after the ramp (the
+                    // schedule a competitor's period left) would idle it again.
                     let srtt = self.srtt.unwrap_or(INITIAL_RTT);
                     let nominal = self.draft_slowdown_duration(srtt, self.cwnd);
-                    self.next_slowdown =
-                        Some(now + nominal.saturating_mul(self.config.slowdown_interval_factor));
+                    let next = now + nominal.saturating_mul(self.config.slowdown_interval_factor);
+                    self.next_slowdown = Some(self.next_slowdown.map_or(next, |t| t.max(next)));
                 }
                 if self.next_slowdown.is_some_and(|t| now >= t) {
                     self.start_slowdown(now);

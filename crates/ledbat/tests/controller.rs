@@ -912,3 +912,40 @@ fn a_stall_of_our_own_is_not_taken_for_an_arriving_competitor() {
         s.window
     );
 }
+
+#[test]
+fn no_slowdown_right_after_refilling_the_link() {
+    // A competitor holds 100 ms of queue for 10 s plus an offset (so the slowdown schedule
+    // falls anywhere), then stops. The controller ramps back over an empty queue, which
+    // measures the base delay as a slowdown would: the next slowdown is due a whole interval
+    // after that, not on the schedule the competitor's period left.
+    let mut hits = Vec::new();
+    for offset_ms in (0..3000).step_by(100) {
+        let mut d = Driver::new(LedbatConfig {
+            ceiling: Some(100 * LINK_RATE),
+            ..LedbatConfig::default()
+        });
+        utilization_on_link(&mut d, Duration::from_secs(10), Duration::ZERO);
+        utilization_on_link(&mut d, Duration::from_millis(10_000 + offset_ms), 100 * MS);
+        let stop = d.now;
+        // Back to 80 % of the bandwidth-delay product...
+        while d.c.window() < BDP_20M_40MS * 8 / 10 {
+            assert!(
+                d.now - stop < Duration::from_secs(2),
+                "no recovery: {:?}",
+                d.c.stats()
+            );
+            d.round_on_link(LINK_RATE as f64, 40 * MS, Duration::ZERO);
+        }
+        // ... and no slowdown in the 2 s after.
+        let before = d.c.stats().slowdowns;
+        utilization_on_link(&mut d, Duration::from_secs(2), Duration::ZERO);
+        if d.c.stats().slowdowns > before {
+            hits.push(offset_ms);
+        }
+    }
+    assert!(
+        hits.is_empty(),
+        "a slowdown right after refilling, offsets {hits:?} ms"
+    );
+}
