@@ -789,10 +789,21 @@ fn scenario(
         ms(alone_qd_median),
         ms(alone_qd_p95),
     );
-    let reactions = match cc_samples.last() {
-        Some((_, Some(st), _)) => format!(
-            ", {} loss events taken as random, {} as congestion, {} slowdowns",
-            st.random_losses, st.congestion_losses, st.slowdowns
+    // Arrival yields while Background was still alone are false alarms.
+    let arrivals_alone = cc_samples
+        .iter()
+        .rev()
+        .find(|(t, _, _)| *t <= opts.alone)
+        .and_then(|(_, st, _)| st.map(|st| st.competitor_arrivals));
+    let reactions = match (cc_samples.last(), arrivals_alone) {
+        (Some((_, Some(st), _)), alone) => format!(
+            ", {} loss events taken as random, {} as congestion, {} slowdowns, \
+             {} competitor arrivals ({} while alone)",
+            st.random_losses,
+            st.congestion_losses,
+            st.slowdowns,
+            st.competitor_arrivals,
+            alone.unwrap_or(0),
         ),
         _ => String::new(),
     };
@@ -823,11 +834,11 @@ fn scenario(
     }
     if opts.trace {
         println!(
-            "  t(s)   bg Mbit/s  link %  cwnd kB  ssthresh kB  ledbat qd ms  others ms  slowdowns  phase"
+            "  t(s)   bg Mbit/s  link %  cwnd kB  ssthresh kB  ledbat qd ms  others ms  slowdowns  arrivals  phase"
         );
         for (t, st, cwnd) in &cc_samples {
             let i = index(*t);
-            let (ss, lqd, others, n, phase) = match st {
+            let (ss, lqd, others, n, arrivals, phase) = match st {
                 Some(st) => (
                     if st.ssthresh == u64::MAX {
                         f64::INFINITY
@@ -837,12 +848,13 @@ fn scenario(
                     st.queueing_delay.map(ms).unwrap_or(0.0),
                     ms(st.others_delay),
                     st.slowdowns,
+                    st.competitor_arrivals,
                     format!("{:?}", st.phase),
                 ),
-                None => (0.0, 0.0, 0.0, 0, "-".into()),
+                None => (0.0, 0.0, 0.0, 0, 0, "-".into()),
             };
             println!(
-                "  {:>6.2}  {:>9.2}  {:>6.1}  {:>7.1}  {:>11.1}  {:>12.1}  {:>9.1}  {:>9}  {phase}",
+                "  {:>6.2}  {:>9.2}  {:>6.1}  {:>7.1}  {:>11.1}  {:>12.1}  {:>9.1}  {:>9}  {:>8}  {phase}",
                 t.as_secs_f64(),
                 quic_bins.rate(i) * 8.0 / 1e6,
                 link.rate(i) / LINK_BYTES * 100.0,
@@ -851,6 +863,7 @@ fn scenario(
                 lqd,
                 others,
                 n,
+                arrivals,
             );
         }
     }

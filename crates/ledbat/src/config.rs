@@ -152,6 +152,25 @@ pub const fn default_others_weight() -> f64 {
     2.0
 }
 
+/// Default for the arrival yield (part of the competition-aware yield): on.
+pub const fn default_arrival_yield() -> bool {
+    true
+}
+
+/// Default rise of the queue others hold that marks a competitor's arrival: 4 ms within one
+/// smoothed round trip, held for half a base round trip.
+///
+/// Why 4 ms: a TCP flow starting with the usual 10-packet initial window puts 12 kB into the
+/// bottleneck queue in its first round trip, 4.8 ms at 20 Mbit/s, and twice as much in each
+/// round trip of its slow start after that; a threshold under the first step catches the
+/// arrival in the competitor's first round trip on links up to about 20 Mbit/s and in its
+/// second or third on faster ones. The queue this flow's own window explains does not count
+/// (see [`LedbatConfig::competition_yield`]), and neither does a rise shorter than half a
+/// base round trip, so the controller's own bursts and single late ACKs stay under it.
+pub const fn default_arrival_rise() -> Duration {
+    Duration::from_millis(4)
+}
+
 /// Default window of the path-capacity estimate (maximum delivery rate): 10 s.
 pub const fn default_capacity_window() -> Duration {
     Duration::from_secs(10)
@@ -225,6 +244,14 @@ pub struct LedbatConfig {
     pub others_weight: f64,
     /// Window of the path-capacity estimate. Default: [`default_capacity_window`] (10 s).
     pub capacity_window: Duration,
+    /// Arrival yield (with `competition_yield`): when the queue others hold rises by
+    /// `arrival_rise` within a round trip, yield at once at the pace of the base round trip
+    /// for one round trip, instead of in proportion to a delay estimate that lags the
+    /// arrival. Default: [`default_arrival_yield`] (on).
+    pub arrival_yield: bool,
+    /// Rise of the queue others hold that marks an arrival. Default:
+    /// [`default_arrival_rise`] (4 ms).
+    pub arrival_rise: Duration,
 }
 
 impl Default for LedbatConfig {
@@ -251,6 +278,8 @@ impl Default for LedbatConfig {
             competition_yield: default_competition_yield(),
             others_weight: default_others_weight(),
             capacity_window: default_capacity_window(),
+            arrival_yield: default_arrival_yield(),
+            arrival_rise: default_arrival_rise(),
         }
     }
 }
@@ -266,6 +295,7 @@ impl LedbatConfig {
             idle_ramp: false,
             loss_tolerance: false,
             competition_yield: false,
+            arrival_yield: false,
             gentle_slowdown: false,
             target: draft_target(),
             ..Self::default()
@@ -348,6 +378,12 @@ impl LedbatConfig {
                 reason: "must be in [1, 10]",
             });
         }
+        if self.arrival_rise.is_zero() {
+            return Err(ConfigError::Invalid {
+                field: "arrival_rise",
+                reason: "must be greater than zero",
+            });
+        }
         if self.capacity_window.is_zero() {
             return Err(ConfigError::Invalid {
                 field: "capacity_window",
@@ -369,10 +405,13 @@ mod tests {
         assert_eq!(c.target, Duration::from_millis(30));
         assert_eq!(c.ceiling, None);
         assert!(c.idle_ramp && c.loss_tolerance && c.gentle_slowdown && c.competition_yield);
+        assert!(c.arrival_yield);
+        assert_eq!(c.arrival_rise, Duration::from_millis(4));
         let d = LedbatConfig::draft();
         d.validate().unwrap();
         assert_eq!(d.target, Duration::from_millis(60));
         assert!(!d.idle_ramp && !d.loss_tolerance && !d.competition_yield && !d.gentle_slowdown);
+        assert!(!d.arrival_yield);
     }
 
     #[test]

@@ -75,6 +75,11 @@ pub struct LedbatStats {
     pub idle_ramp_active: bool,
     /// Queueing delay attributed to other flows at the last ACK frame.
     pub others_delay: Duration,
+    /// Whether the arrival yield (a competitor's queue rising, see
+    /// [`LedbatConfig::arrival_yield`]) was active at the last ACK frame.
+    pub arrival_yield_active: bool,
+    /// Competitor arrivals detected so far (each starts an arrival yield).
+    pub competitor_arrivals: u64,
     /// Slowdowns started so far.
     pub slowdowns: u64,
     /// Loss events handled as congestion (window halved).
@@ -177,6 +182,16 @@ pub struct Ledbat {
     /// the windowed maximum): the queue measured now was built by the window of up to one
     /// round trip ago, not by the one just cut.
     recent_windows: VecDeque<(Instant, f64)>,
+    /// Until when the arrival yield lasts (one smoothed RTT after the last rise detected).
+    arrival_until: Option<Instant>,
+    /// Whether the arrival yield was active at the last ACK frame.
+    arriving: bool,
+    /// Time of the last ACK frame with an RTT sample, to see gaps in the ACK clock.
+    last_frame: Option<Instant>,
+    /// Until when a rise is not taken for an arrival, after a gap in the ACK clock.
+    arrival_blind_until: Option<Instant>,
+    /// Competitor arrivals detected so far.
+    arrivals: u64,
     /// When the running slowdown started and when its frozen phase ends.
     slowdown_started: Option<Instant>,
     freeze_until: Option<Instant>,
@@ -219,6 +234,11 @@ impl Ledbat {
             others_delay: Duration::ZERO,
             others_recent: VecDeque::new(),
             recent_windows: VecDeque::new(),
+            arrival_until: None,
+            arriving: false,
+            last_frame: None,
+            arrival_blind_until: None,
+            arrivals: 0,
             slowdown_started: None,
             freeze_until: None,
             slowdown_nominal: Duration::ZERO,
@@ -246,6 +266,7 @@ impl Ledbat {
         let Some(sample) = batch.min_rtt else {
             return;
         };
+        self.note_ack_gap(now);
         self.take_sample(now, sample);
         self.measure_rate(now, batch.bytes as f64, app_limited);
         let qd = self.queueing_delay().unwrap_or(Duration::ZERO);
@@ -262,6 +283,14 @@ impl Ledbat {
             qd_raw.max(self.config.others_weight * self.others_delay.as_secs_f64())
         } else {
             qd_raw
+        };
+        // Extension: a competitor arriving (the queue others hold rising fast) counts as a
+        // queue of twice the target, so the window shrinks at the capped pace at once.
+        self.arriving = self.detect_arrival(now);
+        let qd_s = if self.arriving {
+            qd_s.max(2.0 * target)
+        } else {
+            qd_s
         };
 
         match self.phase {
@@ -305,17 +334,18 @@ impl Ledbat {
                 }
             }
             Phase::CongestionAvoidance => {
-                let due = self.next_slowdown.is_some_and(|t| now >= t);
-                if due && self.config.gentle_slowdown && self.idle_ramp_active(now) {
+                if self.config.gentle_slowdown && self.idle_ramp_active(now) {
                     // Extension: the queue has been empty for a while (the link is idle, or
                     // we are ramping back after a competitor left), so the base delay is
                     // being measured right now and nobody holds a queue for a latecomer to
-                    // mistake for the base. A slowdown would only idle the link: it is
-                    // counted as done, and the next one comes on the draft's schedule.
+                    // mistake for the base: this is as good as a slowdown, and the next one
+                    // comes on the draft's schedule from here. A slowdown falling due now
+                    // would only idle the link; one falling due just after the ramp (the
+                    // schedule a competitor's period left) would idle it again.
                     let srtt = self.srtt.unwrap_or(INITIAL_RTT);
                     let nominal = self.draft_slowdown_duration(srtt, self.cwnd);
-                    self.next_slowdown =
-                        Some(now + nominal.saturating_mul(self.config.slowdown_interval_factor));
+                    let next = now + nominal.saturating_mul(self.config.slowdown_interval_factor);
+                    self.next_slowdown = Some(self.next_slowdown.map_or(next, |t| t.max(next)));
                 }
                 if self.next_slowdown.is_some_and(|t| now >= t) {
                     self.start_slowdown(now);
@@ -408,6 +438,8 @@ impl Ledbat {
             smoothed_rtt: self.srtt,
             idle_ramp_active: self.ramp_active,
             others_delay: self.others_delay,
+            arrival_yield_active: self.arriving,
+            competitor_arrivals: self.arrivals,
             slowdowns: self.slowdowns,
             congestion_losses: self.congestion_losses,
             random_losses: self.random_losses,
@@ -515,6 +547,73 @@ impl Ledbat {
         self.others_recent.front().map_or(raw, |(_, d)| *d)
     }
 
+    /// Minimum of the raw others-delay estimates taken within the last `span` (at most the
+    /// smoothed RTT the estimates are kept for): the first entry of the monotonic queue inside
+    /// the span.
+    fn others_min_within(&self, now: Instant, span: Duration) -> Duration {
+        self.others_recent
+            .iter()
+            .find(|(t, _)| now.saturating_duration_since(*t) <= span)
+            .map_or(Duration::ZERO, |(_, d)| *d)
+    }
+
+    /// A gap in the ACK clock (no ACK frame for half a base RTT, and for four times the
+    /// spacing the window implies) blinds the arrival yield for one smoothed RTT. After a
+    /// stall of our own (a starved sender thread, or no data to send) the ACKs that waited
+    /// come in at once, their RTT samples inflated by the wait, and the window then leaves as
+    /// a burst into a drained pipe and builds a queue of its own that its size does not
+    /// explain: both look like a queue others build. A competitor's arrival does not stop
+    /// our ACK clock.
+    fn note_ack_gap(&mut self, now: Instant) {
+        let Some(last) = self.last_frame.replace(now) else {
+            return;
+        };
+        let gap = now.saturating_duration_since(last);
+        let srtt = self.srtt.unwrap_or(INITIAL_RTT);
+        let base = self.base.base().unwrap_or(srtt);
+        // One ACK frame per two packets; a window of `cwnd` bytes per smoothed RTT.
+        let frames = (self.cwnd / (2 * self.mtu) as f64).max(1.0);
+        let spacing = srtt.div_f64(frames);
+        if gap > (base / 2).max(spacing * 4) {
+            self.arrival_blind_until = Some(now + srtt.max(gap));
+        }
+    }
+
+    /// Extension (arrival yield, with the competition-aware yield): whether a competitor is
+    /// arriving, i.e. the queue others hold has risen by at least `arrival_rise` within the
+    /// last smoothed RTT and stayed up for half a base RTT: the minimum of the raw
+    /// others-delay estimates over the last half base RTT is `arrival_rise` above their
+    /// minimum over the whole smoothed RTT (the filtered estimate the steering uses). A flow
+    /// starting up doubles what it adds to the queue every round trip, while the filtered
+    /// estimate lags a round trip behind it, and behind a queue that comes and goes as a
+    /// starting flow's flights do; cutting in proportion to the excess over the target then
+    /// yields a quarter of the window in the competitor's first 250 ms. Detected, the
+    /// window shrinks at the capped pace (halving per base round trip) for one smoothed RTT
+    /// from the last rise seen, after which the filtered estimate has caught up and the
+    /// ordinary steering takes over. Only in congestion avoidance: in slow start and the ramp
+    /// after a slowdown our own growth fills the queue, and those phases end at ¾ of the
+    /// target anyway.
+    fn detect_arrival(&mut self, now: Instant) -> bool {
+        if !(self.config.competition_yield && self.config.arrival_yield)
+            || self.phase != Phase::CongestionAvoidance
+        {
+            self.arrival_until = None;
+            return false;
+        }
+        let Some(base) = self.base.base() else {
+            return false;
+        };
+        let blind = self.arrival_blind_until.is_some_and(|t| now < t);
+        let held = self.others_min_within(now, base / 2);
+        if !blind && held >= self.others_delay.saturating_add(self.config.arrival_rise) {
+            if self.arrival_until.is_none_or(|t| now >= t) {
+                self.arrivals += 1;
+            }
+            self.arrival_until = Some(now + self.srtt.unwrap_or(INITIAL_RTT));
+        }
+        self.arrival_until.is_some_and(|t| now < t)
+    }
+
     fn track_idle(&mut self, now: Instant, qd: Duration) {
         if qd <= self.config.idle_delay {
             self.idle_since.get_or_insert(now);
@@ -610,7 +709,8 @@ impl Ledbat {
     /// target: ½, the draft's cap (§4.1), when the round trip is at the base delay.
     ///
     /// Extension (with the competition-aware yield): while others hold a queue (more than
-    /// `idle_delay` of it, see [`Ledbat::others_delay_estimate`]), the cap is "halve at most
+    /// `idle_delay` of it, see [`Ledbat::others_delay_estimate`], or one arriving, see
+    /// [`Ledbat::detect_arrival`]), the cap is "halve at most
     /// once per *base* round trip", `1 − ½^(RTT / base)` per round trip. A competitor that
     /// builds a queue lengthens our round trip, and with the draft's per-round-trip cap the
     /// yield then gets slower in wall-clock time just when the competitor (a TCP flow in slow
@@ -618,7 +718,8 @@ impl Ledbat {
     /// of our own (an overshoot) keeps the draft's cap: cutting it faster would take the
     /// window below the path's bandwidth-delay product and idle the link.
     fn max_decrease(&self) -> f64 {
-        if !self.config.competition_yield || self.others_delay <= self.config.idle_delay {
+        let others_queue = self.others_delay > self.config.idle_delay || self.arriving;
+        if !self.config.competition_yield || !others_queue {
             return 0.5;
         }
         let (Some(current), Some(base)) = (self.current.current(), self.base.base()) else {

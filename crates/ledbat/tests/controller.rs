@@ -660,6 +660,8 @@ fn gentle_slowdown_refills_the_link_at_once_and_keeps_the_drafts_schedule() {
         d.log.clear();
         let before = d.c.stats().slowdowns;
         let util = utilization_on_link(&mut d, Duration::from_secs(60), Duration::ZERO);
+        // Alone, a slowdown's drain and return is no competitor arriving.
+        assert_eq!(d.c.stats().competitor_arrivals, 0, "{:?}", d.c.stats());
         // The first window of each ramp after a freeze.
         let ramp_starts: Vec<u64> = d
             .log
@@ -741,5 +743,209 @@ fn yields_at_the_pace_of_the_base_round_trip_when_others_build_a_queue() {
         fast * 3 <= draft_cap,
         "after 450 ms of competitor queue: {fast} with the extension, {draft_cap} with the \
          draft's cap (from {w0})"
+    );
+}
+
+/// A competitor in slow start on the 20 Mbit/s, 40 ms link model: its window starts at 10
+/// packets (12 kB) and doubles every round trip until it holds the path's bandwidth-delay
+/// product plus `cap_queue` of queue. Each round trip, both windows share the link: the RTT
+/// is the base plus the queue both build, and each flow delivers its window per round trip.
+/// Returns the time from the competitor's start until it delivers 90 % of the link rate in
+/// a round trip, and our window then.
+fn competitor_ramp(
+    d: &mut Driver,
+    cap_queue: Duration,
+    limit: Duration,
+) -> Option<(Duration, u64)> {
+    let capacity = LINK_RATE as f64;
+    let base = 40 * MS;
+    let cap = capacity * (base + cap_queue).as_secs_f64();
+    let mut other = 12_000.0f64;
+    let start = d.now;
+    while d.now - start < limit {
+        let w = d.c.window() as f64;
+        let queue = ((w + other - capacity * base.as_secs_f64()) / capacity).max(0.0);
+        let rtt = base + Duration::from_secs_f64(queue);
+        d.round(rtt);
+        let rate = other / rtt.as_secs_f64();
+        if rate >= 0.9 * capacity {
+            return Some((d.now - start, d.c.window()));
+        }
+        other = (other * 2.0).min(cap);
+    }
+    None
+}
+
+#[test]
+fn yields_at_once_to_an_arriving_competitor() {
+    // Alone at about 30 ms of own queue for 10 s, then a TCP-like flow starts. Without the
+    // arrival yield, the filtered others-delay estimate trails the competitor's doubling by a
+    // round trip and the cut is proportional to a queue just above the target; with it, the
+    // first round trip of the competitor's queue starts the yield.
+    let mut ramps = Vec::new();
+    for arrival_yield in [true, false] {
+        let config = LedbatConfig {
+            arrival_yield,
+            ceiling: Some(100 * LINK_RATE),
+            ..no_slowdowns(LedbatConfig::default())
+        };
+        let mut d = Driver::new(config);
+        utilization_on_link(&mut d, Duration::from_secs(10), Duration::ZERO);
+        let alone = d.c.stats();
+        assert_eq!(alone.competitor_arrivals, 0, "alone: {alone:?}");
+        let ramp = competitor_ramp(&mut d, 30 * MS, Duration::from_secs(5));
+        ramps.push((ramp, d.c.stats()));
+    }
+    let (with, with_stats) = ramps[0];
+    let (without, _) = ramps[1];
+    let (with, _) = with.expect("the competitor reaches 90 % with the arrival yield");
+    let (without, _) = without.expect("the competitor reaches 90 % without it");
+    assert!(with_stats.competitor_arrivals >= 1, "{with_stats:?}");
+    assert!(
+        with + 100 * MS <= without,
+        "competitor at 90 % after {with:?} with the arrival yield, {without:?} without"
+    );
+}
+
+#[test]
+fn two_background_flows_keep_the_link_full_with_the_arrival_yield() {
+    // Two controllers share the link model (the RTT is the base plus the queue both windows
+    // build), the second starting 5 s after the first, for 60 s with slowdowns: each one's
+    // slowdown and return look like an arrival to the other, which must not cost the link.
+    let mut results = Vec::new();
+    for arrival_yield in [true, false] {
+        let config = LedbatConfig {
+            arrival_yield,
+            ceiling: Some(100 * LINK_RATE),
+            ..LedbatConfig::default()
+        };
+        let mut a = Driver::new(config.clone());
+        let mut b = Driver::new(config);
+        b.now = a.now;
+        let capacity = LINK_RATE as f64;
+        let base = 40 * MS;
+        let bdp = capacity * base.as_secs_f64();
+        let (mut busy, mut total, mut share_b) = (0.0, 0.0, 0.0);
+        let start = a.now;
+        while a.now - start < Duration::from_secs(65) {
+            let late = a.now - start < Duration::from_secs(5);
+            let wa = a.c.window() as f64;
+            let wb = if late { 0.0 } else { b.c.window() as f64 };
+            let queue = ((wa + wb - bdp) / capacity).max(0.0);
+            let rtt = base + Duration::from_secs_f64(queue);
+            a.round(rtt);
+            if late {
+                b.now = a.now;
+            } else {
+                b.round(rtt);
+                // Keep both on one clock (their rounds may end a few µs apart).
+                b.now = a.now;
+                if a.now - start >= Duration::from_secs(10) {
+                    let dt = rtt.as_secs_f64();
+                    busy += dt * ((wa + wb) / bdp).min(1.0);
+                    total += dt;
+                    share_b += dt * wb / (wa + wb);
+                }
+            }
+        }
+        results.push((
+            busy / total,
+            share_b / total,
+            a.c.stats().competitor_arrivals,
+            b.c.stats().competitor_arrivals,
+        ));
+    }
+    // Both configurations leave the link as full; in this model the latecomer ends up with
+    // most of it either way (each takes the other's queue for a competitor's), so the
+    // arrival yield changes who yields, not how much of the link is used.
+    let (util, _, arrivals_a, _) = results[0];
+    let (util_without, _, _, _) = results[1];
+    assert!(
+        arrivals_a >= 1,
+        "the first flow saw the second arrive: {results:?}"
+    );
+    assert!(
+        util >= 0.97 && util >= util_without - 0.005,
+        "utilization {util:.3} with the arrival yield, {util_without:.3} without: {results:?}"
+    );
+}
+
+#[test]
+fn a_stall_of_our_own_is_not_taken_for_an_arriving_competitor() {
+    // Alone on the link model, then the sender stalls for 140 ms (a starved thread): the ACKs
+    // of the window in flight wait and are processed at once, their samples inflated by the
+    // wait, and the window then leaves as one burst into the drained pipe, its last packets
+    // queued behind a window of its own. Neither is a competitor.
+    let mut d = Driver::new(no_slowdowns(LedbatConfig {
+        ceiling: Some(100 * LINK_RATE),
+        ..LedbatConfig::default()
+    }));
+    utilization_on_link(&mut d, Duration::from_secs(10), Duration::ZERO);
+    let w = d.c.window();
+    let capacity = LINK_RATE as f64;
+    let pkt = u64::from(MTU);
+    let frames = w / (2 * pkt);
+    let frame_time = Duration::from_secs_f64((2 * pkt) as f64 / capacity);
+    // The window in flight, sent over the last round trip before the stall.
+    let sent_from = d.now - frame_time * frames as u32;
+    d.now += 140 * MS;
+    for i in 0..frames {
+        d.c.on_ack_sample(d.now, sent_from + frame_time * i as u32, 2 * pkt);
+        d.c.end_acks(d.now, false);
+    }
+    // The burst: sent at once, acknowledged as the link serves it.
+    let sent = d.now;
+    let base = 40 * MS;
+    for i in 1..=frames {
+        d.now = sent + base + frame_time * i as u32;
+        d.c.on_ack_sample(d.now, sent, 2 * pkt);
+        d.c.end_acks(d.now, false);
+    }
+    for _ in 0..5 {
+        d.round_on_link(capacity, base, Duration::ZERO);
+    }
+    let s = d.c.stats();
+    assert_eq!(s.competitor_arrivals, 0, "{s:?}");
+    assert!(
+        s.window >= BDP_20M_40MS,
+        "window {} after the stall (was {w}): {s:?}",
+        s.window
+    );
+}
+
+#[test]
+fn no_slowdown_right_after_refilling_the_link() {
+    // A competitor holds 100 ms of queue for 10 s plus an offset (so the slowdown schedule
+    // falls anywhere), then stops. The controller ramps back over an empty queue, which
+    // measures the base delay as a slowdown would: the next slowdown is due a whole interval
+    // after that, not on the schedule the competitor's period left.
+    let mut hits = Vec::new();
+    for offset_ms in (0..3000).step_by(100) {
+        let mut d = Driver::new(LedbatConfig {
+            ceiling: Some(100 * LINK_RATE),
+            ..LedbatConfig::default()
+        });
+        utilization_on_link(&mut d, Duration::from_secs(10), Duration::ZERO);
+        utilization_on_link(&mut d, Duration::from_millis(10_000 + offset_ms), 100 * MS);
+        let stop = d.now;
+        // Back to 80 % of the bandwidth-delay product...
+        while d.c.window() < BDP_20M_40MS * 8 / 10 {
+            assert!(
+                d.now - stop < Duration::from_secs(2),
+                "no recovery: {:?}",
+                d.c.stats()
+            );
+            d.round_on_link(LINK_RATE as f64, 40 * MS, Duration::ZERO);
+        }
+        // ... and no slowdown in the 2 s after.
+        let before = d.c.stats().slowdowns;
+        utilization_on_link(&mut d, Duration::from_secs(2), Duration::ZERO);
+        if d.c.stats().slowdowns > before {
+            hits.push(offset_ms);
+        }
+    }
+    assert!(
+        hits.is_empty(),
+        "a slowdown right after refilling, offsets {hits:?} ms"
     );
 }
