@@ -34,6 +34,27 @@ use branchline_quic::{
 };
 use bytes::Bytes;
 
+/// If this is a virtual machine whose balloon device reports free memory to the host
+/// (virtio device 5 with feature bit 5, `VIRTIO_BALLOON_F_REPORTING`), the order of the
+/// smallest free blocks it reports (`/sys/module/page_reporting`; above 10 none are
+/// reported on x86-64, whose largest order is 10).
+fn free_page_reporting() -> Option<u32> {
+    let reporting = std::fs::read_dir("/sys/bus/virtio/devices")
+        .ok()?
+        .flatten()
+        .any(|d| {
+            let read = |f: &str| std::fs::read_to_string(d.path().join(f)).unwrap_or_default();
+            read("device").trim() == "0x0005" && read("features").as_bytes().get(5) == Some(&b'1')
+        });
+    let order: u32 =
+        std::fs::read_to_string("/sys/module/page_reporting/parameters/page_reporting_order")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+    (reporting && order <= 10).then_some(order)
+}
+
 /// The `branchline` binary: this build's, or `BL_BENCH_BIN` (to compare two builds).
 fn bin() -> String {
     std::env::var("BL_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_branchline").into())
@@ -403,6 +424,14 @@ fn main() {
     println!(
         "Branchline content benchmark: {mib} MiB package, {n} clients, loopback, release build, {repeat} runs (median [min–max])"
     );
+    if let Some(order) = free_page_reporting() {
+        println!(
+            "note: this machine hands freed memory back to its host (free page reporting, \
+             page_reporting_order={order}): writes into page cache the host must back again \
+             run ~10x slower, so every rate below depends on what was freed before it; see \
+             bench/README.md (\"Read the TCP reference with care\")"
+        );
+    }
 
     // Fresh packages for every run, so every run starts from empty caches.
     let origin_dir = bench.dir.join("origin");
