@@ -1091,9 +1091,6 @@ impl<S: Storage> Cache<S> {
         id: &ContentId,
         index: u32,
     ) -> Result<Vec<u8>, StoreError> {
-        let Some((offset, len)) = entry.map.piece_range(index) else {
-            return Err(StoreError::PieceMissing { id: *id, index });
-        };
         {
             let st = lock(&entry.state);
             if st.removed {
@@ -1103,13 +1100,7 @@ impl<S: Storage> Cache<S> {
                 return Err(StoreError::PieceMissing { id: *id, index });
             }
         }
-        let mut buf = vec![0u8; len as usize];
-        if let Err(e) = self.storage.read_data(id, offset, &mut buf) {
-            if lock(&entry.state).removed {
-                return Err(StoreError::UnknownContent(*id));
-            }
-            return Err(StoreError::io(format!("reading piece {index} of {id}"), e));
-        }
+        let buf = self.read_unverified(entry, id, index)?;
         if entry.map.verify_piece(index, &buf).is_ok() {
             return Ok(buf);
         }
